@@ -1,0 +1,18 @@
+// Wiring only: each area registers itself from its own translation unit.
+#include <pybind11/pybind11.h>
+
+namespace fusedopt {
+namespace bindings {
+void register_optimizers(pybind11::module_& m);
+void register_runtime(pybind11::module_& m);
+}  // namespace bindings
+}  // namespace fusedopt
+
+PYBIND11_MODULE(_core, m, pybind11::mod_gil_not_used()) {
+  m.doc() = "fusedopt's compiled core: stateless fused optimizer kernels over lists of NumPy arrays.";
+#if defined(FUSEDOPT_VERSION)
+  m.attr("__version__") = FUSEDOPT_VERSION;
+#endif
+  fusedopt::bindings::register_optimizers(m);
+  fusedopt::bindings::register_runtime(m);
+}

@@ -1,0 +1,110 @@
+// One binding per algorithm. Each does exactly: validate and collect raw pointers (arrays.cpp) ->
+// release the GIL -> one call through the active kernel table. No arithmetic, no state: the
+// derived per-step scalars arrive ready-made from python/fusedopt/_scalars.py.
+#include <pybind11/pybind11.h>
+
+#include "bindings/arrays.hpp"
+#include "common/step_args.hpp"
+#include "dispatch/dispatch.hpp"
+
+namespace fusedopt {
+namespace bindings {
+
+namespace {
+
+using namespace pybind11::literals;
+
+// Runs fn_f32 or fn_f64 of the active table on the collected buffers, without the GIL.
+template <class Scalars>
+void run(const Buffers& buffers, StepFn<Scalars> KernelTable::*f32, StepFn<Scalars> KernelTable::*f64,
+         const Scalars& scalars, int threads) {
+  const TensorList list = buffers.list();
+  if (list.count == 0) return;
+  const KernelTable& table = active_table();
+  const StepFn<Scalars> fn = buffers.dtype() == DType::f32 ? table.*f32 : table.*f64;
+  // Everything the kernel reads is now in `list` and `scalars` (plain C++ values); the arrays stay
+  // alive because the caller's lists hold them. No Python object is touched past this point.
+  py::gil_scoped_release release;
+  fn(list, scalars, threads);
+}
+
+void sgd(py::handle params, py::handle grads, py::handle momentum_buffers, double lr, double weight_decay,
+         double momentum, double one_minus_dampening, bool nesterov, bool maximize, bool first_step, int threads) {
+  const bool has_momentum = !momentum_buffers.is_none();
+  const Buffers b = collect({{"params", params, true}, {"grads", grads, false},
+                             {"momentum_buffers", momentum_buffers, true}});
+  const SgdScalars s{lr, weight_decay, momentum, one_minus_dampening, weight_decay != 0.0, has_momentum,
+                     nesterov, maximize, first_step};
+  run(b, &KernelTable::sgd_f32, &KernelTable::sgd_f64, s, check_threads(threads));
+}
+
+void momentum(py::handle params, py::handle grads, py::handle velocities, double step_size, double beta,
+              double one_minus_beta, double weight_decay, int threads) {
+  const Buffers b = collect({{"params", params, true}, {"grads", grads, false}, {"velocities", velocities, true}});
+  const MomentumScalars s{step_size, beta, one_minus_beta, weight_decay, weight_decay != 0.0};
+  run(b, &KernelTable::momentum_f32, &KernelTable::momentum_f64, s, check_threads(threads));
+}
+
+void rmsprop(py::handle params, py::handle grads, py::handle square_avgs, py::handle grad_avgs,
+             py::handle momentum_buffers, double lr, double alpha, double one_minus_alpha, double eps,
+             double weight_decay, double momentum_, bool maximize, int threads) {
+  const Buffers b = collect({{"params", params, true},
+                             {"grads", grads, false},
+                             {"square_avgs", square_avgs, true},
+                             {"grad_avgs", grad_avgs, true},
+                             {"momentum_buffers", momentum_buffers, true}});
+  const RmspropScalars s{lr,           alpha, one_minus_alpha, eps, weight_decay, momentum_, weight_decay != 0.0,
+                         !grad_avgs.is_none(), !momentum_buffers.is_none(), maximize};
+  run(b, &KernelTable::rmsprop_f32, &KernelTable::rmsprop_f64, s, check_threads(threads));
+}
+
+void adam(py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
+          py::handle max_exp_avg_sqs, double neg_step_size, double bias_correction2_sqrt, double eps, double beta1,
+          double one_minus_beta1, double beta2, double one_minus_beta2, double weight_decay, double decay_factor,
+          int weight_decay_mode, bool maximize, int threads) {
+  if (weight_decay_mode < kNoDecay || weight_decay_mode > kDecoupled) {
+    throw py::value_error("weight_decay_mode must be 0 (none), 1 (L2) or 2 (decoupled)");
+  }
+  const Buffers b = collect({{"params", params, true},
+                             {"grads", grads, false},
+                             {"exp_avgs", exp_avgs, true},
+                             {"exp_avg_sqs", exp_avg_sqs, true},
+                             {"max_exp_avg_sqs", max_exp_avg_sqs, true}});
+  const AdamScalars s{neg_step_size, bias_correction2_sqrt, eps,          beta1,
+                      one_minus_beta1, beta2,               one_minus_beta2, weight_decay,
+                      decay_factor,  weight_decay_mode,     !max_exp_avg_sqs.is_none(), maximize};
+  run(b, &KernelTable::adam_f32, &KernelTable::adam_f64, s, check_threads(threads));
+}
+
+void adagrad(py::handle params, py::handle grads, py::handle state_sums, double neg_clr, double eps,
+             double weight_decay, bool maximize, int threads) {
+  const Buffers b = collect({{"params", params, true}, {"grads", grads, false}, {"state_sums", state_sums, true}});
+  const AdagradScalars s{neg_clr, eps, weight_decay, weight_decay != 0.0, maximize};
+  run(b, &KernelTable::adagrad_f32, &KernelTable::adagrad_f64, s, check_threads(threads));
+}
+
+}  // namespace
+
+void register_optimizers(py::module_& m) {
+  m.def("sgd", &sgd, "params"_a, "grads"_a, "momentum_buffers"_a.none(true), py::kw_only(), "lr"_a,
+        "weight_decay"_a, "momentum"_a, "one_minus_dampening"_a, "nesterov"_a, "maximize"_a, "first_step"_a,
+        "threads"_a, "SGD step over lists of arrays (momentum_buffers=None: no momentum). See fusedopt.functional.sgd.");
+  m.def("momentum", &momentum, "params"_a, "grads"_a, "velocities"_a, py::kw_only(), "step_size"_a, "beta"_a,
+        "one_minus_beta"_a, "weight_decay"_a, "threads"_a,
+        "EMA-momentum step over lists of arrays. See fusedopt.functional.momentum.");
+  m.def("rmsprop", &rmsprop, "params"_a, "grads"_a, "square_avgs"_a, "grad_avgs"_a.none(true),
+        "momentum_buffers"_a.none(true), py::kw_only(), "lr"_a, "alpha"_a, "one_minus_alpha"_a, "eps"_a,
+        "weight_decay"_a, "momentum"_a, "maximize"_a, "threads"_a,
+        "RMSprop step over lists of arrays (grad_avgs=None: not centered; momentum_buffers=None: no momentum). "
+        "See fusedopt.functional.rmsprop.");
+  m.def("adam", &adam, "params"_a, "grads"_a, "exp_avgs"_a, "exp_avg_sqs"_a, "max_exp_avg_sqs"_a.none(true),
+        py::kw_only(), "neg_step_size"_a, "bias_correction2_sqrt"_a, "eps"_a, "beta1"_a, "one_minus_beta1"_a,
+        "beta2"_a, "one_minus_beta2"_a, "weight_decay"_a, "decay_factor"_a, "weight_decay_mode"_a, "maximize"_a,
+        "threads"_a,
+        "Adam/AdamW step over lists of arrays (max_exp_avg_sqs=None: no amsgrad). See fusedopt.functional.adam.");
+  m.def("adagrad", &adagrad, "params"_a, "grads"_a, "state_sums"_a, py::kw_only(), "neg_clr"_a, "eps"_a,
+        "weight_decay"_a, "maximize"_a, "threads"_a, "Adagrad step over lists of arrays. See fusedopt.functional.adagrad.");
+}
+
+}  // namespace bindings
+}  // namespace fusedopt

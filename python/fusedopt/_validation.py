@@ -1,0 +1,116 @@
+"""Checks of hyperparameters and parameter arrays, with messages that name the argument.
+
+Everything here runs before any array is touched, so a rejected call modifies nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Sequence
+
+import numpy as np
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def real(name: str, value: Any) -> float:
+    """A finite real number (bools and complex numbers are refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    return x
+
+
+def non_negative(name: str, value: Any) -> float:
+    x = real(name, value)
+    if x < 0.0:
+        raise ValueError(f"{name} must be >= 0, got {x}")
+    return x
+
+
+def unit_interval(name: str, value: Any) -> float:
+    """0 <= value < 1 (betas, alpha, momentum decay rates)."""
+    x = real(name, value)
+    if not 0.0 <= x < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {x}")
+    return x
+
+
+def unit_interval_closed(name: str, value: Any) -> float:
+    """0 <= value <= 1 (dampening)."""
+    x = real(name, value)
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {x}")
+    return x
+
+
+def flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def step_count(name: str, value: Any) -> int:
+    """The step number t after incrementing: an int >= 1."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    t = int(value)
+    if t < 1:
+        raise ValueError(f"{name} must be >= 1 (the count after incrementing; the first step is 1), got {t}")
+    return t
+
+
+def betas(name: str, value: Any) -> tuple[float, float]:
+    try:
+        b1, b2 = value
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a pair (beta1, beta2), got {value!r}") from None
+    return unit_interval(f"{name}[0]", b1), unit_interval(f"{name}[1]", b2)
+
+
+def param_array(name: str, a: Any) -> np.ndarray:
+    """An array fusedopt can update in place (checked at optimizer construction)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in _FLOAT_DTYPES or not a.dtype.isnative:
+        raise TypeError(f"{name} has dtype {a.dtype}; fusedopt updates float32 and float64 arrays (native byte order)")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} is not C-contiguous; fusedopt updates arrays in place and never copies")
+    if not a.flags.aligned:
+        raise ValueError(f"{name} is not aligned to its dtype")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is read-only, but it is updated in place")
+    return a
+
+
+def no_overlap(name: str, arrays: Sequence[np.ndarray]) -> None:
+    """No two arrays share memory (a parameter listed twice, or two overlapping views)."""
+    extents = []
+    for i, a in enumerate(arrays):
+        if a.size:
+            start = a.__array_interface__["data"][0]
+            extents.append((start, start + a.nbytes, i))
+    extents.sort()
+    for (_s0, e0, i0), (s1, _e1, i1) in zip(extents, extents[1:]):
+        if s1 < e0:
+            i, j = sorted((i0, i1))
+            same = arrays[i] is arrays[j]
+            what = "is the same array as" if same else "shares memory with"
+            raise ValueError(f"{name}[{j}] {what} {name}[{i}]; each parameter may appear only once")
+
+
+def grad_array(name: str, g: Any, param: np.ndarray, pname: str) -> None:
+    """Python-side twin of the C++ checks, used when one step needs several native calls."""
+    if not isinstance(g, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(g).__name__}")
+    if g.dtype != param.dtype or not g.dtype.isnative:
+        raise TypeError(f"{name} has dtype {g.dtype} but {pname} has {param.dtype}; they must match exactly")
+    if g.shape != param.shape:
+        raise ValueError(f"{name} has shape {g.shape} but {pname} has shape {param.shape}")
+    if not g.flags.c_contiguous:
+        raise ValueError(f"{name} is not C-contiguous; fusedopt never copies")
+    if not g.flags.aligned:
+        raise ValueError(f"{name} is not aligned to its dtype")

@@ -1,0 +1,554 @@
+"""Stateful optimizers with torch.optim's names, defaults and semantics, on NumPy arrays.
+
+An optimizer holds a list of parameter arrays (optionally in several *param groups* with their
+own hyperparameters, as in torch) and their state arrays. ``opt.step(grads)`` takes one gradient
+per parameter, in order (``None`` skips a parameter for this step, as a missing ``.grad`` does in
+torch), and updates every parameter in place with one native call per (group, dtype, step count)
+— normally exactly one call. Hyperparameters live in ``opt.param_groups[i]`` and may be changed
+between steps (learning-rate schedules). ``state_dict()``/``load_state_dict()`` round-trip exactly.
+
+The arithmetic is that of :mod:`fusedopt.functional` (documented there, specified by
+:mod:`fusedopt.reference`).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _validation as check
+from . import functional as F
+
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Optimizer"]
+
+ParamsArg = Union[np.ndarray, Iterable[np.ndarray], Iterable[Mapping[str, Any]]]
+State = Dict[str, Any]
+
+
+class Optimizer:
+    """Base class: param groups, per-parameter state, ``step``, ``state_dict``.
+
+    Subclasses declare their hyperparameters (``_check_hyper``), their state (``_new_state``,
+    ``_STATE_ARRAYS``) and one call into :mod:`fusedopt.functional` (``_update``).
+    """
+
+    #: names of the state arrays a parameter may have, and those it must have once stepped
+    _STATE_ARRAYS: Tuple[str, ...] = ()
+    _HAS_STEP = True
+
+    def __init__(self, params: ParamsArg, defaults: Mapping[str, Any]) -> None:
+        self.defaults: Dict[str, Any] = self._check_hyper(dict(defaults))
+        self.param_groups: List[Dict[str, Any]] = []
+        self._params: List[np.ndarray] = []
+        self.state: List[State] = []
+        self._lock = threading.Lock()
+        if isinstance(params, np.ndarray):
+            params = [params]
+        items = list(params)
+        if not items:
+            raise ValueError("params is an empty list: an optimizer needs at least one parameter")
+        if all(isinstance(x, Mapping) for x in items):
+            for group in items:
+                self.add_param_group(group)  # type: ignore[arg-type]
+        elif any(isinstance(x, Mapping) for x in items):
+            raise TypeError("params must be a list of arrays or a list of param-group dicts, not a mix")
+        else:
+            self.add_param_group({"params": items})
+
+    # -- subclass interface --------------------------------------------------------------------
+    def _check_hyper(self, hyper: Dict[str, Any]) -> Dict[str, Any]:
+        """Validate and normalize hyperparameters (raise ValueError/TypeError naming them)."""
+        raise NotImplementedError
+
+    def _new_state(self, param: np.ndarray, group: Mapping[str, Any]) -> State:
+        """State of a parameter before its first step."""
+        return {"step": 0}
+
+    def _complete_state(self, state: State, param: np.ndarray, group: Mapping[str, Any]) -> State:
+        """Add arrays a flag turned on since the state was made (e.g. amsgrad)."""
+        return state
+
+    def _bucket(self, state: State) -> Any:
+        """Parameters whose states give equal buckets are updated by one native call."""
+        return state.get("step")
+
+    def _update(
+        self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray], states: List[State]
+    ) -> None:
+        raise NotImplementedError
+
+    # -- param groups --------------------------------------------------------------------------
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """Add a group of parameters with its own hyperparameters (missing ones take the defaults)."""
+        if not isinstance(param_group, Mapping):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError("param_group must have a 'params' entry")
+        raw = param_group["params"]
+        arrays = [raw] if isinstance(raw, np.ndarray) else list(raw)
+        start = len(self._params)
+        for i, a in enumerate(arrays):
+            check.param_array(f"params[{start + i}]", a)
+        unknown = set(param_group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for {type(self).__name__}")
+        group = {k: param_group.get(k, v) for k, v in self.defaults.items()}
+        group = self._check_hyper(group)
+        check.no_overlap("params", self._params + arrays)
+        group["params"] = list(range(start, start + len(arrays)))
+        self.param_groups.append(group)
+        self._params.extend(arrays)
+        self.state.extend(self._new_state(a, group) for a in arrays)
+
+    @property
+    def params(self) -> List[np.ndarray]:
+        """All parameter arrays, in the order ``step`` expects their gradients."""
+        return list(self._params)
+
+    # -- the step --------------------------------------------------------------------------------
+    def step(self, grads: Sequence[Optional[np.ndarray]]) -> None:
+        """Update every parameter in place from its gradient (``None``: skip this parameter).
+
+        ``grads`` matches :attr:`params` one to one. On any error nothing is modified.
+        """
+        if isinstance(grads, np.ndarray):
+            grads = [grads]
+        grads = list(grads)
+        if len(grads) != len(self._params):
+            raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(self._params)} parameters")
+        with self._lock:
+            plan: List[Tuple[Dict[str, Any], List[int]]] = []
+            staged: Dict[int, State] = {}
+            for group in self.param_groups:
+                hyper = self._check_hyper({k: group[k] for k in self.defaults})
+                buckets: Dict[Any, List[int]] = {}
+                for i in group["params"]:
+                    if grads[i] is None:
+                        continue
+                    st = self._complete_state(dict(self.state[i]), self._params[i], hyper)
+                    staged[i] = st
+                    key = (self._params[i].dtype.char, self._bucket(st))
+                    buckets.setdefault(key, []).append(i)
+                plan.extend((hyper, idx) for idx in buckets.values())
+            if len(plan) > 1:
+                # Several native calls: check every gradient first, so that no call can fail after
+                # an earlier one has already written.
+                used = [i for _, idx in plan for i in idx]
+                for i in used:
+                    check.grad_array(f"grads[{i}]", grads[i], self._params[i], f"params[{i}]")
+                self._check_grads_disjoint([self._params[i] for i in used], [grads[i] for i in used], used)
+            for hyper, idx in plan:
+                self._update(hyper, [self._params[i] for i in idx], [grads[i] for i in idx], [staged[i] for i in idx])
+            for i, st in staged.items():
+                if self._HAS_STEP:
+                    st["step"] = st["step"] + 1
+                self.state[i] = st
+
+    @staticmethod
+    def _check_grads_disjoint(params: List[np.ndarray], grads: List[np.ndarray], idx: List[int]) -> None:
+        extents = []
+        for k, a in enumerate(params):
+            if a.size:
+                s = a.__array_interface__["data"][0]
+                extents.append((s, s + a.nbytes, "params", idx[k]))
+        for k, g in enumerate(grads):
+            if g.size:
+                s = g.__array_interface__["data"][0]
+                extents.append((s, s + g.nbytes, "grads", idx[k]))
+        extents.sort()
+        max_end, owner = 0, None
+        for s, e, kind, i in extents:
+            if owner is not None and s < max_end and "params" in (kind, owner[0]):
+                raise ValueError(f"{kind}[{i}] shares memory with {owner[0]}[{owner[1]}]")
+            if e > max_end:
+                max_end, owner = e, (kind, i)
+
+    # -- state dicts -----------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """A copy of the state: ``{"state": {index: {...}}, "param_groups": [{..., "params": [index...]}]}``.
+
+        Arrays are copies (later steps do not change a saved state dict); layout and key names
+        follow torch.optim (with ``step`` as a Python int).
+        """
+        state: Dict[int, State] = {}
+        for i, st in enumerate(self.state):
+            if self._HAS_STEP and st.get("step", 0) == 0 and not any(k in st for k in self._STATE_ARRAYS):
+                continue
+            if not st:
+                continue
+            state[i] = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+        groups = [{**{k: g[k] for k in self.defaults}, "params": list(g["params"])} for g in self.param_groups]
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a state dict made by :meth:`state_dict` (or torch-shaped, with array values).
+
+        Everything is checked first (group and parameter counts, hyperparameters, state keys,
+        array shapes and dtypes, step counts); a state dict that does not fit raises and leaves
+        the optimizer unchanged. Arrays are copied in.
+        """
+        if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("state_dict must be a mapping with 'state' and 'param_groups'")
+        groups_in = list(state_dict["param_groups"])
+        if len(groups_in) != len(self.param_groups):
+            raise ValueError(
+                f"state_dict has {len(groups_in)} param groups but the optimizer has {len(self.param_groups)}"
+            )
+        new_groups = []
+        index_map: Dict[Any, int] = {}
+        for gi, (gin, mine) in enumerate(zip(groups_in, self.param_groups)):
+            if not isinstance(gin, Mapping) or "params" not in gin:
+                raise ValueError(f"state_dict['param_groups'][{gi}] must be a dict with 'params'")
+            ids = list(gin["params"])
+            if len(ids) != len(mine["params"]):
+                raise ValueError(
+                    f"param group {gi} of state_dict has {len(ids)} parameters, the optimizer's has {len(mine['params'])}"
+                )
+            missing = set(self.defaults) - set(gin)
+            if missing:
+                raise ValueError(f"param group {gi} of state_dict lacks {sorted(missing)}")
+            hyper = self._check_hyper({k: gin[k] for k in self.defaults})
+            new_groups.append({**hyper, "params": list(mine["params"])})
+            for saved_id, i in zip(ids, mine["params"]):
+                index_map[saved_id] = i
+        states_in = state_dict["state"]
+        if not isinstance(states_in, Mapping):
+            raise ValueError("state_dict['state'] must be a dict")
+        new_state = [self._new_state(p, new_groups[self._group_of(i)]) for i, p in enumerate(self._params)]
+        for key, st in states_in.items():
+            if key not in index_map:
+                raise ValueError(f"state_dict['state'] has an entry for unknown parameter {key!r}")
+            i = index_map[key]
+            new_state[i] = self._check_loaded_state(i, st)
+        for group, new in zip(self.param_groups, new_groups):
+            group.clear()
+            group.update(new)
+        self.state = new_state
+
+    def _group_of(self, i: int) -> int:
+        for gi, g in enumerate(self.param_groups):
+            if i in g["params"]:
+                return gi
+        raise IndexError(i)  # pragma: no cover
+
+    def _check_loaded_state(self, i: int, st: Any) -> State:
+        if not isinstance(st, Mapping):
+            raise ValueError(f"state of parameter {i} must be a dict")
+        p = self._params[i]
+        allowed = set(self._STATE_ARRAYS) | ({"step"} if self._HAS_STEP else set())
+        unknown = set(st) - allowed
+        if unknown:
+            raise ValueError(f"state of parameter {i} has unknown key(s) {sorted(unknown)} for {type(self).__name__}")
+        out: State = {}
+        if self._HAS_STEP:
+            if "step" not in st:
+                raise ValueError(f"state of parameter {i} lacks 'step'")
+            step = st["step"]
+            if hasattr(step, "item") and getattr(step, "size", 1) == 1:
+                step = step.item()
+            if isinstance(step, float) and step.is_integer():
+                step = int(step)
+            if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+                raise ValueError(f"state of parameter {i}: 'step' must be an int >= 0, got {st['step']!r}")
+            out["step"] = int(step)
+        for k in self._STATE_ARRAYS:
+            if k not in st:
+                continue
+            a = st[k]
+            if not isinstance(a, np.ndarray):
+                raise ValueError(f"state of parameter {i}: '{k}' must be a numpy.ndarray, got {type(a).__name__}")
+            if a.dtype != p.dtype:
+                raise ValueError(f"state of parameter {i}: '{k}' has dtype {a.dtype}, the parameter {p.dtype}")
+            if a.shape != p.shape:
+                raise ValueError(f"state of parameter {i}: '{k}' has shape {a.shape}, the parameter {p.shape}")
+            out[k] = np.array(a, dtype=p.dtype, order="C", copy=True)
+        self._check_required_state(i, out)
+        return out
+
+    def _check_required_state(self, i: int, st: State) -> None:
+        """Refuse a loaded state that lacks arrays this optimizer needs after its first step."""
+        if st.get("step", 1) > 0:
+            missing = [k for k in self._required_arrays() if k not in st]
+            if missing:
+                raise ValueError(f"state of parameter {i} lacks {missing}")
+
+    def _required_arrays(self) -> Tuple[str, ...]:
+        return ()
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for gi, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {gi}")
+            for k in self.defaults:
+                lines.append(f"    {k}: {g[k]}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def _zeros(p: np.ndarray) -> np.ndarray:
+    return np.zeros(p.shape, dtype=p.dtype)
+
+
+class SGD(Optimizer):
+    """``torch.optim.SGD``: see :func:`fusedopt.functional.sgd` for the exact update.
+
+    State per parameter: ``momentum_buffer`` (when ``momentum != 0``; made on the first step, where
+    it is set to the gradient, as torch does). SGD has no step counter.
+    """
+
+    _STATE_ARRAYS = ("momentum_buffer",)
+    _HAS_STEP = False
+
+    def __init__(
+        self,
+        params: ParamsArg,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                 nesterov=nesterov, maximize=maximize),
+        )  # fmt: skip
+
+    def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
+        h["lr"] = check.non_negative("lr", h["lr"])
+        h["momentum"] = check.non_negative("momentum", h["momentum"])
+        h["dampening"] = check.unit_interval_closed("dampening", h["dampening"])
+        h["weight_decay"] = check.non_negative("weight_decay", h["weight_decay"])
+        h["nesterov"] = check.flag("nesterov", h["nesterov"])
+        h["maximize"] = check.flag("maximize", h["maximize"])
+        if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
+            raise ValueError("nesterov requires momentum > 0 and dampening == 0")
+        return h
+
+    def _new_state(self, param: np.ndarray, group: Mapping[str, Any]) -> State:
+        return {}
+
+    def _bucket(self, state: State) -> Any:
+        return "momentum_buffer" in state
+
+    def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
+                states: List[State]) -> None:  # fmt: skip
+        bufs = None
+        first = False
+        if group["momentum"] != 0:
+            first = "momentum_buffer" not in states[0]
+            if first:
+                for st, p in zip(states, params):
+                    st["momentum_buffer"] = np.empty_like(p)  # written (= g) by the kernel
+            bufs = [st["momentum_buffer"] for st in states]
+        F.sgd(params, grads, bufs, lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
+              nesterov=group["nesterov"], weight_decay=group["weight_decay"], maximize=group["maximize"],
+              first_step=first)  # fmt: skip
+
+
+class Momentum(Optimizer):
+    """Momentum as an exponentially weighted average (Ng): see :func:`fusedopt.functional.momentum`.
+
+    State per parameter: ``step`` and ``velocity`` (zeros).
+    """
+
+    _STATE_ARRAYS = ("velocity",)
+
+    def __init__(
+        self, params: ParamsArg, lr: float, beta: float = 0.9, weight_decay: float = 0.0,
+        bias_correction: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay, bias_correction=bias_correction))
+
+    def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
+        h["lr"] = check.non_negative("lr", h["lr"])
+        h["beta"] = check.unit_interval("beta", h["beta"])
+        h["weight_decay"] = check.non_negative("weight_decay", h["weight_decay"])
+        h["bias_correction"] = check.flag("bias_correction", h["bias_correction"])
+        return h
+
+    def _complete_state(self, state: State, param: np.ndarray, group: Mapping[str, Any]) -> State:
+        if "velocity" not in state:
+            state["velocity"] = _zeros(param)
+        return state
+
+    def _required_arrays(self) -> Tuple[str, ...]:
+        return ("velocity",)
+
+    def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
+                states: List[State]) -> None:  # fmt: skip
+        F.momentum(params, grads, [st["velocity"] for st in states], step=states[0]["step"] + 1, lr=group["lr"],
+                   beta=group["beta"], weight_decay=group["weight_decay"],
+                   bias_correction=group["bias_correction"])  # fmt: skip
+
+
+class RMSprop(Optimizer):
+    """``torch.optim.RMSprop``: see :func:`fusedopt.functional.rmsprop` for the exact update.
+
+    State per parameter: ``step`` (counted, unused by the math, as in torch), ``square_avg``,
+    ``momentum_buffer`` (momentum > 0) and ``grad_avg`` (centered), all starting at zero.
+    """
+
+    _STATE_ARRAYS = ("square_avg", "momentum_buffer", "grad_avg")
+
+    def __init__(
+        self, params: ParamsArg, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+        weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
+        maximize: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(
+            params,
+            dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                 centered=centered, maximize=maximize),
+        )  # fmt: skip
+
+    def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
+        h["lr"] = check.non_negative("lr", h["lr"])
+        h["alpha"] = check.unit_interval("alpha", h["alpha"])
+        h["eps"] = check.non_negative("eps", h["eps"])
+        h["weight_decay"] = check.non_negative("weight_decay", h["weight_decay"])
+        h["momentum"] = check.non_negative("momentum", h["momentum"])
+        h["centered"] = check.flag("centered", h["centered"])
+        h["maximize"] = check.flag("maximize", h["maximize"])
+        return h
+
+    def _complete_state(self, state: State, param: np.ndarray, group: Mapping[str, Any]) -> State:
+        state.setdefault("square_avg", _zeros(param))
+        if group["momentum"] > 0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = _zeros(param)
+        if group["centered"] and "grad_avg" not in state:
+            state["grad_avg"] = _zeros(param)
+        return state
+
+    def _required_arrays(self) -> Tuple[str, ...]:
+        return ("square_avg",)
+
+    def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
+                states: List[State]) -> None:  # fmt: skip
+        F.rmsprop(
+            params, grads, [st["square_avg"] for st in states],
+            [st["grad_avg"] for st in states] if group["centered"] else None,
+            [st["momentum_buffer"] for st in states] if group["momentum"] > 0 else None,
+            lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
+            momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"],
+        )  # fmt: skip
+
+
+class Adam(Optimizer):
+    """``torch.optim.Adam``: see :func:`fusedopt.functional.adam` for the exact update.
+
+    State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq`` and ``max_exp_avg_sq`` (amsgrad),
+    all starting at zero. ``decoupled_weight_decay=True`` is AdamW.
+    """
+
+    _STATE_ARRAYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def __init__(
+        self, params: ParamsArg, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
+        decoupled_weight_decay: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                 maximize=maximize, decoupled_weight_decay=decoupled_weight_decay),
+        )  # fmt: skip
+
+    def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
+        h["lr"] = check.non_negative("lr", h["lr"])
+        h["betas"] = check.betas("betas", h["betas"])
+        h["eps"] = check.non_negative("eps", h["eps"])
+        h["weight_decay"] = check.non_negative("weight_decay", h["weight_decay"])
+        h["amsgrad"] = check.flag("amsgrad", h["amsgrad"])
+        h["maximize"] = check.flag("maximize", h["maximize"])
+        h["decoupled_weight_decay"] = check.flag("decoupled_weight_decay", h["decoupled_weight_decay"])
+        return h
+
+    def _complete_state(self, state: State, param: np.ndarray, group: Mapping[str, Any]) -> State:
+        state.setdefault("exp_avg", _zeros(param))
+        state.setdefault("exp_avg_sq", _zeros(param))
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = _zeros(param)
+        return state
+
+    def _required_arrays(self) -> Tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
+                states: List[State]) -> None:  # fmt: skip
+        b1, b2 = group["betas"]
+        F.adam(
+            params, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
+            [st["max_exp_avg_sq"] for st in states] if group["amsgrad"] else None,
+            step=states[0]["step"] + 1, lr=group["lr"], beta1=b1, beta2=b2, eps=group["eps"],
+            weight_decay=group["weight_decay"], amsgrad=group["amsgrad"], maximize=group["maximize"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+        )  # fmt: skip
+
+
+class AdamW(Adam):
+    """``torch.optim.AdamW``: Adam with decoupled weight decay, ``weight_decay=1e-2`` by default."""
+
+    def __init__(
+        self, params: ParamsArg, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         decoupled_weight_decay=True)  # fmt: skip
+
+    def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
+        h = super()._check_hyper(h)
+        if not h["decoupled_weight_decay"]:
+            raise ValueError("AdamW always uses decoupled weight decay (decoupled_weight_decay=True)")
+        return h
+
+
+class Adagrad(Optimizer):
+    """``torch.optim.Adagrad``: see :func:`fusedopt.functional.adagrad` for the exact update.
+
+    State per parameter: ``step`` and ``sum`` (filled with ``initial_accumulator_value`` when the
+    optimizer is built, as torch does).
+    """
+
+    _STATE_ARRAYS = ("sum",)
+
+    def __init__(
+        self, params: ParamsArg, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0, eps: float = 1e-10, *, maximize: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(
+            params,
+            dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                 initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize),
+        )  # fmt: skip
+
+    def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
+        h["lr"] = check.non_negative("lr", h["lr"])
+        h["lr_decay"] = check.non_negative("lr_decay", h["lr_decay"])
+        h["weight_decay"] = check.non_negative("weight_decay", h["weight_decay"])
+        h["initial_accumulator_value"] = check.non_negative("initial_accumulator_value", h["initial_accumulator_value"])
+        h["eps"] = check.non_negative("eps", h["eps"])
+        h["maximize"] = check.flag("maximize", h["maximize"])
+        return h
+
+    def _new_state(self, param: np.ndarray, group: Mapping[str, Any]) -> State:
+        return {"step": 0, "sum": np.full(param.shape, group["initial_accumulator_value"], dtype=param.dtype)}
+
+    def _required_arrays(self) -> Tuple[str, ...]:
+        return ("sum",)
+
+    def _check_required_state(self, i: int, st: State) -> None:
+        if "sum" not in st:
+            raise ValueError(f"state of parameter {i} lacks ['sum']")
+
+    def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
+                states: List[State]) -> None:  # fmt: skip
+        F.adagrad(params, grads, [st["sum"] for st in states], step=states[0]["step"] + 1, lr=group["lr"],
+                  lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
+                  maximize=group["maximize"])  # fmt: skip
+
+
