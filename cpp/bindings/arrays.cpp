@@ -43,20 +43,28 @@ bool same_shape(const py::array& a, const py::array& b) {
   return true;
 }
 
-py::array as_array(py::handle h, const std::string& what) {
+py::array as_array(py::handle h, const char* name, std::size_t k) {
   if (!py::isinstance<py::array>(h)) {
-    throw py::type_error(what + " must be a numpy.ndarray, got " +
+    throw py::type_error(label(name, k) + " must be a numpy.ndarray, got " +
                          py::str(py::type::of(h).attr("__name__")).cast<std::string>());
   }
   return py::reinterpret_borrow<py::array>(h);
 }
 
-py::list as_list(const Role& role) {
+// Items of a list or tuple, borrowed (no copy of the list is made).
+struct Items {
+  PyObject* seq = nullptr;
+  std::size_t size() const { return seq == nullptr ? 0 : static_cast<std::size_t>(PySequence_Fast_GET_SIZE(seq)); }
+  py::handle operator[](std::size_t k) const { return PySequence_Fast_GET_ITEM(seq, static_cast<Py_ssize_t>(k)); }
+};
+
+Items items_of(const Role& role) {
+  if (role.list.is_none()) return Items{};
   if (!PyList_Check(role.list.ptr()) && !PyTuple_Check(role.list.ptr())) {
     throw py::type_error(std::string(role.name) + " must be a list or tuple of numpy arrays, got " +
                          py::str(py::type::of(role.list).attr("__name__")).cast<std::string>());
   }
-  return py::list(py::reinterpret_borrow<py::object>(role.list));
+  return Items{role.list.ptr()};
 }
 
 struct Extent {
@@ -103,13 +111,15 @@ int check_threads(int threads) {
 }
 
 Buffers collect(const std::vector<Role>& roles) {
+  // The success path builds no strings and copies no list: messages are made only when raising.
   Buffers out;
-  out.nbuf_ = static_cast<int>(roles.size());
-  std::vector<py::list> lists;
-  lists.reserve(roles.size());
-  for (const Role& role : roles) lists.push_back(role.list.is_none() ? py::list() : as_list(role));
+  const std::size_t nroles = roles.size();
+  out.nbuf_ = static_cast<int>(nroles);
+  std::vector<Items> lists;
+  lists.reserve(nroles);
+  for (const Role& role : roles) lists.push_back(items_of(role));
   const std::size_t count = lists[0].size();
-  for (std::size_t r = 1; r < roles.size(); ++r) {
+  for (std::size_t r = 1; r < nroles; ++r) {
     if (!roles[r].list.is_none() && lists[r].size() != count) {
       throw py::value_error(std::string(roles[r].name) + " has " + std::to_string(lists[r].size()) +
                             " arrays but " + roles[0].name + " has " + std::to_string(count));
@@ -119,7 +129,7 @@ Buffers collect(const std::vector<Role>& roles) {
   std::vector<py::array> params;
   params.reserve(count);
   for (std::size_t k = 0; k < count; ++k) {
-    py::array p = as_array(lists[0][k], label(roles[0].name, k));
+    py::array p = as_array(lists[0][k], roles[0].name, k);
     DType dt;
     if (!float_dtype(p, &dt)) {
       throw py::type_error(label(roles[0].name, k) + " has dtype " + dtype_str(p) +
@@ -132,43 +142,43 @@ Buffers collect(const std::vector<Role>& roles) {
                            label(roles[0].name, 0) + " has " + dtype_str(params[0]) +
                            "; one call updates arrays of one dtype");
     }
-    params.push_back(p);
+    params.push_back(std::move(p));
   }
 
-  out.ptrs_.assign(count * roles.size(), nullptr);
+  out.ptrs_.assign(count * nroles, nullptr);
   out.sizes_.resize(count);
   std::vector<Extent> extents;
-  extents.reserve(count * roles.size());
+  extents.reserve(count * nroles);
   for (std::size_t k = 0; k < count; ++k) {
     out.sizes_[k] = static_cast<std::int64_t>(params[k].size());
-    for (std::size_t r = 0; r < roles.size(); ++r) {
+    for (std::size_t r = 0; r < nroles; ++r) {
       if (roles[r].list.is_none()) continue;
-      const std::string what = label(roles[r].name, k);
-      py::array a = r == 0 ? params[k] : as_array(lists[r][k], what);
+      const char* name = roles[r].name;
+      py::array a = r == 0 ? params[k] : as_array(lists[r][k], name, k);
       if (r > 0) {
         DType dt;
         if (!float_dtype(a, &dt) || dt != out.dtype_) {
-          throw py::type_error(what + " has dtype " + dtype_str(a) + " but " + label(roles[0].name, k) +
+          throw py::type_error(label(name, k) + " has dtype " + dtype_str(a) + " but " + label(roles[0].name, k) +
                                " has " + dtype_str(params[k]) + "; they must match exactly (no conversion is made)");
         }
         if (!same_shape(a, params[k])) {
-          throw py::value_error(what + " has shape " + shape_str(a) + " but " + label(roles[0].name, k) +
+          throw py::value_error(label(name, k) + " has shape " + shape_str(a) + " but " + label(roles[0].name, k) +
                                 " has shape " + shape_str(params[k]));
         }
       }
       const int flags = a.flags();
       if ((flags & py::array::c_style) == 0) {
-        throw py::value_error(what + " is not C-contiguous; fusedopt updates arrays in place and never copies "
-                                     "(use np.ascontiguousarray on a copy you keep)");
+        throw py::value_error(label(name, k) + " is not C-contiguous; fusedopt updates arrays in place and never "
+                                               "copies (use np.ascontiguousarray on a copy you keep)");
       }
       if ((flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_) == 0) {
-        throw py::value_error(what + " is not aligned to its dtype");
+        throw py::value_error(label(name, k) + " is not aligned to its dtype");
       }
       if (roles[r].written && (flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) == 0) {
-        throw py::value_error(what + " is read-only, but it is updated in place");
+        throw py::value_error(label(name, k) + " is read-only, but it is updated in place");
       }
       void* data = const_cast<void*>(a.data());
-      out.ptrs_[k * roles.size() + r] = data;
+      out.ptrs_[k * nroles + r] = data;
       if (a.size() > 0) {
         const auto begin = reinterpret_cast<std::uintptr_t>(data);
         extents.push_back(Extent{begin, begin + static_cast<std::uintptr_t>(a.nbytes()), roles[r].written, r, k});

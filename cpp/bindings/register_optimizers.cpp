@@ -85,24 +85,28 @@ void adagrad(py::handle params, py::handle grads, py::handle state_sums, double 
 
 }  // namespace
 
+// The per-step scalars are positional, in the order of the NamedTuples of python/fusedopt/_scalars.py
+// (the functional layer calls e.g. `_core.adam(p, g, m, v, vmax, *scalars, maximize, threads)`):
+// parsing a dozen keyword arguments would cost more than a whole step on a small tensor.
+// tests/test_bindings.py checks that the names here and the NamedTuple fields agree.
 void register_optimizers(py::module_& m) {
-  m.def("sgd", &sgd, "params"_a, "grads"_a, "momentum_buffers"_a.none(true), py::kw_only(), "lr"_a,
+  m.def("sgd", &sgd, "params"_a, "grads"_a, "momentum_buffers"_a.none(true), "lr"_a,
         "weight_decay"_a, "momentum"_a, "one_minus_dampening"_a, "nesterov"_a, "maximize"_a, "first_step"_a,
         "threads"_a, "SGD step over lists of arrays (momentum_buffers=None: no momentum). See fusedopt.functional.sgd.");
-  m.def("momentum", &momentum, "params"_a, "grads"_a, "velocities"_a, py::kw_only(), "step_size"_a, "beta"_a,
+  m.def("momentum", &momentum, "params"_a, "grads"_a, "velocities"_a, "step_size"_a, "beta"_a,
         "one_minus_beta"_a, "weight_decay"_a, "threads"_a,
         "EMA-momentum step over lists of arrays. See fusedopt.functional.momentum.");
   m.def("rmsprop", &rmsprop, "params"_a, "grads"_a, "square_avgs"_a, "grad_avgs"_a.none(true),
-        "momentum_buffers"_a.none(true), py::kw_only(), "lr"_a, "alpha"_a, "one_minus_alpha"_a, "eps"_a,
+        "momentum_buffers"_a.none(true), "lr"_a, "alpha"_a, "one_minus_alpha"_a, "eps"_a,
         "weight_decay"_a, "momentum"_a, "maximize"_a, "threads"_a,
         "RMSprop step over lists of arrays (grad_avgs=None: not centered; momentum_buffers=None: no momentum). "
         "See fusedopt.functional.rmsprop.");
   m.def("adam", &adam, "params"_a, "grads"_a, "exp_avgs"_a, "exp_avg_sqs"_a, "max_exp_avg_sqs"_a.none(true),
-        py::kw_only(), "neg_step_size"_a, "bias_correction2_sqrt"_a, "eps"_a, "beta1"_a, "one_minus_beta1"_a,
+         "neg_step_size"_a, "bias_correction2_sqrt"_a, "eps"_a, "beta1"_a, "one_minus_beta1"_a,
         "beta2"_a, "one_minus_beta2"_a, "weight_decay"_a, "decay_factor"_a, "weight_decay_mode"_a, "maximize"_a,
         "threads"_a,
         "Adam/AdamW step over lists of arrays (max_exp_avg_sqs=None: no amsgrad). See fusedopt.functional.adam.");
-  m.def("adagrad", &adagrad, "params"_a, "grads"_a, "state_sums"_a, py::kw_only(), "neg_clr"_a, "eps"_a,
+  m.def("adagrad", &adagrad, "params"_a, "grads"_a, "state_sums"_a, "neg_clr"_a, "eps"_a,
         "weight_decay"_a, "maximize"_a, "threads"_a, "Adagrad step over lists of arrays. See fusedopt.functional.adagrad.");
 }
 

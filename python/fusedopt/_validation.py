@@ -16,6 +16,10 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def real(name: str, value: Any) -> float:
     """A finite real number (bools and complex numbers are refused)."""
+    if type(value) is float:  # fast path: the common case costs one type check
+        if value - value == 0.0:  # finite (inf - inf and nan - nan are nan)
+            return value
+        raise ValueError(f"{name} must be finite, got {value}")
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     x = float(value)
@@ -48,6 +52,8 @@ def unit_interval_closed(name: str, value: Any) -> float:
 
 
 def flag(name: str, value: Any) -> bool:
+    if value is True or value is False:
+        return value
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return bool(value)
@@ -55,6 +61,8 @@ def flag(name: str, value: Any) -> bool:
 
 def step_count(name: str, value: Any) -> int:
     """The step number t after incrementing: an int >= 1."""
+    if type(value) is int and value >= 1:
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     t = int(value)

@@ -36,6 +36,8 @@ def _as_list(name: str, x: ArrayOrList) -> Sequence[np.ndarray]:
 
 
 def _n_elements(params: Sequence[np.ndarray]) -> int:
+    if len(params) == 1:
+        return int(getattr(params[0], "size", 0))
     return sum(int(getattr(p, "size", 0)) for p in params)
 
 
@@ -90,10 +92,8 @@ def sgd(
         bufs = _as_list("momentum_buffers", momentum_buffers)
     s = _scalars.sgd_scalars(lr=lr, weight_decay=wd, momentum=mu, dampening=tau)
     _core.sgd(
-        p, g, bufs, lr=s.lr, weight_decay=s.weight_decay, momentum=s.momentum,
-        one_minus_dampening=s.one_minus_dampening, nesterov=nesterov,
-        maximize=check.flag("maximize", maximize), first_step=check.flag("first_step", first_step),
-        threads=_threads.resolve(threads, _n_elements(p), "sgd"),
+        p, g, bufs, *s, nesterov, check.flag("maximize", maximize), check.flag("first_step", first_step),
+        _threads.resolve(threads, _n_elements(p), "sgd"),
     )  # fmt: skip
 
 
@@ -137,9 +137,8 @@ def momentum(
     p = _as_list("params", params)
     s = _scalars.momentum_scalars(step=t, lr=lr, beta=beta, weight_decay=wd, bias_correction=bc)
     _core.momentum(
-        p, _as_list("grads", grads), _as_list("velocities", velocities), step_size=s.step_size,
-        beta=s.beta, one_minus_beta=s.one_minus_beta, weight_decay=s.weight_decay,
-        threads=_threads.resolve(threads, _n_elements(p), "momentum"),
+        p, _as_list("grads", grads), _as_list("velocities", velocities), *s,
+        _threads.resolve(threads, _n_elements(p), "momentum"),
     )  # fmt: skip
 
 
@@ -200,10 +199,8 @@ def rmsprop(
         bufs = _as_list("momentum_buffers", momentum_buffers)
     s = _scalars.rmsprop_scalars(lr=lr, alpha=alpha, eps=eps, weight_decay=wd, momentum=mu)
     _core.rmsprop(
-        p, _as_list("grads", grads), _as_list("square_avgs", square_avgs), gavg, bufs, lr=s.lr,
-        alpha=s.alpha, one_minus_alpha=s.one_minus_alpha, eps=s.eps, weight_decay=s.weight_decay,
-        momentum=s.momentum, maximize=check.flag("maximize", maximize),
-        threads=_threads.resolve(threads, _n_elements(p), "rmsprop"),
+        p, _as_list("grads", grads), _as_list("square_avgs", square_avgs), gavg, bufs, *s,
+        check.flag("maximize", maximize), _threads.resolve(threads, _n_elements(p), "rmsprop"),
     )  # fmt: skip
 
 
@@ -268,9 +265,8 @@ def adam(
     )  # fmt: skip
     _core.adam(
         p, _as_list("grads", grads), _as_list("exp_avgs", exp_avgs),
-        _as_list("exp_avg_sqs", exp_avg_sqs), vmax, **s._asdict(),
-        maximize=check.flag("maximize", maximize),
-        threads=_threads.resolve(threads, _n_elements(p), "adam"),
+        _as_list("exp_avg_sqs", exp_avg_sqs), vmax, *s, check.flag("maximize", maximize),
+        _threads.resolve(threads, _n_elements(p), "adam"),
     )  # fmt: skip
 
 
@@ -338,7 +334,6 @@ def adagrad(
     p = _as_list("params", params)
     s = _scalars.adagrad_scalars(step=t, lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=wd)
     _core.adagrad(
-        p, _as_list("grads", grads), _as_list("state_sums", state_sums), neg_clr=s.neg_clr,
-        eps=s.eps, weight_decay=s.weight_decay, maximize=check.flag("maximize", maximize),
-        threads=_threads.resolve(threads, _n_elements(p), "adagrad"),
+        p, _as_list("grads", grads), _as_list("state_sums", state_sums), *s,
+        check.flag("maximize", maximize), _threads.resolve(threads, _n_elements(p), "adagrad"),
     )  # fmt: skip

@@ -1,0 +1,35 @@
+"""The compiled module's calling convention agrees with the Python layer that calls it.
+
+The functional layer passes the per-step scalars positionally (``*scalars``) for speed, so the
+parameter names of each ``_core`` function must list the NamedTuple fields of
+``fusedopt._scalars`` in the same order, right after the arrays.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from fusedopt import _core, _scalars
+
+CASES = [
+    ("sgd", 3, _scalars.SgdScalars, ["nesterov", "maximize", "first_step", "threads"]),
+    ("momentum", 3, _scalars.MomentumScalars, ["threads"]),
+    ("rmsprop", 5, _scalars.RmspropScalars, ["maximize", "threads"]),
+    ("adam", 5, _scalars.AdamScalars, ["maximize", "threads"]),
+    ("adagrad", 3, _scalars.AdagradScalars, ["maximize", "threads"]),
+]
+
+
+def _parameter_names(fn: object) -> list[str]:
+    doc = getattr(fn, "__doc__", "") or ""
+    signature = doc.splitlines()[0]
+    inside = signature[signature.index("(") + 1 : signature.rindex(")")]
+    return re.findall(r"(\w+): ", inside)
+
+
+@pytest.mark.parametrize(("name", "n_arrays", "scalars", "tail"), CASES, ids=[c[0] for c in CASES])
+def test_positional_scalars_match_namedtuple(name: str, n_arrays: int, scalars: type, tail: list[str]) -> None:
+    names = _parameter_names(getattr(_core, name))
+    assert names[n_arrays:] == list(scalars._fields) + tail  # type: ignore[attr-defined]
