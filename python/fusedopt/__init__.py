@@ -22,6 +22,7 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
 
 from . import functional, reference
 from ._config import show_config
+from .arena import FlatParams
 from ._threads import get_num_threads, set_num_threads
 from .optimizers import SGD, Adagrad, Adam, AdamW, Momentum, Optimizer, RMSprop
 
@@ -30,6 +31,7 @@ __version__: str = _core.__version__
 __all__ = [
     "SGD",
     "Adagrad",
+    "FlatParams",
     "Adam",
     "AdamW",
     "Momentum",

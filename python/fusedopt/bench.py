@@ -68,6 +68,9 @@ __all__ = [
     "bytes_per_element",
     "header",
     "main",
+    "print_crossover",
+    "print_header",
+    "print_table",
     "run",
     "run_config",
     "threads_crossover",
@@ -771,7 +774,7 @@ def header() -> Dict[str, Any]:
     return info
 
 
-def _print_header(h: Dict[str, Any], alloc: str) -> None:
+def print_header(h: Dict[str, Any], alloc: str) -> None:
     print(f"# fusedopt {h['fusedopt']} | active ISA {h['active_isa']} (supported: {', '.join(h['supported_isas'])})"
           f" | OpenMP {'on' if h['openmp'] else 'off'}, threads {h['num_threads']}"
           f" | serial_below {h['serial_below']}")  # fmt: skip
@@ -783,7 +786,7 @@ def _print_header(h: Dict[str, Any], alloc: str) -> None:
           f"back-to-back steps, median; '~' = spread (IQR/median) > {NOISY:.0%}")  # fmt: skip
 
 
-def _print_table(results: List[Dict[str, Any]]) -> None:
+def print_table(results: List[Dict[str, Any]]) -> None:
     present = [c for c in CONTENDERS if any(c in r["contenders"] for r in results)]
     short = {"fusedopt": "fusedopt", "fusedopt-1t": "fusedopt 1t", "numpy-textbook": "np textbook",
              "numpy-inplace": "np inplace", "torch-fused": "torch fused", "torch-foreach": "torch foreach",
@@ -841,7 +844,7 @@ def _fmt_us(us: float) -> str:
     return f"{us:9.2f}"
 
 
-def _print_crossover(res: Dict[str, Any]) -> None:
+def print_crossover(res: Dict[str, Any]) -> None:
     t = res["threads"]
     print()
     print(f"threads crossover, {res['dtype']}, explicit threads=1 vs threads={t}; µs/step (median); "
@@ -959,10 +962,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             json.dump(doc, sys.stdout, indent=1)
             print()
         else:
-            _print_header(h, alloc)
+            print_header(h, alloc)
             if not _core.openmp_enabled or (os.cpu_count() or 1) < 2:
                 print("# note: OpenMP disabled or a single CPU: threads > 1 cannot win here")
-            _print_crossover(res)
+            print_crossover(res)
         return 0
 
     if args.quick:
@@ -987,8 +990,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         json.dump(doc, sys.stdout, indent=1)
         print()
     else:
-        _print_header(h, alloc)
-        _print_table(results)
+        print_header(h, alloc)
+        print_table(results)
         print(f"# {time.perf_counter() - t0:.1f} s; load average at end "
               f"{[round(x, 2) for x in os.getloadavg()]}")  # fmt: skip
     return 1 if any("wrong" in i for r in results for i in r["contenders"].values()) else 0

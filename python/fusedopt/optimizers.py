@@ -20,10 +20,11 @@ import numpy as np
 
 from . import _validation as check
 from . import functional as F
+from .arena import FlatParams
 
 __all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Optimizer"]
 
-ParamsArg = Union[np.ndarray, Iterable[np.ndarray], Iterable[Mapping[str, Any]]]
+ParamsArg = Union[np.ndarray, FlatParams, Iterable[np.ndarray], Iterable[Mapping[str, Any]]]
 State = Dict[str, Any]
 
 
@@ -44,6 +45,13 @@ class Optimizer:
         self._params: List[np.ndarray] = []
         self.state: List[State] = []
         self._lock = threading.Lock()
+        self._version = 0  # bumped whenever params or state layout change
+        self._plan: Optional[_Plan] = None
+        self._arena: Optional[FlatParams] = None
+        if isinstance(params, FlatParams):
+            # One flat tensor; state buffers come from the arena, placed to avoid cache aliasing.
+            self._arena = params
+            params = [params.flat]
         if isinstance(params, np.ndarray):
             params = [params]
         items = list(params)
@@ -74,6 +82,12 @@ class Optimizer:
         """Parameters whose states give equal buckets are updated by one native call."""
         return state.get("step")
 
+    def _zeros(self, param: np.ndarray) -> np.ndarray:
+        """A zero state array for ``param`` (from the arena, placed, when there is one)."""
+        if self._arena is not None and param is self._arena.flat:
+            return self._arena.zeros()
+        return np.zeros(param.shape, dtype=param.dtype)
+
     def _update(
         self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray], states: List[State]
     ) -> None:
@@ -101,6 +115,7 @@ class Optimizer:
         self.param_groups.append(group)
         self._params.extend(arrays)
         self.state.extend(self._new_state(a, group) for a in arrays)
+        self._version += 1
 
     @property
     def params(self) -> List[np.ndarray]:
@@ -108,43 +123,122 @@ class Optimizer:
         return list(self._params)
 
     # -- the step --------------------------------------------------------------------------------
-    def step(self, grads: Sequence[Optional[np.ndarray]]) -> None:
+    def step(self, grads: Optional[Sequence[Optional[np.ndarray]]] = None) -> None:
         """Update every parameter in place from its gradient (``None``: skip this parameter).
 
-        ``grads`` matches :attr:`params` one to one. On any error nothing is modified.
+        ``grads`` matches :attr:`params` one to one; for an optimizer built on a
+        :class:`~fusedopt.FlatParams` arena it defaults to the arena's gradient buffer. On any
+        error nothing is modified (no array, no step count). Concurrent calls on one optimizer
+        are serialized by a lock.
         """
+        if grads is None:
+            if self._arena is None:
+                raise TypeError("step() needs grads (only an optimizer built on a FlatParams arena has default grads)")
+            grads = [self._arena.flat_grad]
         if isinstance(grads, np.ndarray):
             grads = [grads]
-        grads = list(grads)
+        elif not isinstance(grads, list):
+            grads = list(grads)
         if len(grads) != len(self._params):
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(self._params)} parameters")
         with self._lock:
-            plan: List[Tuple[Dict[str, Any], List[int]]] = []
-            staged: Dict[int, State] = {}
-            for group in self.param_groups:
-                hyper = self._check_hyper({k: group[k] for k in self.defaults})
-                buckets: Dict[Any, List[int]] = {}
-                for i in group["params"]:
-                    if grads[i] is None:
-                        continue
-                    st = self._complete_state(dict(self.state[i]), self._params[i], hyper)
-                    staged[i] = st
-                    key = (self._params[i].dtype.char, self._bucket(st))
-                    buckets.setdefault(key, []).append(i)
-                plan.extend((hyper, idx) for idx in buckets.values())
-            if len(plan) > 1:
-                # Several native calls: check every gradient first, so that no call can fail after
-                # an earlier one has already written.
-                used = [i for _, idx in plan for i in idx]
-                for i in used:
-                    check.grad_array(f"grads[{i}]", grads[i], self._params[i], f"params[{i}]")
-                self._check_grads_disjoint([self._params[i] for i in used], [grads[i] for i in used], used)
-            for hyper, idx in plan:
-                self._update(hyper, [self._params[i] for i in idx], [grads[i] for i in idx], [staged[i] for i in idx])
-            for i, st in staged.items():
-                if self._HAS_STEP:
-                    st["step"] = st["step"] + 1
-                self.state[i] = st
+            if not self._step_planned(grads):
+                self._step_general(grads)
+
+    def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
+        """Hyperparameters that decide which state arrays exist (a change needs the general path)."""
+        return ()
+
+    def _step_planned(self, grads: List[Optional[np.ndarray]]) -> bool:
+        """The common case, with the bucketing of the previous step reused: every parameter has a
+        gradient and the state layout is unchanged. Returns False (having changed nothing) when
+        the general path is needed."""
+        plan = self._plan
+        if plan is None or plan.version != self._version:
+            return False
+        for g in grads:
+            if g is None:
+                return False
+        keys = plan.keys
+        for gi, group in enumerate(self.param_groups):
+            snapshot = tuple([group[k] for k in keys])
+            if snapshot != plan.snapshots[gi]:
+                hyper = self._check_hyper(dict(zip(keys, snapshot)))
+                if self._structure(hyper) != plan.structures[gi]:
+                    return False
+                plan.snapshots[gi], plan.hypers[gi] = snapshot, hyper
+        calls = []
+        for gi, idx, params in plan.buckets:
+            states = [self.state[i] for i in idx]
+            if self._HAS_STEP:
+                t = states[0]["step"]
+                for st in states:
+                    if st["step"] != t:  # step counts were edited by hand: re-bucket
+                        return False
+            calls.append((plan.hypers[gi], params, [grads[i] for i in idx] if len(idx) != len(grads) else grads, states))
+        if len(calls) > 1:
+            self._precheck(grads, [i for _, idx, _ in plan.buckets for i in idx])
+        for hyper, params, gs, states in calls:
+            self._update(hyper, params, gs, states)
+        if self._HAS_STEP:
+            for st in self.state:
+                st["step"] += 1
+        return True
+
+    def _step_general(self, grads: List[Optional[np.ndarray]]) -> None:
+        plan: List[Tuple[Dict[str, Any], List[int]]] = []
+        staged: Dict[int, State] = {}
+        hypers = []
+        for group in self.param_groups:
+            hyper = self._check_hyper({k: group[k] for k in self.defaults})
+            hypers.append(hyper)
+            buckets: Dict[Any, List[int]] = {}
+            for i in group["params"]:
+                if grads[i] is None:
+                    continue
+                st = self._complete_state(dict(self.state[i]), self._params[i], hyper)
+                staged[i] = st
+                key = (self._params[i].dtype.char, self._bucket(st))
+                buckets.setdefault(key, []).append(i)
+            plan.extend((hyper, idx) for idx in buckets.values())
+        if len(plan) > 1:
+            self._precheck(grads, [i for _, idx in plan for i in idx])
+        for hyper, idx in plan:
+            self._update(hyper, [self._params[i] for i in idx], [grads[i] for i in idx], [staged[i] for i in idx])
+        for i, st in staged.items():
+            if self._HAS_STEP:
+                st["step"] = st["step"] + 1
+            self.state[i] = st
+        self._version += 1
+        self._plan = None
+        if len(staged) == len(self._params):
+            self._plan = self._make_plan(hypers)
+
+    def _make_plan(self, hypers: List[Dict[str, Any]]) -> "_Plan":
+        keys = tuple(self.defaults)
+        buckets = []
+        for gi, group in enumerate(self.param_groups):
+            by_key: Dict[Any, List[int]] = {}
+            for i in group["params"]:
+                by_key.setdefault((self._params[i].dtype.char, self._bucket(self.state[i])), []).append(i)
+            buckets.extend((gi, idx, [self._params[i] for i in idx]) for idx in by_key.values())
+        return _Plan(
+            version=self._version,
+            keys=keys,
+            snapshots=[tuple([g[k] for k in keys]) for g in self.param_groups],
+            hypers=hypers,
+            structures=[self._structure(h) for h in hypers],
+            buckets=buckets,
+        )
+
+    def _precheck(self, grads: List[Optional[np.ndarray]], used: List[int]) -> None:
+        """Several native calls: check every gradient first, so that no call can fail after an
+        earlier one has already written."""
+        for i in used:
+            check.grad_array(f"grads[{i}]", grads[i], self._params[i], f"params[{i}]")
+        self._check_grads_disjoint(
+            [self._params[i] for i in used], [grads[i] for i in used], used  # type: ignore[misc]
+        )
 
     @staticmethod
     def _check_grads_disjoint(params: List[np.ndarray], grads: List[np.ndarray], idx: List[int]) -> None:
@@ -226,6 +320,7 @@ class Optimizer:
             group.clear()
             group.update(new)
         self.state = new_state
+        self._version += 1
 
     def _group_of(self, i: int) -> int:
         for gi, g in enumerate(self.param_groups):
@@ -263,7 +358,9 @@ class Optimizer:
                 raise ValueError(f"state of parameter {i}: '{k}' has dtype {a.dtype}, the parameter {p.dtype}")
             if a.shape != p.shape:
                 raise ValueError(f"state of parameter {i}: '{k}' has shape {a.shape}, the parameter {p.shape}")
-            out[k] = np.array(a, dtype=p.dtype, order="C", copy=True)
+            buf = self._zeros(p)
+            buf[...] = a
+            out[k] = buf
         self._check_required_state(i, out)
         return out
 
@@ -287,8 +384,20 @@ class Optimizer:
         return "\n".join(lines)
 
 
-def _zeros(p: np.ndarray) -> np.ndarray:
-    return np.zeros(p.shape, dtype=p.dtype)
+class _Plan:
+    """How the last full step bucketed the parameters into native calls (see Optimizer.step)."""
+
+    __slots__ = ("version", "keys", "snapshots", "hypers", "structures", "buckets")
+
+    def __init__(self, *, version: int, keys: Tuple[str, ...], snapshots: List[Tuple[Any, ...]],
+                 hypers: List[Dict[str, Any]], structures: List[Tuple[Any, ...]],
+                 buckets: List[Tuple[int, List[int], List[np.ndarray]]]) -> None:  # fmt: skip
+        self.version = version
+        self.keys = keys
+        self.snapshots = snapshots
+        self.hypers = hypers
+        self.structures = structures
+        self.buckets = buckets
 
 
 class SGD(Optimizer):
@@ -335,6 +444,9 @@ class SGD(Optimizer):
     def _bucket(self, state: State) -> Any:
         return "momentum_buffer" in state
 
+    def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
+        return (hyper["momentum"] != 0,)
+
     def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
                 states: List[State]) -> None:  # fmt: skip
         bufs = None
@@ -343,7 +455,7 @@ class SGD(Optimizer):
             first = "momentum_buffer" not in states[0]
             if first:
                 for st, p in zip(states, params):
-                    st["momentum_buffer"] = np.empty_like(p)  # written (= g) by the kernel
+                    st["momentum_buffer"] = self._zeros(p)  # overwritten with g by the kernel
             bufs = [st["momentum_buffer"] for st in states]
         F.sgd(params, grads, bufs, lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
               nesterov=group["nesterov"], weight_decay=group["weight_decay"], maximize=group["maximize"],
@@ -373,7 +485,7 @@ class Momentum(Optimizer):
 
     def _complete_state(self, state: State, param: np.ndarray, group: Mapping[str, Any]) -> State:
         if "velocity" not in state:
-            state["velocity"] = _zeros(param)
+            state["velocity"] = self._zeros(param)
         return state
 
     def _required_arrays(self) -> Tuple[str, ...]:
@@ -417,15 +529,19 @@ class RMSprop(Optimizer):
         return h
 
     def _complete_state(self, state: State, param: np.ndarray, group: Mapping[str, Any]) -> State:
-        state.setdefault("square_avg", _zeros(param))
+        if "square_avg" not in state:
+            state["square_avg"] = self._zeros(param)
         if group["momentum"] > 0 and "momentum_buffer" not in state:
-            state["momentum_buffer"] = _zeros(param)
+            state["momentum_buffer"] = self._zeros(param)
         if group["centered"] and "grad_avg" not in state:
-            state["grad_avg"] = _zeros(param)
+            state["grad_avg"] = self._zeros(param)
         return state
 
     def _required_arrays(self) -> Tuple[str, ...]:
         return ("square_avg",)
+
+    def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
+        return (hyper["centered"], hyper["momentum"] > 0)
 
     def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
                 states: List[State]) -> None:  # fmt: skip
@@ -469,14 +585,19 @@ class Adam(Optimizer):
         return h
 
     def _complete_state(self, state: State, param: np.ndarray, group: Mapping[str, Any]) -> State:
-        state.setdefault("exp_avg", _zeros(param))
-        state.setdefault("exp_avg_sq", _zeros(param))
+        if "exp_avg" not in state:
+            state["exp_avg"] = self._zeros(param)
+        if "exp_avg_sq" not in state:
+            state["exp_avg_sq"] = self._zeros(param)
         if group["amsgrad"] and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = _zeros(param)
+            state["max_exp_avg_sq"] = self._zeros(param)
         return state
 
     def _required_arrays(self) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
+
+    def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
+        return (hyper["amsgrad"],)
 
     def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
                 states: List[State]) -> None:  # fmt: skip
@@ -536,7 +657,9 @@ class Adagrad(Optimizer):
         return h
 
     def _new_state(self, param: np.ndarray, group: Mapping[str, Any]) -> State:
-        return {"step": 0, "sum": np.full(param.shape, group["initial_accumulator_value"], dtype=param.dtype)}
+        total = self._zeros(param)
+        total.fill(group["initial_accumulator_value"])
+        return {"step": 0, "sum": total}
 
     def _required_arrays(self) -> Tuple[str, ...]:
         return ("sum",)
