@@ -478,8 +478,9 @@ def test_adam_maximize_with_l2_decay_formula(impl: ModuleType) -> None:
 def _all_algorithms(impl: ModuleType, dtype: Any, seed: int = 90, n: int = 4099, steps: int = 3) -> Dict[str, List[np.ndarray]]:
     """Run every algorithm (with its optional state) for a few steps; return all written arrays."""
     r = rng_for(seed)
-    th = r.standard_normal(n).astype(dtype)
-    grads = [(r.standard_normal(n) * s).astype(dtype) for s in (2.0, 0.3, 1.0)[:steps]]
+    # drawn in float32, so that the float64 run starts from exactly the same values
+    th = r.standard_normal(n).astype(np.float32).astype(dtype)
+    grads = [(r.standard_normal(n) * s).astype(np.float32).astype(dtype) for s in (2.0, 0.3, 1.0)[:steps]]
 
     def z() -> np.ndarray:
         return np.zeros(n, dtype=dtype)
@@ -514,18 +515,22 @@ def _all_algorithms(impl: ModuleType, dtype: Any, seed: int = 90, n: int = 4099,
 
 def test_float32_in_float32_out_and_computed_in_float32(impl: ModuleType) -> None:
     res32 = _all_algorithms(impl, np.float32)
-    # the same inputs (exactly representable in float64) run in float64, then rounded once
+    # the same inputs (exactly representable in float32) run in float64
     res64 = _all_algorithms(impl, np.float64)
     for name in res32:
         for k, (a32, a64) in enumerate(zip(res32[name], res64[name])):
             assert a32.dtype == np.float32, (name, k)
             scale = float(np.max(np.abs(a64)))
             np.testing.assert_allclose(a32, a64, rtol=1e-5, atol=1e-5 * scale, err_msg=f"{name}[{k}]")
-        # a silent upcast (float64 intermediates, one rounding at the end) would reproduce the
-        # rounded float64 parameter exactly; float32 arithmetic rounds every operation
-        p32, p64 = res32[name][0], res64[name][0]
+    # One step: a silent upcast (float64 intermediates, one rounding when stored) would reproduce
+    # the rounded float64 result (up to rare double-rounding cases); float32 arithmetic rounds every
+    # operation and differs from it in a sizeable fraction of the elements.
+    one32 = _all_algorithms(impl, np.float32, steps=1)
+    one64 = _all_algorithms(impl, np.float64, steps=1)
+    for name in one32:
+        p32, p64 = one32[name][0], one64[name][0]
         n_diff = int(np.sum(p32 != p64.astype(np.float32)))
-        assert n_diff > 0, f"{name}: float32 result equals the rounded float64 result everywhere (upcast?)"
+        assert n_diff > p32.size // 100, f"{name}: float32 result ~equals the rounded float64 result (upcast?)"
 
 
 def test_float32_sgd_and_adam_equal_explicit_float32_arithmetic(impl: ModuleType) -> None:

@@ -39,6 +39,15 @@ IMPL_FUSED = pytest.param({"fused": True}, id="torch-fused")
 IMPLS_WITH_FUSED = [IMPL_LOOP, IMPL_FUSED]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _torch_single_thread() -> Any:
+    """Tiny tensors: torch's intra-op thread pool only adds contention (results do not depend on it)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 # ------------------------------------------------------------------------------------------------
 # problem and runners
 # ------------------------------------------------------------------------------------------------
@@ -307,28 +316,30 @@ def piecewise_lr(t: int, base: float) -> float:
     return base * 2.0
 
 
+_LR_CHANGE_SETUPS = [
+    ("SGD-momentum", fusedopt.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, dampening=0.1), True),
+    ("SGD-nesterov-wd", fusedopt.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2),
+     True),  # fmt: skip
+    ("Adam-L2-amsgrad", fusedopt.Adam, torch.optim.Adam, dict(lr=1e-2, weight_decay=1e-2, amsgrad=True), True),
+    ("AdamW", fusedopt.AdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1), True),
+    ("RMSprop-centered-momentum", fusedopt.RMSprop, torch.optim.RMSprop, dict(lr=1e-2, momentum=0.9, centered=True),
+     False),  # torch has no fused RMSprop
+    ("Adagrad-lr_decay", fusedopt.Adagrad, torch.optim.Adagrad, dict(lr=0.1, lr_decay=0.01, weight_decay=1e-2), True),
+]
 LR_CHANGE_CASES = [
-    pytest.param((fusedopt.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, dampening=0.1)), True, id="SGD-momentum"),
-    pytest.param((fusedopt.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2)),
-                 True, id="SGD-nesterov-wd"),  # fmt: skip
-    pytest.param((fusedopt.Adam, torch.optim.Adam, dict(lr=1e-2, weight_decay=1e-2, amsgrad=True)), True,
-                 id="Adam-L2-amsgrad"),  # fmt: skip
-    pytest.param((fusedopt.AdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)), True, id="AdamW"),
-    pytest.param((fusedopt.RMSprop, torch.optim.RMSprop, dict(lr=1e-2, momentum=0.9, centered=True)), False,
-                 id="RMSprop-centered-momentum"),  # fmt: skip
-    pytest.param((fusedopt.Adagrad, torch.optim.Adagrad, dict(lr=0.1, lr_decay=0.01, weight_decay=1e-2)), True,
-                 id="Adagrad-lr_decay"),  # fmt: skip
+    pytest.param(f_cls, t_cls, kwargs, impl, id=f"{name}-{impl_id}")
+    for name, f_cls, t_cls, kwargs, has_fused in _LR_CHANGE_SETUPS
+    for impl, impl_id in [({"foreach": False}, "torch-loop"), ({"fused": True}, "torch-fused")]
+    if has_fused or "fused" not in impl
 ]
 
 
-@pytest.mark.parametrize("fused", [pytest.param(False, id="torch-loop"), pytest.param(True, id="torch-fused")])
-@pytest.mark.parametrize("case,has_fused", LR_CHANGE_CASES)
+@pytest.mark.parametrize("f_cls,t_cls,kwargs,impl", LR_CHANGE_CASES)
 @pytest.mark.parametrize("fdtype", DTYPES)
-def test_lr_changed_mid_run_matches_torch(case: Any, has_fused: bool, fused: bool, fdtype: Any) -> None:
-    if fused and not has_fused:
-        pytest.skip("torch has no fused implementation of this optimizer")
-    f_cls, t_cls, kwargs = case
-    impl = {"fused": True} if fused else {"foreach": False}
+def test_lr_changed_mid_run_matches_torch(
+    f_cls: type, t_cls: type, kwargs: Dict[str, Any], impl: Dict[str, Any], fdtype: Any
+) -> None:
+    """param_groups[0]['lr'] edited before steps 7 and 14 in both optimizers."""
     params0, grads = make_problem(fdtype, seed=7)
     f_params, f_opt = run_fusedopt(f_cls, kwargs, params0, grads, lr_schedule=piecewise_lr)
     t_params, t_opt = run_torch(t_cls, {**kwargs, **impl}, params0, grads, lr_schedule=piecewise_lr)

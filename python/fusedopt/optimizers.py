@@ -177,7 +177,7 @@ class Optimizer:
                         return False
             calls.append((plan.hypers[gi], params, [grads[i] for i in idx] if len(idx) != len(grads) else grads, states))
         if len(calls) > 1:
-            self._precheck(grads, [i for _, idx, _ in plan.buckets for i in idx])
+            self._precheck([(hyper, idx, gs_, states) for (hyper, _, gs_, states), (_, idx, _) in zip(calls, plan.buckets)], grads)
         for hyper, params, gs, states in calls:
             self._update(hyper, params, gs, states)
         if self._HAS_STEP:
@@ -201,8 +201,11 @@ class Optimizer:
                 key = (self._params[i].dtype.char, self._bucket(st))
                 buckets.setdefault(key, []).append(i)
             plan.extend((hyper, idx) for idx in buckets.values())
-        if len(plan) > 1:
-            self._precheck(grads, [i for _, idx in plan for i in idx])
+        if len(plan) > 1 or len(staged) != len(self._params):
+            # Several native calls, or a call on a sub-list (whose positions are not the global
+            # indices): check everything here first, with global names, so that no call can fail
+            # after an earlier one has written.
+            self._precheck([(h, idx, [grads[i] for i in idx], [staged[i] for i in idx]) for h, idx in plan], grads)
         for hyper, idx in plan:
             self._update(hyper, [self._params[i] for i in idx], [grads[i] for i in idx], [staged[i] for i in idx])
         for i, st in staged.items():
@@ -231,33 +234,46 @@ class Optimizer:
             buckets=buckets,
         )
 
-    def _precheck(self, grads: List[Optional[np.ndarray]], used: List[int]) -> None:
-        """Several native calls: check every gradient first, so that no call can fail after an
-        earlier one has already written."""
-        for i in used:
-            check.grad_array(f"grads[{i}]", grads[i], self._params[i], f"params[{i}]")
-        self._check_grads_disjoint(
-            [self._params[i] for i in used], [grads[i] for i in used], used  # type: ignore[misc]
-        )
+    def _state_keys(self, hyper: Mapping[str, Any]) -> Tuple[str, ...]:
+        """The state arrays a step with these hyperparameters reads and writes."""
+        return self._STATE_ARRAYS
 
-    @staticmethod
-    def _check_grads_disjoint(params: List[np.ndarray], grads: List[np.ndarray], idx: List[int]) -> None:
+    def _precheck(self, calls: List[Tuple[Dict[str, Any], List[int], List[Any], List[State]]],
+                  grads: List[Optional[np.ndarray]]) -> None:  # fmt: skip
+        """Everything the native calls would check, for all calls at once, named by global index:
+        every parameter, gradient and state array, and no written array overlapping any other
+        array of the step (also across calls)."""
         extents = []
-        for k, a in enumerate(params):
+
+        def add(a: np.ndarray, name: str, written: bool) -> None:
             if a.size:
-                s = a.__array_interface__["data"][0]
-                extents.append((s, s + a.nbytes, "params", idx[k]))
-        for k, g in enumerate(grads):
-            if g.size:
-                s = g.__array_interface__["data"][0]
-                extents.append((s, s + g.nbytes, "grads", idx[k]))
-        extents.sort()
+                start = a.__array_interface__["data"][0]
+                extents.append((start, start + a.nbytes, name, written))
+
+        for hyper, idx, _gs, states in calls:
+            keys = self._state_keys(hyper)
+            for i, st in zip(idx, states):
+                p = check.param_array(f"params[{i}]", self._params[i])
+                check.grad_array(f"grads[{i}]", grads[i], p, f"params[{i}]")
+                add(p, f"params[{i}]", True)
+                add(grads[i], f"grads[{i}]", False)  # type: ignore[arg-type]
+                for k in keys:
+                    if k in st:
+                        a = st[k]
+                        name = f"state[{i}][{k!r}]"
+                        check.param_array(name, a)
+                        if a.dtype != p.dtype or a.shape != p.shape:
+                            raise ValueError(f"{name} has dtype {a.dtype} and shape {a.shape}, unlike params[{i}]")
+                        add(a, name, True)
+        extents.sort(key=lambda e: e[0])
         max_end, owner = 0, None
-        for s, e, kind, i in extents:
-            if owner is not None and s < max_end and "params" in (kind, owner[0]):
-                raise ValueError(f"{kind}[{i}] shares memory with {owner[0]}[{owner[1]}]")
-            if e > max_end:
-                max_end, owner = e, (kind, i)
+        for i, (start, end, name, written) in enumerate(extents):
+            if owner is not None and start < max_end and (written or owner[1]):
+                raise ValueError(f"{name} shares memory with {owner[0]}; arrays updated in place must not overlap")
+            if written and i + 1 < len(extents) and extents[i + 1][0] < end:
+                raise ValueError(f"{extents[i + 1][2]} shares memory with {name}; arrays updated in place must not overlap")
+            if end > max_end:
+                max_end, owner = end, (name, written)
 
     # -- state dicts -----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -447,6 +463,9 @@ class SGD(Optimizer):
     def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
         return (hyper["momentum"] != 0,)
 
+    def _state_keys(self, hyper: Mapping[str, Any]) -> Tuple[str, ...]:
+        return ("momentum_buffer",) if hyper["momentum"] != 0 else ()
+
     def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
                 states: List[State]) -> None:  # fmt: skip
         bufs = None
@@ -543,6 +562,11 @@ class RMSprop(Optimizer):
     def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
         return (hyper["centered"], hyper["momentum"] > 0)
 
+    def _state_keys(self, hyper: Mapping[str, Any]) -> Tuple[str, ...]:
+        return ("square_avg",) + (("grad_avg",) if hyper["centered"] else ()) + (
+            ("momentum_buffer",) if hyper["momentum"] > 0 else ()
+        )
+
     def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
                 states: List[State]) -> None:  # fmt: skip
         F.rmsprop(
@@ -598,6 +622,9 @@ class Adam(Optimizer):
 
     def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
         return (hyper["amsgrad"],)
+
+    def _state_keys(self, hyper: Mapping[str, Any]) -> Tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if hyper["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
     def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
                 states: List[State]) -> None:  # fmt: skip

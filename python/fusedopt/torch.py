@@ -129,22 +129,21 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return (t.detach() if t.requires_grad else t).numpy()
 
 
-class _Item:
-    """One parameter taking part in a step: its NumPy views and the state to commit afterwards."""
+#: one parameter in a step: (param, index, param view, grad view, state views, step view,
+#: staged state, data pointers of param and state, new step value)
+_Entry = tuple
 
-    __slots__ = ("p", "index", "p_arr", "g_arr", "state_arrs", "step_arr", "new_step", "staged", "ptrs", "g_ptr")
 
-    def __init__(self, p, index, p_arr, g_arr, state_arrs, step_arr, new_step, staged, ptrs, g_ptr):
-        self.p = p
-        self.index = index
-        self.p_arr = p_arr
-        self.g_arr = g_arr
-        self.state_arrs = state_arrs
-        self.step_arr = step_arr
-        self.new_step = new_step
-        self.staged = staged
-        self.ptrs = ptrs
-        self.g_ptr = g_ptr
+def _P(items: List[_Entry]) -> List[np.ndarray]:
+    return [it[2] for it in items]
+
+
+def _G(items: List[_Entry]) -> List[np.ndarray]:
+    return [it[3] for it in items]
+
+
+def _S(items: List[_Entry], k: int) -> List[np.ndarray]:
+    return [it[4][k] for it in items]
 
 
 class _FusedOptimizer(torch.optim.Optimizer):
@@ -154,7 +153,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
     _HAS_STEP = True
 
     def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
-        self._views: Dict[torch.Tensor, tuple] = {}
+        self._forget_caches()
         self._check_impl_flags(defaults)
         self._hyper(defaults)  # validate the defaults before any group is made
         super().__init__(params, defaults)
@@ -175,7 +174,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         """Whether the update depends on the step number (else all step counts share one call)."""
         return True
 
-    def _call(self, hyper: Dict[str, Any], t: int, items: List[_Item]) -> None:
+    def _call(self, hyper: Dict[str, Any], t: int, items: List[_Entry]) -> None:
         raise NotImplementedError
 
     # -- construction --------------------------------------------------------------------------
@@ -216,7 +215,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._views = {}
+        self._forget_caches()
         for group in self.param_groups:
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
@@ -226,135 +225,138 @@ class _FusedOptimizer(torch.optim.Optimizer):
                     if st and "step" in st and not torch.is_tensor(st["step"]):
                         st["step"] = torch.tensor(float(st["step"]), dtype=_step_dtype(group))
 
-    # -- NumPy views ---------------------------------------------------------------------------
-    def _arrays(self, p: torch.Tensor, name: str, tensors: Tuple[torch.Tensor, ...], step: Optional[torch.Tensor],
-                keys: Tuple[str, ...]) -> tuple:  # fmt: skip
-        """(param view, state views, step view, data pointers): cached while nothing moved."""
-        ptr = p.data_ptr()
-        e = self._views.get(p)
-        if (
-            e is not None
-            and e[0] == ptr
-            and e[1] == p.shape
-            and e[2] is p.dtype
-            and p.is_contiguous()
-            and len(e[3]) == len(tensors)
-            and e[5] is step
-            and (step is None or step.data_ptr() == e[6])
-        ):
-            old, old_ptrs = e[3], e[4]
-            for k in range(len(tensors)):
-                if old[k] is not tensors[k] or tensors[k].data_ptr() != old_ptrs[k]:
-                    break
-            else:
-                return e[7]
-        # (Re)build the views, checking everything they rely on.
+    # -- caches ---------------------------------------------------------------------------------
+    def _forget_caches(self) -> None:
+        #: param -> (state keys, param data_ptr, state tensors, their data_ptrs, step tensor,
+        #:           its data_ptr, param view, state views, 1-element step view)
+        self._views: Dict[torch.Tensor, tuple] = {}
+        #: id(group) -> (group, hyperparameter values, (hyper, state keys, uses_step))
+        self._plans: Dict[int, tuple] = {}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """torch's ``load_state_dict`` (state is cast to each parameter's dtype; steps stay as saved)."""
+        self._forget_caches()
+        super().load_state_dict(state_dict)
+
+    def _group_plan(self, group: Dict[str, Any]) -> Tuple[Dict[str, Any], Tuple[str, ...], bool]:
+        """(functional kwargs, state keys, uses_step) of a group, cached while its hyperparameters are unchanged."""
+        vals = tuple(group.get(k) for k in self.defaults)
+        c = self._plans.get(id(group))
+        if c is not None and c[0] is group and c[1] == vals:
+            return c[2]
+        self._check_impl_flags(group)
+        hyper = self._hyper(group)
+        plan = (hyper, self._state_keys(hyper), self._uses_step(hyper))
+        if not any(isinstance(v, torch.Tensor) or isinstance(v, (list, tuple)) and any(
+                isinstance(x, torch.Tensor) for x in v) for v in vals):  # fmt: skip
+            self._plans[id(group)] = (group, vals, plan)
+        return plan
+
+    # -- the step ------------------------------------------------------------------------------
+    def _prepare(self, p: torch.Tensor, index: int, g: torch.Tensor, group: Dict[str, Any],
+                 keys: Tuple[str, ...]) -> tuple:  # fmt: skip
+        """Slow path: check everything, stage missing state, (re)build the NumPy views.
+
+        Returns (param view, grad view, state views, step view, staged state, data pointers).
+        """
+        name = f"params[{index}]"
         _check_param(name, p)
-        for key, t in zip(keys, tensors):
-            _check_like(f"state[{name}][{key!r}]", t, p, name)
-        step_arr = None
-        if step is not None:
+        _check_like(f"{name}.grad", g, p, name)
+        st = self.state.get(p)
+        cur = st if st is not None else {}
+        staged: Dict[str, Any] = {}
+        step = None
+        if self._HAS_STEP:
+            step = cur.get("step")
+            if not torch.is_tensor(step):
+                step = staged["step"] = torch.tensor(0.0 if step is None else float(step), dtype=_step_dtype(group))
             _check_dense_cpu(f"state[{name}]['step']", step)
             if step.numel() != 1 or step.dtype not in _DTYPES:
                 raise TypeError(
                     f"state[{name}]['step'] must be a one-element float32/float64 tensor, "
                     f"got {step.dtype} with {step.numel()} elements"
                 )
-            step_arr = _np(step).reshape(())
-        arrs = tuple(_np(t) for t in tensors)
+        tensors = []
+        with torch.no_grad():
+            for k in keys:
+                t = cur.get(k)
+                if t is None:
+                    t = staged[k] = self._new_state(k, p, group)
+                _check_like(f"state[{name}][{k!r}]", t, p, name)
+                tensors.append(t)
         p_arr = _np(p)
+        arrs = tuple(_np(t) for t in tensors)
         for a, what in [(p_arr, name)] + [(a, f"state[{name}][{k!r}]") for a, k in zip(arrs, keys)]:
             if not a.flags.writeable:
                 raise ValueError(f"{what} is read-only, but it is updated in place")
             if not a.flags.aligned:
                 raise ValueError(f"{what} is not aligned to its dtype")
-        ptrs = (ptr,) + tuple(t.data_ptr() for t in tensors)
-        value = (p_arr, arrs, step_arr, ptrs)
-        self._views[p] = (ptr, p.shape, p.dtype, tensors, ptrs[1:], step, None if step is None else step.data_ptr(),
-                          value)  # fmt: skip
-        return value
+        step1 = None if step is None else _np(step).reshape(1)
+        ptrs = (p.data_ptr(),) + tuple(t.data_ptr() for t in tensors)
+        self._views[p] = (keys, ptrs[0], tuple(tensors), ptrs[1:], step,
+                          None if step is None else step.data_ptr(), p_arr, arrs, step1)  # fmt: skip
+        return p_arr, _np(g), arrs, step1, staged, ptrs
 
-    def _forget_views(self) -> None:
-        self._views = {}
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """torch's ``load_state_dict`` (state is cast to each parameter's dtype; steps stay as saved)."""
-        self._forget_views()
-        super().load_state_dict(state_dict)
-
-    # -- the step ------------------------------------------------------------------------------
-    def _collect(self, p: torch.Tensor, index: int, hyper: Dict[str, Any], group: Dict[str, Any],
-                 keys: Tuple[str, ...]) -> Tuple[Any, _Item]:  # fmt: skip
-        g = p.grad
-        name = f"params[{index}]"
-        gname = f"params[{index}].grad"
-        # gradient checks (cheap attribute reads; a bad gradient raises before anything is written)
-        if g.layout != torch.strided:
-            raise TypeError(f"{gname} is sparse ({g.layout}); fusedopt.torch supports dense gradients only")
-        if g.device != p.device:
-            raise ValueError(f"{gname} is on device '{g.device}' but {name} is on '{p.device}'")
-        if g.dtype != p.dtype:
-            raise TypeError(f"{gname} has dtype {g.dtype} but {name} has {p.dtype}; they must match exactly")
-        if g.shape != p.shape:
-            raise ValueError(f"{gname} has shape {tuple(g.shape)} but {name} has shape {tuple(p.shape)}")
-        if not g.is_contiguous():
-            raise ValueError(f"{gname} is not contiguous (strides {tuple(g.stride())}); fusedopt.torch never copies")
-        if g.is_neg() or g.is_conj():
-            raise ValueError(f"{gname} is a lazily negated/conjugated view; fusedopt.torch never copies")
-
-        st = self.state.get(p)
-        staged: Optional[Dict[str, Any]] = None
-        if (
-            st is None
-            or not all(st.get(k) is not None for k in keys)
-            or (self._HAS_STEP and not torch.is_tensor(st.get("step")))
-        ):
-            # lazy state initialization (committed only after the step succeeded)
-            staged = {}
-            cur = st or {}
-            if self._HAS_STEP:
-                step0 = cur.get("step")
-                if not torch.is_tensor(step0):
-                    staged["step"] = torch.tensor(0.0 if step0 is None else float(step0), dtype=_step_dtype(group))
-            for k in keys:
-                if cur.get(k) is None:
-                    staged[k] = self._new_state(k, p, group)
-            src = {**cur, **staged}
-        else:
-            src = st
-        tensors = tuple(src[k] for k in keys)
-        step = src["step"] if self._HAS_STEP else None
-        p_arr, arrs, step_arr, ptrs = self._arrays(p, name, tensors, step, keys)
-        g_arr = _np(g)
-        if step_arr is not None:
-            new_step = step_arr + _ONE[step.dtype]  # in the counter's dtype: saturates like torch's
-            bucket = (p.dtype, int(new_step) if self._uses_step(hyper) else None)
-        else:
-            new_step = None
-            bucket = (p.dtype, self._bucket_extra(src, staged))
-        return bucket, _Item(p, index, p_arr, g_arr, arrs, step_arr, new_step, staged, ptrs, g.data_ptr())
-
-    def _bucket_extra(self, state: Dict[str, Any], staged: Optional[Dict[str, Any]]) -> Any:
-        return None
-
-    @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
-        """Perform one optimization step (``closure`` re-evaluates the model and returns the loss)."""
+        """Perform one optimization step (``closure`` re-evaluates the model and returns the loss).
+
+        Everything is checked before the first write; state created by this step (lazy
+        initialization) and the step counters are committed only after the update succeeded.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        plan: List[Tuple[Dict[str, Any], Any, List[_Item]]] = []
+        plan: List[Tuple[Dict[str, Any], Any, List[tuple]]] = []
+        views, state, has_step = self._views, self.state, self._HAS_STEP
         index = 0
         for group in self.param_groups:
-            self._check_impl_flags(group)
-            hyper = self._hyper(group)
-            keys = self._state_keys(hyper)
-            buckets: Dict[Any, List[_Item]] = {}
+            hyper, keys, uses_step = self._group_plan(group)
+            buckets: Dict[Any, List[tuple]] = {}
             for p in group["params"]:
-                if p.grad is not None:
-                    key, item = self._collect(p, index, hyper, group, keys)
-                    buckets.setdefault(key, []).append(item)
+                g = p.grad
+                if g is None:
+                    index += 1
+                    continue
+                item = None
+                # Fast path: nothing moved since the views were made (same tensors, same memory).
+                e = views.get(p)
+                st = state.get(p)
+                if e is not None and st is not None and e[0] == keys and p.data_ptr() == e[1] and p.is_contiguous():
+                    ok = True
+                    for k, t, q in zip(keys, e[2], e[3]):
+                        if st.get(k) is not t or t.data_ptr() != q:
+                            ok = False
+                            break
+                    if ok and has_step:
+                        ok = st.get("step") is e[4] and e[4].data_ptr() == e[5]
+                    if ok:
+                        p_arr = e[6]
+                        try:
+                            g_arr = g.numpy()
+                        except (RuntimeError, TypeError):  # requires_grad, sparse, not on the CPU, ...
+                            g_arr = None
+                        if (
+                            g_arr is not None
+                            and g_arr.shape == p_arr.shape
+                            and g_arr.dtype is p_arr.dtype
+                            and g.is_contiguous()
+                        ):
+                            item = (p_arr, g_arr, e[7], e[8], None, (e[1],) + e[3])
+                if item is None:
+                    item = self._prepare(p, index, g, group, keys)
+                step1, staged = item[3], item[4]
+                if step1 is not None:
+                    # torch increments the (float) counter before the update; count in its dtype
+                    old = step1.item(0)
+                    new = old + 1.0
+                    if new >= 16777216.0:  # 2**24: a float32 counter saturates there, as torch's
+                        new = float(step1.dtype.type(old) + step1.dtype.type(1.0))
+                    key = (item[0].dtype, int(new) if uses_step else None)
+                else:
+                    new = None
+                    key = (item[0].dtype, bool(staged))  # SGD: buffers created now take b = g
+                buckets.setdefault(key, []).append((p, index) + item + (new,))
                 index += 1
             plan.extend((hyper, key, items) for key, items in buckets.items())
         if len(plan) > 1:
@@ -365,43 +367,44 @@ class _FusedOptimizer(torch.optim.Optimizer):
             self._call(hyper, key[1], items)
         for _, _, items in plan:
             for it in items:
-                if it.staged:
-                    self.state[it.p].update(it.staged)
-                if it.step_arr is not None:
-                    it.step_arr[...] = it.new_step
+                if it[6]:
+                    self.state[it[0]].update(it[6])
+                if it[5] is not None:
+                    it[5][0] = it[8]
         return loss
 
     @staticmethod
-    def _check_disjoint(items: List[_Item]) -> None:
-        """No written buffer (parameter or state) overlaps any other buffer of the step."""
-        w_start, w_end, w_name = [], [], []
+    def _check_disjoint(items: List[tuple]) -> None:
+        """No written buffer (parameter or state) overlaps any other buffer of the step; grads aligned."""
+        w_start, w_end, w_index = [], [], []
         for it in items:
-            for ptr, a in zip(it.ptrs, (it.p_arr,) + it.state_arrs):
+            for ptr, a in zip(it[7], (it[2],) + it[4]):
                 if a.nbytes:
                     w_start.append(ptr)
                     w_end.append(ptr + a.nbytes)
-                    w_name.append(it.index)
-        if w_start:
-            s = np.asarray(w_start, dtype=np.uint64)
-            e = np.asarray(w_end, dtype=np.uint64)
-            order = np.argsort(s, kind="stable")
-            s, e = s[order], e[order]
-            if s.size > 1:
-                prev_end = np.maximum.accumulate(e)[:-1]
-                bad = np.flatnonzero(s[1:] < prev_end)
-                if bad.size:
-                    k = int(order[bad[0] + 1])
-                    raise ValueError(f"params[{w_name[k]}] or its state shares memory with another parameter or state")
-            g_s = np.asarray([it.g_ptr for it in items], dtype=np.uint64)
-            g_e = g_s + np.asarray([it.g_arr.nbytes for it in items], dtype=np.uint64)
-            pos = np.searchsorted(s, g_e, side="left") - 1
-            hit = (pos >= 0) & (g_e > g_s)
-            hit[hit] &= e[pos[hit]] > g_s[hit]
-            if hit.any():
-                raise ValueError(f"params[{items[int(np.flatnonzero(hit)[0])].index}].grad shares memory with a parameter or state")
+                    w_index.append(it[1])
         for it in items:
-            if not it.g_arr.flags.aligned:
-                raise ValueError(f"params[{it.index}].grad is not aligned to its dtype")
+            if not it[3].flags.aligned:
+                raise ValueError(f"params[{it[1]}].grad is not aligned to its dtype")
+        if not w_start:
+            return
+        s = np.asarray(w_start, dtype=np.uint64)
+        e = np.asarray(w_end, dtype=np.uint64)
+        order = np.argsort(s, kind="stable")
+        s, e = s[order], e[order]
+        if s.size > 1:
+            bad = np.flatnonzero(s[1:] < np.maximum.accumulate(e)[:-1])
+            if bad.size:
+                i = w_index[int(order[bad[0] + 1])]
+                raise ValueError(f"params[{i}] or its state shares memory with another parameter or state")
+        g_s = np.asarray([it[3].__array_interface__["data"][0] for it in items], dtype=np.uint64)
+        g_e = g_s + np.asarray([it[3].nbytes for it in items], dtype=np.uint64)
+        pos = np.searchsorted(s, g_e, side="left").astype(np.int64) - 1
+        hit = (pos >= 0) & (g_e > g_s)
+        hit[hit] = e[pos[hit]] > g_s[hit]
+        if hit.any():
+            i = items[int(np.flatnonzero(hit)[0])][1]
+            raise ValueError(f"params[{i}].grad shares memory with a parameter or state")
 
 
 def _bool(name: str, v: Any) -> bool:
@@ -447,13 +450,10 @@ class SGD(_FusedOptimizer):
         # written (b = g) by the first step, as torch's fused SGD does
         return torch.empty_like(p, memory_format=torch.contiguous_format)
 
-    def _bucket_extra(self, state: Dict[str, Any], staged: Optional[Dict[str, Any]]) -> Any:
-        return bool(staged) and "momentum_buffer" in staged  # first step of this buffer
-
-    def _call(self, hyper: Dict[str, Any], first_step: Any, items: List[_Item]) -> None:
+    def _call(self, hyper: Dict[str, Any], first_step: Any, items: List[_Entry]) -> None:
         # the bucket key of SGD is the first-step flag (buffers created in this step), not a step number
-        F.sgd([it.p_arr for it in items], [it.g_arr for it in items],
-              [it.state_arrs[0] for it in items] if hyper["momentum"] != 0 else None,
+        F.sgd(_P(items), _G(items),
+              _S(items, 0) if hyper["momentum"] != 0 else None,
               first_step=bool(first_step), **hyper)  # fmt: skip
 
 
@@ -483,8 +483,8 @@ class Momentum(_FusedOptimizer):
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
         return hyper["bias_correction"]
 
-    def _call(self, hyper: Dict[str, Any], t: Optional[int], items: List[_Item]) -> None:
-        F.momentum([it.p_arr for it in items], [it.g_arr for it in items], [it.state_arrs[0] for it in items],
+    def _call(self, hyper: Dict[str, Any], t: Optional[int], items: List[_Entry]) -> None:
+        F.momentum(_P(items), _G(items), _S(items, 0),
                    step=t if t is not None else 1, **hyper)  # fmt: skip
 
 
@@ -526,15 +526,15 @@ class RMSprop(_FusedOptimizer):
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
         return False  # counted (as torch does) but not used by the math
 
-    def _call(self, hyper: Dict[str, Any], t: Any, items: List[_Item]) -> None:
+    def _call(self, hyper: Dict[str, Any], t: Any, items: List[_Entry]) -> None:
         k = 1
         bufs = gavg = None
         if hyper["momentum"] > 0:
-            bufs = [it.state_arrs[k] for it in items]
+            bufs = _S(items, k)
             k += 1
         if hyper["centered"]:
-            gavg = [it.state_arrs[k] for it in items]
-        F.rmsprop([it.p_arr for it in items], [it.g_arr for it in items], [it.state_arrs[0] for it in items],
+            gavg = _S(items, k)
+        F.rmsprop(_P(items), _G(items), _S(items, 0),
                   gavg, bufs, **hyper)  # fmt: skip
 
 
@@ -572,10 +572,10 @@ class Adam(_FusedOptimizer):
     def _state_keys(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if hyper["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def _call(self, hyper: Dict[str, Any], t: int, items: List[_Item]) -> None:
-        F.adam([it.p_arr for it in items], [it.g_arr for it in items], [it.state_arrs[0] for it in items],
-               [it.state_arrs[1] for it in items],
-               [it.state_arrs[2] for it in items] if hyper["amsgrad"] else None, step=t, **hyper)  # fmt: skip
+    def _call(self, hyper: Dict[str, Any], t: int, items: List[_Entry]) -> None:
+        F.adam(_P(items), _G(items), _S(items, 0),
+               _S(items, 1),
+               _S(items, 2) if hyper["amsgrad"] else None, step=t, **hyper)  # fmt: skip
 
 
 class AdamW(Adam):
@@ -642,6 +642,6 @@ class Adagrad(_FusedOptimizer):
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
         return hyper["lr_decay"] != 0
 
-    def _call(self, hyper: Dict[str, Any], t: Optional[int], items: List[_Item]) -> None:
-        F.adagrad([it.p_arr for it in items], [it.g_arr for it in items], [it.state_arrs[0] for it in items],
+    def _call(self, hyper: Dict[str, Any], t: Optional[int], items: List[_Entry]) -> None:
+        F.adagrad(_P(items), _G(items), _S(items, 0),
                   step=t if t is not None else 1, **hyper)  # fmt: skip
