@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 from fusedopt import _core, bench
 
@@ -35,11 +35,19 @@ def main() -> int:
     ap.add_argument("--out", default="sweep.json", help="JSON output path (default ./sweep.json)")
     ap.add_argument("--algorithms", type=bench._parse_list(bench.ALGORITHMS), default=list(bench.ALGORITHMS))
     ap.add_argument("--dtypes", type=bench._parse_list(("float32", "float64")), default=["float32", "float64"])
-    ap.add_argument("--sizes", type=bench._parse_sizes, default=SWEEP_SIZES,
-                    help="exponents of 2 (e.g. 10,14,18) or element counts; default 2^10..2^26 step 2^2")
+    ap.add_argument(
+        "--sizes",
+        type=bench._parse_sizes,
+        default=SWEEP_SIZES,
+        help="exponents of 2 (e.g. 10,14,18) or element counts; default 2^10..2^26 step 2^2",
+    )
     supported = list(_core.supported_isas())
-    ap.add_argument("--isas", type=bench._parse_list(supported), default=None,
-                    help=f"comma list of {', '.join(supported)} (default all supported)")
+    ap.add_argument(
+        "--isas",
+        type=bench._parse_list(supported),
+        default=None,
+        help=f"comma list of {', '.join(supported)} (default all supported)",
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--all-contenders", action="store_true", help="run NumPy/torch contenders for every ISA")
     ap.add_argument("--no-torch", action="store_true")

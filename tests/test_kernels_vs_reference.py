@@ -5,7 +5,9 @@ parameters, a fresh gradient every step at a different scale, zero gradients, a 
 schedule) through :mod:`fusedopt.functional` and through the reference side by side. After every
 step the parameter and every state buffer must be bit-for-bit equal (NaN compares equal to NaN,
 and +0.0 differs from -0.0), the gradient must be unchanged, and nothing outside the arrays (guard
-elements around each of them) may be written.
+elements around each of them) may be written. Each trajectory runs with threads=1 and, in
+lockstep against the same reference, with 2 and 4 threads alternating step by step (sizes too
+small to split run serially only; the multi-tensor test takes threads None, 1, 2, 3, 4, 8).
 
 * ``test_flag_grid``: every flag combination of every algorithm, at a few sizes;
 * ``test_size_sweep``: one representative flag set per algorithm over every edge size (SIMD
@@ -28,7 +30,8 @@ import pytest
 
 from fusedopt import functional, reference
 
-THREADS = [1, 2, 4]
+#: run_trajectory's thread spec: a serial run, and a run alternating 2 and 4 threads step by step
+THREADED = [1, (2, 4)]
 N_STEPS = 20
 
 # ---------------------------------------------------------------------------------------------
@@ -84,7 +87,13 @@ def cfg(algo: str, **hyper: Any) -> Config:
 
 def _sgd_grid() -> List[Config]:
     out = []
-    for mom, damp, nest in [(0.0, 0.0, False), (0.0, 0.3, False), (0.9, 0.0, False), (0.9, 0.0, True), (0.9, 0.3, False)]:
+    for mom, damp, nest in [
+        (0.0, 0.0, False),
+        (0.0, 0.3, False),
+        (0.9, 0.0, False),
+        (0.9, 0.0, True),
+        (0.9, 0.3, False),
+    ]:
         for wd in (0.0, 0.05):
             for maximize in (False, True):
                 out.append(cfg("sgd", momentum=mom, dampening=damp, nesterov=nest, weight_decay=wd, maximize=maximize))
@@ -196,6 +205,8 @@ def _bits(a: np.ndarray) -> np.ndarray:
 def assert_bitwise(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
     """Bit-for-bit equality, except that any NaN equals any NaN (payloads are not specified)."""
     assert actual.shape == expected.shape and actual.dtype == expected.dtype, what
+    if actual.tobytes() == expected.tobytes():  # fast path: identical bits
+        return
     same = (_bits(actual) == _bits(expected)) | (np.isnan(actual) & np.isnan(expected))
     if not np.all(same):
         bad = np.flatnonzero(~same.reshape(-1))
@@ -227,7 +238,9 @@ def normal(rng: np.random.Generator, shape: Tuple[int, ...], dtype: np.dtype, sc
     return np.array(rng.standard_normal(shape) * scale, dtype=dtype)
 
 
-def initial_states(c: Config, shape: Tuple[int, ...], dtype: np.dtype, rng: np.random.Generator) -> List[Optional[np.ndarray]]:
+def initial_states(
+    c: Config, shape: Tuple[int, ...], dtype: np.dtype, rng: np.random.Generator
+) -> List[Optional[np.ndarray]]:
     out: List[Optional[np.ndarray]] = []
     for name in c.state_slots():
         if name is None:
@@ -278,7 +291,7 @@ def run_trajectory(
     c: Config,
     shape: Tuple[int, ...],
     dtype: np.dtype,
-    threads: Sequence[Optional[int]],
+    threads: Sequence[Any],
     *,
     seed: int,
     n_steps: int = N_STEPS,
@@ -286,17 +299,23 @@ def run_trajectory(
     compare: Callable[[np.ndarray, np.ndarray, str], None] = assert_bitwise,
     quiet: bool = False,
 ) -> Tuple[np.ndarray, List[Optional[np.ndarray]]]:
-    """One reference trajectory and, in lockstep, one kernel trajectory per entry of ``threads``;
-    everything is compared after every step. Returns the reference's final param and states."""
+    """One reference trajectory and, in lockstep, one kernel trajectory per entry of ``threads``
+    (an int, None, or a tuple of thread counts used in turn, one per step); everything is compared
+    after every step. Returns the reference's final param and states.
+
+    A kernel step is a pure function of its inputs and every kernel trajectory sees the reference's
+    (bitwise equal) state at every step, so cycling thread counts within one trajectory checks each
+    count as well as separate trajectories would, on different random data, at a fraction of the
+    cost of extra trajectories (threaded calls are slow on a loaded 2-core machine)."""
     rng = np.random.default_rng(seed)
     p0 = normal(rng, shape, dtype)
     s0 = initial_states(c, shape, dtype, rng)
     names = c.state_slots()
     runs = []  # per thread count: (threads, guarded param, guarded states)
-    for r, n_threads in enumerate(threads):
+    for r, spec in enumerate(threads):
         kp = Guarded(p0, lead=1 + r)
         ks = [None if s is None else Guarded(s, lead=2 + i + r) for i, s in enumerate(s0)]
-        runs.append((n_threads, kp, ks))
+        runs.append((spec, kp, ks))
     rp = p0.copy()
     rs = [None if s is None else s.copy() for s in s0]
     for t in range(1, n_steps + 1):
@@ -304,7 +323,8 @@ def run_trajectory(
         lr = lr_at(c, t, n_steps)
         with np.errstate(all="ignore") if quiet else np.errstate(under="ignore"):
             reference_step(c, rp, g.copy(), rs, t, lr)
-        for n_threads, kp, ks in runs:
+        for spec, kp, ks in runs:
+            n_threads = spec[(t - 1) % len(spec)] if isinstance(spec, tuple) else spec
             kg = Guarded(g, lead=3)
             kernel_step(c, kp.view, kg.view, [None if s is None else s.view for s in ks], t, lr, n_threads)
             where = f"{c.id} shape={shape} {dtype} threads={n_threads} step {t}"
@@ -342,15 +362,18 @@ def test_grids_cover_every_flag_combination():
 def test_flag_grid(isa, dtype, c):
     """Every flag combination; threads 1, 2, 4 where a split happens (1000 elements)."""
     for shape in FLAG_GRID_SHAPES:
-        threads = THREADS if math.prod(shape) >= 1000 else [1]
+        threads = THREADED if math.prod(shape) >= 1000 else [1]
         run_trajectory(c, shape, dtype, threads, seed=_seed(c.id, shape))
 
 
 @pytest.mark.parametrize("c", REPRESENTATIVE, ids=lambda c: c.id)
 def test_size_sweep(isa, dtype, c):
-    """Every edge size, each with threads 1, 2 and 4."""
+    """Every edge size; threads 1, 2 and 4 from 16 elements on (below one 64-byte block every
+    cut of the work falls at 0, so all thread counts run the same single span; the multi-tensor
+    test covers those degenerate splits) and for size 0."""
     for n in SWEEP_SIZES:
-        run_trajectory(c, (n,), dtype, THREADS, seed=_seed(c.id, n))
+        threads = THREADED if n == 0 or n >= 16 else [1]
+        run_trajectory(c, (n,), dtype, threads, seed=_seed(c.id, n))
 
 
 def test_trajectories_actually_move():
@@ -369,8 +392,29 @@ def test_trajectories_actually_move():
 # ---- multi-tensor ----------------------------------------------------------------------------
 
 SHAPE_LISTS = {
-    # mixed sizes around SIMD widths; thread cuts fall inside small and large tensors
-    "mixed": [(), (0,), (1,), (15,), (16,), (17,), (3, 5), (0, 4), (1000,), (4095,), (), (4097,), (31,), (33,), (16, 16), (20000,), (2,), (65,)],
+    # mixed sizes around SIMD widths; thread cuts fall inside small and large tensors; 37,6xx
+    # elements in all, so threads=None runs rmsprop/adam/adagrad threaded (policy: _threads.py)
+    "mixed": [
+        (),
+        (0,),
+        (1,),
+        (15,),
+        (16,),
+        (17,),
+        (3, 5),
+        (0, 4),
+        (1000,),
+        (4095,),
+        (),
+        (4097,),
+        (31,),
+        (33,),
+        (16, 16),
+        (20000,),
+        (2,),
+        (65,),
+        (12000,),
+    ],
     # fewer elements than threads
     "tiny": [(), (1,), (0,), (2,)],
     # equal tensors: with 2 or 4 threads the cuts fall exactly on tensor boundaries
@@ -380,30 +424,41 @@ SHAPE_LISTS = {
 }
 
 
-@pytest.mark.parametrize("threads", [None, 1, 2, 3, 4, 8], ids=lambda n: f"threads={n}")
+MULTI_TENSOR_THREADS = [None, 1, 2, 3, 4, 8]
+
+
 @pytest.mark.parametrize("c", RICH, ids=lambda c: c.id)
-def test_multi_tensor(isa, dtype, threads, c):
+def test_multi_tensor(isa, dtype, c):
+    """One call over a list equals the reference per tensor, for threads None, 1, 2, 3, 4, 8
+    (one kernel copy per thread count, all stepped in lockstep with one reference)."""
     names = c.state_slots()
     for list_name, shapes in SHAPE_LISTS.items():
         rng = np.random.default_rng(_seed(c.id, list_name))
         p0 = [normal(rng, s, dtype) for s in shapes]
         s0 = [initial_states(c, s, dtype, rng) for s in shapes]  # per tensor, per slot
-        kp = [x.copy() for x in p0]
-        ks = [None if name is None else [st[j].copy() for st in s0] for j, name in enumerate(names)]
+        kernels = []  # per thread count: (params list, per-slot state lists)
+        for _ in MULTI_TENSOR_THREADS:
+            kp = [x.copy() for x in p0]
+            ks = [None if name is None else [st[j].copy() for st in s0] for j, name in enumerate(names)]
+            kernels.append((kp, ks))
         rp = [x.copy() for x in p0]
         rs = [[None if x is None else x.copy() for x in st] for st in s0]
         for t in range(1, 6):
             grads = [gradient(rng, s, dtype, t) for s in shapes]
             lr = lr_at(c, t, 5)
-            kernel_step(c, kp, [g.copy() for g in grads], ks, t, lr, threads)
-            for i in range(len(shapes)):
-                reference_step(c, rp[i], grads[i], rs[i], t, lr)
-            for i in range(len(shapes)):
-                where = f"{list_name}[{i}] shape={shapes[i]} step {t}"
-                assert_bitwise(kp[i], rp[i], f"{where}: params")
-                for j, name in enumerate(names):
-                    if name is not None:
-                        assert_bitwise(ks[j][i], rs[i][j], f"{where}: {name}")
+            with np.errstate(under="ignore"):
+                for i in range(len(shapes)):
+                    reference_step(c, rp[i], grads[i], rs[i], t, lr)
+            for threads, (kp, ks) in zip(MULTI_TENSOR_THREADS, kernels):
+                kg = [g.copy() for g in grads]
+                kernel_step(c, kp, kg, ks, t, lr, threads)
+                for i in range(len(shapes)):
+                    where = f"{list_name}[{i}] shape={shapes[i]} threads={threads} step {t}"
+                    assert _bits(kg[i]).tobytes() == _bits(grads[i]).tobytes(), f"{where}: grads modified"
+                    assert_bitwise(kp[i], rp[i], f"{where}: params")
+                    for j, name in enumerate(names):
+                        if name is not None:
+                            assert_bitwise(ks[j][i], rs[i][j], f"{where}: {name}")
 
 
 def test_multi_tensor_tuple_and_single_call_equivalence(dtype):

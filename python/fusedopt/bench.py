@@ -56,7 +56,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _core, _scalars, _threads, functional, reference
+from . import _core, _threads, functional, reference
 from ._config import show_config
 
 __all__ = [
@@ -147,7 +147,7 @@ SPECS: Dict[str, Spec] = {
 
 def bytes_per_element(algorithm: str, dtype: Any) -> int:
     """Bytes one step must move per parameter element (e.g. 28 for float32 Adam)."""
-    return SPECS[algorithm].passes * np.dtype(dtype).itemsize
+    return int(SPECS[algorithm].passes * np.dtype(dtype).itemsize)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,61 +220,84 @@ def _fusedopt_runner(threads: Optional[int]) -> Callable[..., Optional[_Runner]]
     return make
 
 
+class _Consts:
+    """The per-step scalars of a Spec's configuration, derived in float64 the way the spec does
+    (SEMANTICS.md §0, ``fusedopt._scalars``) and rounded once to the array dtype. Computed here so
+    that the NumPy contenders do not depend on a private module; the correctness guard would catch
+    any disagreement with :mod:`fusedopt.reference`."""
+
+    def __init__(self, spec: Spec, dtype: Any, step: int = STEP) -> None:
+        T = np.dtype(dtype).type
+        h = spec.hyper
+        lr = float(h["lr"])
+        if spec.name == "sgd":
+            self.momentum, self.lr = T(h["momentum"]), T(lr)  # dampening 0: (1 - dampening) * g == g
+        elif spec.name == "momentum":
+            beta = float(h["beta"])
+            self.beta, self.one_minus_beta, self.step_size = T(beta), T(1.0 - beta), T(lr)
+        elif spec.name == "rmsprop":
+            alpha = float(h["alpha"])
+            self.alpha, self.one_minus_alpha, self.eps, self.lr = T(alpha), T(1.0 - alpha), T(h["eps"]), T(lr)
+        elif spec.name in ("adam", "adamw"):
+            b1, b2, wd = 0.9, 0.999, float(h.get("weight_decay", 0.0))
+            self.beta1, self.one_minus_beta1 = T(b1), T(1.0 - b1)
+            self.beta2, self.one_minus_beta2 = T(b2), T(1.0 - b2)
+            self.neg_step_size = T(-lr / (1.0 - b1**step))
+            self.bias_correction2_sqrt = T(math.sqrt(1.0 - b2**step))
+            self.eps = T(1e-8)
+            self.decay_factor = T(1.0 - lr * wd)
+        elif spec.name == "adagrad":
+            self.neg_clr, self.eps = T(-lr), T(1e-10)  # lr_decay 0
+        else:  # pragma: no cover - SPECS and this class list the same names
+            raise KeyError(spec.name)
+
+
 def _textbook(spec: Spec, arrays: List[np.ndarray], arena: _Arena) -> _Runner:
-    """The update as plain NumPy expressions (a temporary per operation), scalars as in the spec."""
+    """The update as plain NumPy expressions (a temporary per operation), in the spec's order."""
     p, g, *st = arrays
-    T = p.dtype.type
-    h = spec.hyper
+    c: Any = _Consts(spec, p.dtype)
     name = spec.name
 
     if name == "sgd":
         (buf,) = st
 
         def step() -> None:
-            s = _scalars.sgd_scalars(lr=h["lr"], weight_decay=0.0, momentum=h["momentum"], dampening=0.0)
-            buf[...] = T(s.momentum) * buf + T(s.one_minus_dampening) * g
-            p[...] = p - T(s.lr) * buf
+            buf[...] = c.momentum * buf + g
+            p[...] = p - c.lr * buf
 
     elif name == "momentum":
         (vel,) = st
 
         def step() -> None:
-            s = _scalars.momentum_scalars(step=STEP, lr=h["lr"], beta=h["beta"], weight_decay=0.0, bias_correction=False)
-            vel[...] = T(s.beta) * vel + T(s.one_minus_beta) * g
-            p[...] = p - T(s.step_size) * vel
+            vel[...] = c.beta * vel + c.one_minus_beta * g
+            p[...] = p - c.step_size * vel
 
     elif name == "rmsprop":
         (sq,) = st
 
         def step() -> None:
-            s = _scalars.rmsprop_scalars(lr=h["lr"], alpha=h["alpha"], eps=h["eps"], weight_decay=0.0, momentum=0.0)
-            sq[...] = T(s.alpha) * sq + (T(s.one_minus_alpha) * g) * g
-            p[...] = p - (T(s.lr) * g) / (np.sqrt(sq) + T(s.eps))
+            sq[...] = c.alpha * sq + (c.one_minus_alpha * g) * g
+            p[...] = p - (c.lr * g) / (np.sqrt(sq) + c.eps)
 
     elif name in ("adam", "adamw"):
         m, v = st
         decoupled = name == "adamw"
 
         def step() -> None:
-            s = _scalars.adam_scalars(
-                step=STEP, lr=h["lr"], beta1=0.9, beta2=0.999, eps=1e-8,
-                weight_decay=h.get("weight_decay", 0.0), decoupled_weight_decay=decoupled,
-            )  # fmt: skip
             if decoupled:
-                p[...] = p * T(s.decay_factor)
-            m[...] = T(s.beta1) * m + T(s.one_minus_beta1) * g
-            v[...] = T(s.beta2) * v + (T(s.one_minus_beta2) * g) * g
-            p[...] = p + (T(s.neg_step_size) * m) / (np.sqrt(v) / T(s.bias_correction2_sqrt) + T(s.eps))
+                p[...] = p * c.decay_factor
+            m[...] = c.beta1 * m + c.one_minus_beta1 * g
+            v[...] = c.beta2 * v + (c.one_minus_beta2 * g) * g
+            p[...] = p + (c.neg_step_size * m) / (np.sqrt(v) / c.bias_correction2_sqrt + c.eps)
 
     elif name == "adagrad":
         (ssum,) = st
 
         def step() -> None:
-            s = _scalars.adagrad_scalars(step=STEP, lr=h["lr"], lr_decay=0.0, eps=1e-10, weight_decay=0.0)
             ssum[...] = ssum + g * g
-            p[...] = p + (T(s.neg_clr) * g) / (np.sqrt(ssum) + T(s.eps))
+            p[...] = p + (c.neg_clr * g) / (np.sqrt(ssum) + c.eps)
 
-    else:  # pragma: no cover - SPECS and this function list the same names
+    else:  # pragma: no cover
         raise KeyError(name)
     return _Runner(step, "ulp")
 
@@ -282,94 +305,75 @@ def _textbook(spec: Spec, arrays: List[np.ndarray], arena: _Arena) -> _Runner:
 def _inplace(spec: Spec, arrays: List[np.ndarray], arena: _Arena) -> _Runner:
     """Careful NumPy: two preallocated scratch arrays, out= on every ufunc, state updated in place."""
     p, g, *st = arrays
-    T = p.dtype.type
     n = p.size
     a, b = arena.empty(n, p.dtype), arena.empty(n, p.dtype)
-    h = spec.hyper
+    c: Any = _Consts(spec, p.dtype)
     name = spec.name
     mul, add, sub, div, sqrt = np.multiply, np.add, np.subtract, np.divide, np.sqrt
 
     if name == "sgd":
         (buf,) = st
-        s = _scalars.sgd_scalars(lr=h["lr"], weight_decay=0.0, momentum=h["momentum"], dampening=0.0)
-        mom, omd, lr = T(s.momentum), T(s.one_minus_dampening), T(s.lr)
 
         def step() -> None:
-            mul(buf, mom, out=buf)
-            if omd == 1:  # 1*g == g exactly: skip the multiply
-                add(buf, g, out=buf)
-            else:
-                mul(g, omd, out=a)
-                add(buf, a, out=buf)
-            mul(buf, lr, out=a)
+            mul(buf, c.momentum, out=buf)
+            add(buf, g, out=buf)
+            mul(buf, c.lr, out=a)
             sub(p, a, out=p)
 
     elif name == "momentum":
         (vel,) = st
-        s = _scalars.momentum_scalars(step=STEP, lr=h["lr"], beta=h["beta"], weight_decay=0.0, bias_correction=False)
-        beta, omb, ss = T(s.beta), T(s.one_minus_beta), T(s.step_size)
 
         def step() -> None:
-            mul(vel, beta, out=vel)
-            mul(g, omb, out=a)
+            mul(vel, c.beta, out=vel)
+            mul(g, c.one_minus_beta, out=a)
             add(vel, a, out=vel)
-            mul(vel, ss, out=a)
+            mul(vel, c.step_size, out=a)
             sub(p, a, out=p)
 
     elif name == "rmsprop":
         (sq,) = st
-        s = _scalars.rmsprop_scalars(lr=h["lr"], alpha=h["alpha"], eps=h["eps"], weight_decay=0.0, momentum=0.0)
-        alpha, oma, eps, lr = T(s.alpha), T(s.one_minus_alpha), T(s.eps), T(s.lr)
 
         def step() -> None:
-            mul(sq, alpha, out=sq)
-            mul(g, oma, out=a)
+            mul(sq, c.alpha, out=sq)
+            mul(g, c.one_minus_alpha, out=a)
             mul(a, g, out=a)
             add(sq, a, out=sq)
             sqrt(sq, out=a)
-            add(a, eps, out=a)
-            mul(g, lr, out=b)
+            add(a, c.eps, out=a)
+            mul(g, c.lr, out=b)
             div(b, a, out=b)
             sub(p, b, out=p)
 
     elif name in ("adam", "adamw"):
         m, v = st
         decoupled = name == "adamw"
-        s = _scalars.adam_scalars(
-            step=STEP, lr=h["lr"], beta1=0.9, beta2=0.999, eps=1e-8,
-            weight_decay=h.get("weight_decay", 0.0), decoupled_weight_decay=decoupled,
-        )  # fmt: skip
-        b1, omb1, b2, omb2 = T(s.beta1), T(s.one_minus_beta1), T(s.beta2), T(s.one_minus_beta2)
-        bc2, eps, nss, decay = T(s.bias_correction2_sqrt), T(s.eps), T(s.neg_step_size), T(s.decay_factor)
 
         def step() -> None:
             if decoupled:
-                mul(p, decay, out=p)
-            mul(m, b1, out=m)
-            mul(g, omb1, out=a)
+                mul(p, c.decay_factor, out=p)
+            mul(m, c.beta1, out=m)
+            mul(g, c.one_minus_beta1, out=a)
             add(m, a, out=m)
-            mul(v, b2, out=v)
-            mul(g, omb2, out=a)
+            mul(v, c.beta2, out=v)
+            mul(g, c.one_minus_beta2, out=a)
             mul(a, g, out=a)
             add(v, a, out=v)
             sqrt(v, out=a)
-            div(a, bc2, out=a)
-            add(a, eps, out=a)
-            mul(m, nss, out=b)
+            div(a, c.bias_correction2_sqrt, out=a)
+            add(a, c.eps, out=a)
+            mul(m, c.neg_step_size, out=b)
             div(b, a, out=b)
             add(p, b, out=p)
 
     elif name == "adagrad":
         (ssum,) = st
-        s = _scalars.adagrad_scalars(step=STEP, lr=h["lr"], lr_decay=0.0, eps=1e-10, weight_decay=0.0)
-        nclr, eps = T(s.neg_clr), T(s.eps)
 
         def step() -> None:
             mul(g, g, out=a)
             add(ssum, a, out=ssum)
             sqrt(ssum, out=a)
-            add(a, eps, out=a)
-            mul(g, nclr, out=b)
+            add(a, c.eps, out=a)
+            mul(g, c.neg_clr, out=b)
             div(b, a, out=b)
             add(p, b, out=p)
 
@@ -553,7 +557,10 @@ def _summary(samples: Sequence[float]) -> Dict[str, float]:
         q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
     else:
         q1 = q3 = med
-    return {"median_s": med, "q1_s": q1, "q3_s": q3, "spread": (q3 - q1) / med if med > 0 else 0.0}
+    return {
+        "median_s": med, "min_s": min(samples), "q1_s": q1, "q3_s": q3,
+        "spread": (q3 - q1) / med if med > 0 else 0.0,
+    }  # fmt: skip
 
 
 def _interleaved(runners: Dict[str, Callable[[], None]], ks: Dict[str, int], rounds: int) -> Dict[str, List[float]]:
@@ -607,7 +614,7 @@ def run_config(
     samples = _interleaved(fns, ks, rounds)
     copy_bytes = 2 * max(1, (spec.n_arrays * n + 1) // 2) * dtype.itemsize
     for c, s in samples.items():
-        info = _summary(s)
+        info: Dict[str, Any] = dict(_summary(s))
         moved = copy_bytes if c == "copy" else bpe * n
         info.update(
             us_per_step=info["median_s"] * 1e6,
@@ -659,6 +666,13 @@ def run(
 # threads crossover
 
 
+def _bind(fn: Callable[..., None], arrays: List[np.ndarray], kw: Dict[str, Any]) -> Callable[[], None]:
+    def call() -> None:
+        fn(*arrays, **kw)
+
+    return call
+
+
 def threads_crossover(
     algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
     sizes: Sequence[int] = CROSSOVER_SIZES,
@@ -684,10 +698,7 @@ def threads_crossover(
             arrays = _make_arrays(spec, n, dtype, _Arena())
             kw1 = dict(spec.kwargs(STEP), threads=1)
             kwt = dict(spec.kwargs(STEP), threads=threads)
-            fns = {
-                "1": lambda: fn(*arrays, **kw1),
-                "t": lambda: fn(*arrays, **kwt),
-            }
+            fns = {"1": _bind(fn, arrays, kw1), "t": _bind(fn, arrays, kwt)}
             for name, f in fns.items():
                 bad = _verify(spec, arrays, _Runner(f, "exact"))
                 if bad:
@@ -695,38 +706,44 @@ def threads_crossover(
             for f in fns.values():
                 f()
             ks = {c: _calibrate(f) for c, f in fns.items()}
-            b2b = {c: statistics.median(s) for c, s in _interleaved(fns, ks, rounds).items()}
+            b2b = {c: _summary(s) for c, s in _interleaved(fns, ks, rounds).items()}
             idle: Dict[str, List[float]] = {"1": [], "t": []}
             for r in range(idle_samples):
-                for c in (("1", "t") if r % 2 == 0 else ("t", "1")):
+                for c in ("1", "t") if r % 2 == 0 else ("t", "1"):
                     time.sleep(IDLE_SECONDS)
                     t0 = time.perf_counter()
                     fns[c]()
                     idle[c].append(time.perf_counter() - t0)
-            row = {
-                "n": n,
-                "b2b_1_us": b2b["1"] * 1e6, "b2b_t_us": b2b["t"] * 1e6,
-                "idle_1_us": statistics.median(idle["1"]) * 1e6, "idle_t_us": statistics.median(idle["t"]) * 1e6,
-                "idle_1_spread": _summary(idle["1"])["spread"], "idle_t_spread": _summary(idle["t"])["spread"],
-            }  # fmt: skip
-            row["b2b_speedup"] = row["b2b_1_us"] / row["b2b_t_us"]
-            row["idle_speedup"] = row["idle_1_us"] / row["idle_t_us"]
+            row: Dict[str, Any] = {"n": n}
+            for mode, summ in (("b2b", b2b), ("idle", {c: _summary(s) for c, s in idle.items()})):
+                for c in ("1", "t"):
+                    row[f"{mode}_{c}_us"] = summ[c]["median_s"] * 1e6
+                    row[f"{mode}_{c}_min_us"] = summ[c]["min_s"] * 1e6
+                    row[f"{mode}_{c}_spread"] = summ[c]["spread"]
+                row[f"{mode}_speedup"] = row[f"{mode}_1_us"] / row[f"{mode}_t_us"]
+                row[f"{mode}_min_speedup"] = row[f"{mode}_1_min_us"] / row[f"{mode}_t_min_us"]
             rows.append(row)
-        first = next((r["n"] for r in rows if r["idle_speedup"] > 1.10), None)
-        stable = None
-        for i in range(len(rows)):
-            if all(r["idle_speedup"] > 1.10 for r in rows[i:]):
-                stable = rows[i]["n"]
-                break
-        first_b2b = next((r["n"] for r in rows if r["b2b_speedup"] > 1.10), None)
         out["algorithms"][alg] = {
             "rows": rows,
-            "first_idle_win": first,
-            "stable_idle_win": stable,
-            "first_b2b_win": first_b2b,
+            "first_idle_win": _first_win(rows, "idle_speedup"),
+            "stable_idle_win": _stable_win(rows, "idle_speedup"),
+            "stable_idle_win_min": _stable_win(rows, "idle_min_speedup"),
+            "first_b2b_win": _first_win(rows, "b2b_speedup"),
             "current_serial_below": _threads.SERIAL_BELOW.get(alg),
         }
     return out
+
+
+def _first_win(rows: List[Dict[str, Any]], key: str, margin: float = 1.10) -> Optional[int]:
+    return next((r["n"] for r in rows if r[key] > margin), None)
+
+
+def _stable_win(rows: List[Dict[str, Any]], key: str, margin: float = 1.10) -> Optional[int]:
+    """The smallest size from which ``key`` exceeds ``margin`` at that and every larger size."""
+    for i in range(len(rows)):
+        if all(r[key] > margin for r in rows[i:]):
+            return int(rows[i]["n"])
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -784,6 +801,11 @@ def print_header(h: Dict[str, Any], alloc: str) -> None:
           f" | load average at start {h['loadavg']}")  # fmt: skip
     print(f"# arrays: {alloc}; timing: interleaved rounds, sample >= {SAMPLE_SECONDS * 1e3:g} ms of "
           f"back-to-back steps, median; '~' = spread (IQR/median) > {NOISY:.0%}")  # fmt: skip
+    load = h.get("loadavg")
+    cpus = h.get("logical_cpus") or 1
+    if load and load[0] > 0.5 * cpus:
+        print(f"# WARNING: load average {load[0]} on {cpus} CPUs: other processes are running; multi-threaded "
+              "timings include scheduler time slices (milliseconds) and every number is noisy")  # fmt: skip
 
 
 def print_table(results: List[Dict[str, Any]]) -> None:
@@ -847,26 +869,35 @@ def _fmt_us(us: float) -> str:
 def print_crossover(res: Dict[str, Any]) -> None:
     t = res["threads"]
     print()
-    print(f"threads crossover, {res['dtype']}, explicit threads=1 vs threads={t}; µs/step (median); "
-          f"'after idle' = {res['idle_s'] * 1e3:g} ms sleep before each timed step")
-    head = (f"{'algorithm':<9} {'size':>5} | {'b2b 1t':>9} {'b2b ' + str(t) + 't':>9} {'ratio':>6} | "
-            f"{'idle 1t':>9} {'idle ' + str(t) + 't':>9} {'ratio':>6}")  # fmt: skip
+    print(f"threads crossover, {res['dtype']}, explicit threads=1 vs threads={t}; µs/step, median (and best = "
+          f"minimum); 'after idle' = {res['idle_s'] * 1e3:g} ms sleep before each timed step")  # fmt: skip
+    head = (f"{'algorithm':<9} {'size':>5} | {'b2b 1t':>8} {'b2b ' + str(t) + 't':>8} {'ratio':>6} |"
+            f" {'idle 1t':>8} {'idle ' + str(t) + 't':>8} {'ratio':>7} | {'best 1t':>8} {'best ' + str(t) + 't':>8}"
+            f" {'ratio':>6}")  # fmt: skip
     print(head)
     print("-" * len(head))
     for alg, a in res["algorithms"].items():
         for r in a["rows"]:
             flag = "~" if max(r["idle_1_spread"], r["idle_t_spread"]) > NOISY else " "
-            print(f"{alg:<9} {_fmt_n(r['n']):>5} | {r['b2b_1_us']:9.2f} {r['b2b_t_us']:9.2f} {r['b2b_speedup']:5.2f}x |"
-                  f" {r['idle_1_us']:9.2f} {r['idle_t_us']:9.2f} {r['idle_speedup']:5.2f}x{flag}")  # fmt: skip
+            print(f"{alg:<9} {_fmt_n(r['n']):>5} | {r['b2b_1_us']:8.2f} {r['b2b_t_us']:8.2f} {r['b2b_speedup']:5.2f}x |"
+                  f" {r['idle_1_us']:8.2f} {r['idle_t_us']:8.2f} {r['idle_speedup']:5.2f}x{flag} |"
+                  f" {r['idle_1_min_us']:8.2f} {r['idle_t_min_us']:8.2f} {r['idle_min_speedup']:5.2f}x")  # fmt: skip
     print()
-    print("ratio = time(1 thread) / time(%d threads); '~' = after-idle spread > %d%%" % (t, NOISY * 100))
-    print("recommendation for fusedopt._threads.SERIAL_BELOW (smallest size from which %d threads win by >10%% "
-          "after idle, at that and every larger measured size):" % t)
+    print(f"ratio = time(1 thread) / time({t} threads); 'best' = fastest after-idle sample of each; "
+          f"'~' = after-idle spread > {NOISY:.0%}")  # fmt: skip
+    print(
+        f"SERIAL_BELOW suggestion (fusedopt._threads): the smallest size from which {t} threads win by >10% "
+        "after idle at that and every larger measured size (medians; in brackets: using the best samples):"
+    )
     for alg, a in res["algorithms"].items():
-        st, fi, fb = a["stable_idle_win"], a["first_idle_win"], a["first_b2b_win"]
-        rec = _fmt_n(st) if st is not None else "none measured (keep serial up to the largest size)"
-        print(f"  {alg:<9} SERIAL_BELOW = {rec:<8} (first after-idle win: {_fmt_n(fi) if fi else '-'}; "
-              f"first back-to-back win: {_fmt_n(fb) if fb else '-'}; current: {a['current_serial_below']})")
+        st, sm, fi, fb = a["stable_idle_win"], a["stable_idle_win_min"], a["first_idle_win"], a["first_b2b_win"]
+        rec = _fmt_n(st) if st is not None else "none"
+        print(f"  {alg:<9} {rec:>5} [{_fmt_n(sm) if sm else 'none'}]  (first after-idle win {_fmt_n(fi) if fi else '-'},"
+              f" first back-to-back win {_fmt_n(fb) if fb else '-'}; current {a['current_serial_below']})")  # fmt: skip
+    print(
+        "  ('none': 2 threads never won reliably up to the largest size measured — keep those sizes serial, or"
+        " the machine was busy)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -913,17 +944,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--quick", action="store_true", help="float32 Adam at 2^12, 2^16, 2^20 vs NumPy only (seconds)")
     ap.add_argument("--threads-crossover", action="store_true", help="threads=1 vs 2 (back to back / after idle)")
-    ap.add_argument("--algorithms", type=_parse_list(ALGORITHMS), default=None,
-                    help=f"comma list of {', '.join(ALGORITHMS)} or 'all' (default {','.join(DEFAULT_ALGORITHMS)})")
-    ap.add_argument("--dtypes", type=_parse_list(("float32", "float64")), default=None,
-                    help="comma list of float32, float64 (default both)")
-    ap.add_argument("--sizes", type=_parse_sizes, default=None,
-                    help="comma list: exponents of 2 (e.g. 12,16,20), 2^k, or element counts (> 48)")
-    ap.add_argument("--contenders", type=_parse_list(CONTENDERS), default=None,
-                    help=f"comma list of {', '.join(CONTENDERS)} (default all that apply)")
+    ap.add_argument(
+        "--algorithms",
+        type=_parse_list(ALGORITHMS),
+        default=None,
+        help=f"comma list of {', '.join(ALGORITHMS)} or 'all' (default {','.join(DEFAULT_ALGORITHMS)})",
+    )
+    ap.add_argument(
+        "--dtypes",
+        type=_parse_list(("float32", "float64")),
+        default=None,
+        help="comma list of float32, float64 (default both)",
+    )
+    ap.add_argument(
+        "--sizes",
+        type=_parse_sizes,
+        default=None,
+        help="comma list: exponents of 2 (e.g. 12,16,20), 2^k, or element counts (> 48)",
+    )
+    ap.add_argument(
+        "--contenders",
+        type=_parse_list(CONTENDERS),
+        default=None,
+        help=f"comma list of {', '.join(CONTENDERS)} (default all that apply)",
+    )
     ap.add_argument("--no-torch", action="store_true", help="skip the torch contenders")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="fusedopt.set_num_threads(N) (and torch.set_num_threads(N)); crossover compares 1 vs N")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="fusedopt.set_num_threads(N) (and torch.set_num_threads(N)); crossover compares 1 vs N",
+    )
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 7, quick 5)")
     ap.add_argument("--plain-alloc", action="store_true", help="plain np.empty arrays (no alignment/stagger)")
     ap.add_argument("--json", action="store_true", help="print JSON results to stdout instead of tables")

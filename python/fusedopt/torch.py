@@ -126,12 +126,13 @@ def _check_like(name: str, t: Any, p: torch.Tensor, pname: str) -> None:
 
 def _np(t: torch.Tensor) -> np.ndarray:
     """The NumPy view sharing ``t``'s memory (no copy)."""
-    return (t.detach() if t.requires_grad else t).numpy()
+    arr: np.ndarray = (t.detach() if t.requires_grad else t).numpy()
+    return arr
 
 
 #: one parameter in a step: (param, index, param view, grad view, state views, step view,
 #: staged state, data pointers of param and state, new step value)
-_Entry = tuple
+_Entry = Tuple[Any, ...]
 
 
 def _P(items: List[_Entry]) -> List[np.ndarray]:
@@ -146,7 +147,7 @@ def _S(items: List[_Entry], k: int) -> List[np.ndarray]:
     return [it[4][k] for it in items]
 
 
-class _FusedOptimizer(torch.optim.Optimizer):
+class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
     """Shared machinery. Subclasses define the state they keep and one call into fusedopt.functional."""
 
     #: whether the state has torch's float ``'step'`` counter
@@ -227,11 +228,12 @@ class _FusedOptimizer(torch.optim.Optimizer):
 
     # -- caches ---------------------------------------------------------------------------------
     def _forget_caches(self) -> None:
-        #: param -> (state keys, param data_ptr, state tensors, their data_ptrs, step tensor,
-        #:           its data_ptr, param view, state views, 1-element step view)
-        self._views: Dict[torch.Tensor, tuple] = {}
+        #: id(param) -> (state keys, param data_ptr, state tensors, their data_ptrs, step tensor,
+        #:               its data_ptr, param view, state views, 1-element step view, param)
+        #: (keyed by id: Tensor.__hash__ is a Python-level function, slow on the hot path)
+        self._views: Dict[int, Tuple[Any, ...]] = {}
         #: id(group) -> (group, hyperparameter values, (hyper, state keys, uses_step))
-        self._plans: Dict[int, tuple] = {}
+        self._plans: Dict[int, Tuple[Any, ...]] = {}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """torch's ``load_state_dict`` (state is cast to each parameter's dtype; steps stay as saved)."""
@@ -243,7 +245,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
         vals = tuple(group.get(k) for k in self.defaults)
         c = self._plans.get(id(group))
         if c is not None and c[0] is group and c[1] == vals:
-            return c[2]
+            cached: Tuple[Dict[str, Any], Tuple[str, ...], bool] = c[2]
+            return cached
         self._check_impl_flags(group)
         hyper = self._hyper(group)
         plan = (hyper, self._state_keys(hyper), self._uses_step(hyper))
@@ -254,7 +257,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
 
     # -- the step ------------------------------------------------------------------------------
     def _prepare(self, p: torch.Tensor, index: int, g: torch.Tensor, group: Dict[str, Any],
-                 keys: Tuple[str, ...]) -> tuple:  # fmt: skip
+                 keys: Tuple[str, ...]) -> Tuple[Any, ...]:  # fmt: skip
         """Slow path: check everything, stage missing state, (re)build the NumPy views.
 
         Returns (param view, grad view, state views, step view, staged state, data pointers).
@@ -265,7 +268,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         st = self.state.get(p)
         cur = st if st is not None else {}
         staged: Dict[str, Any] = {}
-        step = None
+        step: Any = None
         if self._HAS_STEP:
             step = cur.get("step")
             if not torch.is_tensor(step):
@@ -293,11 +296,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{what} is not aligned to its dtype")
         step1 = None if step is None else _np(step).reshape(1)
         ptrs = (p.data_ptr(),) + tuple(t.data_ptr() for t in tensors)
-        self._views[p] = (keys, ptrs[0], tuple(tensors), ptrs[1:], step,
-                          None if step is None else step.data_ptr(), p_arr, arrs, step1)  # fmt: skip
+        self._views[id(p)] = (keys, ptrs[0], tuple(tensors), ptrs[1:], step,
+                              None if step is None else step.data_ptr(), p_arr, arrs, step1, p)  # fmt: skip
         return p_arr, _np(g), arrs, step1, staged, ptrs
 
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override,unused-ignore]
         """Perform one optimization step (``closure`` re-evaluates the model and returns the loss).
 
         Everything is checked before the first write; state created by this step (lazy
@@ -307,25 +310,25 @@ class _FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        plan: List[Tuple[Dict[str, Any], Any, List[tuple]]] = []
+        plan: List[Tuple[Dict[str, Any], Any, List[_Entry]]] = []
         views, state, has_step = self._views, self.state, self._HAS_STEP
         index = 0
         for group in self.param_groups:
             hyper, keys, uses_step = self._group_plan(group)
-            buckets: Dict[Any, List[tuple]] = {}
+            buckets: Dict[Any, List[_Entry]] = {}
             for p in group["params"]:
                 g = p.grad
                 if g is None:
                     index += 1
                     continue
-                item = None
+                item: Optional[_Entry] = None
                 # Fast path: nothing moved since the views were made (same tensors, same memory).
-                e = views.get(p)
+                e = views.get(id(p))
                 st = state.get(p)
-                if e is not None and st is not None and e[0] == keys and p.data_ptr() == e[1] and p.is_contiguous():
-                    ok = True
+                if e is not None and e[9] is p and e[0] == keys and p.data_ptr() == e[1] and p.is_contiguous():
+                    ok = st is not None or not (keys or has_step)  # (SGD without momentum has no state)
                     for k, t, q in zip(keys, e[2], e[3]):
-                        if st.get(k) is not t or t.data_ptr() != q:
+                        if not ok or st.get(k) is not t or t.data_ptr() != q:
                             ok = False
                             break
                     if ok and has_step:
@@ -374,7 +377,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         return loss
 
     @staticmethod
-    def _check_disjoint(items: List[tuple]) -> None:
+    def _check_disjoint(items: List[_Entry]) -> None:
         """No written buffer (parameter or state) overlaps any other buffer of the step; grads aligned."""
         w_start, w_end, w_index = [], [], []
         for it in items:
@@ -481,7 +484,7 @@ class Momentum(_FusedOptimizer):
         return ("velocity",)
 
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
-        return hyper["bias_correction"]
+        return bool(hyper["bias_correction"])
 
     def _call(self, hyper: Dict[str, Any], t: Optional[int], items: List[_Entry]) -> None:
         F.momentum(_P(items), _G(items), _S(items, 0),
@@ -516,7 +519,7 @@ class RMSprop(_FusedOptimizer):
         )
 
     def _state_keys(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
-        keys = ("square_avg",)
+        keys: Tuple[str, ...] = ("square_avg",)
         if hyper["momentum"] > 0:
             keys += ("momentum_buffer",)
         if hyper["centered"]:
@@ -640,7 +643,7 @@ class Adagrad(_FusedOptimizer):
         return ("sum",)
 
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
-        return hyper["lr_decay"] != 0
+        return bool(hyper["lr_decay"] != 0)
 
     def _call(self, hyper: Dict[str, Any], t: Optional[int], items: List[_Entry]) -> None:
         F.adagrad(_P(items), _G(items), _S(items, 0),

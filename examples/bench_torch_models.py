@@ -1,0 +1,138 @@
+"""Whole-model optimizer step: fusedopt.torch vs torch.optim (fused / foreach / for-loop) on CPU.
+
+Parameter lists with the shapes of three models (random values and gradients; only the shapes
+matter for the optimizer step):
+
+* ``digits-mlp``: the MLP of ``examples/train_digits.py`` (64-128-128-10): 6 tensors, 26 122 elements;
+* ``resnet18``: torchvision's ResNet-18 (ImageNet head): 62 tensors, 11 689 512 elements;
+* ``transformer``: a small GPT-style decoder (d_model 64, 12 layers, vocab 8192, context 512, separate
+  q/k/v projections, tied output embedding): 196 tensors, 1 156 992 elements.
+
+By default fusedopt.torch is compared with torch's fused CPU kernel (``fused=True``; for RMSprop,
+which has none, with foreach and the for-loop); ``--all`` adds foreach and the for-loop. Each
+measurement alternates the implementations step by step (so a busy machine slows all of them
+alike) and reports the median and the minimum time of ``optimizer.step()``.
+
+    python examples/bench_torch_models.py                       # Adam, all three models
+    python examples/bench_torch_models.py --optimizer SGD --models resnet18 --repeats 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+import torch
+
+import fusedopt
+import fusedopt.torch as ft
+
+Shape = Tuple[int, ...]
+
+
+def digits_mlp_shapes(hidden: int = 128) -> List[Shape]:
+    return [(hidden, 64), (hidden,), (hidden, hidden), (hidden,), (10, hidden), (10,)]
+
+
+def resnet18_shapes(num_classes: int = 1000) -> List[Shape]:
+    """torchvision.models.resnet18() parameter shapes, in ``model.parameters()`` order."""
+    shapes: List[Shape] = [(64, 3, 7, 7), (64,), (64,)]  # conv1, bn1
+    in_ch = 64
+    for out_ch, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        for block in range(2):
+            shapes += [(out_ch, in_ch if block == 0 else out_ch, 3, 3), (out_ch,), (out_ch,)]  # conv1, bn1
+            shapes += [(out_ch, out_ch, 3, 3), (out_ch,), (out_ch,)]  # conv2, bn2
+            if block == 0 and (stride != 1 or in_ch != out_ch):
+                shapes += [(out_ch, in_ch, 1, 1), (out_ch,), (out_ch,)]  # downsample conv, bn
+        in_ch = out_ch
+    shapes += [(num_classes, 512), (num_classes,)]  # fc
+    return shapes
+
+
+def transformer_shapes(d_model: int = 64, n_layers: int = 12, vocab: int = 8192, context: int = 512) -> List[Shape]:
+    """A pre-LN GPT-style decoder with separate q/k/v projections and a tied output embedding."""
+    d = d_model
+    shapes: List[Shape] = [(vocab, d), (context, d)]  # token and position embeddings
+    for _ in range(n_layers):
+        shapes += [(d,), (d,)]  # ln1
+        shapes += [(d, d), (d,)] * 3  # q, k, v
+        shapes += [(d, d), (d,)]  # attention output projection
+        shapes += [(d,), (d,)]  # ln2
+        shapes += [(4 * d, d), (4 * d,), (d, 4 * d), (d,)]  # MLP
+    shapes += [(d,), (d,)]  # final layer norm
+    return shapes
+
+
+MODELS: Dict[str, Callable[[], List[Shape]]] = {
+    "digits-mlp": digits_mlp_shapes,
+    "resnet18": resnet18_shapes,
+    "transformer": transformer_shapes,
+}
+
+
+def make_params(shapes: List[Shape], seed: int = 0) -> List[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g) * 0.1) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * 1e-2
+    return params
+
+
+def implementations(name: str, all_torch: bool) -> Dict[str, Callable[[List[torch.nn.Parameter]], torch.optim.Optimizer]]:
+    kw = {"SGD": {"lr": 1e-2, "momentum": 0.9}, "RMSprop": {"lr": 1e-3}}.get(name, {"lr": 1e-3})
+    impls: Dict[str, Callable] = {"fusedopt.torch": lambda ps: getattr(ft, name)(ps, **kw)}
+    if name in ("SGD", "Adam", "AdamW", "Adagrad"):
+        impls["torch fused"] = lambda ps: getattr(torch.optim, name)(ps, fused=True, **kw)
+    if all_torch or "torch fused" not in impls:
+        impls["torch foreach"] = lambda ps: getattr(torch.optim, name)(ps, foreach=True, **kw)
+        impls["torch for-loop"] = lambda ps: getattr(torch.optim, name)(ps, foreach=False, **kw)
+    return impls
+
+
+def bench(shapes: List[Shape], optimizer: str, repeats: int, all_torch: bool = False,
+          warmup: int = 3) -> Dict[str, Tuple[float, float]]:  # fmt: skip
+    """{implementation: (median seconds, min seconds)} of one optimizer.step(), implementations interleaved."""
+    impls = implementations(optimizer, all_torch)
+    opts = {k: make(make_params(shapes)) for k, make in impls.items()}
+    times: Dict[str, List[float]] = {k: [] for k in opts}
+    for r in range(warmup + repeats):
+        for k, opt in opts.items():
+            t0 = time.perf_counter()
+            opt.step()
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[k].append(dt)
+    return {k: (float(np.median(v)), float(np.min(v))) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--optimizer", default="Adam", choices=["SGD", "RMSprop", "Adam", "AdamW", "Adagrad"])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--repeats", type=int, default=None, help="timed steps per implementation (default by size)")
+    ap.add_argument("--threads", type=int, default=None, help="threads for both torch and fusedopt")
+    ap.add_argument("--all", action="store_true",
+                    help="also time torch's foreach and for-loop implementations (slow on big models)")  # fmt: skip
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        fusedopt.set_num_threads(args.threads)
+    cfg = fusedopt.show_config(print_=False)
+    print(f"torch {torch.__version__}: {torch.get_num_threads()} threads; fusedopt {fusedopt.__version__}: "
+          f"{cfg['active_isa']}, {fusedopt.get_num_threads()} threads; optimizer {args.optimizer}")  # fmt: skip
+    for model in args.models:
+        shapes = MODELS[model]()
+        n = sum(int(np.prod(s)) for s in shapes)
+        repeats = args.repeats or (400 if n < 1e5 else 100 if n < 5e6 else 30)
+        res = bench(shapes, args.optimizer, repeats, args.all)
+        print(f"\n{model}: {len(shapes)} tensors, {n:,} elements ({repeats} steps each)")
+        base = res["fusedopt.torch"][0]
+        for k, (med, mn) in res.items():
+            print(f"  {k:15s} median {1e3 * med:9.3f} ms   min {1e3 * mn:9.3f} ms   "
+                  f"({med / base:4.2f}x fusedopt.torch's median)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
