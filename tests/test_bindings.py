@@ -1,8 +1,9 @@
 """The compiled module's calling convention agrees with the Python layer that calls it.
 
-The functional layer passes the per-step scalars positionally (``*scalars``) for speed, so the
-parameter names of each ``_core`` function must list the NamedTuple fields of
-``fusedopt._scalars`` in the same order, right after the arrays.
+The functional layer passes the per-step scalars positionally (``*scalars, *grad_scalars``) for
+speed, so the parameter names of each ``_core`` function must list the NamedTuple fields of
+``fusedopt._scalars`` in the same order, right after the arrays (the algorithm's scalars, then
+``GradScalars`` for the optimizer steps).
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import pytest
 
 from fusedopt import _core, _scalars
 
+_GRAD = list(_scalars.GradScalars._fields)  # every optimizer step takes them right after its own scalars
+
 CASES = [
-    ("sgd", 3, _scalars.SgdScalars, ["nesterov", "maximize", "first_step", "threads"]),
-    ("momentum", 3, _scalars.MomentumScalars, ["threads"]),
-    ("rmsprop", 5, _scalars.RmspropScalars, ["maximize", "threads"]),
-    ("adam", 5, _scalars.AdamScalars, ["maximize", "threads"]),
-    ("adagrad", 3, _scalars.AdagradScalars, ["maximize", "threads"]),
+    ("sgd", 3, _scalars.SgdScalars, _GRAD + ["nesterov", "maximize", "first_step", "threads"]),
+    ("momentum", 3, _scalars.MomentumScalars, _GRAD + ["threads"]),
+    ("rmsprop", 5, _scalars.RmspropScalars, _GRAD + ["maximize", "threads"]),
+    ("adam", 5, _scalars.AdamScalars, _GRAD + ["maximize", "torch_exact", "threads"]),
+    ("adagrad", 3, _scalars.AdagradScalars, _GRAD + ["maximize", "threads"]),
+    ("ema", 2, _scalars.EmaScalars, ["threads"]),
 ]
 
 

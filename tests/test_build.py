@@ -34,7 +34,7 @@ pytestmark = [
 
 def _objects() -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for build in sorted((ROOT / "build").glob("*/CMakeFiles")):
+    for build in sorted((ROOT / "build").glob("cp*/CMakeFiles")):  # wheel builds: build/{wheel_tag}
         for obj in build.rglob("*.o"):
             found.setdefault(obj.name.split(".")[0], obj)
     return found

@@ -675,7 +675,7 @@ def test_read_only_memmap_param_is_refused(algo_name: str, tmp_path: Any) -> Non
     snap = snapshot(arrays)
     assert_raises_naming(ValueError, ("params[1]",), lambda: call(algo, arrays))
     assert_unchanged(snap)
-    del arrays
+    arrays.clear()  # release the memmap before tmp_path is cleaned up
 
 
 class _Tagged(np.ndarray):

@@ -3,6 +3,9 @@
 // derived per-step scalars arrive ready-made from python/fusedopt/_scalars.py.
 #include <pybind11/pybind11.h>
 
+#include <cmath>
+#include <vector>
+
 #include "bindings/arrays.hpp"
 #include "common/step_args.hpp"
 #include "dispatch/dispatch.hpp"
@@ -17,7 +20,7 @@ using namespace pybind11::literals;
 // Runs fn_f32 or fn_f64 of the active table on the collected buffers, without the GIL.
 template <class Scalars>
 void run(const Buffers& buffers, StepFn<Scalars> KernelTable::*f32, StepFn<Scalars> KernelTable::*f64,
-         const Scalars& scalars, int threads) {
+         const Scalars& scalars, const GradScalars& grad, int threads) {
   const TensorList list = buffers.list();
   if (list.count == 0) return;
   const KernelTable& table = active_table();
@@ -25,43 +28,58 @@ void run(const Buffers& buffers, StepFn<Scalars> KernelTable::*f32, StepFn<Scala
   // Everything the kernel reads is now in `list` and `scalars` (plain C++ values); the arrays stay
   // alive because the caller's lists hold them. No Python object is touched past this point.
   py::gil_scoped_release release;
-  fn(list, scalars, threads);
+  fn(list, scalars, grad, threads);
+}
+
+// The gradient pre-processing scalars (fusedopt._scalars.GradScalars), validated by the Python
+// layer; `active` unless all three are their exact identities.
+GradScalars grad_scalars(double grad_scale, double clip_coef, double clip_value) {
+  const bool identity = grad_scale == 1.0 && clip_coef == 1.0 && std::isinf(clip_value) && clip_value > 0;
+  return GradScalars{grad_scale, clip_coef, clip_value, !identity};
 }
 
 void sgd(py::handle params, py::handle grads, py::handle momentum_buffers, double lr, double weight_decay,
-         double momentum, double one_minus_dampening, bool nesterov, bool maximize, bool first_step, int threads) {
+         double momentum, double one_minus_dampening, double grad_scale, double clip_coef, double clip_value,
+         bool nesterov, bool maximize, bool first_step, int threads) {
   const bool has_momentum = !momentum_buffers.is_none();
   const Buffers b = collect({{"params", params, true}, {"grads", grads, false},
                              {"momentum_buffers", momentum_buffers, true}});
   const SgdScalars s{lr, weight_decay, momentum, one_minus_dampening, weight_decay != 0.0, has_momentum,
                      nesterov, maximize, first_step};
-  run(b, &KernelTable::sgd_f32, &KernelTable::sgd_f64, s, check_threads(threads));
+  run(b, &KernelTable::sgd_f32, &KernelTable::sgd_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
+      check_threads(threads));
 }
 
 void momentum(py::handle params, py::handle grads, py::handle velocities, double step_size, double beta,
-              double one_minus_beta, double weight_decay, int threads) {
+              double one_minus_beta, double weight_decay, double grad_scale, double clip_coef, double clip_value,
+              int threads) {
   const Buffers b = collect({{"params", params, true}, {"grads", grads, false}, {"velocities", velocities, true}});
   const MomentumScalars s{step_size, beta, one_minus_beta, weight_decay, weight_decay != 0.0};
-  run(b, &KernelTable::momentum_f32, &KernelTable::momentum_f64, s, check_threads(threads));
+  run(b, &KernelTable::momentum_f32, &KernelTable::momentum_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
+      check_threads(threads));
 }
 
 void rmsprop(py::handle params, py::handle grads, py::handle square_avgs, py::handle grad_avgs,
-             py::handle momentum_buffers, double lr, double alpha, double one_minus_alpha, double eps,
-             double weight_decay, double momentum_, bool maximize, int threads) {
+             py::handle momentum_buffers, double lr, double buffer_lr, double alpha, double one_minus_alpha,
+             double eps_outside, double eps_inside, double weight_decay, double momentum_, double grad_scale,
+             double clip_coef, double clip_value, bool maximize, int threads) {
   const Buffers b = collect({{"params", params, true},
                              {"grads", grads, false},
                              {"square_avgs", square_avgs, true},
                              {"grad_avgs", grad_avgs, true},
                              {"momentum_buffers", momentum_buffers, true}});
-  const RmspropScalars s{lr,           alpha, one_minus_alpha, eps, weight_decay, momentum_, weight_decay != 0.0,
-                         !grad_avgs.is_none(), !momentum_buffers.is_none(), maximize};
-  run(b, &KernelTable::rmsprop_f32, &KernelTable::rmsprop_f64, s, check_threads(threads));
+  const RmspropScalars s{lr,           buffer_lr, alpha, one_minus_alpha, eps_outside, eps_inside, weight_decay,
+                         momentum_,    weight_decay != 0.0, !grad_avgs.is_none(), !momentum_buffers.is_none(),
+                         maximize};
+  run(b, &KernelTable::rmsprop_f32, &KernelTable::rmsprop_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
+      check_threads(threads));
 }
 
 void adam(py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
-          py::handle max_exp_avg_sqs, double neg_step_size, double bias_correction2_sqrt, double eps, double beta1,
-          double one_minus_beta1, double beta2, double one_minus_beta2, double weight_decay, double decay_factor,
-          int weight_decay_mode, bool maximize, int threads) {
+          py::handle max_exp_avg_sqs, double neg_step_size, double bias_correction2_sqrt, double eps,
+          double eps_root, double bias_correction2, double beta1, double one_minus_beta1, double beta2,
+          double one_minus_beta2, double weight_decay, double decay_factor, int weight_decay_mode,
+          double grad_scale, double clip_coef, double clip_value, bool maximize, bool torch_exact, int threads) {
   if (weight_decay_mode < kNoDecay || weight_decay_mode > kDecoupled) {
     throw py::value_error("weight_decay_mode must be 0 (none), 1 (L2) or 2 (decoupled)");
   }
@@ -70,17 +88,48 @@ void adam(py::handle params, py::handle grads, py::handle exp_avgs, py::handle e
                              {"exp_avgs", exp_avgs, true},
                              {"exp_avg_sqs", exp_avg_sqs, true},
                              {"max_exp_avg_sqs", max_exp_avg_sqs, true}});
-  const AdamScalars s{neg_step_size, bias_correction2_sqrt, eps,          beta1,
-                      one_minus_beta1, beta2,               one_minus_beta2, weight_decay,
-                      decay_factor,  weight_decay_mode,     !max_exp_avg_sqs.is_none(), maximize};
-  run(b, &KernelTable::adam_f32, &KernelTable::adam_f64, s, check_threads(threads));
+  const AdamScalars s{neg_step_size,   bias_correction2_sqrt, eps,          eps_root,
+                      bias_correction2, beta1,               one_minus_beta1, beta2,
+                      one_minus_beta2, weight_decay,         decay_factor, weight_decay_mode,
+                      !max_exp_avg_sqs.is_none(), maximize, torch_exact};
+  run(b, &KernelTable::adam_f32, &KernelTable::adam_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
+      check_threads(threads));
 }
 
 void adagrad(py::handle params, py::handle grads, py::handle state_sums, double neg_clr, double eps,
-             double weight_decay, bool maximize, int threads) {
+             double weight_decay, double grad_scale, double clip_coef, double clip_value, bool maximize,
+             int threads) {
   const Buffers b = collect({{"params", params, true}, {"grads", grads, false}, {"state_sums", state_sums, true}});
   const AdagradScalars s{neg_clr, eps, weight_decay, weight_decay != 0.0, maximize};
-  run(b, &KernelTable::adagrad_f32, &KernelTable::adagrad_f64, s, check_threads(threads));
+  run(b, &KernelTable::adagrad_f32, &KernelTable::adagrad_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
+      check_threads(threads));
+}
+
+void ema(py::handle averages, py::handle params, double decay, double one_minus_decay, int threads) {
+  const Buffers b = collect({{"averages", averages, true}, {"params", params, false}});
+  const TensorList list = b.list();
+  if (list.count == 0) return;
+  const EmaScalars s{decay, one_minus_decay};
+  const KernelTable& table = active_table();
+  const PassFn<EmaScalars> fn = b.dtype() == DType::f32 ? table.ema_f32 : table.ema_f64;
+  const int t = check_threads(threads);
+  py::gil_scoped_release release;
+  fn(list, s, t);
+}
+
+// Sum of squares of every element (float64, deterministic: see cpp/kernels/norm.inl).
+double sum_of_squares(py::handle arrays, int threads) {
+  const Buffers b = collect({{"arrays", arrays, false}});
+  const TensorList list = b.list();
+  const int t = check_threads(threads);
+  if (list.count == 0) return 0.0;
+  std::int64_t nblocks = 0;
+  for (std::int64_t k = 0; k < list.count; ++k) nblocks += (list.sizes[k] + kNormBlock - 1) / kNormBlock;
+  std::vector<double> partials(static_cast<std::size_t>(nblocks > 0 ? nblocks : 1));
+  const KernelTable& table = active_table();
+  const SumSqFn fn = b.dtype() == DType::f32 ? table.sumsq_f32 : table.sumsq_f64;
+  py::gil_scoped_release release;
+  return fn(list, partials.data(), t);
 }
 
 }  // namespace
@@ -91,23 +140,32 @@ void adagrad(py::handle params, py::handle grads, py::handle state_sums, double 
 // tests/test_bindings.py checks that the names here and the NamedTuple fields agree.
 void register_optimizers(py::module_& m) {
   m.def("sgd", &sgd, "params"_a, "grads"_a, "momentum_buffers"_a.none(true), "lr"_a,
-        "weight_decay"_a, "momentum"_a, "one_minus_dampening"_a, "nesterov"_a, "maximize"_a, "first_step"_a,
+        "weight_decay"_a, "momentum"_a, "one_minus_dampening"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a,
+        "nesterov"_a, "maximize"_a, "first_step"_a,
         "threads"_a, "SGD step over lists of arrays (momentum_buffers=None: no momentum). See fusedopt.functional.sgd.");
   m.def("momentum", &momentum, "params"_a, "grads"_a, "velocities"_a, "step_size"_a, "beta"_a,
-        "one_minus_beta"_a, "weight_decay"_a, "threads"_a,
+        "one_minus_beta"_a, "weight_decay"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a, "threads"_a,
         "EMA-momentum step over lists of arrays. See fusedopt.functional.momentum.");
   m.def("rmsprop", &rmsprop, "params"_a, "grads"_a, "square_avgs"_a, "grad_avgs"_a.none(true),
-        "momentum_buffers"_a.none(true), "lr"_a, "alpha"_a, "one_minus_alpha"_a, "eps"_a,
-        "weight_decay"_a, "momentum"_a, "maximize"_a, "threads"_a,
+        "momentum_buffers"_a.none(true), "lr"_a, "buffer_lr"_a, "alpha"_a, "one_minus_alpha"_a, "eps_outside"_a,
+        "eps_inside"_a, "weight_decay"_a, "momentum"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a,
+        "maximize"_a, "threads"_a,
         "RMSprop step over lists of arrays (grad_avgs=None: not centered; momentum_buffers=None: no momentum). "
         "See fusedopt.functional.rmsprop.");
   m.def("adam", &adam, "params"_a, "grads"_a, "exp_avgs"_a, "exp_avg_sqs"_a, "max_exp_avg_sqs"_a.none(true),
-         "neg_step_size"_a, "bias_correction2_sqrt"_a, "eps"_a, "beta1"_a, "one_minus_beta1"_a,
-        "beta2"_a, "one_minus_beta2"_a, "weight_decay"_a, "decay_factor"_a, "weight_decay_mode"_a, "maximize"_a,
+        "neg_step_size"_a, "bias_correction2_sqrt"_a, "eps"_a, "eps_root"_a, "bias_correction2"_a, "beta1"_a,
+        "one_minus_beta1"_a, "beta2"_a, "one_minus_beta2"_a, "weight_decay"_a, "decay_factor"_a,
+        "weight_decay_mode"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a, "maximize"_a, "torch_exact"_a,
         "threads"_a,
         "Adam/AdamW step over lists of arrays (max_exp_avg_sqs=None: no amsgrad). See fusedopt.functional.adam.");
   m.def("adagrad", &adagrad, "params"_a, "grads"_a, "state_sums"_a, "neg_clr"_a, "eps"_a,
-        "weight_decay"_a, "maximize"_a, "threads"_a, "Adagrad step over lists of arrays. See fusedopt.functional.adagrad.");
+        "weight_decay"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a, "maximize"_a, "threads"_a,
+        "Adagrad step over lists of arrays. See fusedopt.functional.adagrad.");
+  m.def("ema", &ema, "averages"_a, "params"_a, "decay"_a, "one_minus_decay"_a, "threads"_a,
+        "averages = decay*averages + (1-decay)*params over lists of arrays. See fusedopt.EMA.");
+  m.def("sum_of_squares", &sum_of_squares, "arrays"_a, "threads"_a,
+        "Deterministic float64 sum of squares of every element of a list of arrays (one dtype). "
+        "See fusedopt.functional.global_norm.");
 }
 
 }  // namespace bindings

@@ -9,7 +9,15 @@
 namespace fusedopt {
 
 template <class Scalars>
-using StepFn = void (*)(const TensorList&, const Scalars&, int threads);
+using StepFn = void (*)(const TensorList&, const Scalars&, const GradScalars&, int threads);
+
+// Element-wise pass without gradient pre-processing (EMA of weights).
+template <class Scalars>
+using PassFn = void (*)(const TensorList&, const Scalars&, int threads);
+
+// Deterministic sum of squares of every element of a one-buffer list; `partials` has room for one
+// double per kNormBlock-block (see step_args.hpp). Returns the float64 sum.
+using SumSqFn = double (*)(const TensorList&, double* partials, int threads);
 
 struct KernelTable {
   const char* isa;  // "sse2", "avx2", "avx512", "neon", "generic"
@@ -18,6 +26,8 @@ struct KernelTable {
   StepFn<RmspropScalars> rmsprop_f32, rmsprop_f64;
   StepFn<AdamScalars> adam_f32, adam_f64;
   StepFn<AdagradScalars> adagrad_f32, adagrad_f64;
+  PassFn<EmaScalars> ema_f32, ema_f64;
+  SumSqFn sumsq_f32, sumsq_f64;
 };
 
 }  // namespace fusedopt

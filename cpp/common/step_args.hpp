@@ -22,6 +22,29 @@ struct TensorList {
   int nbuf;
 };
 
+// Gradient pre-processing shared by every algorithm, applied to each gradient element as it is
+// loaded, before `maximize` and weight decay (python/fusedopt/reference.py::_preprocess):
+//
+//   g = g / grad_scale          (AMP unscaling; the gradient buffer itself is NOT written)
+//   g = g * clip_coef           (clip by global norm: min(1, max_norm/(norm + 1e-6)))
+//   g = clamp(g, -clip_value, clip_value)   (clip by value; NaN stays NaN)
+//
+// grad_scale == 1, clip_coef == 1 and clip_value == +inf are exact identities in IEEE arithmetic,
+// so a kernel may apply all three whenever any is active (`active`) and skip all three otherwise.
+struct GradScalars {
+  double grad_scale;
+  double clip_coef;
+  double clip_value;
+  bool active;  // any of the three differs from its identity value
+};
+
+// Deterministic sum of squares (global gradient norm): every tensor is cut into blocks of
+// kNormBlock elements (block boundaries relative to the tensor's start, so they do not depend on
+// the thread count); a block is summed in float64 over kNormLanes interleaved lanes combined by a
+// fixed tree; the blocks' sums are combined by a fixed pairwise tree over the global block index.
+constexpr std::int64_t kNormBlock = 2048;
+constexpr int kNormLanes = 8;
+
 // Weight-decay modes shared by the algorithms that support them.
 enum WeightDecay : int { kNoDecay = 0, kL2 = 1, kDecoupled = 2 };
 
@@ -47,12 +70,18 @@ struct MomentumScalars {
   bool has_weight_decay;
 };
 
-// RMSprop (torch.optim.RMSprop). Buffers: param, grad, square_avg, [grad_avg], [momentum_buffer].
+// RMSprop. Buffers: param, grad, square_avg, [grad_avg], [momentum_buffer].
+// a = sqrt(v + eps_inside) + eps_outside: one of the two eps is 0 (x + 0 == x exactly for x >= +0),
+// so torch's form (eps outside) and TF/Keras/optax's form (eps inside) share one kernel.
+// Momentum: b = mu*b + (buffer_lr*g)/a, p = p - lr*b; torch: buffer_lr = 1 (exact identity),
+// TF/Keras (lr inside the buffer): buffer_lr = lr and lr = 1.
 struct RmspropScalars {
   double lr;
+  double buffer_lr;
   double alpha;
   double one_minus_alpha;
-  double eps;
+  double eps_outside;
+  double eps_inside;
   double weight_decay;
   double momentum;
   bool has_weight_decay;
@@ -62,10 +91,15 @@ struct RmspropScalars {
 };
 
 // Adam / AdamW. Buffers: param, grad, exp_avg, exp_avg_sq, [max_exp_avg_sq].
+// den = sqrt(s)/bias_correction2_sqrt + eps, or with eps_root != 0 (optax):
+// den = sqrt(s/bias_correction2 + eps_root) + eps. Keras/TF's epsilon-hat form is the first
+// formula with neg_step_size = -lr*sqrt(1-beta2^t)/(1-beta1^t) and bias_correction2_sqrt = 1.
 struct AdamScalars {
   double neg_step_size;      // -lr/(1-beta1^t)
   double bias_correction2_sqrt; // sqrt(1-beta2^t)
   double eps;
+  double eps_root;           // optax eps_root (inside the sqrt of v-hat); 0: torch form
+  double bias_correction2;   // 1-beta2^t (used only with eps_root)
   double beta1;
   double one_minus_beta1;
   double beta2;
@@ -75,6 +109,7 @@ struct AdamScalars {
   int weight_decay_mode;     // WeightDecay
   bool amsgrad;
   bool maximize;
+  bool torch_exact;          // float32 only: torch 2.13 fused Adam's rounding (kernels/torch_exact.inl)
 };
 
 // Adagrad (torch.optim.Adagrad). Buffers: param, grad, sum.
@@ -84,6 +119,12 @@ struct AdagradScalars {
   double weight_decay;
   bool has_weight_decay;
   bool maximize;
+};
+
+// EMA of weights: average = decay*average + (1-decay)*param. Buffers: average, param.
+struct EmaScalars {
+  double decay;
+  double one_minus_decay;
 };
 
 }  // namespace fusedopt

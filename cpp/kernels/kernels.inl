@@ -32,10 +32,14 @@ namespace {
 using std::int64_t;
 
 #include "kernels/parallel.inl"
+#include "kernels/grad.inl"
+#include "kernels/torch_exact.inl"
 
 #include "kernels/adagrad.inl"
 #include "kernels/adam.inl"
+#include "kernels/ema.inl"
 #include "kernels/momentum.inl"
+#include "kernels/norm.inl"
 #include "kernels/rmsprop.inl"
 #include "kernels/sgd.inl"
 
@@ -48,6 +52,8 @@ const KernelTable kernel_table = {
     &rmsprop_step<float>, &rmsprop_step<double>,
     &adam_step<float>,    &adam_step<double>,
     &adagrad_step<float>, &adagrad_step<double>,
+    &ema_step<float>,     &ema_step<double>,
+    &sumsq<float>,        &sumsq<double>,
 };
 
 }  // namespace FUSEDOPT_ISA

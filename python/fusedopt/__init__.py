@@ -20,20 +20,22 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
         "with `pip install .` (or from a wheel) instead of importing it from the source tree."
     ) from exc
 
-from . import functional, reference
+from . import functional, reference, schedules
 from ._config import show_config
-from .arena import FlatParams
 from ._threads import get_num_threads, set_num_threads
+from .arena import FlatParams
+from .ema import EMA
 from .optimizers import SGD, Adagrad, Adam, AdamW, Momentum, Optimizer, RMSprop
 
 __version__: str = _core.__version__
 
 __all__ = [
+    "EMA",
     "SGD",
     "Adagrad",
-    "FlatParams",
     "Adam",
     "AdamW",
+    "FlatParams",
     "Momentum",
     "Optimizer",
     "RMSprop",
@@ -41,6 +43,7 @@ __all__ = [
     "functional",
     "get_num_threads",
     "reference",
+    "schedules",
     "set_num_threads",
     "show_config",
 ]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import platform
 import warnings
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from . import _core, _threads
 
 _KNOWN_ISAS = ("sse2", "avx2", "avx512", "neon", "generic")
 
 
-def _requested_disabled() -> list:
+def _requested_disabled() -> List[str]:
     raw = os.environ.get("FUSEDOPT_DISABLE_ISA", "")
     return [x.strip().lower() for x in raw.split(",") if x.strip()]
 

@@ -15,15 +15,20 @@ from typing import Optional
 
 from . import _core
 
-#: Serial below this many elements per call (all tensors of the call together). Chosen from
-#: ``python -m fusedopt.bench --threads-crossover`` on the 2-core development machine (AMD EPYC
-#: Zen 3, AVX2): 2 threads started to win at these sizes when the call follows an idle period.
+#: Serial below this many elements per call (all tensors of the call together). Measured with
+#: ``python -m fusedopt.bench --threads-crossover`` (float32, threads=1 vs 2) on the 2-core
+#: development machine (AMD EPYC, AVX-512), 2026-11-22. Back to back, 2 threads win from 2^15-2^16
+#: elements (1.2-1.7x); but in a training loop the step follows milliseconds of other work, the
+#: OpenMP workers are asleep, and waking them costs tens of microseconds: "after idle" (5 ms sleep
+#: before each step) 2 threads lost up to 2^17 and won from 2^18-2^19 (Adam 1.4x at 2^19, 1.6x at
+#: 2^20). 2^18 = 256 Ki elements (1 MiB of float32 parameters) is where they break even after idle;
+#: PERFORMANCE.md §3 found 64-256 Ki on the Zen 3 machine. Pass ``threads=`` explicitly to override.
 SERIAL_BELOW: dict[str, int] = {
-    "sgd": 1 << 16,
-    "momentum": 1 << 16,
-    "rmsprop": 1 << 15,
-    "adam": 1 << 15,
-    "adagrad": 1 << 15,
+    "sgd": 1 << 18,
+    "momentum": 1 << 18,
+    "rmsprop": 1 << 18,
+    "adam": 1 << 18,
+    "adagrad": 1 << 18,
 }
 
 _user_threads: Optional[int] = None

@@ -26,7 +26,6 @@ from typing import Iterable, List, Optional
 
 import numpy as np
 
-
 __all__ = ["FlatParams"]
 
 #: start of buffer k is at k*STAGGER_BYTES modulo PERIOD_BYTES (see the module docstring and

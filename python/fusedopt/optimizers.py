@@ -13,8 +13,9 @@ The arithmetic is that of :mod:`fusedopt.functional` (documented there, specifie
 
 from __future__ import annotations
 
+import math
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union, cast
 
 import numpy as np
 
@@ -28,6 +29,7 @@ ParamsArg = Union[np.ndarray, FlatParams, Iterable[np.ndarray], Iterable[Mapping
 State = Dict[str, Any]
 
 
+
 class Optimizer:
     """Base class: param groups, per-parameter state, ``step``, ``state_dict``.
 
@@ -38,6 +40,8 @@ class Optimizer:
     #: names of the state arrays a parameter may have, and those it must have once stepped
     _STATE_ARRAYS: Tuple[str, ...] = ()
     _HAS_STEP = True
+    #: convention options of the class (name -> torch-form default); see :meth:`set_conventions`
+    _CONVENTIONS: Dict[str, Any] = {}
 
     def __init__(self, params: ParamsArg, defaults: Mapping[str, Any]) -> None:
         self.defaults: Dict[str, Any] = self._check_hyper(dict(defaults))
@@ -48,6 +52,10 @@ class Optimizer:
         self._version = 0  # bumped whenever params or state layout change
         self._plan: Optional[_Plan] = None
         self._arena: Optional[FlatParams] = None
+        self._conventions: Dict[str, Any] = self._check_conventions(dict(self._CONVENTIONS))
+        #: extra keywords of every functional call: the non-default conventions, plus the gradient
+        #: pre-processing while a step with such options runs (empty in the common case: fast)
+        self._call_kw: Dict[str, Any] = self._convention_kw()
         if isinstance(params, FlatParams):
             # One flat tensor; state buffers come from the arena, placed to avoid cache aliasing.
             self._arena = params
@@ -69,6 +77,34 @@ class Optimizer:
     def _check_hyper(self, hyper: Dict[str, Any]) -> Dict[str, Any]:
         """Validate and normalize hyperparameters (raise ValueError/TypeError naming them)."""
         raise NotImplementedError
+
+    def _check_conventions(self, conv: Dict[str, Any]) -> Dict[str, Any]:
+        """Validate and normalize the convention options (raise naming them)."""
+        return conv
+
+    @property
+    def conventions(self) -> Dict[str, Any]:
+        """The formula convention of every step (a copy, e.g. ``{"eps_in_sqrt": False, ...}``): the
+        same for all param groups, set by the preset constructors or :meth:`set_conventions`. Not
+        part of :meth:`state_dict` (whose layout is torch's): build the optimizer the same way
+        before loading a state dict."""
+        return dict(self._conventions)
+
+    def _convention_kw(self) -> Dict[str, Any]:
+        torch_form = type(self)._CONVENTIONS
+        return {k: v for k, v in self._conventions.items() if v != torch_form[k] or type(v) is not type(torch_form[k])}
+
+    def set_conventions(self, **options: Any) -> None:
+        """Switch formula conventions (names and meaning: the class docstring and
+        :mod:`fusedopt.functional`), e.g. ``RMSprop.set_conventions(eps_in_sqrt=True)``. Validated
+        before anything changes; applies from the next step on, to every param group."""
+        unknown = set(options) - set(type(self)._CONVENTIONS)
+        if unknown:
+            raise ValueError(f"unknown convention option(s) {sorted(unknown)} for {type(self).__name__}; "
+                             f"known: {sorted(type(self)._CONVENTIONS)}")  # fmt: skip
+        with self._lock:
+            self._conventions = self._check_conventions({**self._conventions, **options})
+            self._call_kw = self._convention_kw()
 
     def _new_state(self, param: np.ndarray, group: Mapping[str, Any]) -> State:
         """State of a parameter before its first step."""
@@ -112,9 +148,10 @@ class Optimizer:
         group = self._check_hyper(group)
         check.no_overlap("params", self._params + arrays)
         group["params"] = list(range(start, start + len(arrays)))
+        states = [self._new_state(a, group) for a in arrays]  # may still refuse: commit nothing before
         self.param_groups.append(group)
         self._params.extend(arrays)
-        self.state.extend(self._new_state(a, group) for a in arrays)
+        self.state.extend(states)
         self._version += 1
 
     @property
@@ -123,13 +160,40 @@ class Optimizer:
         return list(self._params)
 
     # -- the step --------------------------------------------------------------------------------
-    def step(self, grads: Optional[Sequence[Optional[np.ndarray]]] = None) -> None:
+    def step(
+        self,
+        grads: Union[np.ndarray, Sequence[Optional[np.ndarray]], None] = None,
+        *,
+        grad_scale: Any = None,
+        found_inf: Any = None,
+        clip_value: Optional[float] = None,
+        max_grad_norm: Optional[float] = None,
+        skip_if_nonfinite: bool = False,
+    ) -> Optional[float]:
         """Update every parameter in place from its gradient (``None``: skip this parameter).
 
         ``grads`` matches :attr:`params` one to one; for an optimizer built on a
         :class:`~fusedopt.FlatParams` arena it defaults to the arena's gradient buffer. On any
         error nothing is modified (no array, no step count). Concurrent calls on one optimizer
         are serialized by a lock.
+
+        Gradient pre-processing, fused into the update pass (formulas: :mod:`fusedopt.functional`);
+        gradient arrays are never written:
+
+        * ``grad_scale``: divide the gradients by this AMP loss scale.
+        * ``found_inf``: nonzero skips the step entirely: parameters, state and step counts stay
+          bitwise as they were (torch's fused ``found_inf`` plus GradScaler's step rollback).
+        * ``clip_value``: clamp every unscaled gradient element to ``[-clip_value, clip_value]``.
+        * ``max_grad_norm``: clip by the global norm of *all* given gradients of the optimizer
+          (every group and dtype): ``g *= min(1, max_grad_norm / (norm + 1e-6))``
+          (``math.inf``: only compute the norm). The norm is deterministic (bitwise the same for
+          any thread count and ISA; :func:`fusedopt.functional.global_norm`).
+        * ``skip_if_nonfinite``: compute the global norm; if it is NaN/inf, skip the step as for
+          ``found_inf``.
+
+        Returns:
+            The global norm of the unscaled gradients when it was computed (``max_grad_norm``
+            or ``skip_if_nonfinite``), else ``None``.
         """
         if grads is None:
             if self._arena is None:
@@ -141,9 +205,50 @@ class Optimizer:
             grads = list(grads)
         if len(grads) != len(self._params):
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(self._params)} parameters")
+        if grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None \
+                and skip_if_nonfinite is False:  # fmt: skip
+            with self._lock:
+                if not self._step_planned(grads):
+                    self._step_general(grads)
+            return None
+        return self._step_with_grad_options(grads, grad_scale, found_inf, clip_value, max_grad_norm, skip_if_nonfinite)
+
+    def _step_with_grad_options(self, grads: List[Optional[np.ndarray]], grad_scale: Any, found_inf: Any,
+                                clip_value: Any, max_grad_norm: Any, skip_if_nonfinite: Any) -> Optional[float]:  # fmt: skip
+        scale, value, max_norm, _, skip = F._check_grad_options(
+            grad_scale, clip_value, max_grad_norm, None, skip_if_nonfinite
+        )
+        if F.found_inf_set(found_inf):
+            return None  # nothing is read or written, the step counts do not move
         with self._lock:
-            if not self._step_planned(grads):
-                self._step_general(grads)
+            norm = None
+            coef = None
+            if max_norm is not None or skip:
+                present = []
+                for i, g in enumerate(grads):
+                    if g is not None:
+                        p = check.param_array(f"params[{i}]", self._params[i])
+                        check.grad_array(f"grads[{i}]", g, p, f"params[{i}]")
+                        present.append(g)
+                norm = math.sqrt(F._sum_of_squares(present, None)) / scale if present else 0.0
+                if skip and not math.isfinite(norm):
+                    return norm
+                if max_norm is not None:
+                    coef = F.clip_coef(norm, max_norm)
+            kw: Dict[str, Any] = {}
+            if grad_scale is not None:
+                kw["grad_scale"] = scale
+            if coef is not None:
+                kw["clip_coef"] = coef
+            if clip_value is not None:
+                kw["clip_value"] = value
+            self._call_kw = {**self._convention_kw(), **kw}
+            try:
+                if not self._step_planned(grads):
+                    self._step_general(grads)
+            finally:
+                self._call_kw = self._convention_kw()
+            return norm
 
     def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
         """Hyperparameters that decide which state arrays exist (a change needs the general path)."""
@@ -162,7 +267,9 @@ class Optimizer:
         keys = plan.keys
         for gi, group in enumerate(self.param_groups):
             snapshot = tuple([group[k] for k in keys])
-            if snapshot != plan.snapshots[gi]:
+            # Identity, not equality: True == 1 and 0.0 == False, and an edited value must be
+            # validated like a constructor argument (a schedule's new float revalidates, cheaply).
+            if any(a is not b for a, b in zip(snapshot, plan.snapshots[gi])):
                 hyper = self._check_hyper(dict(zip(keys, snapshot)))
                 if self._structure(hyper) != plan.structures[gi]:
                     return False
@@ -175,7 +282,9 @@ class Optimizer:
                 for st in states:
                     if st["step"] != t:  # step counts were edited by hand: re-bucket
                         return False
-            calls.append((plan.hypers[gi], params, [grads[i] for i in idx] if len(idx) != len(grads) else grads, states))
+            # every gradient is an array here (checked above)
+            gs = cast(List[np.ndarray], [grads[i] for i in idx] if len(idx) != len(grads) else grads)
+            calls.append((plan.hypers[gi], params, gs, states))
         if len(calls) > 1:
             self._precheck([(hyper, idx, gs_, states) for (hyper, _, gs_, states), (_, idx, _) in zip(calls, plan.buckets)], grads)
         for hyper, params, gs, states in calls:
@@ -207,7 +316,8 @@ class Optimizer:
             # after an earlier one has written.
             self._precheck([(h, idx, [grads[i] for i in idx], [staged[i] for i in idx]) for h, idx in plan], grads)
         for hyper, idx in plan:
-            self._update(hyper, [self._params[i] for i in idx], [grads[i] for i in idx], [staged[i] for i in idx])
+            gs = cast(List[np.ndarray], [grads[i] for i in idx])  # buckets hold only parameters with a gradient
+            self._update(hyper, [self._params[i] for i in idx], gs, [staged[i] for i in idx])
         for i, st in staged.items():
             if self._HAS_STEP:
                 st["step"] = st["step"] + 1
@@ -219,7 +329,7 @@ class Optimizer:
 
     def _make_plan(self, hypers: List[Dict[str, Any]]) -> "_Plan":
         keys = tuple(self.defaults)
-        buckets = []
+        buckets: List[Tuple[int, List[int], List[np.ndarray]]] = []
         for gi, group in enumerate(self.param_groups):
             by_key: Dict[Any, List[int]] = {}
             for i in group["params"]:
@@ -400,6 +510,17 @@ class Optimizer:
         return "\n".join(lines)
 
 
+_Opt = TypeVar("_Opt", bound=Optimizer)
+
+
+def _with_conventions(cls: Type[_Opt], conventions: Dict[str, Any], params: ParamsArg, **kwargs: Any) -> _Opt:
+    """An optimizer of class ``cls`` built with these convention options."""
+    opt = cls.__new__(cls)
+    opt._CONVENTIONS = {**cls._CONVENTIONS, **conventions}  # read by __init__ (instance attribute)
+    opt.__init__(params, **kwargs)  # type: ignore[misc]
+    return opt
+
+
 class _Plan:
     """How the last full step bucketed the parameters into native calls (see Optimizer.step)."""
 
@@ -478,7 +599,7 @@ class SGD(Optimizer):
             bufs = [st["momentum_buffer"] for st in states]
         F.sgd(params, grads, bufs, lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
               nesterov=group["nesterov"], weight_decay=group["weight_decay"], maximize=group["maximize"],
-              first_step=first)  # fmt: skip
+              first_step=first, **self._call_kw)  # fmt: skip
 
 
 class Momentum(Optimizer):
@@ -514,17 +635,23 @@ class Momentum(Optimizer):
                 states: List[State]) -> None:  # fmt: skip
         F.momentum(params, grads, [st["velocity"] for st in states], step=states[0]["step"] + 1, lr=group["lr"],
                    beta=group["beta"], weight_decay=group["weight_decay"],
-                   bias_correction=group["bias_correction"])  # fmt: skip
+                   bias_correction=group["bias_correction"], **self._call_kw)  # fmt: skip
 
 
 class RMSprop(Optimizer):
-    """``torch.optim.RMSprop``: see :func:`fusedopt.functional.rmsprop` for the exact update.
+    r"""``torch.optim.RMSprop``: see :func:`fusedopt.functional.rmsprop` for the exact update.
 
     State per parameter: ``step`` (counted, unused by the math, as in torch), ``square_avg``,
     ``momentum_buffer`` (momentum > 0) and ``grad_avg`` (centered), all starting at zero.
+
+    Conventions (``opt.conventions``; :meth:`keras`/:meth:`optax` presets or :meth:`set_conventions`;
+    formulas in :func:`fusedopt.functional.rmsprop`; docs/CONVENTIONS.md): ``eps_in_sqrt``
+    (:math:`\sqrt{v+\epsilon}`, TF/Keras/optax) and ``lr_in_momentum`` (the buffer holds
+    :math:`\eta g/a`, TF/Keras/optax). Both False (torch) by default.
     """
 
     _STATE_ARRAYS = ("square_avg", "momentum_buffer", "grad_avg")
+    _CONVENTIONS: Dict[str, Any] = {"eps_in_sqrt": False, "lr_in_momentum": False}
 
     def __init__(
         self, params: ParamsArg, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
@@ -537,6 +664,29 @@ class RMSprop(Optimizer):
                  centered=centered, maximize=maximize),
         )  # fmt: skip
 
+    @classmethod
+    def keras(
+        cls, params: ParamsArg, learning_rate: float = 1e-3, rho: float = 0.9, momentum: float = 0.0,
+        epsilon: float = 1e-7, centered: bool = False,
+    ) -> "RMSprop":  # fmt: skip
+        """Keras 3 ``keras.optimizers.RMSprop`` (and TF ``ApplyRMSProp``/``ApplyCenteredRMSProp``):
+        Keras' argument names and defaults; eps inside the root, lr inside the momentum buffer
+        (``eps_in_sqrt=True, lr_in_momentum=True``). Keras' ``weight_decay`` (decoupled) is not
+        offered."""
+        return _with_conventions(cls, dict(eps_in_sqrt=True, lr_in_momentum=True), params, lr=learning_rate,
+                                 alpha=rho, eps=epsilon, momentum=momentum, centered=centered)  # fmt: skip
+
+    @classmethod
+    def optax(
+        cls, params: ParamsArg, learning_rate: float, decay: float = 0.9, eps: float = 1e-8,
+        centered: bool = False, momentum: Optional[float] = None,
+    ) -> "RMSprop":  # fmt: skip
+        """``optax.rmsprop`` with its defaults (``initial_scale=0``, ``eps_in_sqrt=True``,
+        ``bias_correction=False``, ``nesterov=False``; other values are not offered): eps inside
+        the root, the momentum trace applied after the lr scaling (lr inside the buffer)."""
+        return _with_conventions(cls, dict(eps_in_sqrt=True, lr_in_momentum=True), params, lr=learning_rate,
+                                 alpha=decay, eps=eps, momentum=momentum or 0.0, centered=centered)  # fmt: skip
+
     def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
         h["lr"] = check.non_negative("lr", h["lr"])
         h["alpha"] = check.unit_interval("alpha", h["alpha"])
@@ -546,6 +696,11 @@ class RMSprop(Optimizer):
         h["centered"] = check.flag("centered", h["centered"])
         h["maximize"] = check.flag("maximize", h["maximize"])
         return h
+
+    def _check_conventions(self, conv: Dict[str, Any]) -> Dict[str, Any]:
+        conv["eps_in_sqrt"] = check.flag("eps_in_sqrt", conv["eps_in_sqrt"])
+        conv["lr_in_momentum"] = check.flag("lr_in_momentum", conv["lr_in_momentum"])
+        return conv
 
     def _complete_state(self, state: State, param: np.ndarray, group: Mapping[str, Any]) -> State:
         if "square_avg" not in state:
@@ -575,6 +730,7 @@ class RMSprop(Optimizer):
             [st["momentum_buffer"] for st in states] if group["momentum"] > 0 else None,
             lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
             momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"],
+            **self._call_kw,
         )  # fmt: skip
 
 
@@ -583,9 +739,15 @@ class Adam(Optimizer):
 
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq`` and ``max_exp_avg_sq`` (amsgrad),
     all starting at zero. ``decoupled_weight_decay=True`` is AdamW.
+
+    Conventions (``opt.conventions``; :meth:`keras`/:meth:`optax` presets or :meth:`set_conventions`;
+    formulas in :func:`fusedopt.functional.adam`; docs/CONVENTIONS.md): ``epsilon_hat`` (Keras/TF),
+    ``eps_root`` (optax), ``torch_exact`` (float32 bit-for-bit torch fused). torch's formula with
+    plain IEEE rounding (False, 0.0, False) by default.
     """
 
     _STATE_ARRAYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _CONVENTIONS: Dict[str, Any] = {"epsilon_hat": False, "eps_root": 0.0, "torch_exact": False}
 
     def __init__(
         self, params: ParamsArg, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
@@ -598,6 +760,25 @@ class Adam(Optimizer):
                  maximize=maximize, decoupled_weight_decay=decoupled_weight_decay),
         )  # fmt: skip
 
+    @classmethod
+    def keras(
+        cls, params: ParamsArg, learning_rate: float = 1e-3, beta_1: float = 0.9, beta_2: float = 0.999,
+        epsilon: float = 1e-7, amsgrad: bool = False,
+    ) -> "Adam":  # fmt: skip
+        """Keras 3 ``keras.optimizers.Adam`` (and TF ``ApplyAdam``): Keras' argument names and
+        defaults; the epsilon-hat form (``epsilon_hat=True``)."""
+        return _with_conventions(cls, dict(epsilon_hat=True), params, lr=learning_rate, betas=(beta_1, beta_2),
+                                 eps=epsilon, amsgrad=amsgrad)  # fmt: skip
+
+    @classmethod
+    def optax(
+        cls, params: ParamsArg, learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+        eps_root: float = 0.0,
+    ) -> "Adam":  # fmt: skip
+        """``optax.adam`` (``nesterov=False``, default ``mu_dtype``): optax's argument names and
+        defaults, ``eps_root`` inside the root of the corrected second moment."""
+        return _with_conventions(cls, dict(eps_root=eps_root), params, lr=learning_rate, betas=(b1, b2), eps=eps)
+
     def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
         h["lr"] = check.non_negative("lr", h["lr"])
         h["betas"] = check.betas("betas", h["betas"])
@@ -607,6 +788,28 @@ class Adam(Optimizer):
         h["maximize"] = check.flag("maximize", h["maximize"])
         h["decoupled_weight_decay"] = check.flag("decoupled_weight_decay", h["decoupled_weight_decay"])
         return h
+
+    def _check_conventions(self, conv: Dict[str, Any]) -> Dict[str, Any]:
+        conv["epsilon_hat"] = check.flag("epsilon_hat", conv["epsilon_hat"])
+        conv["eps_root"] = check.non_negative("eps_root", conv["eps_root"])
+        conv["torch_exact"] = check.flag("torch_exact", conv["torch_exact"])
+        if int(conv["epsilon_hat"]) + int(conv["eps_root"] != 0.0) + int(conv["torch_exact"]) > 1:
+            raise ValueError("epsilon_hat (Keras/TF), eps_root (optax) and torch_exact are different conventions: use one")
+        if conv["torch_exact"]:
+            self._check_float32(self._params)
+        return conv
+
+    @staticmethod
+    def _check_float32(arrays: Sequence[Any]) -> None:
+        for a in arrays:
+            if getattr(a, "dtype", None) != np.float32:
+                raise TypeError(f"torch_exact is a float32 mode, but a parameter has dtype {getattr(a, 'dtype', None)}")
+
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        if getattr(self, "_conventions", {}).get("torch_exact") and isinstance(param_group, Mapping):
+            raw = param_group.get("params", [])
+            self._check_float32([raw] if isinstance(raw, np.ndarray) else list(raw))
+        super().add_param_group(param_group)
 
     def _complete_state(self, state: State, param: np.ndarray, group: Mapping[str, Any]) -> State:
         if "exp_avg" not in state:
@@ -634,7 +837,7 @@ class Adam(Optimizer):
             [st["max_exp_avg_sq"] for st in states] if group["amsgrad"] else None,
             step=states[0]["step"] + 1, lr=group["lr"], beta1=b1, beta2=b2, eps=group["eps"],
             weight_decay=group["weight_decay"], amsgrad=group["amsgrad"], maximize=group["maximize"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
+            decoupled_weight_decay=group["decoupled_weight_decay"], **self._call_kw,
         )  # fmt: skip
 
 
@@ -647,6 +850,26 @@ class AdamW(Adam):
     ) -> None:  # fmt: skip
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          decoupled_weight_decay=True)  # fmt: skip
+
+    @classmethod
+    def keras(  # type: ignore[override]
+        cls, params: ParamsArg, learning_rate: float = 1e-3, weight_decay: float = 0.004, beta_1: float = 0.9,
+        beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False,
+    ) -> "AdamW":  # fmt: skip
+        """Keras 3 ``keras.optimizers.AdamW``: the epsilon-hat Adam plus decoupled decay
+        (Keras computes ``p - p*wd*lr``, this ``p*(1 - lr*wd)``: the same math, rounded differently)."""
+        return _with_conventions(cls, dict(epsilon_hat=True), params, lr=learning_rate, betas=(beta_1, beta_2),
+                                 eps=epsilon, weight_decay=weight_decay, amsgrad=amsgrad)  # fmt: skip
+
+    @classmethod
+    def optax(
+        cls, params: ParamsArg, learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+        eps_root: float = 0.0, weight_decay: float = 1e-4,
+    ) -> "AdamW":  # fmt: skip
+        """``optax.adamw`` (no ``mask``, ``nesterov=False``): optax computes ``p - lr*(u + wd*p)``, this
+        ``p*(1 - lr*wd) - lr*u``: the same math, rounded differently."""
+        return _with_conventions(cls, dict(eps_root=eps_root), params, lr=learning_rate, betas=(b1, b2), eps=eps,
+                                 weight_decay=weight_decay)  # fmt: skip
 
     def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
         h = super()._check_hyper(h)
@@ -684,8 +907,14 @@ class Adagrad(Optimizer):
         return h
 
     def _new_state(self, param: np.ndarray, group: Mapping[str, Any]) -> State:
+        value = group["initial_accumulator_value"]
+        with np.errstate(over="ignore"):
+            if not np.isfinite(param.dtype.type(value)):
+                raise ValueError(
+                    f"initial_accumulator_value={value} overflows the parameters' dtype {param.dtype}"
+                )
         total = self._zeros(param)
-        total.fill(group["initial_accumulator_value"])
+        total.fill(value)
         return {"step": 0, "sum": total}
 
     def _required_arrays(self) -> Tuple[str, ...]:
@@ -699,6 +928,6 @@ class Adagrad(Optimizer):
                 states: List[State]) -> None:  # fmt: skip
         F.adagrad(params, grads, [st["sum"] for st in states], step=states[0]["step"] + 1, lr=group["lr"],
                   lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
-                  maximize=group["maximize"])  # fmt: skip
+                  maximize=group["maximize"], **self._call_kw)  # fmt: skip
 
 
