@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -150,6 +150,18 @@ def _check_grad_options(
     return scale, value, max_norm, coef, check.flag("skip_if_nonfinite", skip_if_nonfinite)
 
 
+def _grad_args(
+    grads: Sequence[np.ndarray], threads: Optional[int], grad_scale: Any, found_inf: Any, clip_value: Any,
+    max_grad_norm: Any, clip_coef: Any, skip_if_nonfinite: bool,
+) -> Tuple[_scalars.GradScalars, Optional[float], bool]:
+    """The gradient-transform scalars for a step, the global norm (if computed) and whether to skip."""
+    if grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None \
+            and clip_coef is None and skip_if_nonfinite is False:  # fmt: skip
+        return _scalars.NO_GRAD_TRANSFORM, None, False
+    return _grad_transform(grads, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
+                           skip_if_nonfinite)  # fmt: skip
+
+
 def _grad_transform(
     grads: Sequence[np.ndarray],
     threads: Optional[int],
@@ -250,14 +262,10 @@ def sgd(
         bufs = _as_list("momentum_buffers", momentum_buffers)
     s = _scalars.sgd_scalars(lr=lr, weight_decay=wd, momentum=mu, dampening=tau)
     maximize, first_step = check.flag("maximize", maximize), check.flag("first_step", first_step)
-    if grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None \
-            and clip_coef is None and skip_if_nonfinite is False:  # fmt: skip
-        gs, norm = _scalars.NO_GRAD_TRANSFORM, None
-    else:
-        gs, norm, skip = _grad_transform(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
-                                         skip_if_nonfinite)  # fmt: skip
-        if skip:
-            return norm
+    gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
+                                skip_if_nonfinite)  # fmt: skip
+    if skip:
+        return norm
     _core.sgd(p, g, bufs, *s, *gs, nesterov, maximize, first_step, _threads.resolve(threads, _n_elements(p), "sgd"))
     return norm
 
@@ -309,14 +317,10 @@ def trace(
     nesterov, maximize = check.flag("nesterov", nesterov), check.flag("maximize", maximize)
     p, g, tr = _as_list("params", params), _as_list("grads", grads), _as_list("traces", traces)
     s = _scalars.sgd_scalars(lr=lr, weight_decay=wd, momentum=mu, dampening=0.0)
-    if grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None \
-            and clip_coef is None and skip_if_nonfinite is False:  # fmt: skip
-        gs, norm = _scalars.NO_GRAD_TRANSFORM, None
-    else:
-        gs, norm, skip = _grad_transform(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
-                                         skip_if_nonfinite)  # fmt: skip
-        if skip:
-            return norm
+    gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
+                                skip_if_nonfinite)  # fmt: skip
+    if skip:
+        return norm
     _core.sgd(p, g, tr, *s, *gs, nesterov, maximize, False, _threads.resolve(threads, _n_elements(p), "sgd"))
     return norm
 
@@ -367,14 +371,10 @@ def momentum(
     bc = check.flag("bias_correction", bias_correction)
     p, g = _as_list("params", params), _as_list("grads", grads)
     s = _scalars.momentum_scalars(step=t, lr=lr, beta=beta, weight_decay=wd, bias_correction=bc)
-    if grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None \
-            and clip_coef is None and skip_if_nonfinite is False:  # fmt: skip
-        gs, norm = _scalars.NO_GRAD_TRANSFORM, None
-    else:
-        gs, norm, skip = _grad_transform(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
-                                         skip_if_nonfinite)  # fmt: skip
-        if skip:
-            return norm
+    gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
+                                skip_if_nonfinite)  # fmt: skip
+    if skip:
+        return norm
     _core.momentum(
         p, g, _as_list("velocities", velocities), *s, *gs, _threads.resolve(threads, _n_elements(p), "momentum"),
     )  # fmt: skip
@@ -461,14 +461,10 @@ def rmsprop(
     )  # fmt: skip
     maximize = check.flag("maximize", maximize)
     g = _as_list("grads", grads)
-    if grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None \
-            and clip_coef is None and skip_if_nonfinite is False:  # fmt: skip
-        gs, norm = _scalars.NO_GRAD_TRANSFORM, None
-    else:
-        gs, norm, skip = _grad_transform(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
-                                         skip_if_nonfinite)  # fmt: skip
-        if skip:
-            return norm
+    gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
+                                skip_if_nonfinite)  # fmt: skip
+    if skip:
+        return norm
     _core.rmsprop(
         p, g, _as_list("square_avgs", square_avgs), gavg, bufs, *s, *gs, maximize,
         _threads.resolve(threads, _n_elements(p), "rmsprop"),
@@ -578,14 +574,10 @@ def adam(
     )  # fmt: skip
     maximize = check.flag("maximize", maximize)
     g = _as_list("grads", grads)
-    if grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None \
-            and clip_coef is None and skip_if_nonfinite is False:  # fmt: skip
-        gs, norm = _scalars.NO_GRAD_TRANSFORM, None
-    else:
-        gs, norm, skip = _grad_transform(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
-                                         skip_if_nonfinite)  # fmt: skip
-        if skip:
-            return norm
+    gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
+                                skip_if_nonfinite)  # fmt: skip
+    if skip:
+        return norm
     _core.adam(
         p, g, _as_list("exp_avgs", exp_avgs), _as_list("exp_avg_sqs", exp_avg_sqs), vmax, *s, *gs, maximize,
         torch_exact, _threads.resolve(threads, _n_elements(p), "adam"),
@@ -676,14 +668,10 @@ def adagrad(
     p, g = _as_list("params", params), _as_list("grads", grads)
     s = _scalars.adagrad_scalars(step=t, lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=wd)
     maximize = check.flag("maximize", maximize)
-    if grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None \
-            and clip_coef is None and skip_if_nonfinite is False:  # fmt: skip
-        gs, norm = _scalars.NO_GRAD_TRANSFORM, None
-    else:
-        gs, norm, skip = _grad_transform(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
-                                         skip_if_nonfinite)  # fmt: skip
-        if skip:
-            return norm
+    gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
+                                skip_if_nonfinite)  # fmt: skip
+    if skip:
+        return norm
     _core.adagrad(
         p, g, _as_list("state_sums", state_sums), *s, *gs, maximize,
         _threads.resolve(threads, _n_elements(p), "adagrad"),
