@@ -58,6 +58,8 @@ import numpy as np
 
 from . import _core, _threads, functional, reference
 from ._config import show_config
+from .arena import FlatParams
+from .optimizers import Adam
 
 __all__ = [
     "ALGORITHMS",
@@ -904,6 +906,121 @@ def print_crossover(res: Dict[str, Any]) -> None:
 # command line
 
 
+
+# -- whole-model steps ---------------------------------------------------------------------------
+Shape = Tuple[int, ...]
+
+
+def digits_mlp_shapes(hidden: int = 128) -> List[Shape]:
+    """The MLP of examples/train_digits.py (64-128-128-10): 6 tensors, 26 122 elements."""
+    return [(hidden, 64), (hidden,), (hidden, hidden), (hidden,), (10, hidden), (10,)]
+
+
+def resnet18_shapes(num_classes: int = 1000) -> List[Shape]:
+    """torchvision's ResNet-18 parameter shapes, in ``model.parameters()`` order: 62 tensors, 11 689 512 elements."""
+    shapes: List[Shape] = [(64, 3, 7, 7), (64,), (64,)]  # conv1, bn1
+    in_ch = 64
+    for out_ch, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        for block in range(2):
+            shapes += [(out_ch, in_ch if block == 0 else out_ch, 3, 3), (out_ch,), (out_ch,)]  # conv1, bn1
+            shapes += [(out_ch, out_ch, 3, 3), (out_ch,), (out_ch,)]  # conv2, bn2
+            if block == 0 and (stride != 1 or in_ch != out_ch):
+                shapes += [(out_ch, in_ch, 1, 1), (out_ch,), (out_ch,)]  # downsample conv, bn
+        in_ch = out_ch
+    shapes += [(num_classes, 512), (num_classes,)]  # fc
+    return shapes
+
+
+def transformer_shapes(d_model: int = 64, n_layers: int = 12, vocab: int = 8192, context: int = 512) -> List[Shape]:
+    """A small pre-LN GPT-style decoder (separate q/k/v, tied output embedding): 196 tensors, 1 156 992 elements."""
+    d = d_model
+    shapes: List[Shape] = [(vocab, d), (context, d)]  # token and position embeddings
+    for _ in range(n_layers):
+        shapes += [(d,), (d,)]  # ln1
+        shapes += [(d, d), (d,)] * 3  # q, k, v
+        shapes += [(d, d), (d,)]  # attention output projection
+        shapes += [(d,), (d,)]  # ln2
+        shapes += [(4 * d, d), (4 * d,), (d, 4 * d), (d,)]  # MLP
+    shapes += [(d,), (d,)]  # final layer norm
+    return shapes
+
+
+MODEL_SHAPES: Dict[str, Callable[[], List[Shape]]] = {
+    "digits-mlp": digits_mlp_shapes,
+    "transformer": transformer_shapes,
+    "resnet18": resnet18_shapes,
+}
+
+
+def _model_runners(values: List[np.ndarray], grads: List[np.ndarray], torch: Any) -> Dict[str, Callable[[], Any]]:
+    """One Adam step per contender on one model's parameter list (fresh copies for each)."""
+    runners: Dict[str, Callable[[], Any]] = {}
+    opt_list = Adam([v.copy() for v in values], lr=1e-3)
+    runners["fusedopt"] = lambda: opt_list.step(grads)
+    arena = FlatParams(values)
+    for view, g in zip(arena.grads, grads):
+        view[...] = g
+    runners["fusedopt-arena"] = Adam(arena, lr=1e-3).step
+    flat = [np.concatenate([v.ravel() for v in values])]
+    flat_g = [np.concatenate([g.ravel() for g in grads])]
+    flat_m, flat_v = [np.zeros_like(flat[0])], [np.zeros_like(flat[0])]
+    runners["fusedopt-flat"] = lambda: functional.adam(flat, flat_g, flat_m, flat_v, step=10, lr=1e-3)
+    if torch is not None:
+        import fusedopt.torch as ft
+
+        def torch_params() -> List[Any]:
+            ps = [torch.nn.Parameter(torch.from_numpy(v.copy())) for v in values]
+            for p, g in zip(ps, grads):
+                p.grad = torch.from_numpy(g.copy())
+            return ps
+
+        runners["fusedopt.torch"] = ft.Adam(torch_params(), lr=1e-3).step
+        runners["torch-fused"] = torch.optim.Adam(torch_params(), lr=1e-3, fused=True).step
+        runners["torch-foreach"] = torch.optim.Adam(torch_params(), lr=1e-3, foreach=True).step
+    return runners
+
+
+def models_benchmark(models: Sequence[str], rounds: int = 7, use_torch: bool = True) -> List[Dict[str, Any]]:
+    """float32 Adam whole-model steps: fusedopt (list, arena, one flat buffer of the same total
+    size), fusedopt.torch, torch.optim fused and foreach; interleaved rounds, medians (µs/step)."""
+    torch = _torch() if use_torch else None
+    out = []
+    for name in models:
+        shapes = MODEL_SHAPES[name]()
+        rng = np.random.default_rng(0)
+        values = [rng.standard_normal(s).astype(np.float32) * np.float32(0.1) for s in shapes]
+        grads = [rng.standard_normal(s).astype(np.float32) * np.float32(0.01) for s in shapes]
+        n = sum(int(v.size) for v in values)
+        runners = _model_runners(values, grads, torch)
+        _log(f"models: {name} ({len(shapes)} tensors, {n} elements): calibrating")
+        for fn in runners.values():
+            fn()  # state allocation, warm-up
+        ks = {k: _calibrate(fn) for k, fn in runners.items()}
+        samples = _interleaved(runners, ks, rounds)
+        med = {k: _summary(v)["median_s"] * 1e6 for k, v in samples.items()}
+        out.append({"model": name, "tensors": len(shapes), "elements": n, "us_per_step": med})
+    return out
+
+
+def print_models(results: List[Dict[str, Any]]) -> None:
+    names = [k for k in ("fusedopt", "fusedopt-arena", "fusedopt-flat", "fusedopt.torch", "torch-fused", "torch-foreach")
+             if any(k in r["us_per_step"] for r in results)]  # fmt: skip
+    print("whole-model float32 Adam step, µs/step (median); ratios: torch-fused time / fusedopt time")
+    print(f"{'model':12s} {'tensors':>7s} {'elements':>9s} | " + " | ".join(f"{k:>14s}" for k in names)
+          + " | list/flat | x t.fused (list, arena, fusedopt.torch)")  # fmt: skip
+    for r in results:
+        m = r["us_per_step"]
+        cells = " | ".join(f"{m[k]:14.1f}" if k in m else f"{'-':>14s}" for k in names)
+        ratio = ""
+        if "torch-fused" in m:
+            tf = m["torch-fused"]
+            ratio = f"{tf / m['fusedopt']:.2f}x, {tf / m['fusedopt-arena']:.2f}x"
+            if "fusedopt.torch" in m:
+                ratio += f", {tf / m['fusedopt.torch']:.2f}x"
+        print(f"{r['model']:12s} {r['tensors']:7d} {r['elements']:9d} | {cells} | "
+              f"{m['fusedopt'] / m['fusedopt-flat']:9.2f} | {ratio}")  # fmt: skip
+
+
 def _parse_sizes(text: str) -> List[int]:
     """'12,16,20' (exponents of 2, values <= 48), '2^12', or element counts (values > 48)."""
     sizes = []
@@ -944,6 +1061,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--quick", action="store_true", help="float32 Adam at 2^12, 2^16, 2^20 vs NumPy only (seconds)")
     ap.add_argument("--threads-crossover", action="store_true", help="threads=1 vs 2 (back to back / after idle)")
+    ap.add_argument(
+        "--models",
+        type=_parse_list(tuple(MODEL_SHAPES)),
+        default=None,
+        help=f"whole-model float32 Adam steps on parameter lists: comma list of {', '.join(MODEL_SHAPES)} or 'all'",
+    )
     ap.add_argument(
         "--algorithms",
         type=_parse_list(ALGORITHMS),
@@ -1017,6 +1140,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not _core.openmp_enabled or (os.cpu_count() or 1) < 2:
                 print("# note: OpenMP disabled or a single CPU: threads > 1 cannot win here")
             print_crossover(res)
+        return 0
+
+    if args.models:
+        res_models = models_benchmark(args.models, rounds=args.rounds or 7, use_torch=not args.no_torch)
+        doc["models"] = res_models
+        if args.json:
+            json.dump(doc, sys.stdout, indent=1)
+            print()
+        else:
+            print_header(h, alloc)
+            print_models(res_models)
         return 0
 
     if args.quick:

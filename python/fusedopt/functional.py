@@ -63,9 +63,11 @@ def _as_list(name: str, x: ArrayOrList) -> Sequence[np.ndarray]:
 
 
 def _n_elements(params: Sequence[np.ndarray]) -> int:
-    if len(params) == 1:
-        return int(getattr(params[0], "size", 0))
-    return sum(int(getattr(p, "size", 0)) for p in params)
+    """Total elements of a call (for the thread policy); non-arrays count 0 (the core rejects them)."""
+    try:
+        return sum([p.size for p in params])
+    except AttributeError:
+        return sum(int(getattr(p, "size", 0)) for p in params)
 
 
 def _scalar(name: str, value: Any) -> float:
