@@ -37,3 +37,20 @@ def _parameter_names(fn: object) -> list[str]:
 def test_positional_scalars_match_namedtuple(name: str, n_arrays: int, scalars: type, tail: list[str]) -> None:
     names = _parameter_names(getattr(_core, name))
     assert names[n_arrays:] == list(scalars._fields) + tail  # type: ignore[attr-defined]
+
+
+def test_traffic_probe_adds_scaled_read_stream_to_each_written_stream() -> None:
+    """The benchmarks' bandwidth probe touches exactly its streams: x_k += scale*r."""
+    import numpy as np
+
+    r = np.arange(1000, dtype=np.float32)
+    for n_written in (1, 2, 3, 4):
+        ws = [np.full(1000, k, dtype=np.float32) for k in range(n_written)]
+        _core._traffic_probe([[w] for w in ws], [r], 0.5, 2)
+        for k, w in enumerate(ws):
+            assert np.array_equal(w, np.float32(k) + np.float32(0.5) * r)
+    with pytest.raises(ValueError, match="written"):
+        _core._traffic_probe([], [r], 1.0, 1)
+    w = np.zeros(1000, dtype=np.float32)
+    with pytest.raises(ValueError, match="shares memory"):
+        _core._traffic_probe([[w], [w]], [r], 1.0, 1)

@@ -117,6 +117,25 @@ void ema(py::handle averages, py::handle params, double decay, double one_minus_
   fn(list, s, t);
 }
 
+// The benchmarks' bandwidth probe (kernels/probe.inl): 1 to 4 written streams and one read stream.
+void traffic_probe(py::sequence written, py::handle read, double scale, int threads) {
+  static const char* const kNames[] = {"written[0]", "written[1]", "written[2]", "written[3]"};
+  const std::size_t n_written = written.size();
+  if (n_written < 1 || n_written > 4) throw py::value_error("written must hold 1 to 4 lists of arrays");
+  std::vector<Role> roles;
+  for (std::size_t r = 0; r < n_written; ++r) roles.push_back({kNames[r], written[r], true});
+  roles.push_back({"read", read, false});
+  const Buffers b = collect(roles);
+  const TensorList list = b.list();
+  if (list.count == 0) return;
+  const ProbeScalars s{scale};
+  const KernelTable& table = active_table();
+  const PassFn<ProbeScalars> fn = b.dtype() == DType::f32 ? table.probe_f32 : table.probe_f64;
+  const int t = check_threads(threads);
+  py::gil_scoped_release release;
+  fn(list, s, t);
+}
+
 // Sum of squares of every element (float64, deterministic: see cpp/kernels/norm.inl).
 double sum_of_squares(py::handle arrays, int threads) {
   const Buffers b = collect({{"arrays", arrays, false}});
@@ -161,6 +180,8 @@ void register_optimizers(py::module_& m) {
   m.def("adagrad", &adagrad, "params"_a, "grads"_a, "state_sums"_a, "neg_clr"_a, "eps"_a,
         "weight_decay"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a, "maximize"_a, "threads"_a,
         "Adagrad step over lists of arrays. See fusedopt.functional.adagrad.");
+  m.def("_traffic_probe", &traffic_probe, "written"_a, "read"_a, "scale"_a, "threads"_a,
+        "Benchmark probe: x += scale*r on every written stream (the bytes of an optimizer step).");
   m.def("ema", &ema, "averages"_a, "params"_a, "decay"_a, "one_minus_decay"_a, "threads"_a,
         "averages = decay*averages + (1-decay)*params over lists of arrays. See fusedopt.EMA.");
   m.def("sum_of_squares", &sum_of_squares, "arrays"_a, "threads"_a,

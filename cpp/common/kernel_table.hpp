@@ -28,6 +28,7 @@ struct KernelTable {
   StepFn<AdagradScalars> adagrad_f32, adagrad_f64;
   PassFn<EmaScalars> ema_f32, ema_f64;
   SumSqFn sumsq_f32, sumsq_f64;
+  PassFn<ProbeScalars> probe_f32, probe_f64;  // benchmarks only
 };
 
 }  // namespace fusedopt

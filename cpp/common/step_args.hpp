@@ -127,4 +127,9 @@ struct EmaScalars {
   double one_minus_decay;
 };
 
+// The bandwidth probe of the benchmarks (kernels/probe.inl): x += scale*r on each written stream.
+struct ProbeScalars {
+  double scale;
+};
+
 }  // namespace fusedopt

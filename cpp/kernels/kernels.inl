@@ -40,6 +40,7 @@ using std::int64_t;
 #include "kernels/ema.inl"
 #include "kernels/momentum.inl"
 #include "kernels/norm.inl"
+#include "kernels/probe.inl"
 #include "kernels/rmsprop.inl"
 #include "kernels/sgd.inl"
 
@@ -54,6 +55,7 @@ const KernelTable kernel_table = {
     &adagrad_step<float>, &adagrad_step<double>,
     &ema_step<float>,     &ema_step<double>,
     &sumsq<float>,        &sumsq<double>,
+    &probe_step<float>,   &probe_step<double>,
 };
 
 }  // namespace FUSEDOPT_ISA

@@ -81,7 +81,8 @@ __all__ = [
 ALGORITHMS: Tuple[str, ...] = ("sgd", "momentum", "rmsprop", "adam", "adamw", "adagrad")
 DEFAULT_ALGORITHMS: Tuple[str, ...] = ("momentum", "rmsprop", "adam", "adagrad")
 CONTENDERS: Tuple[str, ...] = (
-    "fusedopt", "fusedopt-1t", "numpy-textbook", "numpy-inplace", "torch-fused", "torch-foreach", "copy",
+    "fusedopt", "fusedopt-1t", "numpy-textbook", "numpy-inplace", "torch-fused", "torch-foreach", "ceiling",
+    "copy",
 )  # fmt: skip
 DEFAULT_SIZES: Tuple[int, ...] = tuple(1 << e for e in range(10, 25, 2))
 QUICK_SIZES: Tuple[int, ...] = (1 << 12, 1 << 16, 1 << 20)
@@ -461,6 +462,27 @@ def _copy_runner(spec: Spec, arrays: List[np.ndarray], arena: _Arena) -> _Runner
     return _Runner(step, "none", keep=[src, dst])
 
 
+def _ceiling_runner(spec: Spec, arrays: List[np.ndarray], arena: _Arena) -> _Runner:
+    """The same-run ceiling: a native probe (``_core._traffic_probe``) that moves exactly the bytes
+    of this step -- the parameter and every state array read and written, the gradient read --
+    with trivial arithmetic, on separate arrays placed like the optimizer's, with the same
+    thread policy as the fusedopt contender."""
+    n, dtype = arrays[0].size, arrays[0].dtype
+    written = [arena.empty(n, dtype) for _ in range(1 + len(spec.state))]
+    read = arena.empty(n, dtype)
+    for a in written + [read]:
+        a[...] = 0
+    policy = spec.name if spec.name in _threads.SERIAL_BELOW else "adam"
+    threads = _threads.resolve(None, n, policy)
+    w_lists = [[a] for a in written]
+    r_list = [read]
+
+    def step() -> None:
+        _core._traffic_probe(w_lists, r_list, 0.0, threads)
+
+    return _Runner(step, "none", keep=[written, read])
+
+
 _FACTORIES: Dict[str, Callable[..., Optional[_Runner]]] = {
     "fusedopt": _fusedopt_runner(None),
     "fusedopt-1t": _fusedopt_runner(1),
@@ -468,6 +490,7 @@ _FACTORIES: Dict[str, Callable[..., Optional[_Runner]]] = {
     "numpy-inplace": _inplace,
     "torch-fused": _torch_runner("fused"),
     "torch-foreach": _torch_runner("foreach"),
+    "ceiling": _ceiling_runner,
     "copy": _copy_runner,
 }
 
@@ -628,9 +651,12 @@ def run_config(
             info["note"] = runners[c].note
         result["contenders"][c] = info
     copy = result["contenders"].get("copy", {})
+    ceiling = result["contenders"].get("ceiling", {})
     for c, info in result["contenders"].items():
         if "gbps" in info and "gbps" in copy and c != "copy":
             info["pct_copy"] = 100.0 * info["gbps"] / copy["gbps"]
+        if "gbps" in info and "gbps" in ceiling and c not in ("copy", "ceiling"):
+            info["pct_ceiling"] = 100.0 * info["gbps"] / ceiling["gbps"]
     fo = result["contenders"].get("fusedopt", {})
     for base in ("numpy-inplace", "numpy-textbook", "torch-fused", "torch-foreach"):
         other = result["contenders"].get(base, {})
@@ -814,13 +840,13 @@ def print_table(results: List[Dict[str, Any]]) -> None:
     present = [c for c in CONTENDERS if any(c in r["contenders"] for r in results)]
     short = {"fusedopt": "fusedopt", "fusedopt-1t": "fusedopt 1t", "numpy-textbook": "np textbook",
              "numpy-inplace": "np inplace", "torch-fused": "torch fused", "torch-foreach": "torch foreach",
-             "copy": "copy"}  # fmt: skip
+             "ceiling": "ceiling", "copy": "copy"}  # fmt: skip
     cell = 17
     print()
     print("per contender: µs/step and effective GB/s (bytes the step must move / time)")
     head = f"{'algorithm':<9} {'dtype':<7} {'size':>5} {'B/el':>4} |"
     head += "".join(f" {short[c]:^{cell}}|" for c in present)
-    head += f" {'fo %copy':>8} {'x inplace':>9} {'x textbk':>8}"
+    head += f" {'fo %ceil':>8} {'fo %copy':>8} {'x inplace':>9} {'x textbk':>8}"
     if "torch-fused" in present:
         head += f" {'x t.fused':>9}"
     print(head)
@@ -840,8 +866,9 @@ def print_table(results: List[Dict[str, Any]]) -> None:
                     noisy.append(f"{r['algorithm']} {r['dtype']} {_fmt_n(r['n'])} {c}: spread {info['spread']:.0%}")
                 txt = f"{_fmt_us(info['us_per_step'])}{mark}{info['gbps']:6.1f}"
             line += f" {txt:>{cell}}|"
-        pct = r["contenders"].get("fusedopt", {}).get("pct_copy")
-        line += f" {pct:7.0f}%" if pct is not None else f" {'-':>8}"
+        for key in ("pct_ceiling", "pct_copy"):
+            pct = r["contenders"].get("fusedopt", {}).get(key)
+            line += f" {pct:7.0f}%" if pct is not None else f" {'-':>8}"
         for base, w in (("numpy-inplace", 9), ("numpy-textbook", 8)):
             sp = r.get(f"speedup_vs_{base}")
             line += f" {sp:{w - 1}.2f}x" if sp is not None else f" {'-':>{w}}"
@@ -1021,6 +1048,44 @@ def print_models(results: List[Dict[str, Any]]) -> None:
               f"{m['fusedopt'] / m['fusedopt-flat']:9.2f} | {ratio}")  # fmt: skip
 
 
+def plot(results: List[Dict[str, Any]], path: str) -> None:
+    """GB/s against size, one panel per (algorithm, dtype), a line per contender; the same-run
+    ceiling (the native probe moving the step's bytes) dashed. Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - optional dependency
+        raise SystemExit("--plot needs matplotlib: pip install 'fusedopt[bench]'") from exc
+    panels = sorted({(r["algorithm"], r["dtype"]) for r in results})
+    cols = min(2, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.2 * rows), squeeze=False)
+    for ax, (algo, dt) in zip(axes.ravel(), panels):
+        rs = sorted((r for r in results if r["algorithm"] == algo and r["dtype"] == dt), key=lambda r: r["n"])
+        for c in CONTENDERS:
+            pts = [(r["n"], r["contenders"][c]["gbps"]) for r in rs if "gbps" in r["contenders"].get(c, {})]
+            if not pts:
+                continue
+            styles: Dict[str, Dict[str, Any]] = {"ceiling": {"ls": "--", "color": "k", "lw": 1.5},
+                                                 "copy": {"ls": ":", "color": "gray"}}  # fmt: skip
+            style = styles.get(c, {})
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=c, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("elements")
+        ax.set_ylabel("GB/s (bytes the step must move / time)")
+        ax.set_title(f"{algo} {dt}, {rs[0]['bytes_per_element']} B/element")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("fusedopt step throughput vs contenders and the same-run ceiling")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _log(f"wrote {path}")
+
+
 def _parse_sizes(text: str) -> List[int]:
     """'12,16,20' (exponents of 2, values <= 48), '2^12', or element counts (values > 48)."""
     sizes = []
@@ -1101,6 +1166,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 7, quick 5)")
     ap.add_argument("--plain-alloc", action="store_true", help="plain np.empty arrays (no alignment/stagger)")
     ap.add_argument("--json", action="store_true", help="print JSON results to stdout instead of tables")
+    ap.add_argument("--plot", metavar="FILE.png", default=None, help="GB/s vs size per contender (needs matplotlib)")
     return ap
 
 
@@ -1157,7 +1223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         algorithms = args.algorithms or ["adam"]
         dtypes = args.dtypes or ["float32"]
         sizes = args.sizes or list(QUICK_SIZES)
-        contenders = args.contenders or ["fusedopt", "fusedopt-1t", "numpy-textbook", "numpy-inplace", "copy"]
+        contenders = args.contenders or ["fusedopt", "fusedopt-1t", "numpy-textbook", "numpy-inplace", "ceiling", "copy"]
         rounds = args.rounds or 5
     else:
         algorithms = args.algorithms or list(DEFAULT_ALGORITHMS)
@@ -1171,6 +1237,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = run(algorithms, dtypes, sizes, contenders=contenders, rounds=rounds, plain_alloc=args.plain_alloc)
     doc["results"] = results
     doc["seconds"] = time.perf_counter() - t0
+    if args.plot:
+        plot(results, args.plot)
     if args.json:
         json.dump(doc, sys.stdout, indent=1)
         print()
