@@ -154,9 +154,13 @@ class EMA:
         """Load a :meth:`state_dict`; everything is checked first (nothing changes on error)."""
         if not isinstance(state_dict, Mapping):
             raise ValueError("state_dict must be a mapping")
-        missing = {"decay", "bias_correction", "step", "averages"} - set(state_dict)
+        keys = {"decay", "bias_correction", "step", "averages"}
+        missing = keys - set(state_dict)
         if missing:
             raise ValueError(f"state_dict lacks {sorted(missing)}")
+        unknown = set(state_dict) - keys
+        if unknown:
+            raise ValueError(f"state_dict has unknown key(s) {sorted(unknown)} for EMA")
         decay = check.unit_interval("decay", state_dict["decay"])
         bc = check.flag("bias_correction", state_dict["bias_correction"])
         step = state_dict["step"]

@@ -248,10 +248,12 @@ class _SchedulerBase:
             for obj, attrs in updates:
                 obj.__dict__.update(attrs)
             self._restore()
-        except BaseException:
+        except BaseException as exc:
             for obj, old in saved:
                 obj.__dict__.clear()
                 obj.__dict__.update(old)
+            if isinstance(exc, OverflowError):  # e.g. gamma**last_epoch beyond the float range
+                raise ValueError(f"state_dict: the learning rate it describes overflows ({exc})") from None
             raise
 
     def __repr__(self) -> str:
