@@ -39,6 +39,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by t
         "`pip install fusedopt[torch]` (or `pip install torch`)."
     ) from _exc
 
+from operator import attrgetter, itemgetter
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -135,16 +136,73 @@ def _np(t: torch.Tensor) -> np.ndarray:
 _Entry = Tuple[Any, ...]
 
 
-def _P(items: List[_Entry]) -> List[np.ndarray]:
-    return [it[2] for it in items]
+#: one native call: (hyper, bucket key, param views, grad views, one list of views per state key)
+_Call = Tuple[Dict[str, Any], Any, List[np.ndarray], List[np.ndarray], List[List[np.ndarray]]]
+
+# unbound methods and getters for map() on the hot path
+_data_ptr = torch.Tensor.data_ptr
+_is_contiguous = torch.Tensor.is_contiguous
+_numpy = torch.Tensor.numpy
+_grad = attrgetter("grad")
+_dtype = attrgetter("dtype")
+_shape = attrgetter("shape")
+_item = np.ndarray.item
+
+_TWO24 = 16777216.0  # 2**24: a float32 step counter saturates there (x + 1 == x), as torch's does
 
 
-def _G(items: List[_Entry]) -> List[np.ndarray]:
-    return [it[3] for it in items]
+class _Bucket:
+    """One native call of a cached plan: positions (in the group's stepped parameters) and views."""
+
+    __slots__ = ("pos", "p_arrs", "s_arrs", "step1s", "step_dtype")
+
+    def __init__(self, pos: List[int], p_arrs: List[np.ndarray], s_arrs: List[List[np.ndarray]],
+                 step1s: List[np.ndarray], step_dtype: Any) -> None:  # fmt: skip
+        self.pos = pos
+        self.p_arrs = p_arrs
+        self.s_arrs = s_arrs  # one list per state key
+        self.step1s = step1s  # 1-element views of the 'step' tensors (empty without a counter)
+        self.step_dtype = step_dtype  # NumPy scalar type of every counter of the bucket
 
 
-def _S(items: List[_Entry], k: int) -> List[np.ndarray]:
-    return [it[4][k] for it in items]
+class _GroupPlan:
+    """What one param group's step looked like last time, with everything needed to check that it still does.
+
+    The plan holds references to every tensor it names, so ``id()`` values cannot be reused
+    while it exists and lists of ids compare identity at C speed.
+    """
+
+    __slots__ = ("group", "param_ids", "keys", "uses_step", "params", "absent", "indices", "p_ptrs",
+                 "checks", "grad_dtypes", "shapes", "nbytes", "buckets", "whole")  # fmt: skip
+    group: Dict[str, Any]
+    param_ids: List[int]  # id() of every parameter of the group, in order
+    keys: Tuple[str, ...]  # state keys
+    uses_step: bool
+    params: List[Any]  # the parameters stepped (those with a gradient), in order
+    absent: List[Any]  # the parameters skipped (grad None): they must still have none
+    indices: List[int]  # global index of each stepped parameter (for error messages)
+    p_ptrs: List[int]  # data_ptr() of each stepped parameter
+    checks: List[Tuple[Any, List[int], List[int]]]  # per state key: (getter, tensor ids, data_ptrs)
+    grad_dtypes: List[Any]  # what each gradient's view must look like (the parameter's dtype and shape)
+    shapes: List[Tuple[int, ...]]
+    nbytes: List[int]
+    buckets: List[_Bucket]
+    whole: bool  # a single bucket holding every stepped parameter of the group, in order
+
+    def __init__(self, **kw: Any) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class _Plan:
+    """The cached bucketing of a whole step (see ``_FusedOptimizer._step_planned``)."""
+
+    __slots__ = ("groups", "intervals")
+
+    def __init__(self, groups: List[_GroupPlan], intervals: Optional[Tuple[np.ndarray, np.ndarray]]) -> None:
+        self.groups = groups
+        #: sorted written intervals (starts, ends) when a step needs several native calls
+        self.intervals = intervals
 
 
 class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
@@ -152,6 +210,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
 
     #: whether the state has torch's float ``'step'`` counter
     _HAS_STEP = True
+    #: the bucketing of the last step, reused while nothing changes (see _step_planned)
+    _plan: Optional["_Plan"]
 
     def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
         self._forget_caches()
@@ -175,7 +235,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         """Whether the update depends on the step number (else all step counts share one call)."""
         return True
 
-    def _call(self, hyper: Dict[str, Any], t: int, items: List[_Entry]) -> None:
+    def _call(self, hyper: Dict[str, Any], t: Any, P: List[np.ndarray], G: List[np.ndarray],
+              S: List[List[np.ndarray]]) -> None:  # fmt: skip
+        """One functional call: parameter, gradient and per-key state views (in ``_state_keys`` order)."""
         raise NotImplementedError
 
     # -- construction --------------------------------------------------------------------------
@@ -212,6 +274,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         self._check_impl_flags(merged)
         self._hyper(merged)
         param_group["params"] = raw
+        self._plan = None
         super().add_param_group(param_group)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
@@ -234,6 +297,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         self._views: Dict[int, Tuple[Any, ...]] = {}
         #: id(group) -> (group, hyperparameter values, (hyper, state keys, uses_step))
         self._plans: Dict[int, Tuple[Any, ...]] = {}
+        self._plan = None
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """torch's ``load_state_dict`` (state is cast to each parameter's dtype; steps stay as saved)."""
@@ -310,15 +374,112 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        plan: List[Tuple[Dict[str, Any], Any, List[_Entry]]] = []
+        if not self._step_planned():
+            self._step_general()
+        return loss
+
+    def _step_planned(self) -> bool:
+        """The common case, in O(1) Python operations per parameter: the step looks like the last one.
+
+        Same param groups and parameters, the same parameters have a gradient, same parameter and
+        state tensors with the same memory, state keys and (for algorithms whose math uses it) equal
+        step counts in each bucket. Every assumption of the cached plan is re-checked here with
+        identity / data_ptr comparisons of whole lists (C speed); returns False, having changed
+        nothing, whenever anything differs, and the general path (which checks and names everything)
+        then runs and rebuilds the plan.
+        """
+        plan = self._plan
+        if plan is None or len(self.param_groups) != len(plan.groups):
+            return False
+        state = self.state
+        calls: List[_Call] = []
+        counters: List[Tuple[List[np.ndarray], List[float]]] = []
+        g_ptrs: List[List[int]] = []
+        for group, gp in zip(self.param_groups, plan.groups):
+            if group is not gp.group or [*map(id, group["params"])] != gp.param_ids:
+                return False
+            hyper, keys, uses_step = self._group_plan(group)  # revalidates edited hyperparameters
+            if keys != gp.keys or uses_step != gp.uses_step:
+                return False  # the state layout or the bucketing changes
+            for p in gp.absent:
+                if p.grad is not None:
+                    return False
+            # (map() over unbound methods: the cheapest per-element loop Python has)
+            ps = gp.params
+            # the parameters: same memory, still contiguous (p.data = ... changes the pointer)
+            if [*map(_data_ptr, ps)] != gp.p_ptrs or not all(map(_is_contiguous, ps)):
+                return False
+            # the state: the very tensors of the plan (same objects, same memory) under each key
+            sts = [*map(state.get, ps)]
+            try:
+                for get_k, ids, ptrs in gp.checks:
+                    ts = [*map(get_k, sts)]  # KeyError, or TypeError for a missing state dict
+                    if [*map(id, ts)] != ids or [*map(_data_ptr, ts)] != ptrs:
+                        return False
+                gs = [*map(_grad, ps)]
+                # Tensor.numpy() refuses (RuntimeError/TypeError) what cannot be viewed without a copy:
+                # requires_grad, sparse, not on the CPU, negated/conjugated; None is no Tensor (TypeError)
+                g_arrs = [*map(_numpy, gs)]
+            except (KeyError, TypeError, AttributeError, RuntimeError):
+                return False
+            if (
+                [*map(_dtype, g_arrs)] != gp.grad_dtypes
+                or [*map(_shape, g_arrs)] != gp.shapes
+                or not all(map(_is_contiguous, gs))
+            ):
+                return False
+            if plan.intervals is not None:
+                g_ptrs.append([*map(_data_ptr, gs)])
+            for b in gp.buckets:
+                t: Any = False  # SGD: no buffer is created by this step
+                if b.step_dtype is not None:
+                    old = [*map(_item, b.step1s)]
+                    if max(old) + 1.0 < _TWO24:
+                        new = [x + 1.0 for x in old]
+                    else:  # torch increments in the counter's dtype: a float32 count saturates at 2**24
+                        one = b.step_dtype(1.0)
+                        new = [float(b.step_dtype(x) + one) for x in old]
+                    if uses_step:
+                        if old.count(old[0]) != len(old):
+                            return False  # step counts edited by hand: re-bucket
+                        t = int(new[0])
+                    else:
+                        t = None
+                    counters.append((b.step1s, new))
+                gb = g_arrs if gp.whole else [g_arrs[i] for i in b.pos]
+                calls.append((hyper, t, b.p_arrs, gb, b.s_arrs))
+        if plan.intervals is not None:
+            # Several native calls: the new gradients must not overlap anything written (the
+            # parameters and state were checked when the plan was made and have not moved).
+            s, e = plan.intervals
+            starts = np.asarray([q for ptrs in g_ptrs for q in ptrs], dtype=np.uint64)
+            nbytes = np.asarray([n for gp in plan.groups for n in gp.nbytes], dtype=np.uint64)
+            itemsizes = np.asarray([d.itemsize for gp in plan.groups for d in gp.grad_dtypes], dtype=np.uint64)
+            indices = [i for gp in plan.groups for i in gp.indices]
+            self._check_grads(s, e, starts, nbytes, itemsizes, indices)
+        for hyper, t, P, G, S in calls:
+            self._call(hyper, t, P, G, S)
+        for step1s, new in counters:
+            for a, v in zip(step1s, new):
+                a[0] = v
+        return True
+
+    def _step_general(self) -> None:
+        """Check everything (naming the culprit), stage missing state, step, commit, make the plan."""
+        calls: List[Tuple[Dict[str, Any], Any, List[_Entry]]] = []
+        #: per group: (group, state keys, uses_step, stepped entries, parameters without a gradient)
+        seen: List[Tuple[Dict[str, Any], Tuple[str, ...], bool, List[_Entry], List[Any]]] = []
         views, state, has_step = self._views, self.state, self._HAS_STEP
         index = 0
         for group in self.param_groups:
             hyper, keys, uses_step = self._group_plan(group)
             buckets: Dict[Any, List[_Entry]] = {}
+            stepped: List[_Entry] = []
+            absent: List[Any] = []
             for p in group["params"]:
                 g = p.grad
                 if g is None:
+                    absent.append(p)
                     index += 1
                     continue
                 item: Optional[_Entry] = None
@@ -353,44 +514,84 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     # torch increments the (float) counter before the update; count in its dtype
                     old = step1.item(0)
                     new = old + 1.0
-                    if new >= 16777216.0:  # 2**24: a float32 counter saturates there, as torch's
+                    if new >= _TWO24:  # a float32 counter saturates there, as torch's
                         new = float(step1.dtype.type(old) + step1.dtype.type(1.0))
                     key = (item[0].dtype, int(new) if uses_step else None)
                 else:
                     new = None
                     key = (item[0].dtype, bool(staged))  # SGD: buffers created now take b = g
-                buckets.setdefault(key, []).append((p, index) + item + (new,))
+                entry = (p, index) + item + (new,)
+                buckets.setdefault(key, []).append(entry)
+                stepped.append(entry)
                 index += 1
-            plan.extend((hyper, key, items) for key, items in buckets.items())
-        if len(plan) > 1:
+            calls.extend((hyper, key, items) for key, items in buckets.items())
+            seen.append((group, keys, uses_step, stepped, absent))
+        if len(calls) > 1:
             # Several native calls: whatever the core would refuse in a later call must be found
             # now, before the first call writes (dtype/shape/contiguity were checked above).
-            self._check_disjoint([it for _, _, items in plan for it in items])
-        for hyper, key, items in plan:
-            self._call(hyper, key[1], items)
-        for _, _, items in plan:
+            self._check_disjoint([it for _, _, items in calls for it in items])
+        for hyper, key, items in calls:
+            self._call(hyper, key[1], [it[2] for it in items], [it[3] for it in items],
+                       [[it[4][k] for it in items] for k in range(len(items[0][4]))])  # fmt: skip
+        for _, _, items in calls:
             for it in items:
                 if it[6]:
                     self.state[it[0]].update(it[6])
                 if it[5] is not None:
                     it[5][0] = it[8]
-        return loss
+        self._plan = self._make_plan(seen)
+
+    def _make_plan(self, seen: List[Tuple[Dict[str, Any], Tuple[str, ...], bool, List[_Entry], List[Any]]]) -> Optional[_Plan]:
+        """The plan of the step just committed by the general path (None when it cannot be cached)."""
+        groups = []
+        n_buckets = 0
+        for group, keys, uses_step, stepped, absent in seen:
+            if not isinstance(group["params"], list):
+                return None
+            ps = [it[0] for it in stepped]
+            ents = [self._views[id(p)] for p in ps]  # made or validated by this step
+            checks = [(itemgetter(k), [id(e[2][i]) for e in ents], [e[3][i] for e in ents]) for i, k in enumerate(keys)]
+            if self._HAS_STEP:
+                checks.append((itemgetter("step"), [id(e[4]) for e in ents], [e[5] for e in ents]))
+            by_key: Dict[Any, List[int]] = {}
+            for i, it in enumerate(stepped):
+                # the counters were just committed: equal counts stay equal while every step is planned
+                by_key.setdefault((it[2].dtype, it[8] if uses_step else None), []).append(i)
+            buckets = []
+            for pos in by_key.values():
+                step1s = [ents[i][8] for i in pos] if self._HAS_STEP else []
+                dts = {a.dtype for a in step1s}
+                if len(dts) > 1:
+                    return None  # float32 and float64 counters in one call: left to the general path
+                buckets.append(_Bucket(pos, [ents[i][6] for i in pos], [[ents[i][7][k] for i in pos] for k in range(len(keys))],
+                                       step1s, dts.pop().type if dts else None))  # fmt: skip
+            n_buckets += len(buckets)
+            groups.append(_GroupPlan(
+                group=group, param_ids=[*map(id, group["params"])], keys=keys, uses_step=uses_step,
+                params=ps, absent=absent, indices=[it[1] for it in stepped], p_ptrs=[e[1] for e in ents],
+                checks=checks, grad_dtypes=[e[6].dtype for e in ents], shapes=[e[6].shape for e in ents],
+                nbytes=[e[6].nbytes for e in ents], buckets=buckets, whole=len(buckets) == 1,
+            ))  # fmt: skip
+        intervals = None
+        if n_buckets > 1:
+            try:
+                intervals = self._write_intervals([(i, e[1:2] + e[3], (e[6],) + e[7]) for gp in groups
+                                                   for i, e in zip(gp.indices, (self._views[id(p)] for p in gp.params))])  # fmt: skip
+            except ValueError:  # pragma: no cover - the general path checked this before stepping
+                return None
+        return _Plan(groups, intervals)
 
     @staticmethod
-    def _check_disjoint(items: List[_Entry]) -> None:
-        """No written buffer (parameter or state) overlaps any other buffer of the step; grads aligned."""
+    def _write_intervals(bufs: List[Tuple[int, Tuple[int, ...], Tuple[np.ndarray, ...]]]) -> Tuple[np.ndarray, np.ndarray]:
+        """Sorted starts and ends of the written buffers, given as (param index, data_ptrs, views);
+        ValueError (naming the parameter) if two of them overlap."""
         w_start, w_end, w_index = [], [], []
-        for it in items:
-            for ptr, a in zip(it[7], (it[2],) + it[4]):
+        for index, ptrs, arrs in bufs:
+            for ptr, a in zip(ptrs, arrs):
                 if a.nbytes:
                     w_start.append(ptr)
                     w_end.append(ptr + a.nbytes)
-                    w_index.append(it[1])
-        for it in items:
-            if not it[3].flags.aligned:
-                raise ValueError(f"params[{it[1]}].grad is not aligned to its dtype")
-        if not w_start:
-            return
+                    w_index.append(index)
         s = np.asarray(w_start, dtype=np.uint64)
         e = np.asarray(w_end, dtype=np.uint64)
         order = np.argsort(s, kind="stable")
@@ -400,14 +601,34 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             if bad.size:
                 i = w_index[int(order[bad[0] + 1])]
                 raise ValueError(f"params[{i}] or its state shares memory with another parameter or state")
-        g_s = np.asarray([it[3].__array_interface__["data"][0] for it in items], dtype=np.uint64)
-        g_e = g_s + np.asarray([it[3].nbytes for it in items], dtype=np.uint64)
+        return s, e
+
+    @staticmethod
+    def _check_grads(s: np.ndarray, e: np.ndarray, g_s: np.ndarray, g_n: np.ndarray, g_item: np.ndarray,
+                     indices: List[int]) -> None:  # fmt: skip
+        """Every gradient (start, nbytes, itemsize) is aligned and overlaps no written interval [s, e)."""
+        unaligned = np.flatnonzero(g_s % g_item)
+        if unaligned.size:
+            raise ValueError(f"params[{indices[int(unaligned[0])]}].grad is not aligned to its dtype")
+        if not s.size:
+            return
+        g_e = g_s + g_n
         pos = np.searchsorted(s, g_e, side="left").astype(np.int64) - 1
         hit = (pos >= 0) & (g_e > g_s)
-        hit[hit] = e[pos[hit]] > g_s[hit]
+        hit[hit] = e[pos[hit]] > g_s[hit]  # (disjoint intervals sorted by start have sorted ends)
         if hit.any():
-            i = items[int(np.flatnonzero(hit)[0])][1]
-            raise ValueError(f"params[{i}].grad shares memory with a parameter or state")
+            raise ValueError(f"params[{indices[int(np.flatnonzero(hit)[0])]}].grad shares memory with a parameter or state")
+
+    @classmethod
+    def _check_disjoint(cls, items: List[_Entry]) -> None:
+        """No written buffer (parameter or state) overlaps any other buffer of the step; grads aligned."""
+        s, e = cls._write_intervals([(it[1], it[7], (it[2],) + it[4]) for it in items])
+        gs = [it[3] for it in items]
+        cls._check_grads(s, e,
+                         np.asarray([a.__array_interface__["data"][0] for a in gs], dtype=np.uint64),
+                         np.asarray([a.nbytes for a in gs], dtype=np.uint64),
+                         np.asarray([a.itemsize for a in gs], dtype=np.uint64),
+                         [it[1] for it in items])  # fmt: skip
 
 
 def _bool(name: str, v: Any) -> bool:
@@ -453,11 +674,10 @@ class SGD(_FusedOptimizer):
         # written (b = g) by the first step, as torch's fused SGD does
         return torch.empty_like(p, memory_format=torch.contiguous_format)
 
-    def _call(self, hyper: Dict[str, Any], first_step: Any, items: List[_Entry]) -> None:
+    def _call(self, hyper: Dict[str, Any], first_step: Any, P: List[np.ndarray], G: List[np.ndarray],
+              S: List[List[np.ndarray]]) -> None:  # fmt: skip
         # the bucket key of SGD is the first-step flag (buffers created in this step), not a step number
-        F.sgd(_P(items), _G(items),
-              _S(items, 0) if hyper["momentum"] != 0 else None,
-              first_step=bool(first_step), **hyper)  # fmt: skip
+        F.sgd(P, G, S[0] if hyper["momentum"] != 0 else None, first_step=bool(first_step), **hyper)
 
 
 class Momentum(_FusedOptimizer):
@@ -486,9 +706,9 @@ class Momentum(_FusedOptimizer):
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
         return bool(hyper["bias_correction"])
 
-    def _call(self, hyper: Dict[str, Any], t: Optional[int], items: List[_Entry]) -> None:
-        F.momentum(_P(items), _G(items), _S(items, 0),
-                   step=t if t is not None else 1, **hyper)  # fmt: skip
+    def _call(self, hyper: Dict[str, Any], t: Optional[int], P: List[np.ndarray], G: List[np.ndarray],
+              S: List[List[np.ndarray]]) -> None:  # fmt: skip
+        F.momentum(P, G, S[0], step=t if t is not None else 1, **hyper)
 
 
 class RMSprop(_FusedOptimizer):
@@ -529,16 +749,16 @@ class RMSprop(_FusedOptimizer):
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
         return False  # counted (as torch does) but not used by the math
 
-    def _call(self, hyper: Dict[str, Any], t: Any, items: List[_Entry]) -> None:
+    def _call(self, hyper: Dict[str, Any], t: Any, P: List[np.ndarray], G: List[np.ndarray],
+              S: List[List[np.ndarray]]) -> None:  # fmt: skip
         k = 1
         bufs = gavg = None
         if hyper["momentum"] > 0:
-            bufs = _S(items, k)
+            bufs = S[k]
             k += 1
         if hyper["centered"]:
-            gavg = _S(items, k)
-        F.rmsprop(_P(items), _G(items), _S(items, 0),
-                  gavg, bufs, **hyper)  # fmt: skip
+            gavg = S[k]
+        F.rmsprop(P, G, S[0], gavg, bufs, **hyper)
 
 
 class Adam(_FusedOptimizer):
@@ -575,10 +795,9 @@ class Adam(_FusedOptimizer):
     def _state_keys(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if hyper["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def _call(self, hyper: Dict[str, Any], t: int, items: List[_Entry]) -> None:
-        F.adam(_P(items), _G(items), _S(items, 0),
-               _S(items, 1),
-               _S(items, 2) if hyper["amsgrad"] else None, step=t, **hyper)  # fmt: skip
+    def _call(self, hyper: Dict[str, Any], t: int, P: List[np.ndarray], G: List[np.ndarray],
+              S: List[List[np.ndarray]]) -> None:  # fmt: skip
+        F.adam(P, G, S[0], S[1], S[2] if hyper["amsgrad"] else None, step=t, **hyper)
 
 
 class AdamW(Adam):
@@ -645,6 +864,6 @@ class Adagrad(_FusedOptimizer):
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
         return bool(hyper["lr_decay"] != 0)
 
-    def _call(self, hyper: Dict[str, Any], t: Optional[int], items: List[_Entry]) -> None:
-        F.adagrad(_P(items), _G(items), _S(items, 0),
-                  step=t if t is not None else 1, **hyper)  # fmt: skip
+    def _call(self, hyper: Dict[str, Any], t: Optional[int], P: List[np.ndarray], G: List[np.ndarray],
+              S: List[List[np.ndarray]]) -> None:  # fmt: skip
+        F.adagrad(P, G, S[0], step=t if t is not None else 1, **hyper)
