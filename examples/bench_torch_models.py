@@ -28,48 +28,10 @@ import torch
 
 import fusedopt
 import fusedopt.torch as ft
+from fusedopt.bench import MODEL_SHAPES, Shape
 
-Shape = Tuple[int, ...]
-
-
-def digits_mlp_shapes(hidden: int = 128) -> List[Shape]:
-    return [(hidden, 64), (hidden,), (hidden, hidden), (hidden,), (10, hidden), (10,)]
-
-
-def resnet18_shapes(num_classes: int = 1000) -> List[Shape]:
-    """torchvision.models.resnet18() parameter shapes, in ``model.parameters()`` order."""
-    shapes: List[Shape] = [(64, 3, 7, 7), (64,), (64,)]  # conv1, bn1
-    in_ch = 64
-    for out_ch, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-        for block in range(2):
-            shapes += [(out_ch, in_ch if block == 0 else out_ch, 3, 3), (out_ch,), (out_ch,)]  # conv1, bn1
-            shapes += [(out_ch, out_ch, 3, 3), (out_ch,), (out_ch,)]  # conv2, bn2
-            if block == 0 and (stride != 1 or in_ch != out_ch):
-                shapes += [(out_ch, in_ch, 1, 1), (out_ch,), (out_ch,)]  # downsample conv, bn
-        in_ch = out_ch
-    shapes += [(num_classes, 512), (num_classes,)]  # fc
-    return shapes
-
-
-def transformer_shapes(d_model: int = 64, n_layers: int = 12, vocab: int = 8192, context: int = 512) -> List[Shape]:
-    """A pre-LN GPT-style decoder with separate q/k/v projections and a tied output embedding."""
-    d = d_model
-    shapes: List[Shape] = [(vocab, d), (context, d)]  # token and position embeddings
-    for _ in range(n_layers):
-        shapes += [(d,), (d,)]  # ln1
-        shapes += [(d, d), (d,)] * 3  # q, k, v
-        shapes += [(d, d), (d,)]  # attention output projection
-        shapes += [(d,), (d,)]  # ln2
-        shapes += [(4 * d, d), (4 * d,), (d, 4 * d), (d,)]  # MLP
-    shapes += [(d,), (d,)]  # final layer norm
-    return shapes
-
-
-MODELS: Dict[str, Callable[[], List[Shape]]] = {
-    "digits-mlp": digits_mlp_shapes,
-    "resnet18": resnet18_shapes,
-    "transformer": transformer_shapes,
-}
+# The parameter-shape lists live in fusedopt.bench (also used by `python -m fusedopt.bench --models`).
+MODELS: Dict[str, Callable[[], List[Shape]]] = MODEL_SHAPES
 
 
 def make_params(shapes: List[Shape], seed: int = 0) -> List[torch.nn.Parameter]:

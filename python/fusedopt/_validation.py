@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,6 +32,13 @@ def non_negative(name: str, value: Any) -> float:
     x = real(name, value)
     if x < 0.0:
         raise ValueError(f"{name} must be >= 0, got {x}")
+    return x
+
+
+def positive(name: str, value: Any) -> float:
+    x = real(name, value)
+    if x <= 0.0:
+        raise ValueError(f"{name} must be > 0, got {x}")
     return x
 
 
@@ -94,20 +101,43 @@ def param_array(name: str, a: Any) -> np.ndarray:
     return a
 
 
+Extent = Tuple[int, int, Any, bool]  # (first byte, end byte, label, written)
+
+
+def extent(a: np.ndarray, label: Any, written: bool) -> Optional[Extent]:
+    """The byte range of an array's data (None when it has no elements)."""
+    if not a.size:
+        return None
+    start = a.__array_interface__["data"][0]
+    return (start, start + a.nbytes, label, written)
+
+
+def find_overlap(extents: List[Extent]) -> Optional[Tuple[Any, Any]]:
+    """Labels ``(earlier, later)`` of two extents that overlap while at least one is written, or None.
+
+    Read-only extents may overlap each other. Sorted by start, a written extent overlaps an earlier
+    one iff the largest end before it exceeds its start, and a later one iff the next one starts
+    before its end (the same sweep as ``check_no_overlap`` in cpp/bindings/arrays.cpp).
+    """
+    xs = sorted(extents, key=lambda e: e[0])
+    max_end, owner = 0, None
+    for i, (start, end, label, written) in enumerate(xs):
+        if owner is not None and start < max_end and (written or owner[3]):
+            return owner[2], label
+        if written and i + 1 < len(xs) and xs[i + 1][0] < end:
+            return label, xs[i + 1][2]
+        if owner is None or end > max_end:
+            max_end, owner = end, xs[i]
+    return None
+
+
 def no_overlap(name: str, arrays: Sequence[np.ndarray]) -> None:
     """No two arrays share memory (a parameter listed twice, or two overlapping views)."""
-    extents = []
-    for i, a in enumerate(arrays):
-        if a.size:
-            start = a.__array_interface__["data"][0]
-            extents.append((start, start + a.nbytes, i))
-    extents.sort()
-    for (_s0, e0, i0), (s1, _e1, i1) in zip(extents, extents[1:]):
-        if s1 < e0:
-            i, j = sorted((i0, i1))
-            same = arrays[i] is arrays[j]
-            what = "is the same array as" if same else "shares memory with"
-            raise ValueError(f"{name}[{j}] {what} {name}[{i}]; each parameter may appear only once")
+    found = find_overlap([e for i, a in enumerate(arrays) if (e := extent(a, i, True)) is not None])
+    if found is not None:
+        i, j = sorted(found)
+        what = "is the same array as" if arrays[i] is arrays[j] else "shares memory with"
+        raise ValueError(f"{name}[{j}] {what} {name}[{i}]; each parameter may appear only once")
 
 
 def grad_array(name: str, g: Any, param: np.ndarray, pname: str) -> None:

@@ -353,12 +353,12 @@ class Optimizer:
         """Everything the native calls would check, for all calls at once, named by global index:
         every parameter, gradient and state array, and no written array overlapping any other
         array of the step (also across calls)."""
-        extents = []
+        extents: List[check.Extent] = []
 
         def add(a: np.ndarray, name: str, written: bool) -> None:
-            if a.size:
-                start = a.__array_interface__["data"][0]
-                extents.append((start, start + a.nbytes, name, written))
+            e = check.extent(a, name, written)
+            if e is not None:
+                extents.append(e)
 
         for hyper, idx, _gs, states in calls:
             keys = self._state_keys(hyper)
@@ -375,15 +375,9 @@ class Optimizer:
                         if a.dtype != p.dtype or a.shape != p.shape:
                             raise ValueError(f"{name} has dtype {a.dtype} and shape {a.shape}, unlike params[{i}]")
                         add(a, name, True)
-        extents.sort(key=lambda e: e[0])
-        max_end, owner = 0, None
-        for i, (start, end, name, written) in enumerate(extents):
-            if owner is not None and start < max_end and (written or owner[1]):
-                raise ValueError(f"{name} shares memory with {owner[0]}; arrays updated in place must not overlap")
-            if written and i + 1 < len(extents) and extents[i + 1][0] < end:
-                raise ValueError(f"{extents[i + 1][2]} shares memory with {name}; arrays updated in place must not overlap")
-            if end > max_end:
-                max_end, owner = end, (name, written)
+        found = check.find_overlap(extents)
+        if found is not None:
+            raise ValueError(f"{found[1]} shares memory with {found[0]}; arrays updated in place must not overlap")
 
     # -- state dicts -----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:

@@ -54,6 +54,8 @@ import numbers
 from bisect import bisect_right
 from typing import Any, Dict, List, Mapping, MutableMapping, Optional, Sequence, Tuple, Union
 
+from . import _validation as check
+
 __all__ = [
     "LRScheduler",
     "ExponentialLR",
@@ -72,27 +74,15 @@ LrArg = Union[Number, Sequence[Number]]
 
 
 # -- argument checks (messages name the argument) --------------------------------------------------
-def _real(name: str, value: Any, *, allow_inf: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    x = float(value)
-    if math.isnan(x) or (math.isinf(x) and not allow_inf):
-        raise ValueError(f"{name} must be finite, got {x}")
-    return x
+# Numbers, flags: the package's shared checks (fusedopt._validation).
+_real, _non_negative, _positive, _flag = check.real, check.non_negative, check.positive, check.flag
 
 
-def _non_negative(name: str, value: Any) -> float:
-    x = _real(name, value)
-    if x < 0.0:
-        raise ValueError(f"{name} must be >= 0, got {x}")
-    return x
-
-
-def _positive(name: str, value: Any) -> float:
-    x = _real(name, value)
-    if x <= 0.0:
-        raise ValueError(f"{name} must be > 0, got {x}")
-    return x
+def _real_or_inf(name: str, value: Any) -> float:
+    """A real number that may be infinite (ReduceLROnPlateau's ``best`` starts at ±inf)."""
+    if isinstance(value, float) and math.isinf(value):
+        return value
+    return _real(name, value)
 
 
 def _int(name: str, value: Any, minimum: int) -> int:
@@ -102,12 +92,6 @@ def _int(name: str, value: Any, minimum: int) -> int:
     if n < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {n}")
     return n
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
 
 
 def _choice(name: str, value: Any, options: Tuple[str, ...]) -> str:
@@ -354,6 +338,21 @@ class LRScheduler(_SchedulerBase):
 
 
 # -- the schedules --------------------------------------------------------------------------------------
+def _check_decay_steps(h: Dict[str, Any]) -> Dict[str, Any]:
+    """``decay_steps`` (an int >= 1 or a float > 0) and ``staircase`` of the decay schedules."""
+    d = h["decay_steps"]
+    h["decay_steps"] = _int("decay_steps", d, 1) if isinstance(d, numbers.Integral) else _positive("decay_steps", d)
+    h["staircase"] = _flag("staircase", h["staircase"])
+    return h
+
+
+def _decay_exponent(t: int, decay_steps: Number, staircase: bool) -> Number:
+    """``t/decay_steps``, floored with ``staircase`` (TF/Keras/optax decay schedules)."""
+    if staircase:
+        return math.floor(t / decay_steps)
+    return t if decay_steps == 1 else t / decay_steps
+
+
 class ExponentialLR(LRScheduler):
     r"""Exponential decay: ``lr_t = lr_0 · γ^e`` with ``e = t / decay_steps`` (``⌊t / decay_steps⌋``
     when ``staircase``). The default ``decay_steps=1`` is the textbook form ``lr_0·γ^t``.
@@ -378,14 +377,10 @@ class ExponentialLR(LRScheduler):
 
     def _check_hyper(self, h: Dict[str, Any], base_lrs: List[float]) -> Dict[str, Any]:
         h["gamma"] = _positive("gamma", h["gamma"])
-        d = h["decay_steps"]
-        h["decay_steps"] = _int("decay_steps", d, 1) if isinstance(d, numbers.Integral) else _positive("decay_steps", d)
-        h["staircase"] = _flag("staircase", h["staircase"])
-        return h
+        return _check_decay_steps(h)
 
     def _value(self, i: int, base: float, t: int) -> float:
-        d = self.decay_steps
-        e = math.floor(t / d) if self.staircase else (t if d == 1 else t / d)
+        e = _decay_exponent(t, self.decay_steps, self.staircase)
         return base * self.gamma**e
 
 
@@ -555,14 +550,10 @@ class InverseTimeLR(LRScheduler):
 
     def _check_hyper(self, h: Dict[str, Any], base_lrs: List[float]) -> Dict[str, Any]:
         h["decay_rate"] = _non_negative("decay_rate", h["decay_rate"])
-        d = h["decay_steps"]
-        h["decay_steps"] = _int("decay_steps", d, 1) if isinstance(d, numbers.Integral) else _positive("decay_steps", d)
-        h["staircase"] = _flag("staircase", h["staircase"])
-        return h
+        return _check_decay_steps(h)
 
     def _value(self, i: int, base: float, t: int) -> float:
-        d = self.decay_steps
-        e = math.floor(t / d) if self.staircase else (t if d == 1 else t / d)
+        e = _decay_exponent(t, self.decay_steps, self.staircase)
         return base / (1.0 + self.decay_rate * e)
 
 
@@ -840,7 +831,7 @@ class ReduceLROnPlateau(_SchedulerBase):
         hyper = self._check_hyper({k: sd[k] for k in self._HYPER}, n)
         return [(self, {
             "last_epoch": _int("last_epoch", sd["last_epoch"], 0),
-            "best": _real("best", sd["best"], allow_inf=True),
+            "best": _real_or_inf("best", sd["best"]),
             "num_bad_epochs": _int("num_bad_epochs", sd["num_bad_epochs"], 0),
             "cooldown_counter": _int("cooldown_counter", sd["cooldown_counter"], 0),
             "_lrs": lrs,
