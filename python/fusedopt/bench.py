@@ -32,8 +32,10 @@ single-threaded NumPy call).
 Method: before anything is timed, each contender makes one step on the live arrays and its result
 is compared with :mod:`fusedopt.reference` applied to a snapshot (fusedopt: bitwise; NumPy: within
 2 ulp; torch: within 1e-5 relative); a contender that fails is reported as WRONG and never timed.
-Then the contenders run in interleaved rounds (the starting contender rotates each round); a sample
-is the time of ``k`` consecutive steps with ``k`` chosen so that a sample takes >= ~2 ms. Reported:
+Then the contenders run in interleaved rounds (a new seeded random order each round); a sample is
+the time of ``k`` consecutive steps with ``k`` chosen so that a sample takes >= ~2 ms, right after
+one untimed step of the same contender (so no sample pays for waking threads that the previous
+contender let fall asleep). Reported:
 median microseconds per step, spread = IQR / median (cells marked ``~`` when above 10 %).
 Progress goes to stderr, tables (or JSON) to stdout.
 
@@ -48,6 +50,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -589,11 +592,21 @@ def _summary(samples: Sequence[float]) -> Dict[str, float]:
 
 
 def _interleaved(runners: Dict[str, Callable[[], None]], ks: Dict[str, int], rounds: int) -> Dict[str, List[float]]:
+    """``rounds`` samples per contender, the contenders in a new (seeded) random order each round.
+
+    Each sample is preceded by one untimed call of the same contender, so that every sample starts
+    the way back-to-back steps do: its OpenMP team awake and its arrays where its own previous
+    step left them. Without it the contender that happens to follow a long single-threaded one
+    (NumPy, a torch run) pays for waking a sleeping thread team, and a cyclic order A B C, B C A, ...
+    would make that the same contender in every round (measured: 5-30 % on a ResNet-18 step)."""
     names = list(runners)
+    order_rng = random.Random(len(names) * 1000 + rounds)  # reproducible orders
     samples: Dict[str, List[float]] = {c: [] for c in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
+    for _ in range(rounds):
+        order = names[:]
+        order_rng.shuffle(order)
         for c in order:
+            runners[c]()
             samples[c].append(_time_k(runners[c], ks[c]) / ks[c])
     return samples
 
