@@ -115,6 +115,8 @@ Buffers collect(const std::vector<Role>& roles) {
   Buffers out;
   const std::size_t nroles = roles.size();
   out.nbuf_ = static_cast<int>(nroles);
+  out.present_.resize(nroles);
+  for (std::size_t r = 0; r < nroles; ++r) out.present_[r] = !roles[r].list.is_none();
   std::vector<Items> lists;
   lists.reserve(nroles);
   for (const Role& role : roles) lists.push_back(items_of(role));

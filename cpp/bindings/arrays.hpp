@@ -39,6 +39,8 @@ class Buffers {
     return TensorList{ptrs_.data(), sizes_.data(), static_cast<std::int64_t>(sizes_.size()), nbuf_};
   }
   DType dtype() const { return dtype_; }
+  // Whether role r was given (a list, not None): e.g. amsgrad's max_exp_avg_sqs.
+  bool present(std::size_t r) const { return r < present_.size() && present_[r]; }
   std::int64_t total_elements() const {
     std::int64_t total = 0;
     for (std::int64_t n : sizes_) total += n;
@@ -47,10 +49,12 @@ class Buffers {
 
  private:
   friend Buffers collect(const std::vector<Role>& roles);
+  friend class Plan;
   std::vector<void*> ptrs_;
   std::vector<std::int64_t> sizes_;
   int nbuf_ = 0;
   DType dtype_ = DType::f32;
+  std::vector<bool> present_;
 };
 
 // Validates roles[0] (params) and every other role against it; throws py::type_error /

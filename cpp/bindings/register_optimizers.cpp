@@ -1,4 +1,5 @@
-// One binding per algorithm. Each does exactly: validate and collect raw pointers (arrays.cpp) ->
+// One binding per algorithm. Each does exactly: validate and collect raw pointers (arrays.cpp, or a
+// still-matching Plan, plan.hpp) ->
 // release the GIL -> one call through the active kernel table. No arithmetic, no state: the
 // derived per-step scalars arrive ready-made from python/fusedopt/_scalars.py.
 #include <pybind11/pybind11.h>
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "bindings/arrays.hpp"
+#include "bindings/plan.hpp"
 #include "common/step_args.hpp"
 #include "dispatch/dispatch.hpp"
 
@@ -31,6 +33,19 @@ void run(const Buffers& buffers, StepFn<Scalars> KernelTable::*f32, StepFn<Scala
   fn(list, scalars, grad, threads);
 }
 
+// The buffers of a step: from the plan when it still matches (plan.hpp), else fully collected.
+Buffers gather(const std::vector<Role>& roles, py::handle plan) {
+  if (!plan.is_none()) {
+    if (!py::isinstance<Plan>(plan)) {
+      throw py::type_error("plan must be a fusedopt._core.Plan or None, got " +
+                           py::str(py::type::of(plan).attr("__name__")).cast<std::string>());
+    }
+    Buffers b;
+    if (plan.cast<const Plan&>().fill(roles, &b)) return b;
+  }
+  return collect(roles);
+}
+
 // The gradient pre-processing scalars (fusedopt._scalars.GradScalars), validated by the Python
 // layer; `active` unless all three are their exact identities.
 GradScalars grad_scalars(double grad_scale, double clip_coef, double clip_value) {
@@ -40,10 +55,10 @@ GradScalars grad_scalars(double grad_scale, double clip_coef, double clip_value)
 
 void sgd(py::handle params, py::handle grads, py::handle momentum_buffers, double lr, double weight_decay,
          double momentum, double one_minus_dampening, double grad_scale, double clip_coef, double clip_value,
-         bool nesterov, bool maximize, bool first_step, int threads) {
-  const bool has_momentum = !momentum_buffers.is_none();
-  const Buffers b = collect({{"params", params, true}, {"grads", grads, false},
-                             {"momentum_buffers", momentum_buffers, true}});
+         bool nesterov, bool maximize, bool first_step, int threads, py::handle plan) {
+  const Buffers b = gather({{"params", params, true}, {"grads", grads, false},
+                            {"momentum_buffers", momentum_buffers, true}}, plan);
+  const bool has_momentum = b.present(2);
   const SgdScalars s{lr, weight_decay, momentum, one_minus_dampening, weight_decay != 0.0, has_momentum,
                      nesterov, maximize, first_step};
   run(b, &KernelTable::sgd_f32, &KernelTable::sgd_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
@@ -52,8 +67,9 @@ void sgd(py::handle params, py::handle grads, py::handle momentum_buffers, doubl
 
 void momentum(py::handle params, py::handle grads, py::handle velocities, double step_size, double beta,
               double one_minus_beta, double weight_decay, double grad_scale, double clip_coef, double clip_value,
-              int threads) {
-  const Buffers b = collect({{"params", params, true}, {"grads", grads, false}, {"velocities", velocities, true}});
+              int threads, py::handle plan) {
+  const Buffers b =
+      gather({{"params", params, true}, {"grads", grads, false}, {"velocities", velocities, true}}, plan);
   const MomentumScalars s{step_size, beta, one_minus_beta, weight_decay, weight_decay != 0.0};
   run(b, &KernelTable::momentum_f32, &KernelTable::momentum_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
       check_threads(threads));
@@ -62,14 +78,15 @@ void momentum(py::handle params, py::handle grads, py::handle velocities, double
 void rmsprop(py::handle params, py::handle grads, py::handle square_avgs, py::handle grad_avgs,
              py::handle momentum_buffers, double lr, double buffer_lr, double alpha, double one_minus_alpha,
              double eps_outside, double eps_inside, double weight_decay, double momentum_, double grad_scale,
-             double clip_coef, double clip_value, bool maximize, int threads) {
-  const Buffers b = collect({{"params", params, true},
-                             {"grads", grads, false},
-                             {"square_avgs", square_avgs, true},
-                             {"grad_avgs", grad_avgs, true},
-                             {"momentum_buffers", momentum_buffers, true}});
+             double clip_coef, double clip_value, bool maximize, int threads, py::handle plan) {
+  const Buffers b = gather({{"params", params, true},
+                            {"grads", grads, false},
+                            {"square_avgs", square_avgs, true},
+                            {"grad_avgs", grad_avgs, true},
+                            {"momentum_buffers", momentum_buffers, true}},
+                           plan);
   const RmspropScalars s{lr,           buffer_lr, alpha, one_minus_alpha, eps_outside, eps_inside, weight_decay,
-                         momentum_,    weight_decay != 0.0, !grad_avgs.is_none(), !momentum_buffers.is_none(),
+                         momentum_,    weight_decay != 0.0, b.present(3), b.present(4),
                          maximize};
   run(b, &KernelTable::rmsprop_f32, &KernelTable::rmsprop_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
       check_threads(threads));
@@ -79,27 +96,30 @@ void adam(py::handle params, py::handle grads, py::handle exp_avgs, py::handle e
           py::handle max_exp_avg_sqs, double neg_step_size, double bias_correction2_sqrt, double eps,
           double eps_root, double bias_correction2, double beta1, double one_minus_beta1, double beta2,
           double one_minus_beta2, double weight_decay, double decay_factor, int weight_decay_mode,
-          double grad_scale, double clip_coef, double clip_value, bool maximize, bool torch_exact, int threads) {
+          double grad_scale, double clip_coef, double clip_value, bool maximize, bool torch_exact, int threads,
+          py::handle plan) {
   if (weight_decay_mode < kNoDecay || weight_decay_mode > kDecoupled) {
     throw py::value_error("weight_decay_mode must be 0 (none), 1 (L2) or 2 (decoupled)");
   }
-  const Buffers b = collect({{"params", params, true},
-                             {"grads", grads, false},
-                             {"exp_avgs", exp_avgs, true},
-                             {"exp_avg_sqs", exp_avg_sqs, true},
-                             {"max_exp_avg_sqs", max_exp_avg_sqs, true}});
+  const Buffers b = gather({{"params", params, true},
+                            {"grads", grads, false},
+                            {"exp_avgs", exp_avgs, true},
+                            {"exp_avg_sqs", exp_avg_sqs, true},
+                            {"max_exp_avg_sqs", max_exp_avg_sqs, true}},
+                           plan);
   const AdamScalars s{neg_step_size,   bias_correction2_sqrt, eps,          eps_root,
                       bias_correction2, beta1,               one_minus_beta1, beta2,
                       one_minus_beta2, weight_decay,         decay_factor, weight_decay_mode,
-                      !max_exp_avg_sqs.is_none(), maximize, torch_exact};
+                      b.present(4), maximize, torch_exact};
   run(b, &KernelTable::adam_f32, &KernelTable::adam_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
       check_threads(threads));
 }
 
 void adagrad(py::handle params, py::handle grads, py::handle state_sums, double neg_clr, double eps,
              double weight_decay, double grad_scale, double clip_coef, double clip_value, bool maximize,
-             int threads) {
-  const Buffers b = collect({{"params", params, true}, {"grads", grads, false}, {"state_sums", state_sums, true}});
+             int threads, py::handle plan) {
+  const Buffers b =
+      gather({{"params", params, true}, {"grads", grads, false}, {"state_sums", state_sums, true}}, plan);
   const AdagradScalars s{neg_clr, eps, weight_decay, weight_decay != 0.0, maximize};
   run(b, &KernelTable::adagrad_f32, &KernelTable::adagrad_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
       check_threads(threads));
@@ -158,27 +178,35 @@ double sum_of_squares(py::handle arrays, int threads) {
 // parsing a dozen keyword arguments would cost more than a whole step on a small tensor.
 // tests/test_bindings.py checks that the names here and the NamedTuple fields agree.
 void register_optimizers(py::module_& m) {
+  py::class_<Plan>(m, "Plan",
+                   "The validation of a step's written arrays (params, then state lists; None for an absent "
+                   "optional one), done once. Pass it as `plan=` with the same lists at every step: the step then "
+                   "only checks that they hold the same, unchanged arrays and validates the gradients; anything "
+                   "else falls back to the full checks. See cpp/bindings/plan.hpp.")
+      .def(py::init<const py::sequence&>(), "written"_a)
+      .def_property_readonly("count", &Plan::count, "number of tensors")
+      .def_property_readonly("roles", &Plan::roles, "number of written roles (params and state lists)");
   m.def("sgd", &sgd, "params"_a, "grads"_a, "momentum_buffers"_a.none(true), "lr"_a,
         "weight_decay"_a, "momentum"_a, "one_minus_dampening"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a,
         "nesterov"_a, "maximize"_a, "first_step"_a,
-        "threads"_a, "SGD step over lists of arrays (momentum_buffers=None: no momentum). See fusedopt.functional.sgd.");
+        "threads"_a, "plan"_a = py::none(), "SGD step over lists of arrays (momentum_buffers=None: no momentum). See fusedopt.functional.sgd.");
   m.def("momentum", &momentum, "params"_a, "grads"_a, "velocities"_a, "step_size"_a, "beta"_a,
         "one_minus_beta"_a, "weight_decay"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a, "threads"_a,
-        "EMA-momentum step over lists of arrays. See fusedopt.functional.momentum.");
+        "plan"_a = py::none(), "EMA-momentum step over lists of arrays. See fusedopt.functional.momentum.");
   m.def("rmsprop", &rmsprop, "params"_a, "grads"_a, "square_avgs"_a, "grad_avgs"_a.none(true),
         "momentum_buffers"_a.none(true), "lr"_a, "buffer_lr"_a, "alpha"_a, "one_minus_alpha"_a, "eps_outside"_a,
         "eps_inside"_a, "weight_decay"_a, "momentum"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a,
-        "maximize"_a, "threads"_a,
+        "maximize"_a, "threads"_a, "plan"_a = py::none(),
         "RMSprop step over lists of arrays (grad_avgs=None: not centered; momentum_buffers=None: no momentum). "
         "See fusedopt.functional.rmsprop.");
   m.def("adam", &adam, "params"_a, "grads"_a, "exp_avgs"_a, "exp_avg_sqs"_a, "max_exp_avg_sqs"_a.none(true),
         "neg_step_size"_a, "bias_correction2_sqrt"_a, "eps"_a, "eps_root"_a, "bias_correction2"_a, "beta1"_a,
         "one_minus_beta1"_a, "beta2"_a, "one_minus_beta2"_a, "weight_decay"_a, "decay_factor"_a,
         "weight_decay_mode"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a, "maximize"_a, "torch_exact"_a,
-        "threads"_a,
+        "threads"_a, "plan"_a = py::none(),
         "Adam/AdamW step over lists of arrays (max_exp_avg_sqs=None: no amsgrad). See fusedopt.functional.adam.");
   m.def("adagrad", &adagrad, "params"_a, "grads"_a, "state_sums"_a, "neg_clr"_a, "eps"_a,
-        "weight_decay"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a, "maximize"_a, "threads"_a,
+        "weight_decay"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a, "maximize"_a, "threads"_a, "plan"_a = py::none(),
         "Adagrad step over lists of arrays. See fusedopt.functional.adagrad.");
   m.def("_traffic_probe", &traffic_probe, "written"_a, "read"_a, "scale"_a, "threads"_a,
         "Benchmark probe: x += scale*r on every written stream (the bytes of an optimizer step).");

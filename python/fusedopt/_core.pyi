@@ -10,32 +10,42 @@ compiler: str
 
 _Arrays = Sequence[np.ndarray]
 
+class Plan:
+    """The validation of a step's written arrays, done once (cpp/bindings/plan.hpp)."""
+
+    def __init__(self, written: Sequence[Optional[_Arrays]]) -> None: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def roles(self) -> int: ...
+
 def sgd(
     params: _Arrays, grads: _Arrays, momentum_buffers: Optional[_Arrays], lr: float, weight_decay: float,
     momentum: float, one_minus_dampening: float, grad_scale: float, clip_coef: float, clip_value: float,
-    nesterov: bool, maximize: bool, first_step: bool, threads: int,
+    nesterov: bool, maximize: bool, first_step: bool, threads: int, plan: Optional[Plan] = None,
 ) -> None: ...
 def momentum(
     params: _Arrays, grads: _Arrays, velocities: _Arrays, step_size: float, beta: float,
     one_minus_beta: float, weight_decay: float, grad_scale: float, clip_coef: float, clip_value: float,
-    threads: int,
+    threads: int, plan: Optional[Plan] = None,
 ) -> None: ...
 def rmsprop(
     params: _Arrays, grads: _Arrays, square_avgs: _Arrays, grad_avgs: Optional[_Arrays],
     momentum_buffers: Optional[_Arrays], lr: float, buffer_lr: float, alpha: float, one_minus_alpha: float,
     eps_outside: float, eps_inside: float, weight_decay: float, momentum: float, grad_scale: float,
-    clip_coef: float, clip_value: float, maximize: bool, threads: int,
+    clip_coef: float, clip_value: float, maximize: bool, threads: int, plan: Optional[Plan] = None,
 ) -> None: ...
 def adam(
     params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_avg_sqs: _Arrays, max_exp_avg_sqs: Optional[_Arrays],
     neg_step_size: float, bias_correction2_sqrt: float, eps: float, eps_root: float, bias_correction2: float,
     beta1: float, one_minus_beta1: float, beta2: float, one_minus_beta2: float, weight_decay: float,
     decay_factor: float, weight_decay_mode: int, grad_scale: float, clip_coef: float, clip_value: float,
-    maximize: bool, torch_exact: bool, threads: int,
+    maximize: bool, torch_exact: bool, threads: int, plan: Optional[Plan] = None,
 ) -> None: ...
 def adagrad(
     params: _Arrays, grads: _Arrays, state_sums: _Arrays, neg_clr: float, eps: float, weight_decay: float,
     grad_scale: float, clip_coef: float, clip_value: float, maximize: bool, threads: int,
+    plan: Optional[Plan] = None,
 ) -> None: ...
 def ema(averages: _Arrays, params: _Arrays, decay: float, one_minus_decay: float, threads: int) -> None: ...
 def sum_of_squares(arrays: _Arrays, threads: int) -> float: ...

@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import _core, _scalars, _threads
 from . import _validation as check
 from . import functional as F
 from .arena import FlatParams
@@ -39,6 +40,10 @@ class Optimizer:
 
     #: names of the state arrays a parameter may have, and those it must have once stepped
     _STATE_ARRAYS: Tuple[str, ...] = ()
+    #: the state arrays in the order of the native step's state lists (see _state_lists)
+    _ROLES: Tuple[str, ...] = ()
+    #: the algorithm's name in fusedopt._threads.SERIAL_BELOW
+    _ALGORITHM = ""
     _HAS_STEP = True
     #: convention options of the class (name -> torch-form default); see :meth:`set_conventions`
     _CONVENTIONS: Dict[str, Any] = {}
@@ -127,7 +132,23 @@ class Optimizer:
     def _update(
         self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray], states: List[State]
     ) -> None:
+        """One call of :mod:`fusedopt.functional` (validates everything; any convention, any
+        gradient option)."""
         raise NotImplementedError
+
+    def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
+                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any) -> None:  # fmt: skip
+        """The planned path's call, straight into fusedopt._core: ``group`` was validated by
+        _check_hyper, the conventions are torch's and there are no gradient options; ``lists`` are
+        the state lists (:meth:`_state_lists`); ``step`` is the new step count; ``plan`` the
+        :class:`fusedopt._core.Plan` of params and state lists."""
+        raise NotImplementedError
+
+    def _state_lists(self, hyper: Mapping[str, Any], states: List[State]) -> List[Optional[List[np.ndarray]]]:
+        """The state arrays of a native call, one list per role of _ROLES (None for a role this
+        configuration does not use). Raises KeyError when a state lacks an array it needs."""
+        keys = self._state_keys(hyper)
+        return [[st[k] for st in states] if k in keys else None for k in self._ROLES]
 
     # -- param groups --------------------------------------------------------------------------
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
@@ -266,29 +287,41 @@ class Optimizer:
                 return False
         keys = plan.keys
         for gi, group in enumerate(self.param_groups):
-            snapshot = tuple([group[k] for k in keys])
             # Identity, not equality: True == 1 and 0.0 == False, and an edited value must be
             # validated like a constructor argument (a schedule's new float revalidates, cheaply).
-            if any(a is not b for a, b in zip(snapshot, plan.snapshots[gi])):
-                hyper = self._check_hyper(dict(zip(keys, snapshot)))
-                if self._structure(hyper) != plan.structures[gi]:
-                    return False
-                plan.snapshots[gi], plan.hypers[gi] = snapshot, hyper
+            for k, old in zip(keys, plan.snapshots[gi]):
+                if group[k] is not old:
+                    snapshot = tuple([group[k] for k in keys])
+                    hyper = self._check_hyper(dict(zip(keys, snapshot)))
+                    if self._structure(hyper) != plan.structures[gi]:
+                        return False
+                    plan.snapshots[gi], plan.hypers[gi] = snapshot, hyper
+                    break
+        direct = not self._call_kw  # torch conventions, no gradient options: straight into _core
         calls = []
-        for gi, idx, params in plan.buckets:
+        for gi, idx, params, core_plan, n in plan.buckets:
             states = [self.state[i] for i in idx]
+            step = 0
             if self._HAS_STEP:
                 t = states[0]["step"]
                 for st in states:
                     if st["step"] != t:  # step counts were edited by hand: re-bucket
                         return False
+                step = t + 1
+            try:
+                lists = self._state_lists(plan.hypers[gi], states)
+            except KeyError:  # a state array was deleted by hand: the general path re-creates it
+                return False
             # every gradient is an array here (checked above)
-            gs = cast(List[np.ndarray], [grads[i] for i in idx] if len(idx) != len(grads) else grads)
-            calls.append((plan.hypers[gi], params, gs, states))
+            gs = cast("List[np.ndarray]", [grads[i] for i in idx] if len(idx) != len(grads) else grads)
+            calls.append((plan.hypers[gi], idx, params, gs, states, lists, step, core_plan, n))
         if len(calls) > 1:
-            self._precheck([(hyper, idx, gs_, states) for (hyper, _, gs_, states), (_, idx, _) in zip(calls, plan.buckets)], grads)
-        for hyper, params, gs, states in calls:
-            self._update(hyper, params, gs, states)
+            self._precheck([(c[0], c[1], c[3], c[4]) for c in calls], grads)
+        for hyper, _, params, gs, states, lists, step, core_plan, n in calls:
+            if direct:
+                self._native(hyper, params, gs, lists, step, _threads.resolve(None, n, self._ALGORITHM), core_plan)
+            else:
+                self._update(hyper, params, gs, states)
         if self._HAS_STEP:
             for st in self.state:
                 st["step"] += 1
@@ -329,12 +362,17 @@ class Optimizer:
 
     def _make_plan(self, hypers: List[Dict[str, Any]]) -> "_Plan":
         keys = tuple(self.defaults)
-        buckets: List[Tuple[int, List[int], List[np.ndarray]]] = []
+        buckets: List[Tuple[int, List[int], List[np.ndarray], _core.Plan, int]] = []
         for gi, group in enumerate(self.param_groups):
             by_key: Dict[Any, List[int]] = {}
             for i in group["params"]:
                 by_key.setdefault((self._params[i].dtype.char, self._bucket(self.state[i])), []).append(i)
-            buckets.extend((gi, idx, [self._params[i] for i in idx]) for idx in by_key.values())
+            for idx in by_key.values():
+                params = [self._params[i] for i in idx]
+                # The native side validates params and state arrays once, here; later steps only
+                # check that the same, unchanged arrays come back (cpp/bindings/plan.hpp).
+                core_plan = _core.Plan([params, *self._state_lists(hypers[gi], [self.state[i] for i in idx])])
+                buckets.append((gi, idx, params, core_plan, sum([p.size for p in params])))
         return _Plan(
             version=self._version,
             keys=keys,
@@ -515,6 +553,12 @@ def _with_conventions(cls: Type[_Opt], conventions: Dict[str, Any], params: Para
     return opt
 
 
+def _required(lst: Optional[List[np.ndarray]]) -> List[np.ndarray]:
+    """A state list that every configuration of the algorithm has (typing only; a string type
+    in cast() avoids evaluating ``List[...]`` at every step)."""
+    return cast("List[np.ndarray]", lst)
+
+
 class _Plan:
     """How the last full step bucketed the parameters into native calls (see Optimizer.step)."""
 
@@ -522,7 +566,7 @@ class _Plan:
 
     def __init__(self, *, version: int, keys: Tuple[str, ...], snapshots: List[Tuple[Any, ...]],
                  hypers: List[Dict[str, Any]], structures: List[Tuple[Any, ...]],
-                 buckets: List[Tuple[int, List[int], List[np.ndarray]]]) -> None:  # fmt: skip
+                 buckets: List[Tuple[int, List[int], List[np.ndarray], _core.Plan, int]]) -> None:  # fmt: skip
         self.version = version
         self.keys = keys
         self.snapshots = snapshots
@@ -540,6 +584,8 @@ class SGD(Optimizer):
 
     _STATE_ARRAYS = ("momentum_buffer",)
     _HAS_STEP = False
+    _ROLES = ("momentum_buffer",)
+    _ALGORITHM = "sgd"
 
     def __init__(
         self,
@@ -595,6 +641,14 @@ class SGD(Optimizer):
               nesterov=group["nesterov"], weight_decay=group["weight_decay"], maximize=group["maximize"],
               first_step=first, **self._call_kw)  # fmt: skip
 
+    def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
+                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any) -> None:  # fmt: skip
+        # planned steps come after the first: momentum buffers, if used, exist (first_step False)
+        s = _scalars.sgd_scalars(lr=group["lr"], weight_decay=group["weight_decay"], momentum=group["momentum"],
+                                 dampening=group["dampening"])  # fmt: skip
+        _core.sgd(params, grads, lists[0], *s, *_scalars.NO_GRAD_TRANSFORM, group["nesterov"], group["maximize"],
+                  False, threads, plan)  # fmt: skip
+
 
 class Momentum(Optimizer):
     """Momentum as an exponentially weighted average (Ng): see :func:`fusedopt.functional.momentum`.
@@ -603,6 +657,8 @@ class Momentum(Optimizer):
     """
 
     _STATE_ARRAYS = ("velocity",)
+    _ROLES = ("velocity",)
+    _ALGORITHM = "momentum"
 
     def __init__(
         self, params: ParamsArg, lr: float, beta: float = 0.9, weight_decay: float = 0.0,
@@ -631,6 +687,12 @@ class Momentum(Optimizer):
                    beta=group["beta"], weight_decay=group["weight_decay"],
                    bias_correction=group["bias_correction"], **self._call_kw)  # fmt: skip
 
+    def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
+                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any) -> None:  # fmt: skip
+        s = _scalars.momentum_scalars(step=step, lr=group["lr"], beta=group["beta"],
+                                      weight_decay=group["weight_decay"], bias_correction=group["bias_correction"])  # fmt: skip
+        _core.momentum(params, grads, _required(lists[0]), *s, *_scalars.NO_GRAD_TRANSFORM, threads, plan)
+
 
 class RMSprop(Optimizer):
     r"""``torch.optim.RMSprop``: see :func:`fusedopt.functional.rmsprop` for the exact update.
@@ -645,6 +707,8 @@ class RMSprop(Optimizer):
     """
 
     _STATE_ARRAYS = ("square_avg", "momentum_buffer", "grad_avg")
+    _ROLES = ("square_avg", "grad_avg", "momentum_buffer")
+    _ALGORITHM = "rmsprop"
     _CONVENTIONS: Dict[str, Any] = {"eps_in_sqrt": False, "lr_in_momentum": False}
 
     def __init__(
@@ -727,6 +791,13 @@ class RMSprop(Optimizer):
             **self._call_kw,
         )  # fmt: skip
 
+    def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
+                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any) -> None:  # fmt: skip
+        s = _scalars.rmsprop_scalars(lr=group["lr"], alpha=group["alpha"], eps=group["eps"],
+                                     weight_decay=group["weight_decay"], momentum=group["momentum"])  # fmt: skip
+        _core.rmsprop(params, grads, _required(lists[0]), lists[1], lists[2], *s, *_scalars.NO_GRAD_TRANSFORM,
+                      group["maximize"], threads, plan)  # fmt: skip
+
 
 class Adam(Optimizer):
     """``torch.optim.Adam``: see :func:`fusedopt.functional.adam` for the exact update.
@@ -741,6 +812,8 @@ class Adam(Optimizer):
     """
 
     _STATE_ARRAYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _ROLES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _ALGORITHM = "adam"
     _CONVENTIONS: Dict[str, Any] = {"epsilon_hat": False, "eps_root": 0.0, "torch_exact": False}
 
     def __init__(
@@ -834,6 +907,15 @@ class Adam(Optimizer):
             decoupled_weight_decay=group["decoupled_weight_decay"], **self._call_kw,
         )  # fmt: skip
 
+    def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
+                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any) -> None:  # fmt: skip
+        b1, b2 = group["betas"]
+        s = _scalars.adam_scalars(step=step, lr=group["lr"], beta1=b1, beta2=b2, eps=group["eps"],
+                                  weight_decay=group["weight_decay"],
+                                  decoupled_weight_decay=group["decoupled_weight_decay"])  # fmt: skip
+        _core.adam(params, grads, _required(lists[0]), _required(lists[1]), lists[2], *s, *_scalars.NO_GRAD_TRANSFORM, group["maximize"],
+                   False, threads, plan)  # fmt: skip
+
 
 class AdamW(Adam):
     """``torch.optim.AdamW``: Adam with decoupled weight decay, ``weight_decay=1e-2`` by default."""
@@ -880,6 +962,8 @@ class Adagrad(Optimizer):
     """
 
     _STATE_ARRAYS = ("sum",)
+    _ROLES = ("sum",)
+    _ALGORITHM = "adagrad"
 
     def __init__(
         self, params: ParamsArg, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
@@ -923,5 +1007,11 @@ class Adagrad(Optimizer):
         F.adagrad(params, grads, [st["sum"] for st in states], step=states[0]["step"] + 1, lr=group["lr"],
                   lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
                   maximize=group["maximize"], **self._call_kw)  # fmt: skip
+
+    def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
+                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any) -> None:  # fmt: skip
+        s = _scalars.adagrad_scalars(step=step, lr=group["lr"], lr_decay=group["lr_decay"], eps=group["eps"],
+                                     weight_decay=group["weight_decay"])  # fmt: skip
+        _core.adagrad(params, grads, _required(lists[0]), *s, *_scalars.NO_GRAD_TRANSFORM, group["maximize"], threads, plan)
 
 
