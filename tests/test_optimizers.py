@@ -775,3 +775,20 @@ def test_convergence_on_a_convex_quadratic(cfg: Tuple[str, Dict[str, Any]], dt: 
         opt.step([ai * xi for ai, xi in zip(a, x)])
     assert all(np.all(np.isfinite(xi)) for xi in x)
     assert f() < 1e-2 * f0, f"{name}{kw}: f went from {f0} to {f()} in 200 steps"
+
+
+@pytest.mark.parametrize("cls", [fusedopt.Adam, fusedopt.RMSprop, fusedopt.Adagrad, fusedopt.Momentum],
+                         ids=lambda c: c.__name__)  # fmt: skip
+def test_state_arrays_share_the_parameters_address_modulo_64(cls: type) -> None:
+    """State arrays start at the parameter's phase within a cache line, so the kernels' aligned
+    vector loop (cpp/kernels/parallel.inl) has every updated stream on cache-line boundaries."""
+    raw = np.zeros(4096, np.float32)
+    base = (-raw.ctypes.data) % 64 // 4
+    params = [raw[base + 64 * k + k : base + 64 * k + k + 40] for k in range(16)]  # phases 0..15 elements
+    kwargs = {"lr": 0.1} if cls is fusedopt.Momentum else {}
+    opt = cls(params, **kwargs)
+    opt.step([np.ones(40, np.float32)] * 16)
+    for p, st in zip(opt.params, opt.state):
+        arrays = [v for v in st.values() if isinstance(v, np.ndarray)]
+        assert arrays and all(a.ctypes.data % 64 == p.ctypes.data % 64 for a in arrays)
+        assert all(a.shape == p.shape and a.flags.c_contiguous and a.flags.writeable for a in arrays)

@@ -115,6 +115,51 @@ def test_list_call_identical_across_thread_counts(dtype, name):
                     assert_same_bits(a, b, f"state {j}[{i}] threads={n}")
 
 
+def _at_phase(a, phase: int):
+    """A copy of ``a`` whose data starts ``phase`` elements past a 64-byte boundary."""
+    raw = np.empty(a.size + 64, dtype=a.dtype)
+    start = (-raw.ctypes.data) % 64 // a.dtype.itemsize + phase
+    out = raw[start : start + a.size].reshape(a.shape)
+    out[...] = a
+    assert out.ctypes.data % 64 == phase * a.dtype.itemsize % 64
+    return out
+
+
+@pytest.mark.parametrize("name", ["sgd-nesterov-wd-max", "momentum-bc-wd", "rmsprop-centered-momentum-wd-max",
+                                  "adam-l2-amsgrad-max", "adagrad-wd-decay-max"])  # fmt: skip
+def test_bitwise_identical_at_every_alignment(isa, dtype, name):
+    """The kernels run each range as a head up to the parameter's next 64-byte boundary and an
+    aligned vector loop, and cut thread ranges at the parameter's boundaries: every phase of the
+    parameter and of the other arrays (equal or different), every thread count, the same bits as
+    the specification."""
+    per_line = 64 // np.dtype(dtype).itemsize
+    shapes = [(LARGE,), (3,), (per_line + 1,), (2 * per_line - 1,), (1000,)]
+    params, states, grads = make_problem(name, shapes, dtype, seed=2, n_steps=2)
+    algo, _, hyper = ALGOS[name]
+    expected = []
+    for k in range(len(shapes)):
+        rp, rs = params[k].copy(), [None if x is None else x.copy() for x in states[k]]
+        for t, g in enumerate(grads, start=1):
+            getattr(reference, algo)(rp, g[k], *rs, lr=0.01, **step_kwargs(algo, t), **hyper)
+        expected.append((rp, rs))
+    fn = getattr(functional, algo)
+    for p_phase, other_phase in [(0, 0), (1, 1), (per_line - 1, per_line - 1), (3, 0), (0, 5), (2, 7)]:
+        for threads in (1, 2, 3):
+            pn = [_at_phase(x, (p_phase + k) % per_line) for k, x in enumerate(params)]
+            sn = [[None if x is None else _at_phase(x, (other_phase + k + j) % per_line) for j, x in enumerate(st)]
+                  for k, st in enumerate(states)]  # fmt: skip
+            gn = [[_at_phase(x, (other_phase + 3 * k) % per_line) for k, x in enumerate(gs)] for gs in grads]
+            per_slot = [None if sn[0][j] is None else [st[j] for st in sn] for j in range(len(sn[0]))]
+            for t, g in enumerate(gn, start=1):
+                fn(pn, g, *per_slot, lr=0.01, threads=threads, **step_kwargs(algo, t), **hyper)
+            for k, (rp, rs) in enumerate(expected):
+                what = f"tensor {k}, phases {p_phase}/{other_phase}, threads={threads}"
+                assert_same_bits(pn[k], rp, "params " + what)
+                for j, (a, b) in enumerate(zip(sn[k], rs)):
+                    if a is not None:
+                        assert_same_bits(a, b, f"state {j} " + what)
+
+
 # ---- thread-count settings -------------------------------------------------------------------
 
 
