@@ -9,6 +9,15 @@ between steps (learning-rate schedules). ``state_dict()``/``load_state_dict()`` 
 
 The arithmetic is that of :mod:`fusedopt.functional` (documented there, specified by
 :mod:`fusedopt.reference`).
+
+Steady state (``_step_planned``): after one full step, the bucketing, the validated
+hyperparameters and a :class:`fusedopt._core.Plan` per native call (params and state arrays
+validated once in C++) are kept. Each later step checks by identity that the hyperparameter values
+are the same objects (an edited value is validated again), that step counts agree, builds the state
+lists from ``opt.state`` (so a replaced state array is honoured) and calls ``_core`` directly; the
+native side re-checks only that the same, unchanged arrays came back and validates the gradients.
+Anything else (a ``None`` gradient, a new param group, loaded state, non-torch conventions, gradient
+options) takes the general path through :mod:`fusedopt.functional`.
 """
 
 from __future__ import annotations
@@ -573,7 +582,9 @@ def _required(lst: Optional[List[np.ndarray]]) -> List[np.ndarray]:
 
 
 class _Plan:
-    """How the last full step bucketed the parameters into native calls (see Optimizer.step)."""
+    """How the last full step bucketed the parameters into native calls (see Optimizer.step):
+    per bucket (group index, parameter indices, parameter arrays, the native Plan of params and
+    state lists, total elements)."""
 
     __slots__ = ("version", "keys", "snapshots", "hypers", "structures", "buckets")
 
