@@ -35,8 +35,9 @@ is compared with :mod:`fusedopt.reference` applied to a snapshot (fusedopt: bitw
 Then the contenders run in interleaved rounds (a new seeded random order each round); a sample is
 the time of ``k`` consecutive steps with ``k`` chosen so that a sample takes >= ~2 ms, right after
 one untimed step of the same contender (so no sample pays for waking threads that the previous
-contender let fall asleep). Reported:
-median microseconds per step, spread = IQR / median (cells marked ``~`` when above 10 %).
+contender let fall asleep). Reported: median microseconds per step, spread = IQR / median (cells
+marked ``~`` when above 10 %); every ratio (% of ceiling, % of copy, speedups) is the median of the
+per-round ratios, which the bandwidth drifting between rounds does not move.
 Progress goes to stderr, tables (or JSON) to stdout.
 
 Arrays are separately allocated, 64-byte aligned and staggered by ``i * (4 KiB + 64 B)`` so that
@@ -663,19 +664,23 @@ def run_config(
         if runners[c].note:
             info["note"] = runners[c].note
         result["contenders"][c] = info
-    copy = result["contenders"].get("copy", {})
-    ceiling = result["contenders"].get("ceiling", {})
-    for c, info in result["contenders"].items():
-        if "gbps" in info and "gbps" in copy and c != "copy":
-            info["pct_copy"] = 100.0 * info["gbps"] / copy["gbps"]
-        if "gbps" in info and "gbps" in ceiling and c not in ("copy", "ceiling"):
-            info["pct_ceiling"] = 100.0 * info["gbps"] / ceiling["gbps"]
-    fo = result["contenders"].get("fusedopt", {})
+    # Ratios are medians of per-round ratios: each round times every contender once, within tens
+    # of milliseconds, so a round's ratio is not moved by the machine's bandwidth drifting between
+    # rounds (at DRAM sizes this VM's bandwidth wanders by up to 2x over a minute).
+    for c in samples:
+        if c != "copy" and "copy" in samples:
+            result["contenders"][c]["pct_copy"] = 100.0 * _paired(samples["copy"], samples[c]) * bpe * n / copy_bytes
+        if c not in ("copy", "ceiling") and "ceiling" in samples:
+            result["contenders"][c]["pct_ceiling"] = 100.0 * _paired(samples["ceiling"], samples[c])
     for base in ("numpy-inplace", "numpy-textbook", "torch-fused", "torch-foreach"):
-        other = result["contenders"].get(base, {})
-        if "median_s" in fo and "median_s" in other:
-            result[f"speedup_vs_{base}"] = other["median_s"] / fo["median_s"]
+        if "fusedopt" in samples and base in samples:
+            result[f"speedup_vs_{base}"] = _paired(samples[base], samples["fusedopt"])
     return result
+
+
+def _paired(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """The median over rounds of numerator[r] / denominator[r] (both one sample per round)."""
+    return statistics.median([a / b for a, b in zip(numerator, denominator) if b > 0])
 
 
 def run(
@@ -1038,27 +1043,30 @@ def models_benchmark(models: Sequence[str], rounds: int = 7, use_torch: bool = T
         ks = {k: _calibrate(fn) for k, fn in runners.items()}
         samples = _interleaved(runners, ks, rounds)
         med = {k: _summary(v)["median_s"] * 1e6 for k, v in samples.items()}
-        out.append({"model": name, "tensors": len(shapes), "elements": n, "us_per_step": med})
+        ratios = {"list/flat": _paired(samples["fusedopt"], samples["fusedopt-flat"])}  # medians of per-round ratios
+        if "torch-fused" in samples:
+            for k in ("fusedopt", "fusedopt-arena", "fusedopt.torch"):
+                ratios[f"torch-fused/{k}"] = _paired(samples["torch-fused"], samples[k])
+        out.append({"model": name, "tensors": len(shapes), "elements": n, "us_per_step": med, "ratios": ratios})
     return out
 
 
 def print_models(results: List[Dict[str, Any]]) -> None:
     names = [k for k in ("fusedopt", "fusedopt-arena", "fusedopt-flat", "fusedopt.torch", "torch-fused", "torch-foreach")
              if any(k in r["us_per_step"] for r in results)]  # fmt: skip
-    print("whole-model float32 Adam step, µs/step (median); ratios: torch-fused time / fusedopt time")
+    print("whole-model float32 Adam step, µs/step (median); ratios (medians of per-round ratios): "
+          "list/flat = list time / flat-buffer time, then torch-fused time / fusedopt time")
     print(f"{'model':12s} {'tensors':>7s} {'elements':>9s} | " + " | ".join(f"{k:>14s}" for k in names)
           + " | list/flat | x t.fused (list, arena, fusedopt.torch)")  # fmt: skip
     for r in results:
         m = r["us_per_step"]
         cells = " | ".join(f"{m[k]:14.1f}" if k in m else f"{'-':>14s}" for k in names)
+        q = r["ratios"]
         ratio = ""
-        if "torch-fused" in m:
-            tf = m["torch-fused"]
-            ratio = f"{tf / m['fusedopt']:.2f}x, {tf / m['fusedopt-arena']:.2f}x"
-            if "fusedopt.torch" in m:
-                ratio += f", {tf / m['fusedopt.torch']:.2f}x"
+        if "torch-fused/fusedopt" in q:
+            ratio = ", ".join(f"{q['torch-fused/' + k]:.2f}x" for k in ("fusedopt", "fusedopt-arena", "fusedopt.torch"))
         print(f"{r['model']:12s} {r['tensors']:7d} {r['elements']:9d} | {cells} | "
-              f"{m['fusedopt'] / m['fusedopt-flat']:9.2f} | {ratio}")  # fmt: skip
+              f"{q['list/flat']:9.2f} | {ratio}")  # fmt: skip
 
 
 def plot(results: List[Dict[str, Any]], path: str) -> None:
