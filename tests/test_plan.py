@@ -225,3 +225,19 @@ def test_optimizer_planned_steps_match_the_reference_over_many_steps() -> None:
             reference.adam(p, gk, m, v, step=t, lr=1e-2 if t < 5 else 3e-3, weight_decay=0.1)
     assert _same(opt.params, [r[0] for r in ref])
     assert math.isclose(opt.param_groups[0]["lr"], 3e-3)
+
+
+def test_loading_a_state_dict_releases_the_old_state_arrays() -> None:
+    import gc
+    import weakref
+
+    opt = fusedopt.Adam(_arrays(2, 32), lr=1e-3)
+    g = _arrays(2, 32, seed=1)
+    opt.step(g)
+    opt.step(g)  # the plan now references the state arrays
+    old = weakref.ref(opt.state[0]["exp_avg"])
+    opt.load_state_dict(opt.state_dict())
+    gc.collect()
+    assert old() is None
+    opt.step(g)
+    assert [st["step"] for st in opt.state] == [3, 3]

@@ -187,6 +187,7 @@ class Optimizer:
         self._params.extend(arrays)
         self.state.extend(states)
         self._version += 1
+        self._plan = None  # (it holds the arrays of the old layout alive)
 
     @property
     def params(self) -> List[np.ndarray]:
@@ -492,6 +493,7 @@ class Optimizer:
             group.update(new)
         self.state = new_state
         self._version += 1
+        self._plan = None  # (it holds the replaced state arrays alive)
 
     def _group_of(self, i: int) -> int:
         for gi, g in enumerate(self.param_groups):
