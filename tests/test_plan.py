@@ -177,7 +177,7 @@ def test_a_plan_is_validated_when_made() -> None:
 # -- the optimizer classes ------------------------------------------------------------------------
 
 
-def _torch_like_adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, step: int) -> None:
+def _reference_adam_step(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, step: int) -> None:
     reference.adam(p, g, m, v, step=step, lr=1e-3)
 
 
@@ -191,7 +191,7 @@ def test_optimizer_honours_a_replaced_state_array() -> None:
     ref_p, ref_m = opt.params[1].copy(), replacement.copy()
     ref_v = opt.state[1]["exp_avg_sq"].copy()
     opt.step(g)
-    _torch_like_adam(ref_p, g[1], ref_m, ref_v, 3)
+    _reference_adam_step(ref_p, g[1], ref_m, ref_v, 3)
     assert np.array_equal(opt.params[1], ref_p)
     assert opt.state[1]["exp_avg"] is replacement and np.array_equal(replacement, ref_m)
 

@@ -119,12 +119,12 @@ bool Plan::fill(const std::vector<Role>& roles, Buffers* out) const {
   out->nbuf_ = static_cast<int>(nroles);
   out->dtype_ = dtype_;
   out->present_.resize(nroles);
+  for (std::size_t r = 0; r < nroles; ++r) out->present_[r] = seqs[r] != nullptr;
   out->ptrs_.assign(count_ * nroles, nullptr);
   out->sizes_.assign(sizes_.begin(), sizes_.end());
   for (std::size_t k = 0; k < count_; ++k) {
     w = 0;
     for (std::size_t r = 0; r < nroles; ++r) {
-      out->present_[r] = seqs[r] != nullptr;
       if (roles[r].written) {
         const std::size_t wr = w++;
         if (!present_[wr]) continue;

@@ -662,7 +662,7 @@ class SGD(Optimizer):
             if first:
                 for st, p in zip(states, params):
                     st["momentum_buffer"] = self._zeros(p)  # overwritten with g by the kernel
-            bufs = [st["momentum_buffer"] for st in states]
+            bufs = self._state_lists(group, states)[0]
         F.sgd(params, grads, bufs, lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
               nesterov=group["nesterov"], weight_decay=group["weight_decay"], maximize=group["maximize"],
               first_step=first, **self._call_kw)  # fmt: skip
@@ -709,7 +709,7 @@ class Momentum(Optimizer):
 
     def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
                 states: List[State]) -> None:  # fmt: skip
-        F.momentum(params, grads, [st["velocity"] for st in states], step=states[0]["step"] + 1, lr=group["lr"],
+        F.momentum(params, grads, _required(self._state_lists(group, states)[0]), step=states[0]["step"] + 1, lr=group["lr"],
                    beta=group["beta"], weight_decay=group["weight_decay"],
                    bias_correction=group["bias_correction"], **self._call_kw)  # fmt: skip
 
@@ -808,10 +808,9 @@ class RMSprop(Optimizer):
 
     def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
                 states: List[State]) -> None:  # fmt: skip
+        square_avgs, grad_avgs, bufs = self._state_lists(group, states)
         F.rmsprop(
-            params, grads, [st["square_avg"] for st in states],
-            [st["grad_avg"] for st in states] if group["centered"] else None,
-            [st["momentum_buffer"] for st in states] if group["momentum"] > 0 else None,
+            params, grads, _required(square_avgs), grad_avgs, bufs,
             lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
             momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"],
             **self._call_kw,
@@ -925,9 +924,9 @@ class Adam(Optimizer):
     def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
                 states: List[State]) -> None:  # fmt: skip
         b1, b2 = group["betas"]
+        exp_avgs, exp_avg_sqs, max_exp_avg_sqs = self._state_lists(group, states)
         F.adam(
-            params, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
-            [st["max_exp_avg_sq"] for st in states] if group["amsgrad"] else None,
+            params, grads, _required(exp_avgs), _required(exp_avg_sqs), max_exp_avg_sqs,
             step=states[0]["step"] + 1, lr=group["lr"], beta1=b1, beta2=b2, eps=group["eps"],
             weight_decay=group["weight_decay"], amsgrad=group["amsgrad"], maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"], **self._call_kw,
@@ -1030,7 +1029,7 @@ class Adagrad(Optimizer):
 
     def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
                 states: List[State]) -> None:  # fmt: skip
-        F.adagrad(params, grads, [st["sum"] for st in states], step=states[0]["step"] + 1, lr=group["lr"],
+        F.adagrad(params, grads, _required(self._state_lists(group, states)[0]), step=states[0]["step"] + 1, lr=group["lr"],
                   lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
                   maximize=group["maximize"], **self._call_kw)  # fmt: skip
 
