@@ -11,6 +11,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._scalars import _STEP_LIMIT
+
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -22,7 +24,10 @@ def real(name: str, value: Any) -> float:
         raise ValueError(f"{name} must be finite, got {value}")
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:  # an int beyond the float range (e.g. 10**400)
+        raise ValueError(f"{name} must be finite, got an int of {int(value).bit_length()} bits") from None
     if not math.isfinite(x):
         raise ValueError(f"{name} must be finite, got {x}")
     return x
@@ -76,6 +81,45 @@ def step_count(name: str, value: Any) -> int:
     if t < 1:
         raise ValueError(f"{name} must be >= 1 (the count after incrementing; the first step is 1), got {t}")
     return t
+
+
+#: the largest step count a state may hold: the next step's number, ``step + 1``, must still
+#: convert to a float (fusedopt._scalars refuses numbers >= 2**1023)
+MAX_STEP = _STEP_LIMIT - 2
+
+
+def stored_step(name: str, value: Any, *, integers_only: bool = False) -> int:
+    """A step count kept in an optimizer's or EMA's state (the number of steps taken so far): an
+    integer ``0 <= step <= MAX_STEP`` (2**1023 - 2), so that one more step still has a usable
+    number. A Python int, a NumPy integer, or (unless ``integers_only``) an integer-valued float
+    or a one-element array of one (torch keeps ``step`` as a float tensor) is accepted and
+    returned as an int; anything else raises (TypeError for a non-number, ValueError for a number
+    out of range or fractional)."""
+    if type(value) is int and 0 <= value <= MAX_STEP:  # fast path
+        return value
+    if isinstance(value, np.ndarray) and value.size == 1 and not integers_only:
+        value = value.reshape(()).item()
+    wanted = numbers.Integral if integers_only else numbers.Real
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, wanted):
+        raise TypeError(f"{name} must be an int (a step count), got {type(value).__name__}")
+    shown = _short(int(value)) if isinstance(value, numbers.Integral) else repr(value)
+    if not isinstance(value, numbers.Integral):
+        x = float(value)
+        if not x.is_integer():
+            raise ValueError(f"{name} must be a whole number of steps, got {shown}")
+        value = int(x)
+    t = int(value)
+    if t < 0:
+        raise ValueError(f"{name} must be >= 0, got {shown}")
+    if t > MAX_STEP:
+        raise ValueError(f"{name} must be <= 2**1023 - 2 (the next step's number must be a float), got {shown}")
+    return t
+
+
+def _short(n: int) -> str:
+    """An int for a message: digits when short, else its size."""
+    s = str(n) if n.bit_length() < 200 else ""
+    return s or f"an int of {n.bit_length()} bits"
 
 
 def betas(name: str, value: Any) -> tuple[float, float]:
@@ -152,3 +196,63 @@ def grad_array(name: str, g: Any, param: np.ndarray, pname: str) -> None:
         raise ValueError(f"{name} is not C-contiguous; fusedopt never copies")
     if not g.flags.aligned:
         raise ValueError(f"{name} is not aligned to its dtype")
+
+
+#: one list of a native call: (name, list/tuple of arrays or None when absent, written)
+Role = Tuple[str, Any, bool]
+
+
+def call_arrays(roles: Sequence[Role]) -> None:
+    """Python twin of the native argument checks of one step (``collect`` in
+    cpp/bindings/arrays.cpp; same order, exception types and names), for a call that is skipped
+    (``found_inf``, ``skip_if_nonfinite``) and so never reaches them: ``roles[0]`` are the
+    parameters; every list has their length, every array their dtype (one float dtype per call)
+    and shape, is C-contiguous and aligned, writeable when written, and no written array shares
+    memory with any other array of the call."""
+    lists: List[Any] = []
+    for name, lst, _ in roles:
+        if lst is not None and not isinstance(lst, (list, tuple)):
+            raise TypeError(f"{name} must be a list or tuple of numpy arrays, got {type(lst).__name__}")
+        lists.append(lst)
+    pname, params = roles[0][0], lists[0]
+    count = len(params)
+    for (name, _, _), lst in zip(roles[1:], lists[1:]):
+        if lst is not None and len(lst) != count:
+            raise ValueError(f"{name} has {len(lst)} arrays but {pname} has {count}")
+    for k, p in enumerate(params):
+        if not isinstance(p, np.ndarray):
+            raise TypeError(f"{pname}[{k}] must be a numpy.ndarray, got {type(p).__name__}")
+        if p.dtype not in _FLOAT_DTYPES or not p.dtype.isnative:
+            raise TypeError(f"{pname}[{k}] has dtype {p.dtype}; fusedopt updates float32 and float64 arrays "
+                            "(native byte order)")  # fmt: skip
+        if p.dtype != params[0].dtype:
+            raise TypeError(f"{pname}[{k}] has dtype {p.dtype} but {pname}[0] has {params[0].dtype}; one call "
+                            "updates arrays of one dtype")  # fmt: skip
+    extents: List[Extent] = []
+    for k, p in enumerate(params):
+        for r, ((name, _, written), lst) in enumerate(zip(roles, lists)):
+            if lst is None:
+                continue
+            a = lst[k]
+            label = f"{name}[{k}]"
+            if r > 0:
+                if not isinstance(a, np.ndarray):
+                    raise TypeError(f"{label} must be a numpy.ndarray, got {type(a).__name__}")
+                if a.dtype != p.dtype or not a.dtype.isnative:
+                    raise TypeError(f"{label} has dtype {a.dtype} but {pname}[{k}] has {p.dtype}; they must match "
+                                    "exactly (no conversion is made)")  # fmt: skip
+                if a.shape != p.shape:
+                    raise ValueError(f"{label} has shape {a.shape} but {pname}[{k}] has shape {p.shape}")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"{label} is not C-contiguous; fusedopt updates arrays in place and never copies")
+            if not a.flags.aligned:
+                raise ValueError(f"{label} is not aligned to its dtype")
+            if written and not a.flags.writeable:
+                raise ValueError(f"{label} is read-only, but it is updated in place")
+            e = extent(a, label, written)
+            if e is not None:
+                extents.append(e)
+    found = find_overlap(extents)
+    if found is not None:
+        raise ValueError(f"{found[1]} shares memory with {found[0]}; an array updated in place must not overlap "
+                         "any other array of the step")  # fmt: skip

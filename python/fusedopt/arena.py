@@ -22,7 +22,7 @@ distinct 4 KiB page offsets and distinct cache lines for every stream of a step.
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 
@@ -110,6 +110,18 @@ class FlatParams:
         return [
             flat[self.offsets[i] : self.offsets[i + 1]].reshape(shape) for i, shape in enumerate(self.shapes)
         ]
+
+    # A copy (copy.deepcopy, pickle) copies the flat buffers, the arrays other objects share with
+    # the arena (an optimizer's parameter is ``flat`` itself, so the copies must stay the same
+    # objects), and makes the per-tensor views again: NumPy copies a view as an array of its own,
+    # which would no longer write into the copied ``flat``.
+    def __getstate__(self) -> Dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("params", "grads")}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.params = self.views(self.flat)
+        self.grads = self.views(self.flat_grad)
 
     def __len__(self) -> int:
         return len(self.shapes)

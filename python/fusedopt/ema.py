@@ -53,7 +53,10 @@ class EMA:
         threads: threads for :meth:`update` (``None``: the library's policy).
 
     Attributes:
-        step: :math:`t`, the number of updates so far.
+        decay, bias_correction: as above; they may be changed between updates and are validated
+            when set (an invalid value raises and changes nothing).
+        step: :math:`t`, the number of updates so far (an int ``0 <= t <= 2**1023 - 2``, validated
+            when set).
         averages: the raw averages :math:`a_t` (the state arrays themselves).
     """
 
@@ -93,13 +96,41 @@ class EMA:
     def params(self) -> List[np.ndarray]:
         return list(self._params)
 
+    @property
+    def decay(self) -> float:
+        return self._decay
+
+    @decay.setter
+    def decay(self, value: Any) -> None:
+        self._decay = check.unit_interval("decay", value)
+
+    @property
+    def bias_correction(self) -> bool:
+        return self._bias_correction
+
+    @bias_correction.setter
+    def bias_correction(self, value: Any) -> None:
+        self._bias_correction = check.flag("bias_correction", value)
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @step.setter
+    def step(self, value: Any) -> None:
+        self._step = check.stored_step("step", value, integers_only=True)
+
     def update(self) -> None:
-        """One EMA step over every parameter (one fused native pass per dtype), then ``step += 1``."""
-        s = _scalars.ema_scalars(decay=self.decay)
+        """One EMA step over every parameter (one fused native pass per dtype), then ``step += 1``.
+        Everything is checked before the first array is written (a step count that cannot grow
+        raises and changes nothing)."""
+        if self._step >= check.MAX_STEP:
+            check.stored_step("step", self._step + 1)  # raises naming step
+        s = _scalars.ema_scalars(decay=self._decay)
         t = _threads.resolve(self.threads, self._n, "sgd")
         for avgs, ps in self._calls:
             _core.ema(avgs, ps, *s, t)
-        self.step += 1
+        self._step += 1
 
     def _correction(self) -> Optional[float]:
         if not self.bias_correction:
@@ -163,9 +194,10 @@ class EMA:
             raise ValueError(f"state_dict has unknown key(s) {sorted(unknown)} for EMA")
         decay = check.unit_interval("decay", state_dict["decay"])
         bc = check.flag("bias_correction", state_dict["bias_correction"])
-        step = state_dict["step"]
-        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        try:
+            step = check.stored_step("step", state_dict["step"], integers_only=True)
+        except TypeError as exc:  # a state dict that does not fit is a ValueError, whatever the field
+            raise ValueError(str(exc)) from None
         avgs = list(state_dict["averages"])
         if len(avgs) != len(self._params):
             raise ValueError(f"state_dict has {len(avgs)} averages but the EMA tracks {len(self._params)} parameters")
@@ -178,7 +210,7 @@ class EMA:
                 )
         for mine, a in zip(self.averages, avgs):
             mine[...] = a
-        self.decay, self.bias_correction, self.step = decay, bc, int(step)
+        self._decay, self._bias_correction, self._step = decay, bc, step
 
     def __repr__(self) -> str:
         return (

@@ -190,6 +190,13 @@ def _grad_transform(
     return _scalars.GradScalars(scale, coef, value), norm, False
 
 
+def _check_skipped(threads: Optional[int], algorithm: str, roles: Sequence[check.Role]) -> None:
+    """A skipped step (``found_inf``, ``skip_if_nonfinite``) checks every argument as the native
+    call would have: bad input raises even when nothing is to be done."""
+    _threads.resolve(threads, _n_elements(roles[0][1]), algorithm)
+    check.call_arrays(roles)
+
+
 def sgd(
     params: ArrayOrList,
     grads: ArrayOrList,
@@ -267,6 +274,7 @@ def sgd(
     gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
                                 skip_if_nonfinite)  # fmt: skip
     if skip:
+        _check_skipped(threads, "sgd", [("params", p, True), ("grads", g, False), ("momentum_buffers", bufs, True)])
         return norm
     _core.sgd(p, g, bufs, *s, *gs, nesterov, maximize, first_step, _threads.resolve(threads, _n_elements(p), "sgd"))
     return norm
@@ -322,6 +330,7 @@ def trace(
     gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
                                 skip_if_nonfinite)  # fmt: skip
     if skip:
+        _check_skipped(threads, "sgd", [("params", p, True), ("grads", g, False), ("traces", tr, True)])
         return norm
     _core.sgd(p, g, tr, *s, *gs, nesterov, maximize, False, _threads.resolve(threads, _n_elements(p), "sgd"))
     return norm
@@ -375,10 +384,12 @@ def momentum(
     s = _scalars.momentum_scalars(step=t, lr=lr, beta=beta, weight_decay=wd, bias_correction=bc)
     gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
                                 skip_if_nonfinite)  # fmt: skip
+    vel = _as_list("velocities", velocities)
     if skip:
+        _check_skipped(threads, "momentum", [("params", p, True), ("grads", g, False), ("velocities", vel, True)])
         return norm
     _core.momentum(
-        p, g, _as_list("velocities", velocities), *s, *gs, _threads.resolve(threads, _n_elements(p), "momentum"),
+        p, g, vel, *s, *gs, _threads.resolve(threads, _n_elements(p), "momentum"),
     )  # fmt: skip
     return norm
 
@@ -465,10 +476,13 @@ def rmsprop(
     g = _as_list("grads", grads)
     gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
                                 skip_if_nonfinite)  # fmt: skip
+    sq = _as_list("square_avgs", square_avgs)
     if skip:
+        _check_skipped(threads, "rmsprop", [("params", p, True), ("grads", g, False), ("square_avgs", sq, True),
+                                            ("grad_avgs", gavg, True), ("momentum_buffers", bufs, True)])  # fmt: skip
         return norm
     _core.rmsprop(
-        p, g, _as_list("square_avgs", square_avgs), gavg, bufs, *s, *gs, maximize,
+        p, g, sq, gavg, bufs, *s, *gs, maximize,
         _threads.resolve(threads, _n_elements(p), "rmsprop"),
     )  # fmt: skip
     return norm
@@ -578,10 +592,13 @@ def adam(
     g = _as_list("grads", grads)
     gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
                                 skip_if_nonfinite)  # fmt: skip
+    m, v = _as_list("exp_avgs", exp_avgs), _as_list("exp_avg_sqs", exp_avg_sqs)
     if skip:
+        _check_skipped(threads, "adam", [("params", p, True), ("grads", g, False), ("exp_avgs", m, True),
+                                         ("exp_avg_sqs", v, True), ("max_exp_avg_sqs", vmax, True)])  # fmt: skip
         return norm
     _core.adam(
-        p, g, _as_list("exp_avgs", exp_avgs), _as_list("exp_avg_sqs", exp_avg_sqs), vmax, *s, *gs, maximize,
+        p, g, m, v, vmax, *s, *gs, maximize,
         torch_exact, _threads.resolve(threads, _n_elements(p), "adam"),
     )  # fmt: skip
     return norm
@@ -672,10 +689,12 @@ def adagrad(
     maximize = check.flag("maximize", maximize)
     gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
                                 skip_if_nonfinite)  # fmt: skip
+    sums = _as_list("state_sums", state_sums)
     if skip:
+        _check_skipped(threads, "adagrad", [("params", p, True), ("grads", g, False), ("state_sums", sums, True)])
         return norm
     _core.adagrad(
-        p, g, _as_list("state_sums", state_sums), *s, *gs, maximize,
+        p, g, sums, *s, *gs, maximize,
         _threads.resolve(threads, _n_elements(p), "adagrad"),
     )  # fmt: skip
     return norm

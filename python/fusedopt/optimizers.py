@@ -22,6 +22,7 @@ options) takes the general path through :mod:`fusedopt.functional`.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union, cast
@@ -254,7 +255,9 @@ class Optimizer:
             grad_scale, clip_value, max_grad_norm, None, skip_if_nonfinite
         )
         if F.found_inf_set(found_inf):
-            return None  # nothing is read or written, the step counts do not move
+            with self._lock:
+                self._check_step(grads)  # a skipped step still refuses what a step would refuse
+            return None  # nothing is written, the step counts do not move
         with self._lock:
             norm = None
             coef = None
@@ -267,6 +270,7 @@ class Optimizer:
                         present.append(g)
                 norm = math.sqrt(F._sum_of_squares(present, None)) / scale if present else 0.0
                 if skip and not math.isfinite(norm):
+                    self._check_step(grads)
                     return norm
                 if max_norm is not None:
                     coef = F.clip_coef(norm, max_norm)
@@ -285,6 +289,20 @@ class Optimizer:
                 self._call_kw = self._convention_kw()
             return norm
 
+    def _check_step(self, grads: List[Optional[np.ndarray]]) -> None:
+        """Everything a step with these gradients would check, without the step (for a step that is
+        skipped): every group's hyperparameters, every step count, and every parameter, gradient
+        and state array (:meth:`_precheck`). Writes nothing, allocates no state."""
+        calls = []
+        for group in self.param_groups:
+            hyper = self._check_hyper({k: group[k] for k in self.defaults})
+            idx = [i for i in group["params"] if grads[i] is not None]
+            if self._HAS_STEP:
+                for i in idx:
+                    check.stored_step(f"state[{i}]['step']", self.state[i].get("step"))
+            calls.append((hyper, idx, [grads[i] for i in idx], [self.state[i] for i in idx]))
+        self._precheck(calls, grads)
+
     def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
         """Hyperparameters that decide which state arrays exist (a change needs the general path)."""
         return ()
@@ -301,25 +319,36 @@ class Optimizer:
                 return False
         keys = plan.keys
         for gi, group in enumerate(self.param_groups):
-            # Identity, not equality: True == 1 and 0.0 == False, and an edited value must be
-            # validated like a constructor argument (a schedule's new float revalidates, cheaply).
+            # Every group is checked before any array is written. Identity, not equality: True == 1
+            # and 0.0 == False, and an edited value must be validated like a constructor argument
+            # (a schedule's new float revalidates, cheaply). A value that can change in place (a
+            # list of betas) is also compared item by item with the items it had (_watch).
             for k, old in zip(keys, plan.snapshots[gi]):
                 if group[k] is not old:
-                    snapshot = tuple([group[k] for k in keys])
-                    hyper = self._check_hyper(dict(zip(keys, snapshot)))
-                    if self._structure(hyper) != plan.structures[gi]:
-                        return False
-                    plan.snapshots[gi], plan.hypers[gi] = snapshot, hyper
                     break
+            else:
+                watched = plan.watched[gi]
+                if not watched or _unchanged(group, watched):
+                    continue
+            snapshot = tuple([group[k] for k in keys])
+            hyper = self._check_hyper(dict(zip(keys, snapshot)))
+            if self._structure(hyper) != plan.structures[gi]:
+                return False
+            plan.snapshots[gi], plan.hypers[gi], plan.watched[gi] = snapshot, hyper, _watch(keys, snapshot)
         direct = not self._call_kw  # torch conventions, no gradient options: straight into _core
         calls = []
         for gi, idx, params, core_plan, n in plan.buckets:
             states = [self.state[i] for i in idx]
             step = 0
             if self._HAS_STEP:
+                # every bucket's count is checked before the first call; anything but a valid int
+                # shared by the bucket (an edited count) takes the general path, which validates
                 t = states[0]["step"]
+                if type(t) is not int or t < 0 or t > _MAX_STEP:
+                    return False
                 for st in states:
-                    if st["step"] != t:  # step counts were edited by hand: re-bucket
+                    s = st["step"]
+                    if s is not t and (type(s) is not int or s != t):
                         return False
                 step = t + 1
             try:
@@ -337,8 +366,10 @@ class Optimizer:
             else:
                 self._update(hyper, params, gs, states)
         if self._HAS_STEP:
-            for st in self.state:
-                st["step"] += 1
+            for c in calls:
+                step = c[6]
+                for st in c[4]:
+                    st["step"] = step
         return True
 
     def _step_general(self, grads: List[Optional[np.ndarray]]) -> None:
@@ -353,6 +384,8 @@ class Optimizer:
                 if grads[i] is None:
                     continue
                 st = self._complete_state(dict(self.state[i]), self._params[i], hyper)
+                if self._HAS_STEP:  # every count is checked before the first call (and made an int)
+                    st["step"] = check.stored_step(f"state[{i}]['step']", st.get("step"))
                 staged[i] = st
                 key = (self._params[i].dtype.char, self._bucket(st))
                 buckets.setdefault(key, []).append(i)
@@ -387,10 +420,12 @@ class Optimizer:
                 # check that the same, unchanged arrays come back (cpp/bindings/plan.hpp).
                 core_plan = _core.Plan([params, *self._state_lists(hypers[gi], [self.state[i] for i in idx])])
                 buckets.append((gi, idx, params, core_plan, sum([p.size for p in params])))
+        snapshots = [tuple([g[k] for k in keys]) for g in self.param_groups]
         return _Plan(
             version=self._version,
             keys=keys,
-            snapshots=[tuple([g[k] for k in keys]) for g in self.param_groups],
+            snapshots=snapshots,
+            watched=[_watch(keys, snap) for snap in snapshots],
             hypers=hypers,
             structures=[self._structure(h) for h in hypers],
             buckets=buckets,
@@ -513,14 +548,10 @@ class Optimizer:
         if self._HAS_STEP:
             if "step" not in st:
                 raise ValueError(f"state of parameter {i} lacks 'step'")
-            step = st["step"]
-            if hasattr(step, "item") and getattr(step, "size", 1) == 1:
-                step = step.item()
-            if isinstance(step, float) and step.is_integer():
-                step = int(step)
-            if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-                raise ValueError(f"state of parameter {i}: 'step' must be an int >= 0, got {st['step']!r}")
-            out["step"] = int(step)
+            try:
+                out["step"] = check.stored_step(f"state of parameter {i}: 'step'", st["step"])
+            except TypeError as exc:  # a state dict that does not fit is a ValueError, whatever the field
+                raise ValueError(str(exc)) from None
         for k in self._STATE_ARRAYS:
             if k not in st:
                 continue
@@ -546,6 +577,54 @@ class Optimizer:
 
     def _required_arrays(self) -> Tuple[str, ...]:
         return ()
+
+    # -- copies and pickles ----------------------------------------------------------------------
+    # The lock and the cached plan (native objects holding the arrays) are not copied: a copy gets
+    # its own lock and makes its plan at its first step, through the general path (which computes
+    # bitwise the same update).
+    _NOT_COPIED = ("_lock", "_plan")
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """For pickle: every attribute but the lock and the plan, taken under the lock (the arrays
+        themselves are read by the pickler afterwards: pickle between steps, not while another
+        thread steps; :func:`copy.deepcopy` is atomic)."""
+        with self._lock:
+            return {k: v for k, v in self.__dict__.items() if k not in self._NOT_COPIED}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._plan = None
+        self._version += 1
+        self._place_state()
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "Optimizer":
+        """An independent optimizer with equal parameters, hyperparameters, conventions and state,
+        copied under the lock (never half way through a concurrent step). Arrays shared with other
+        objects copied by the same :func:`copy.deepcopy` call stay shared (``memo``)."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        with self._lock:
+            state = {k: v for k, v in self.__dict__.items() if k not in self._NOT_COPIED}
+            state = copy.deepcopy(state, memo)
+        new.__setstate__(state)
+        return new
+
+    def _place_state(self) -> None:
+        """Give copied state arrays the placement of :meth:`_zeros` again (a copy of an array is a
+        new allocation at whatever address; the kernels are fastest with the state arrays in phase
+        with their parameter)."""
+        for i, st in enumerate(self.state):
+            p = self._params[i]
+            in_arena = self._arena is not None and p is self._arena.flat
+            for k in self._STATE_ARRAYS:
+                a = st.get(k)
+                if isinstance(a, np.ndarray) and a.shape == p.shape and a.dtype == p.dtype and a.size \
+                        and (in_arena or (a.ctypes.data - p.ctypes.data) % 64 != 0):  # fmt: skip
+                    buf = self._zeros(p)
+                    buf[...] = a
+                    st[k] = buf
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
@@ -577,6 +656,42 @@ def _zeros_in_phase(param: np.ndarray) -> np.ndarray:
     return raw[offset : offset + param.size].reshape(param.shape)
 
 
+#: types whose values cannot change in place (a hyperparameter of one of these types that is still
+#: the same object holds the same value)
+_IMMUTABLE = frozenset({float, int, bool, str, type(None), np.float64, np.float32, np.float16, np.int64, np.int32,
+                        np.bool_})  # fmt: skip
+_MAX_STEP = check.MAX_STEP
+
+
+def _immutable(v: Any) -> bool:
+    return type(v) in _IMMUTABLE or (type(v) is tuple and all([type(x) in _IMMUTABLE for x in v]))
+
+
+def _watch(keys: Tuple[str, ...], snapshot: Tuple[Any, ...]) -> Tuple[Tuple[str, Optional[Tuple[Any, ...]]], ...]:
+    """The hyperparameters of a snapshot whose value may change while the object stays the same (a
+    list edited in place, ``group["betas"][0] = 0.0``), each with its items then (None when the
+    value cannot be compared that way: it is validated again at every step). Empty in the common
+    case (floats, bools, tuples of floats)."""
+    out = []
+    for k, v in zip(keys, snapshot):
+        if not _immutable(v):
+            items = tuple(v) if type(v) is list and all([type(x) in _IMMUTABLE for x in v]) else None
+            out.append((k, items))
+    return tuple(out)
+
+
+def _unchanged(group: Mapping[str, Any], watched: Tuple[Tuple[str, Optional[Tuple[Any, ...]]], ...]) -> bool:
+    """Whether every watched value (:func:`_watch`) still holds the same items (by identity)."""
+    for k, items in watched:
+        v = group[k]
+        if items is None or len(v) != len(items):
+            return False
+        for a, b in zip(v, items):
+            if a is not b:
+                return False
+    return True
+
+
 def _required(lst: Optional[List[np.ndarray]]) -> List[np.ndarray]:
     """A state list that every configuration of the algorithm has (typing only; a string type
     in cast() avoids evaluating ``List[...]`` at every step)."""
@@ -588,14 +703,16 @@ class _Plan:
     per bucket (group index, parameter indices, parameter arrays, the native Plan of params and
     state lists, total elements)."""
 
-    __slots__ = ("version", "keys", "snapshots", "hypers", "structures", "buckets")
+    __slots__ = ("version", "keys", "snapshots", "watched", "hypers", "structures", "buckets")
 
     def __init__(self, *, version: int, keys: Tuple[str, ...], snapshots: List[Tuple[Any, ...]],
+                 watched: List[Tuple[Tuple[str, Optional[Tuple[Any, ...]]], ...]],
                  hypers: List[Dict[str, Any]], structures: List[Tuple[Any, ...]],
                  buckets: List[Tuple[int, List[int], List[np.ndarray], _core.Plan, int]]) -> None:  # fmt: skip
         self.version = version
         self.keys = keys
         self.snapshots = snapshots
+        self.watched = watched
         self.hypers = hypers
         self.structures = structures
         self.buckets = buckets
