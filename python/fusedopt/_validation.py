@@ -116,6 +116,15 @@ def stored_step(name: str, value: Any, *, integers_only: bool = False) -> int:
     return t
 
 
+def steppable(name: str, value: Any) -> int:
+    """A stored step count (:func:`stored_step`) from which one more step can be taken: below
+    MAX_STEP, so that the count it leaves behind is still a valid stored count."""
+    t = stored_step(name, value)
+    if t >= MAX_STEP:
+        raise ValueError(f"{name} is 2**1023 - 2, the largest step count: no further step can be taken")
+    return t
+
+
 def _short(n: int) -> str:
     """An int for a message: digits when short, else its size."""
     s = str(n) if n.bit_length() < 200 else ""

@@ -125,7 +125,7 @@ class EMA:
         Everything is checked before the first array is written (a step count that cannot grow
         raises and changes nothing)."""
         if self._step >= check.MAX_STEP:
-            check.stored_step("step", self._step + 1)  # raises naming step
+            check.steppable("step", self._step)  # raises naming step
         s = _scalars.ema_scalars(decay=self._decay)
         t = _threads.resolve(self.threads, self._n, "sgd")
         for avgs, ps in self._calls:

@@ -299,7 +299,7 @@ class Optimizer:
             idx = [i for i in group["params"] if grads[i] is not None]
             if self._HAS_STEP:
                 for i in idx:
-                    check.stored_step(f"state[{i}]['step']", self.state[i].get("step"))
+                    check.steppable(f"state[{i}]['step']", self.state[i].get("step"))
             calls.append((hyper, idx, [grads[i] for i in idx], [self.state[i] for i in idx]))
         self._precheck(calls, grads)
 
@@ -344,7 +344,7 @@ class Optimizer:
                 # every bucket's count is checked before the first call; anything but a valid int
                 # shared by the bucket (an edited count) takes the general path, which validates
                 t = states[0]["step"]
-                if type(t) is not int or t < 0 or t > _MAX_STEP:
+                if type(t) is not int or t < 0 or t >= _MAX_STEP:
                     return False
                 for st in states:
                     s = st["step"]
@@ -385,7 +385,7 @@ class Optimizer:
                     continue
                 st = self._complete_state(dict(self.state[i]), self._params[i], hyper)
                 if self._HAS_STEP:  # every count is checked before the first call (and made an int)
-                    st["step"] = check.stored_step(f"state[{i}]['step']", st.get("step"))
+                    st["step"] = check.steppable(f"state[{i}]['step']", st.get("step"))
                 staged[i] = st
                 key = (self._params[i].dtype.char, self._bucket(st))
                 buckets.setdefault(key, []).append(i)
