@@ -44,8 +44,14 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from . import _core
 from . import _validation as check
 from . import functional as F
+
+# From now on the native core accepts CPU torch tensors wherever it accepts NumPy arrays
+# (cpp/bindings/arrays.hpp): it reads their data pointer, shape, strides and storage bounds
+# through torch's own methods, without NumPy views.
+_core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided)
 
 __all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad"]
 
