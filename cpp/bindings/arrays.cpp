@@ -63,6 +63,7 @@ struct Item {
   bool c_contiguous = false;
   bool aligned = false;
   bool writeable = false;
+  bool tensor = false;  // a torch.Tensor (else a numpy.ndarray)
   int nd = 0;
   std::size_t dims_at = 0;  // offset of its shape in the call's dims arena
 };
@@ -183,6 +184,7 @@ py::object describe_tensor(py::handle t, const char* name, std::size_t k, Item* 
   const std::int64_t item = itemsize_of(it->dtype);
   it->aligned = data % static_cast<std::uintptr_t>(item) == 0;
   it->writeable = true;  // (inference tensors outside inference mode: refused by fusedopt.torch)
+  it->tensor = true;
   py::object storage = query(t, n.untyped_storage, true, name, k);
   if (size > 0 && it->float_ok) {
     const auto base = static_cast<std::uintptr_t>(query_int(storage, n.data_ptr, name, k));
@@ -198,6 +200,8 @@ py::object describe_tensor(py::handle t, const char* name, std::size_t k, Item* 
   }
   return storage;
 }
+
+py::object method_result(py::handle h, const char* m) { return h.attr(m)(); }
 
 bool same_shape(const Item& a, const Item& b, const std::vector<std::int64_t>& dims) {
   if (a.nd != b.nd) return false;
@@ -412,6 +416,11 @@ Buffers collect(const std::vector<Role>& roles) {
         }
       }
       if (!a.c_contiguous) {
+        if (a.tensor) {
+          throw py::value_error(label(name, k) + " is not contiguous (strides " +
+                                py::str(method_result(h, "stride")).cast<std::string>() +
+                                "); fusedopt updates tensors in place and never copies");
+        }
         throw py::value_error(label(name, k) + " is not C-contiguous; fusedopt updates arrays in place and never "
                                                "copies (use np.ascontiguousarray on a copy you keep)");
       }
@@ -430,6 +439,29 @@ Buffers collect(const std::vector<Role>& roles) {
   }
   check_no_overlap(extents, roles);
   return out;
+}
+
+void check_overlap(py::handle written, py::handle read) {
+  const std::vector<Role> roles{{"written", written, true}, {"read", read, false}};
+  std::vector<std::int64_t> dims;
+  std::vector<py::object> keep;
+  std::vector<Extent> extents;
+  for (std::size_t r = 0; r < roles.size(); ++r) {
+    const Items items = items_of(roles[r]);
+    for (std::size_t k = 0; k < items.size(); ++k) {
+      const Item a = describe(items[k], roles[r].name, k, dims, keep);
+      if (!a.float_ok) {
+        throw py::type_error(label(roles[r].name, k) + " has dtype " + dtype_str(items[k]) +
+                             "; fusedopt updates float32 and float64 arrays (native byte order)");
+      }
+      if (a.size > 0) {
+        const auto begin = reinterpret_cast<std::uintptr_t>(a.data);
+        extents.push_back(Extent{begin, begin + static_cast<std::uintptr_t>(a.size * itemsize_of(a.dtype)),
+                                 roles[r].written, r, k});
+      }
+    }
+  }
+  check_no_overlap(extents, roles);
 }
 
 }  // namespace bindings

@@ -98,6 +98,11 @@ Counters collect_counters(py::handle counters);
 // py::value_error naming the offending argument, e.g. "grads[2]".
 Buffers collect(const std::vector<Role>& roles);
 
+// No array of `written` (a list of arrays/tensors of any shapes, float32/float64) overlaps any other
+// array of `written` or `read`; ValueError naming written[i] / read[j] otherwise. (Steps that need
+// several native calls check all their arrays together first.)
+void check_overlap(py::handle written, py::handle read);
+
 // The most threads one call may use (a count beyond what any machine has makes the OpenMP runtime
 // fail to create threads and exit the process). python/fusedopt/_threads.py has the same bound.
 constexpr long long kMaxThreads = 1024;

@@ -185,6 +185,27 @@ void register_optimizers(py::module_& m) {
   m.def("_register_torch", &register_torch, "tensor_type"_a, "float32"_a, "float64"_a, "strided"_a,
         "Called once by fusedopt.torch: accept CPU torch tensors (float32/float64) wherever arrays are accepted.");
   m.attr("max_threads") = kMaxThreads;
+  m.def(
+      "check",
+      [](const py::sequence& roles) {
+        // (name, list or None, written) triples: every check of a step, without the step.
+        std::vector<std::string> names;
+        std::vector<Role> rs;
+        names.reserve(roles.size());
+        for (const py::handle r : roles) {
+          const py::tuple t = py::reinterpret_borrow<py::tuple>(r);
+          names.push_back(t[0].cast<std::string>());
+        }
+        for (std::size_t i = 0; i < roles.size(); ++i) {
+          const py::tuple t = roles[i].cast<py::tuple>();
+          rs.push_back(Role{names[i].c_str(), t[1], t[2].cast<bool>()});
+        }
+        if (rs.empty()) throw py::value_error("check needs at least the params role");
+        collect(rs);
+      },
+      "roles"_a, "Every check a step over these (name, list, written) roles would make, without stepping.");
+  m.def("check_overlap", &check_overlap, "written"_a, "read"_a,
+        "No array of `written` overlaps any other array of `written` or `read` (any shapes).");
   py::class_<Plan>(m, "Plan",
                    "The validation of a step's written arrays (params, then state lists; None for an absent "
                    "optional one), done once. Pass it as `plan=` with the same lists at every step: the step then "

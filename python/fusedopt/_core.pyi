@@ -1,7 +1,7 @@
 """Stub of the compiled module fusedopt._core (cpp/bindings). Private: use fusedopt.functional."""
 
 from types import TracebackType
-from typing import Any, List, Optional, Sequence, Type, Union
+from typing import Any, List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
@@ -26,6 +26,8 @@ class _DeferInterrupts:
 
 defer_interrupts: _DeferInterrupts
 
+def check(roles: Sequence[Tuple[str, Optional[Sequence[Any]], bool]]) -> None: ...
+def check_overlap(written: Sequence[Any], read: Sequence[Any]) -> None: ...
 def _register_torch(tensor_type: Any, float32: Any, float64: Any, strided: Any) -> None: ...
 
 class Plan:
