@@ -148,6 +148,7 @@ _INFERENCE_MSG = (
 _TWO24 = 16777216.0  # 2**24: a float32 step counter saturates there (x + 1 == x), as torch's does
 _is_inference = torch.Tensor.is_inference
 _dtype = attrgetter("dtype")
+_item = torch.Tensor.item
 _numel = torch.Tensor.numel
 
 
@@ -334,14 +335,16 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         if self._HAS_STEP:
             step = st.get("step") if st else None
             if step is None:
-                step = staged["step"] = torch.tensor(0.0, dtype=_step_dtype(group))
+                with torch.no_grad():
+                    step = staged["step"] = torch.tensor(0.0, dtype=_step_dtype(group))
             elif not isinstance(step, torch.Tensor):
                 raise TypeError(f"state[params[{index}]]['step'] must be a one-element tensor, got {type(step).__name__}")
         tensors = []
         for k in keys:
             t = st.get(k) if st else None
             if t is None:
-                t = staged[k] = self._new_state(k, p, group)
+                with torch.no_grad():
+                    t = staged[k] = self._new_state(k, p, group)
             tensors.append(t)
         return _Entry(p, g, index, staged, tensors, step)
 
@@ -353,11 +356,15 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         old: Optional[List[Any]] = None
         if all([d in _DTYPES for d in map(_dtype, steps)]):
             try:
-                stacked = torch.stack(steps)
-                if stacked.is_cpu and stacked.numel() == len(steps):
-                    old = stacked.tolist() if stacked.dim() == 1 else stacked.reshape(-1).tolist()
+                if len(steps) <= 8:  # (one stack costs as much as a few item() calls)
+                    if all([n == 1 for n in map(_numel, steps)]):
+                        old = [*map(_item, steps)]
+                else:
+                    stacked = torch.stack(steps)
+                    if stacked.is_cpu and stacked.numel() == len(steps):
+                        old = stacked.reshape(-1).tolist()
             except (RuntimeError, TypeError, ValueError):  # mixed shapes or devices: one by one, below
-                pass
+                old = None
         if old is None:
             old = []
             for e, s in zip(entries, steps):
@@ -381,16 +388,15 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         entries: List[_Entry] = []
         groups: List[Tuple[Dict[str, Any], Tuple[str, ...], bool, int, int]] = []
         index = 0
-        with torch.no_grad():
-            for group in self.param_groups:
-                hyper, keys, uses_step = self._group_plan(group)
-                first = len(entries)
-                for p in group["params"]:
-                    g = p.grad
-                    if g is not None:
-                        entries.append(self._entry(p, g, index, group, keys))
-                    index += 1
-                groups.append((hyper, keys, uses_step, first, len(entries)))
+        for group in self.param_groups:
+            hyper, keys, uses_step = self._group_plan(group)
+            first = len(entries)
+            for p in group["params"]:
+                g = p.grad
+                if g is not None:
+                    entries.append(self._entry(p, g, index, group, keys))
+                index += 1
+            groups.append((hyper, keys, uses_step, first, len(entries)))
         if not entries:
             return
         news = self._next_counts(entries) if has_step else []
