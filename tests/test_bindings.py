@@ -3,7 +3,7 @@
 The functional layer passes the per-step scalars positionally (``*scalars, *grad_scalars``) for
 speed, so the parameter names of each ``_core`` function must list the NamedTuple fields of
 ``fusedopt._scalars`` in the same order, right after the arrays (the algorithm's scalars, then
-``GradScalars`` for the optimizer steps; the optimizer steps end with an optional ``plan``).
+``GradScalars`` for the optimizer steps; the optimizer steps end with an optional ``plan`` and optional ``counters``).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from fusedopt import _core, _scalars
 _GRAD = list(_scalars.GradScalars._fields)  # every optimizer step takes them right after its own scalars
 
 CASES = [
-    ("sgd", 3, _scalars.SgdScalars, _GRAD + ["nesterov", "maximize", "first_step", "threads", "plan"]),
-    ("momentum", 3, _scalars.MomentumScalars, _GRAD + ["threads", "plan"]),
-    ("rmsprop", 5, _scalars.RmspropScalars, _GRAD + ["maximize", "threads", "plan"]),
-    ("adam", 5, _scalars.AdamScalars, _GRAD + ["maximize", "torch_exact", "threads", "plan"]),
-    ("adagrad", 3, _scalars.AdagradScalars, _GRAD + ["maximize", "threads", "plan"]),
+    ("sgd", 3, _scalars.SgdScalars, _GRAD + ["nesterov", "maximize", "first_step", "threads", "plan", "counters"]),
+    ("momentum", 3, _scalars.MomentumScalars, _GRAD + ["threads", "plan", "counters"]),
+    ("rmsprop", 5, _scalars.RmspropScalars, _GRAD + ["maximize", "threads", "plan", "counters"]),
+    ("adam", 5, _scalars.AdamScalars, _GRAD + ["maximize", "torch_exact", "threads", "plan", "counters"]),
+    ("adagrad", 3, _scalars.AdagradScalars, _GRAD + ["maximize", "threads", "plan", "counters"]),
     ("ema", 2, _scalars.EmaScalars, ["threads"]),
 ]
 

@@ -738,7 +738,7 @@ OPTS = [
 ]  # fmt: skip
 
 
-def _opt_hyper_faults(spec: OptSpec, h: Dict[str, Any]) -> List[Tuple[str, type]]:
+def _opt_hyper_faults(spec: OptSpec, h: Dict[str, Any], params: Sequence[Any] = ()) -> List[Tuple[str, type]]:
     faults: List[Tuple[str, type]] = []
     for name, kind in spec.hypers.items():
         if name not in h:
@@ -759,6 +759,14 @@ def _opt_hyper_faults(spec: OptSpec, h: Dict[str, Any]) -> List[Tuple[str, type]
     if spec.name == "SGD" and not {"momentum", "dampening", "nesterov"} & {n for n, _ in faults}:
         if h.get("nesterov") and (float(h.get("momentum", 0)) <= 0 or float(h.get("dampening", 0)) != 0):
             faults.append(("nesterov", ValueError))
+    if spec.name == "Adagrad" and "initial_accumulator_value" in h and not faults:
+        # a finite value that does not fit the parameters' dtype (e.g. 1e308 for float32)
+        with np.errstate(over="ignore"):
+            for p in params:
+                if isinstance(p, np.ndarray) and p.dtype.kind == "f" and \
+                        not np.isfinite(p.dtype.type(float(h["initial_accumulator_value"]))):  # fmt: skip
+                    faults.append(("initial_accumulator_value", ValueError))
+                    break
     return faults
 
 
@@ -967,7 +975,7 @@ def check_opt_case(c: Dict[str, Any]) -> None:
         arena = fusedopt.FlatParams(params)
         params = [arena.flat]
     objs = list(arrays.backing) + [m for m, _, _ in arrays.memmaps] + [p for p in params if isinstance(p, np.ndarray)]
-    faults = _opt_hyper_faults(spec, h) + (_param_faults(params) if arena is None else [])
+    faults = _opt_hyper_faults(spec, h, params) + (_param_faults(params) if arena is None else [])
     before = _snapshot(objs)
     COUNTS["cases"] += 1
     try:

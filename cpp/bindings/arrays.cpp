@@ -31,24 +31,201 @@ bool float_dtype(const py::array& a, DType* out) {
 
 std::string label(const char* name, std::size_t k) { return std::string(name) + "[" + std::to_string(k) + "]"; }
 
-std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+std::string type_name(py::handle h) { return py::str(py::type::of(h).attr("__name__")).cast<std::string>(); }
 
-std::string shape_str(const py::array& a) { return py::str(a.attr("shape")).cast<std::string>(); }
+std::string dtype_str(py::handle a) { return py::str(a.attr("dtype")).cast<std::string>(); }
 
-bool same_shape(const py::array& a, const py::array& b) {
-  if (a.ndim() != b.ndim()) return false;
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
-    if (a.shape(d) != b.shape(d)) return false;
+std::string shape_str(py::handle a) {
+  return py::str(py::reinterpret_steal<py::object>(PySequence_Tuple(a.attr("shape").ptr()))).cast<std::string>();
+}
+
+// torch's types, registered by fusedopt.torch (never freed: they outlive the interpreter's
+// teardown order).
+struct TorchTypes {
+  PyObject* tensor_type = nullptr;
+  PyObject* float32 = nullptr;
+  PyObject* float64 = nullptr;
+  PyObject* strided = nullptr;
+};
+TorchTypes g_torch;
+
+bool is_tensor(py::handle h) {
+  return g_torch.tensor_type != nullptr &&
+         PyObject_TypeCheck(h.ptr(), reinterpret_cast<PyTypeObject*>(g_torch.tensor_type)) != 0;
+}
+
+// What collect() needs to know about one array or tensor.
+struct Item {
+  void* data = nullptr;
+  std::int64_t size = 0;  // elements
+  bool float_ok = false;  // float32/float64 in native byte order
+  DType dtype = DType::f32;
+  bool c_contiguous = false;
+  bool aligned = false;
+  bool writeable = false;
+  bool tensor = false;  // a torch.Tensor (else a numpy.ndarray)
+  int nd = 0;
+  std::size_t dims_at = 0;  // offset of its shape in the call's dims arena
+};
+
+std::int64_t itemsize_of(DType d) { return d == DType::f32 ? 4 : 8; }
+
+// Attribute and method names used on tensors, interned once (no string is made per call).
+struct Names {
+  PyObject *layout, *is_cpu, *device, *dtype, *is_neg, *shape, *stride, *data_ptr, *untyped_storage, *nbytes;
+};
+const Names& names() {
+  static const Names n{PyUnicode_InternFromString("layout"),   PyUnicode_InternFromString("is_cpu"),
+                       PyUnicode_InternFromString("device"),   PyUnicode_InternFromString("dtype"),
+                       PyUnicode_InternFromString("is_neg"),   PyUnicode_InternFromString("shape"),
+                       PyUnicode_InternFromString("stride"),   PyUnicode_InternFromString("data_ptr"),
+                       PyUnicode_InternFromString("untyped_storage"), PyUnicode_InternFromString("nbytes")};
+  return n;
+}
+
+// The value of attribute `attr` (call_it: of the no-argument method) of a tensor or storage; torch
+// raises for what it cannot do, and then the tensor is not something fusedopt can step.
+py::object query(py::handle t, PyObject* attr, bool call_it, const char* name, std::size_t k) {
+  PyObject* r;
+  if (call_it) {
+    PyObject* args[1] = {t.ptr()};
+    r = PyObject_VectorcallMethod(attr, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  } else {
+    r = PyObject_GetAttr(t.ptr(), attr);
+  }
+  if (r == nullptr) {
+    const std::string why = py::error_already_set().what();
+    throw py::type_error(label(name, k) + ": " + py::str(attr).cast<std::string>() + " failed (" + why +
+                         "); fusedopt steps dense CPU tensors only");
+  }
+  return py::reinterpret_steal<py::object>(r);
+}
+
+std::int64_t query_int(py::handle t, PyObject* attr, const char* name, std::size_t k) {
+  const py::object o = query(t, attr, true, name, k);
+  const long long v = PyLong_AsLongLong(o.ptr());
+  if (v == -1 && PyErr_Occurred() != nullptr) throw py::error_already_set();
+  return static_cast<std::int64_t>(v);
+}
+
+// The ints of a tuple (torch.Size or the tuple of stride()) appended to dims; their count.
+int tuple_ints(py::handle tup, std::vector<std::int64_t>& dims) {
+  if (!PyTuple_Check(tup.ptr())) throw py::type_error("expected a tuple of ints");
+  const Py_ssize_t n = PyTuple_GET_SIZE(tup.ptr());
+  for (Py_ssize_t i = 0; i < n; ++i) dims.push_back(PyLong_AsLongLong(PyTuple_GET_ITEM(tup.ptr(), i)));
+  if (PyErr_Occurred() != nullptr) throw py::error_already_set();
+  return static_cast<int>(n);
+}
+
+void describe_array(py::handle h, Item* it, std::vector<std::int64_t>& dims) {
+  const py::array a = py::reinterpret_borrow<py::array>(h);
+  it->float_ok = float_dtype(a, &it->dtype);
+  const int flags = a.flags();
+  it->c_contiguous = (flags & py::array::c_style) != 0;
+  it->aligned = (flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_) != 0;
+  it->writeable = (flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) != 0;
+  it->data = const_cast<void*>(a.data());
+  it->size = static_cast<std::int64_t>(a.size());
+  it->nd = static_cast<int>(a.ndim());
+  it->dims_at = dims.size();
+  for (int d = 0; d < it->nd; ++d) dims.push_back(static_cast<std::int64_t>(a.shape(d)));
+}
+
+// A torch tensor: dense, on the CPU, not a lazily negated view, inside its storage. The storage
+// object is returned (the call keeps it alive).
+py::object describe_tensor(py::handle t, const char* name, std::size_t k, Item* it, std::vector<std::int64_t>& dims) {
+  const Names& n = names();
+  const py::object layout = query(t, n.layout, false, name, k);
+  if (layout.ptr() != g_torch.strided) {
+    throw py::type_error(label(name, k) + " has layout " + py::str(layout).cast<std::string>() +
+                         "; fusedopt steps dense (strided) tensors only");
+  }
+  if (query(t, n.is_cpu, false, name, k).ptr() != Py_True) {
+    throw py::value_error(label(name, k) + " is on device '" +
+                          py::str(query(t, n.device, false, name, k)).cast<std::string>() +
+                          "'; fusedopt steps CPU tensors only");
+  }
+  const py::object dt = query(t, n.dtype, false, name, k);
+  it->float_ok = dt.ptr() == g_torch.float32 || dt.ptr() == g_torch.float64;
+  it->dtype = dt.ptr() == g_torch.float64 ? DType::f64 : DType::f32;
+  if (query(t, n.is_neg, true, name, k).ptr() != Py_False) {
+    throw py::value_error(label(name, k) + " is a lazily negated view (is_neg()); fusedopt cannot use it in "
+                                           "place without a copy (call .resolve_neg() on a tensor you keep)");
+  }
+  it->dims_at = dims.size();
+  it->nd = tuple_ints(query(t, n.shape, false, name, k), dims);
+  std::int64_t strides[64];
+  std::vector<std::int64_t> more;
+  if (it->nd > 64) more.reserve(static_cast<std::size_t>(it->nd));
+  {
+    const py::object st = query(t, n.stride, true, name, k);
+    if (it->nd <= 64) {
+      for (int d = 0; d < it->nd; ++d) strides[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(st.ptr(), d));
+      if (PyErr_Occurred() != nullptr) throw py::error_already_set();
+    } else {
+      tuple_ints(st, more);
+    }
+  }
+  const std::int64_t* stride = it->nd <= 64 ? strides : more.data();
+  std::int64_t size = 1;
+  for (int d = 0; d < it->nd; ++d) size *= dims[it->dims_at + static_cast<std::size_t>(d)];
+  it->size = size;
+  // C-contiguous: the strides of the dimensions longer than 1 are the row-major ones.
+  bool contiguous = true;
+  std::int64_t expected = 1;
+  for (int d = it->nd - 1; d >= 0; --d) {
+    const std::int64_t len = dims[it->dims_at + static_cast<std::size_t>(d)];
+    if (len != 1 && stride[d] != expected) contiguous = false;
+    expected *= len;
+  }
+  it->c_contiguous = contiguous || size == 0;
+  const auto data = static_cast<std::uintptr_t>(query_int(t, n.data_ptr, name, k));
+  it->data = reinterpret_cast<void*>(data);
+  const std::int64_t item = itemsize_of(it->dtype);
+  it->aligned = data % static_cast<std::uintptr_t>(item) == 0;
+  it->writeable = true;  // (inference tensors outside inference mode: refused by fusedopt.torch)
+  it->tensor = true;
+  py::object storage = query(t, n.untyped_storage, true, name, k);
+  if (size > 0 && it->float_ok) {
+    const auto base = static_cast<std::uintptr_t>(query_int(storage, n.data_ptr, name, k));
+    const auto nbytes = static_cast<std::uintptr_t>(query_int(storage, n.nbytes, name, k));
+    const auto need = static_cast<std::uintptr_t>(size * item);
+    if (base == 0 || data < base || data - base > nbytes || nbytes - (data - base) < need) {
+      throw py::value_error(label(name, k) + " needs " + std::to_string(need) + " bytes at byte offset " +
+                            std::to_string(data >= base ? data - base : 0) + " of its storage, which holds " +
+                            std::to_string(nbytes) +
+                            " bytes (was the storage resized, e.g. by FSDP's resize_(0)?); refusing to read or "
+                            "write outside it");
+    }
+  }
+  return storage;
+}
+
+py::object method_result(py::handle h, const char* m) { return h.attr(m)(); }
+
+bool same_shape(const Item& a, const Item& b, const std::vector<std::int64_t>& dims) {
+  if (a.nd != b.nd) return false;
+  for (int d = 0; d < a.nd; ++d) {
+    if (dims[a.dims_at + static_cast<std::size_t>(d)] != dims[b.dims_at + static_cast<std::size_t>(d)]) return false;
   }
   return true;
 }
 
-py::array as_array(py::handle h, const char* name, std::size_t k) {
-  if (!py::isinstance<py::array>(h)) {
-    throw py::type_error(label(name, k) + " must be a numpy.ndarray, got " +
-                         py::str(py::type::of(h).attr("__name__")).cast<std::string>());
+// Describes list item k of a role (a numpy.ndarray, or a registered torch.Tensor) and keeps it
+// alive in `keep`; TypeError for anything else.
+Item describe(py::handle h, const char* name, std::size_t k, std::vector<std::int64_t>& dims,
+              std::vector<py::object>& keep) {
+  Item it;
+  if (py::isinstance<py::array>(h)) {
+    describe_array(h, &it, dims);
+    keep.push_back(py::reinterpret_borrow<py::object>(h));
+  } else if (is_tensor(h)) {
+    keep.push_back(describe_tensor(h, name, k, &it, dims));
+  } else {
+    throw py::type_error(label(name, k) + " must be a numpy.ndarray" +
+                         (g_torch.tensor_type != nullptr ? " or a CPU torch.Tensor" : "") + ", got " + type_name(h));
   }
-  return py::reinterpret_borrow<py::array>(h);
+  return it;
 }
 
 // Items of a list or tuple, borrowed (no copy of the list is made).
@@ -62,7 +239,7 @@ Items items_of(const Role& role) {
   if (role.list.is_none()) return Items{};
   if (!PyList_Check(role.list.ptr()) && !PyTuple_Check(role.list.ptr())) {
     throw py::type_error(std::string(role.name) + " must be a list or tuple of numpy arrays, got " +
-                         py::str(py::type::of(role.list).attr("__name__")).cast<std::string>());
+                         type_name(role.list));
   }
   return Items{role.list.ptr()};
 }
@@ -105,9 +282,75 @@ void check_no_overlap(std::vector<Extent>& extents, const std::vector<Role>& rol
 
 }  // namespace
 
-int check_threads(int threads) {
-  if (threads < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
-  return threads;
+int check_threads(py::handle threads) {
+  if (PyBool_Check(threads.ptr()) || !PyLong_Check(threads.ptr())) {
+    throw py::type_error("threads must be an int, got " + type_name(threads));
+  }
+  int overflow = 0;
+  const long long n = PyLong_AsLongLongAndOverflow(threads.ptr(), &overflow);
+  if (overflow != 0 || n < 1 || n > kMaxThreads) {
+    throw py::value_error("threads must be between 1 and " + std::to_string(kMaxThreads) + ", got " +
+                          py::str(threads).cast<std::string>());
+  }
+  return static_cast<int>(n);
+}
+
+void register_torch(py::handle tensor_type, py::handle float32, py::handle float64, py::handle strided) {
+  if (!PyType_Check(tensor_type.ptr())) throw py::type_error("tensor_type must be a type");
+  // References kept for the life of the process (see TorchTypes).
+  g_torch.float32 = float32.inc_ref().ptr();
+  g_torch.float64 = float64.inc_ref().ptr();
+  g_torch.strided = strided.inc_ref().ptr();
+  g_torch.tensor_type = tensor_type.inc_ref().ptr();
+}
+
+Counters collect_counters(py::handle counters) {
+  Counters out;
+  if (counters.is_none()) return out;
+  if (!PyList_Check(counters.ptr()) && !PyTuple_Check(counters.ptr())) {
+    throw py::type_error("counters must be a list or tuple, got " + type_name(counters));
+  }
+  static PyObject* const step_key = PyUnicode_InternFromString("step");
+  const py::object one = py::int_(1);
+  std::vector<std::int64_t> dims;
+  const Items items{counters.ptr()};
+  for (std::size_t k = 0; k < items.size(); ++k) {
+    const py::handle h = items[k];
+    if (PyDict_Check(h.ptr())) {
+      PyObject* step = PyDict_GetItemWithError(h.ptr(), step_key);
+      if (step == nullptr && PyErr_Occurred() != nullptr) throw py::error_already_set();
+      if (step == nullptr || !PyLong_CheckExact(step)) {
+        throw py::type_error(label("counters", k) + "['step'] must be an int");
+      }
+      PyObject* next = PyNumber_Add(step, one.ptr());
+      if (next == nullptr) throw py::error_already_set();
+      out.dicts_.push_back(py::reinterpret_borrow<py::object>(h));
+      out.values_.push_back(py::reinterpret_steal<py::object>(next));
+      continue;
+    }
+    dims.clear();
+    Item it = describe(h, "counters", k, dims, out.keep_);
+    if (!it.float_ok || it.size != 1) {
+      throw py::type_error(label("counters", k) + " must be a one-element float32/float64 array or tensor");
+    }
+    if (!it.aligned || !it.writeable) {
+      throw py::value_error(label("counters", k) + " must be aligned and writeable");
+    }
+    if (it.dtype == DType::f32) {
+      out.f32_.push_back(static_cast<float*>(it.data));
+    } else {
+      out.f64_.push_back(static_cast<double*>(it.data));
+    }
+  }
+  return out;
+}
+
+void Counters::commit() const {
+  static PyObject* const step_key = PyUnicode_InternFromString("step");
+  // The key is present in every dict (checked), so PyDict_SetItem replaces a value: no allocation.
+  for (std::size_t k = 0; k < dicts_.size(); ++k) PyDict_SetItem(dicts_[k].ptr(), step_key, values_[k].ptr());
+  for (float* p : f32_) *p = *p + 1.0f;
+  for (double* p : f64_) *p = *p + 1.0;
 }
 
 Buffers collect(const std::vector<Role>& roles) {
@@ -128,67 +371,97 @@ Buffers collect(const std::vector<Role>& roles) {
     }
   }
 
-  std::vector<py::array> params;
+  std::vector<std::int64_t> dims;
+  dims.reserve(count * nroles * 2);
+  out.keep_.reserve(count * nroles);
+  std::vector<Item> params;
   params.reserve(count);
   for (std::size_t k = 0; k < count; ++k) {
-    py::array p = as_array(lists[0][k], roles[0].name, k);
-    DType dt;
-    if (!float_dtype(p, &dt)) {
-      throw py::type_error(label(roles[0].name, k) + " has dtype " + dtype_str(p) +
+    const py::handle h = lists[0][k];
+    Item p = describe(h, roles[0].name, k, dims, out.keep_);
+    if (!p.float_ok) {
+      throw py::type_error(label(roles[0].name, k) + " has dtype " + dtype_str(h) +
                            "; fusedopt updates float32 and float64 arrays (native byte order)");
     }
     if (k == 0) {
-      out.dtype_ = dt;
-    } else if (dt != out.dtype_) {
-      throw py::type_error(label(roles[0].name, k) + " has dtype " + dtype_str(p) + " but " +
-                           label(roles[0].name, 0) + " has " + dtype_str(params[0]) +
+      out.dtype_ = p.dtype;
+    } else if (p.dtype != out.dtype_) {
+      throw py::type_error(label(roles[0].name, k) + " has dtype " + dtype_str(h) + " but " +
+                           label(roles[0].name, 0) + " has " + dtype_str(lists[0][0]) +
                            "; one call updates arrays of one dtype");
     }
-    params.push_back(std::move(p));
+    params.push_back(p);
   }
 
+  const std::int64_t itemsize = itemsize_of(out.dtype_);
   out.ptrs_.assign(count * nroles, nullptr);
   out.sizes_.resize(count);
   std::vector<Extent> extents;
   extents.reserve(count * nroles);
   for (std::size_t k = 0; k < count; ++k) {
-    out.sizes_[k] = static_cast<std::int64_t>(params[k].size());
+    out.sizes_[k] = params[k].size;
     for (std::size_t r = 0; r < nroles; ++r) {
       if (roles[r].list.is_none()) continue;
       const char* name = roles[r].name;
-      py::array a = r == 0 ? params[k] : as_array(lists[r][k], name, k);
+      const py::handle h = lists[r][k];
+      const Item a = r == 0 ? params[k] : describe(h, name, k, dims, out.keep_);
       if (r > 0) {
-        DType dt;
-        if (!float_dtype(a, &dt) || dt != out.dtype_) {
-          throw py::type_error(label(name, k) + " has dtype " + dtype_str(a) + " but " + label(roles[0].name, k) +
-                               " has " + dtype_str(params[k]) + "; they must match exactly (no conversion is made)");
+        if (!a.float_ok || a.dtype != out.dtype_) {
+          throw py::type_error(label(name, k) + " has dtype " + dtype_str(h) + " but " + label(roles[0].name, k) +
+                               " has " + dtype_str(lists[0][k]) + "; they must match exactly (no conversion is made)");
         }
-        if (!same_shape(a, params[k])) {
-          throw py::value_error(label(name, k) + " has shape " + shape_str(a) + " but " + label(roles[0].name, k) +
-                                " has shape " + shape_str(params[k]));
+        if (!same_shape(a, params[k], dims)) {
+          throw py::value_error(label(name, k) + " has shape " + shape_str(h) + " but " + label(roles[0].name, k) +
+                                " has shape " + shape_str(lists[0][k]));
         }
       }
-      const int flags = a.flags();
-      if ((flags & py::array::c_style) == 0) {
+      if (!a.c_contiguous) {
+        if (a.tensor) {
+          throw py::value_error(label(name, k) + " is not contiguous (strides " +
+                                py::str(method_result(h, "stride")).cast<std::string>() +
+                                "); fusedopt updates tensors in place and never copies");
+        }
         throw py::value_error(label(name, k) + " is not C-contiguous; fusedopt updates arrays in place and never "
                                                "copies (use np.ascontiguousarray on a copy you keep)");
       }
-      if ((flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_) == 0) {
+      if (!a.aligned) {
         throw py::value_error(label(name, k) + " is not aligned to its dtype");
       }
-      if (roles[r].written && (flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) == 0) {
+      if (roles[r].written && !a.writeable) {
         throw py::value_error(label(name, k) + " is read-only, but it is updated in place");
       }
-      void* data = const_cast<void*>(a.data());
-      out.ptrs_[k * nroles + r] = data;
-      if (a.size() > 0) {
-        const auto begin = reinterpret_cast<std::uintptr_t>(data);
-        extents.push_back(Extent{begin, begin + static_cast<std::uintptr_t>(a.nbytes()), roles[r].written, r, k});
+      out.ptrs_[k * nroles + r] = a.data;
+      if (a.size > 0) {
+        const auto begin = reinterpret_cast<std::uintptr_t>(a.data);
+        extents.push_back(Extent{begin, begin + static_cast<std::uintptr_t>(a.size * itemsize), roles[r].written, r, k});
       }
     }
   }
   check_no_overlap(extents, roles);
   return out;
+}
+
+void check_overlap(py::handle written, py::handle read) {
+  const std::vector<Role> roles{{"written", written, true}, {"read", read, false}};
+  std::vector<std::int64_t> dims;
+  std::vector<py::object> keep;
+  std::vector<Extent> extents;
+  for (std::size_t r = 0; r < roles.size(); ++r) {
+    const Items items = items_of(roles[r]);
+    for (std::size_t k = 0; k < items.size(); ++k) {
+      const Item a = describe(items[k], roles[r].name, k, dims, keep);
+      if (!a.float_ok) {
+        throw py::type_error(label(roles[r].name, k) + " has dtype " + dtype_str(items[k]) +
+                             "; fusedopt updates float32 and float64 arrays (native byte order)");
+      }
+      if (a.size > 0) {
+        const auto begin = reinterpret_cast<std::uintptr_t>(a.data);
+        extents.push_back(Extent{begin, begin + static_cast<std::uintptr_t>(a.size * itemsize_of(a.dtype)),
+                                 roles[r].written, r, k});
+      }
+    }
+  }
+  check_no_overlap(extents, roles);
 }
 
 }  // namespace bindings

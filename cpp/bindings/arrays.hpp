@@ -1,10 +1,22 @@
-// Turning Python lists of NumPy arrays into a TensorList without ever copying an array.
+// Turning Python lists of NumPy arrays (or torch CPU tensors) into a TensorList without ever
+// copying an array.
 //
-// Arrays are taken as they are: each list item must already be a numpy.ndarray of the right dtype,
+// Arrays are taken as they are: each list item must already be a numpy.ndarray (or, once
+// fusedopt.torch registered torch's types, a dense CPU torch.Tensor) of the right dtype,
 // C-contiguous, aligned, (for written roles) writeable, and of the parameter's shape; nothing is
 // converted, so a write can never land in a temporary (STYLE.md 0.1 item 1 lists how pybind11's
 // converting casters would lose writes). Every check runs before any kernel touches memory, so a
 // rejected call leaves every array bitwise unchanged.
+//
+// Lifetime: the Buffers returned hold a strong reference to every array (for a tensor: to its
+// storage) until they are destroyed, which the bindings do only after the kernel returned and the
+// GIL is held again. Another thread replacing an item of the caller's lists (or a tensor's .data)
+// while the kernel runs with the GIL released therefore frees nothing the kernel touches.
+//
+// torch tensors are read through their Python methods (data_ptr, shape, stride, dtype,
+// untyped_storage, ...): no NumPy view is made, so their storages stay resizable, and nothing is
+// cached between calls. A tensor must lie inside its storage (a storage shrunk under it, as FSDP
+// does with resize_(0), is refused).
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -55,14 +67,53 @@ class Buffers {
   int nbuf_ = 0;
   DType dtype_ = DType::f32;
   std::vector<bool> present_;
+  std::vector<py::object> keep_;  // every array (tensor: its storage), alive until the call ends
 };
+
+// Step counters that a step call advances by one after its kernel ran, with the GIL held and no
+// Python code run in between: a KeyboardInterrupt is delivered either before the call (nothing
+// done) or after it (update and counts done), never between the two. Items: a dict whose 'step' is
+// an int (the NumPy optimizers' state: step -> step + 1), or a one-element float32/float64 array or
+// CPU tensor (torch's state['step']: incremented in its own dtype, so a float32 count saturates at
+// 2**24 as torch's does).
+class Counters {
+ public:
+  // Cannot fail: every new value was made and every pointer validated by collect_counters().
+  void commit() const;
+  bool empty() const { return dicts_.empty() && f32_.empty() && f64_.empty(); }
+
+ private:
+  friend Counters collect_counters(py::handle counters);
+  std::vector<py::object> dicts_, values_;  // dict k gets 'step' = values_[k]
+  std::vector<float*> f32_;
+  std::vector<double*> f64_;
+  std::vector<py::object> keep_;
+};
+
+// `counters` (None, or a list/tuple of the items above), validated; TypeError/ValueError naming
+// counters[i] otherwise.
+Counters collect_counters(py::handle counters);
 
 // Validates roles[0] (params) and every other role against it; throws py::type_error /
 // py::value_error naming the offending argument, e.g. "grads[2]".
 Buffers collect(const std::vector<Role>& roles);
 
-// threads must be >= 1.
-int check_threads(int threads);
+// No array of `written` (a list of arrays/tensors of any shapes, float32/float64) overlaps any other
+// array of `written` or `read`; ValueError naming written[i] / read[j] otherwise. (Steps that need
+// several native calls check all their arrays together first.)
+void check_overlap(py::handle written, py::handle read);
+
+// The most threads one call may use (a count beyond what any machine has makes the OpenMP runtime
+// fail to create threads and exit the process). python/fusedopt/_threads.py has the same bound.
+constexpr long long kMaxThreads = 1024;
+
+// A thread count argument: a Python int (not bool) with 1 <= threads <= kMaxThreads, else
+// TypeError / ValueError naming `threads`.
+int check_threads(py::handle threads);
+
+// fusedopt.torch calls this once (fusedopt._core._register_torch): from then on collect() accepts
+// CPU torch tensors of dtype float32/float64 wherever it accepts NumPy arrays.
+void register_torch(py::handle tensor_type, py::handle float32, py::handle float64, py::handle strided);
 
 }  // namespace bindings
 }  // namespace fusedopt

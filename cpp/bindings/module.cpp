@@ -5,6 +5,7 @@ namespace fusedopt {
 namespace bindings {
 void register_optimizers(pybind11::module_& m);
 void register_runtime(pybind11::module_& m);
+void register_signals(pybind11::module_& m);
 }  // namespace bindings
 }  // namespace fusedopt
 
@@ -15,4 +16,5 @@ PYBIND11_MODULE(_core, m, pybind11::mod_gil_not_used()) {
 #endif
   fusedopt::bindings::register_optimizers(m);
   fusedopt::bindings::register_runtime(m);
+  fusedopt::bindings::register_signals(m);
 }

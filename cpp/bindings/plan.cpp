@@ -42,6 +42,14 @@ Plan::Plan(const py::sequence& written) {
     roles.push_back(Role{names[r].c_str(), written[r], true});
   }
   const Buffers b = collect(roles);  // raises on anything invalid
+  for (std::size_t r = 0; r < nroles; ++r) {
+    if (roles[r].list.is_none()) continue;
+    for (std::size_t k = 0; k < static_cast<std::size_t>(b.list().count); ++k) {
+      if (!py::isinstance<py::array>(PySequence_Fast_GET_ITEM(roles[r].list.ptr(), static_cast<Py_ssize_t>(k)))) {
+        throw py::type_error("a Plan holds numpy arrays only; " + names[r] + "[" + std::to_string(k) + "] is not one");
+      }
+    }
+  }
   const TensorList list = b.list();
   count_ = static_cast<std::size_t>(list.count);
   dtype_ = b.dtype();
@@ -122,6 +130,10 @@ bool Plan::fill(const std::vector<Role>& roles, Buffers* out) const {
   for (std::size_t r = 0; r < nroles; ++r) out->present_[r] = seqs[r] != nullptr;
   out->ptrs_.assign(count_ * nroles, nullptr);
   out->sizes_.assign(sizes_.begin(), sizes_.end());
+  // The planned arrays are kept alive by the plan (an argument of the running call); the
+  // gradients by out->keep_.
+  out->keep_.clear();
+  out->keep_.reserve(count_);
   for (std::size_t k = 0; k < count_; ++k) {
     w = 0;
     for (std::size_t r = 0; r < nroles; ++r) {
@@ -135,6 +147,7 @@ bool Plan::fill(const std::vector<Role>& roles, Buffers* out) const {
         PyObject* obj = PySequence_Fast_GET_ITEM(seqs[r], static_cast<Py_ssize_t>(k));
         if (!read_ok(obj, k)) return false;
         out->ptrs_[k * nroles + r] = py::detail::array_proxy(obj)->data;
+        out->keep_.push_back(py::reinterpret_borrow<py::object>(obj));
       }
     }
   }

@@ -1,6 +1,7 @@
 """Stub of the compiled module fusedopt._core (cpp/bindings). Private: use fusedopt.functional."""
 
-from typing import List, Optional, Sequence
+from types import TracebackType
+from typing import Any, List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
@@ -9,6 +10,25 @@ openmp_enabled: bool
 compiler: str
 
 _Arrays = Sequence[np.ndarray]
+#: step counters a step call advances after its kernel ran (cpp/bindings/arrays.hpp, Counters):
+#: dicts whose 'step' is an int, or one-element float32/float64 arrays / CPU tensors
+_Counters = Optional[Sequence[Union[dict[str, Any], np.ndarray, Any]]]
+
+max_threads: int
+
+class _DeferInterrupts:
+    """SIGINT inside the block is delivered when the outermost block exits (cpp/bindings/signals.cpp)."""
+
+    def __enter__(self) -> None: ...
+    def __exit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> bool: ...
+
+defer_interrupts: _DeferInterrupts
+
+def check(roles: Sequence[Tuple[str, Optional[Sequence[Any]], bool]]) -> None: ...
+def check_overlap(written: Sequence[Any], read: Sequence[Any]) -> None: ...
+def _register_torch(tensor_type: Any, float32: Any, float64: Any, strided: Any) -> None: ...
 
 class Plan:
     """The validation of a step's written arrays, done once (cpp/bindings/plan.hpp)."""
@@ -23,17 +43,20 @@ def sgd(
     params: _Arrays, grads: _Arrays, momentum_buffers: Optional[_Arrays], lr: float, weight_decay: float,
     momentum: float, one_minus_dampening: float, grad_scale: float, clip_coef: float, clip_value: float,
     nesterov: bool, maximize: bool, first_step: bool, threads: int, plan: Optional[Plan] = None,
+    counters: _Counters = None,
 ) -> None: ...
 def momentum(
     params: _Arrays, grads: _Arrays, velocities: _Arrays, step_size: float, beta: float,
     one_minus_beta: float, weight_decay: float, grad_scale: float, clip_coef: float, clip_value: float,
     threads: int, plan: Optional[Plan] = None,
+    counters: _Counters = None,
 ) -> None: ...
 def rmsprop(
     params: _Arrays, grads: _Arrays, square_avgs: _Arrays, grad_avgs: Optional[_Arrays],
     momentum_buffers: Optional[_Arrays], lr: float, buffer_lr: float, alpha: float, one_minus_alpha: float,
     eps_outside: float, eps_inside: float, weight_decay: float, momentum: float, grad_scale: float,
     clip_coef: float, clip_value: float, maximize: bool, threads: int, plan: Optional[Plan] = None,
+    counters: _Counters = None,
 ) -> None: ...
 def adam(
     params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_avg_sqs: _Arrays, max_exp_avg_sqs: Optional[_Arrays],
@@ -41,11 +64,12 @@ def adam(
     beta1: float, one_minus_beta1: float, beta2: float, one_minus_beta2: float, weight_decay: float,
     decay_factor: float, weight_decay_mode: int, grad_scale: float, clip_coef: float, clip_value: float,
     maximize: bool, torch_exact: bool, threads: int, plan: Optional[Plan] = None,
+    counters: _Counters = None,
 ) -> None: ...
 def adagrad(
     params: _Arrays, grads: _Arrays, state_sums: _Arrays, neg_clr: float, eps: float, weight_decay: float,
     grad_scale: float, clip_coef: float, clip_value: float, maximize: bool, threads: int,
-    plan: Optional[Plan] = None,
+    plan: Optional[Plan] = None, counters: _Counters = None,
 ) -> None: ...
 def ema(averages: _Arrays, params: _Arrays, decay: float, one_minus_decay: float, threads: int) -> None: ...
 def sum_of_squares(arrays: _Arrays, threads: int) -> float: ...

@@ -39,13 +39,20 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by t
         "`pip install fusedopt[torch]` (or `pip install torch`)."
     ) from _exc
 
-from operator import attrgetter, itemgetter
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+import math
+import re
+from operator import attrgetter
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import numpy as np
 
+from . import _core, _scalars, _threads
 from . import _validation as check
-from . import functional as F
+
+# From now on the native core accepts CPU torch tensors wherever it accepts NumPy arrays
+# (cpp/bindings/arrays.hpp): it reads their data pointer, shape, strides and storage bounds
+# through torch's own methods, without NumPy views.
+_core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided)
 
 __all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad"]
 
@@ -125,84 +132,72 @@ def _check_like(name: str, t: Any, p: torch.Tensor, pname: str) -> None:
         raise ValueError(f"{name} is not contiguous (strides {tuple(t.stride())}); fusedopt.torch never copies")
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    """The NumPy view sharing ``t``'s memory (no copy)."""
-    arr: np.ndarray = (t.detach() if t.requires_grad else t).numpy()
-    return arr
+#: the native calls' role names -> torch's state keys (error messages are given in torch's terms)
+_ROLE_KEYS = {
+    "momentum_buffers": "momentum_buffer", "velocities": "velocity", "square_avgs": "square_avg",
+    "grad_avgs": "grad_avg", "exp_avgs": "exp_avg", "exp_avg_sqs": "exp_avg_sq",
+    "max_exp_avg_sqs": "max_exp_avg_sq", "state_sums": "sum",
+}  # fmt: skip
+_NAMED = re.compile(r"\b(params|grads|counters|written|read|" + "|".join(_ROLE_KEYS) + r")\[(\d+)\]")
 
-
-#: one parameter in a step: (param, index, param view, grad view, state views, step view,
-#: staged state, data pointers of param and state, new step value)
-_Entry = Tuple[Any, ...]
-
-
-#: one native call: (hyper, bucket key, param views, grad views, one list of views per state key)
-_Call = Tuple[Dict[str, Any], Any, List[np.ndarray], List[np.ndarray], List[List[np.ndarray]]]
-
-# unbound methods and getters for map() on the hot path
-_data_ptr = torch.Tensor.data_ptr
-_is_contiguous = torch.Tensor.is_contiguous
-_numpy = torch.Tensor.numpy
-_grad = attrgetter("grad")
-_dtype = attrgetter("dtype")
-_shape = attrgetter("shape")
-_item = np.ndarray.item
+_INFERENCE_MSG = (
+    "Inplace update to inference tensor outside InferenceMode is not allowed.You can make a clone to get a "
+    "normal tensor before doing inplace update.See https://github.com/pytorch/rfcs/pull/17 for more details."
+)  # torch's own message (what torch.optim raises for such a parameter)
 
 _TWO24 = 16777216.0  # 2**24: a float32 step counter saturates there (x + 1 == x), as torch's does
+_is_inference = torch.Tensor.is_inference
+_dtype = attrgetter("dtype")
+_item = torch.Tensor.item
+_numel = torch.Tensor.numel
 
 
-class _Bucket:
-    """One native call of a cached plan: positions (in the group's stepped parameters) and views."""
+class _Entry:
+    """One parameter stepped now: its tensors, and the state this step creates (committed only
+    after the update succeeded)."""
 
-    __slots__ = ("pos", "p_arrs", "s_arrs", "step1s", "step_dtype")
+    __slots__ = ("p", "g", "index", "staged", "tensors", "step")
 
-    def __init__(self, pos: List[int], p_arrs: List[np.ndarray], s_arrs: List[List[np.ndarray]],
-                 step1s: List[np.ndarray], step_dtype: Any) -> None:  # fmt: skip
-        self.pos = pos
-        self.p_arrs = p_arrs
-        self.s_arrs = s_arrs  # one list per state key
-        self.step1s = step1s  # 1-element views of the 'step' tensors (empty without a counter)
-        self.step_dtype = step_dtype  # NumPy scalar type of every counter of the bucket
+    def __init__(self, p: torch.Tensor, g: torch.Tensor, index: int, staged: Dict[str, Any],
+                 tensors: List[torch.Tensor], step: Optional[torch.Tensor]) -> None:  # fmt: skip
+        self.p, self.g, self.index, self.staged, self.tensors, self.step = p, g, index, staged, tensors, step
 
 
-class _GroupPlan:
-    """What one param group's step looked like last time, with everything needed to check that it still does.
+class _Call:
+    """One native call: a bucket of parameters with equal hyperparameters, dtype and step count."""
 
-    The plan holds references to every tensor it names, so ``id()`` values cannot be reused
-    while it exists and lists of ids compare identity at C speed.
-    """
+    __slots__ = ("hyper", "t", "entries", "n")
 
-    __slots__ = ("group", "param_ids", "keys", "uses_step", "params", "absent", "indices", "p_ptrs",
-                 "checks", "grad_dtypes", "shapes", "nbytes", "buckets", "whole")  # fmt: skip
-    group: Dict[str, Any]
-    param_ids: List[int]  # id() of every parameter of the group, in order
-    keys: Tuple[str, ...]  # state keys
-    uses_step: bool
-    params: List[Any]  # the parameters stepped (those with a gradient), in order
-    absent: List[Any]  # the parameters skipped (grad None): they must still have none
-    indices: List[int]  # global index of each stepped parameter (for error messages)
-    p_ptrs: List[int]  # data_ptr() of each stepped parameter
-    checks: List[Tuple[Any, List[int], List[int]]]  # per state key: (getter, tensor ids, data_ptrs)
-    grad_dtypes: List[Any]  # what each gradient's view must look like (the parameter's dtype and shape)
-    shapes: List[Tuple[int, ...]]
-    nbytes: List[int]
-    buckets: List[_Bucket]
-    whole: bool  # a single bucket holding every stepped parameter of the group, in order
+    def __init__(self, hyper: Dict[str, Any], t: Any, entries: List[_Entry], n: int) -> None:
+        self.hyper, self.t, self.entries, self.n = hyper, t, entries, n
 
-    def __init__(self, **kw: Any) -> None:
-        for k, v in kw.items():
-            setattr(self, k, v)
+    def lists(self, nkeys: int) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[List[torch.Tensor]]]:
+        es = self.entries
+        return [e.p for e in es], [e.g for e in es], [[e.tensors[j] for e in es] for j in range(nkeys)]
+
+    def counters(self) -> Optional[List[torch.Tensor]]:
+        steps = [e.step for e in self.entries if e.step is not None]
+        return steps or None
 
 
-class _Plan:
-    """The cached bucketing of a whole step (see ``_FusedOptimizer._step_planned``)."""
+def _torch_names(message: str, entries: List[_Entry], globally: bool = False) -> str:
+    """A native error message with the call's list positions turned into torch's names:
+    ``grads[1]`` -> ``params[7].grad``, ``exp_avgs[1]`` -> ``state[params[7]]['exp_avg']``."""
 
-    __slots__ = ("groups", "intervals")
+    def name(m: "re.Match[str]") -> str:
+        role, k = m.group(1), int(m.group(2))
+        if globally:  # check_overlap's flat lists
+            return m.group(0)
+        i = entries[k].index if k < len(entries) else k
+        if role == "params":
+            return f"params[{i}]"
+        if role == "grads":
+            return f"params[{i}].grad"
+        if role == "counters":
+            return f"state[params[{i}]]['step']"
+        return f"state[params[{i}]][{_ROLE_KEYS.get(role, role)!r}]"
 
-    def __init__(self, groups: List[_GroupPlan], intervals: Optional[Tuple[np.ndarray, np.ndarray]]) -> None:
-        self.groups = groups
-        #: sorted written intervals (starts, ends) when a step needs several native calls
-        self.intervals = intervals
+    return _NAMED.sub(name, message)
 
 
 class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
@@ -210,8 +205,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
 
     #: whether the state has torch's float ``'step'`` counter
     _HAS_STEP = True
-    #: the bucketing of the last step, reused while nothing changes (see _step_planned)
-    _plan: Optional["_Plan"]
+    #: the algorithm's name in fusedopt._threads.SERIAL_BELOW
+    _ALGORITHM = ""
 
     def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
         self._forget_caches()
@@ -234,11 +229,6 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
         """Whether the update depends on the step number (else all step counts share one call)."""
         return True
-
-    def _call(self, hyper: Dict[str, Any], t: Any, P: List[np.ndarray], G: List[np.ndarray],
-              S: List[List[np.ndarray]]) -> None:  # fmt: skip
-        """One functional call: parameter, gradient and per-key state views (in ``_state_keys`` order)."""
-        raise NotImplementedError
 
     # -- construction --------------------------------------------------------------------------
     @staticmethod
@@ -274,7 +264,6 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         self._check_impl_flags(merged)
         self._hyper(merged)
         param_group["params"] = raw
-        self._plan = None
         super().add_param_group(param_group)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
@@ -291,13 +280,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
 
     # -- caches ---------------------------------------------------------------------------------
     def _forget_caches(self) -> None:
-        #: id(param) -> (state keys, param data_ptr, state tensors, their data_ptrs, step tensor,
-        #:               its data_ptr, param view, state views, 1-element step view, param)
-        #: (keyed by id: Tensor.__hash__ is a Python-level function, slow on the hot path)
-        self._views: Dict[int, Tuple[Any, ...]] = {}
         #: id(group) -> (group, hyperparameter values, (hyper, state keys, uses_step))
         self._plans: Dict[int, Tuple[Any, ...]] = {}
-        self._plan = None
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """torch's ``load_state_dict`` (state is cast to each parameter's dtype; steps stay as saved)."""
@@ -320,315 +304,172 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         return plan
 
     # -- the step ------------------------------------------------------------------------------
-    def _prepare(self, p: torch.Tensor, index: int, g: torch.Tensor, group: Dict[str, Any],
-                 keys: Tuple[str, ...]) -> Tuple[Any, ...]:  # fmt: skip
-        """Slow path: check everything, stage missing state, (re)build the NumPy views.
-
-        Returns (param view, grad view, state views, step view, staged state, data pointers).
-        """
-        name = f"params[{index}]"
-        _check_param(name, p)
-        _check_like(f"{name}.grad", g, p, name)
-        st = self.state.get(p)
-        cur = st if st is not None else {}
-        staged: Dict[str, Any] = {}
-        step: Any = None
-        if self._HAS_STEP:
-            step = cur.get("step")
-            if not torch.is_tensor(step):
-                step = staged["step"] = torch.tensor(0.0 if step is None else float(step), dtype=_step_dtype(group))
-            _check_dense_cpu(f"state[{name}]['step']", step)
-            if step.numel() != 1 or step.dtype not in _DTYPES:
-                raise TypeError(
-                    f"state[{name}]['step'] must be a one-element float32/float64 tensor, "
-                    f"got {step.dtype} with {step.numel()} elements"
-                )
-        tensors = []
-        with torch.no_grad():
-            for k in keys:
-                t = cur.get(k)
-                if t is None:
-                    t = staged[k] = self._new_state(k, p, group)
-                _check_like(f"state[{name}][{k!r}]", t, p, name)
-                tensors.append(t)
-        p_arr = _np(p)
-        arrs = tuple(_np(t) for t in tensors)
-        for a, what in [(p_arr, name)] + [(a, f"state[{name}][{k!r}]") for a, k in zip(arrs, keys)]:
-            if not a.flags.writeable:
-                raise ValueError(f"{what} is read-only, but it is updated in place")
-            if not a.flags.aligned:
-                raise ValueError(f"{what} is not aligned to its dtype")
-        step1 = None if step is None else _np(step).reshape(1)
-        ptrs = (p.data_ptr(),) + tuple(t.data_ptr() for t in tensors)
-        self._views[id(p)] = (keys, ptrs[0], tuple(tensors), ptrs[1:], step,
-                              None if step is None else step.data_ptr(), p_arr, arrs, step1, p)  # fmt: skip
-        return p_arr, _np(g), arrs, step1, staged, ptrs
+    def _native(self, hyper: Dict[str, Any], t: Any, P: List[torch.Tensor], G: List[torch.Tensor],
+                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int) -> None:  # fmt: skip
+        """One native call over tensor lists (state lists in ``_state_keys`` order): the scalars from
+        ``hyper`` (validated by :meth:`_hyper`) and the step count ``t``; ``counters`` are the
+        'step' tensors, advanced by the same call right after the update."""
+        raise NotImplementedError
 
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override,unused-ignore]
         """Perform one optimization step (``closure`` re-evaluates the model and returns the loss).
 
         Everything is checked before the first write; state created by this step (lazy
-        initialization) and the step counters are committed only after the update succeeded.
+        initialization), the step counters and the autograd version counters are committed only
+        after the update succeeded, and a KeyboardInterrupt arriving meanwhile is delivered after
+        the step completed (all or nothing).
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not self._step_planned():
-            self._step_general()
+        self._step()
         return loss
 
-    def _step_planned(self) -> bool:
-        """The common case, in O(1) Python operations per parameter: the step looks like the last one.
+    def _entry(self, p: torch.Tensor, g: torch.Tensor, index: int, group: Dict[str, Any],
+               keys: Tuple[str, ...]) -> _Entry:  # fmt: skip
+        """The tensors of one parameter's update; missing state is made (staged, not committed)."""
+        st = self.state.get(p)
+        staged: Dict[str, Any] = {}
+        step = None
+        if self._HAS_STEP:
+            step = st.get("step") if st else None
+            if step is None:
+                with torch.no_grad():
+                    step = staged["step"] = torch.tensor(0.0, dtype=_step_dtype(group))
+            elif not isinstance(step, torch.Tensor):
+                raise TypeError(f"state[params[{index}]]['step'] must be a one-element tensor, got {type(step).__name__}")
+        tensors = []
+        for k in keys:
+            t = st.get(k) if st else None
+            if t is None:
+                with torch.no_grad():
+                    t = staged[k] = self._new_state(k, p, group)
+            tensors.append(t)
+        return _Entry(p, g, index, staged, tensors, step)
 
-        Same param groups and parameters, the same parameters have a gradient, same parameter and
-        state tensors with the same memory, state keys and (for algorithms whose math uses it) equal
-        step counts in each bucket. Every assumption of the cached plan is re-checked here with
-        identity / data_ptr comparisons of whole lists (C speed); returns False, having changed
-        nothing, whenever anything differs, and the general path (which checks and names everything)
-        then runs and rebuilds the plan.
-        """
-        plan = self._plan
-        if plan is None or len(self.param_groups) != len(plan.groups):
-            return False
-        state = self.state
-        calls: List[_Call] = []
-        counters: List[Tuple[List[np.ndarray], List[float]]] = []
-        g_ptrs: List[List[int]] = []
-        for group, gp in zip(self.param_groups, plan.groups):
-            if group is not gp.group or [*map(id, group["params"])] != gp.param_ids:
-                return False
-            hyper, keys, uses_step = self._group_plan(group)  # revalidates edited hyperparameters
-            if keys != gp.keys or uses_step != gp.uses_step:
-                return False  # the state layout or the bucketing changes
-            for p in gp.absent:
-                if p.grad is not None:
-                    return False
-            # (map() over unbound methods: the cheapest per-element loop Python has)
-            ps = gp.params
-            # the parameters: same memory, still contiguous (p.data = ... changes the pointer)
-            if [*map(_data_ptr, ps)] != gp.p_ptrs or not all(map(_is_contiguous, ps)):
-                return False
-            # the state: the very tensors of the plan (same objects, same memory) under each key
-            sts = [*map(state.get, ps)]
+    @staticmethod
+    def _next_counts(entries: List[_Entry]) -> List[float]:
+        """The step count of every entry after this step, as torch counts: +1 in the counter's
+        dtype (a float32 count saturates at 2**24). Raises ValueError/TypeError naming the state."""
+        steps = [cast(torch.Tensor, e.step) for e in entries]
+        old: Optional[List[Any]] = None
+        if all([d in _DTYPES for d in map(_dtype, steps)]):
             try:
-                for get_k, ids, ptrs in gp.checks:
-                    ts = [*map(get_k, sts)]  # KeyError, or TypeError for a missing state dict
-                    if [*map(id, ts)] != ids or [*map(_data_ptr, ts)] != ptrs:
-                        return False
-                gs = [*map(_grad, ps)]
-                # Tensor.numpy() refuses (RuntimeError/TypeError) what cannot be viewed without a copy:
-                # requires_grad, sparse, not on the CPU, negated/conjugated; None is no Tensor (TypeError)
-                g_arrs = [*map(_numpy, gs)]
-            except (KeyError, TypeError, AttributeError, RuntimeError):
-                return False
-            if (
-                [*map(_dtype, g_arrs)] != gp.grad_dtypes
-                or [*map(_shape, g_arrs)] != gp.shapes
-                or not all(map(_is_contiguous, gs))
-            ):
-                return False
-            if plan.intervals is not None:
-                g_ptrs.append([*map(_data_ptr, gs)])
-            for b in gp.buckets:
-                t: Any = False  # SGD: no buffer is created by this step
-                if b.step_dtype is not None:
-                    old = [*map(_item, b.step1s)]
-                    if max(old) + 1.0 < _TWO24:
-                        new = [x + 1.0 for x in old]
-                    else:  # torch increments in the counter's dtype: a float32 count saturates at 2**24
-                        one = b.step_dtype(1.0)
-                        new = [float(b.step_dtype(x) + one) for x in old]
-                    if uses_step:
-                        if old.count(old[0]) != len(old):
-                            return False  # step counts edited by hand: re-bucket
-                        t = int(new[0])
-                    else:
-                        t = None
-                    counters.append((b.step1s, new))
-                gb = g_arrs if gp.whole else [g_arrs[i] for i in b.pos]
-                calls.append((hyper, t, b.p_arrs, gb, b.s_arrs))
-        if plan.intervals is not None:
-            # Several native calls: the new gradients must not overlap anything written (the
-            # parameters and state were checked when the plan was made and have not moved).
-            s, e = plan.intervals
-            starts = np.asarray([q for ptrs in g_ptrs for q in ptrs], dtype=np.uint64)
-            nbytes = np.asarray([n for gp in plan.groups for n in gp.nbytes], dtype=np.uint64)
-            itemsizes = np.asarray([d.itemsize for gp in plan.groups for d in gp.grad_dtypes], dtype=np.uint64)
-            indices = [i for gp in plan.groups for i in gp.indices]
-            self._check_grads(s, e, starts, nbytes, itemsizes, indices)
-        for hyper, t, P, G, S in calls:
-            self._call(hyper, t, P, G, S)
-        for step1s, new in counters:
-            for a, v in zip(step1s, new):
-                a[0] = v
-        return True
+                if len(steps) <= 8:  # (one stack costs as much as a few item() calls)
+                    if all([n == 1 for n in map(_numel, steps)]):
+                        old = [*map(_item, steps)]
+                else:
+                    stacked = torch.stack(steps)
+                    if stacked.is_cpu and stacked.numel() == len(steps):
+                        old = stacked.reshape(-1).tolist()
+            except (RuntimeError, TypeError, ValueError):  # mixed shapes or devices: one by one, below
+                old = None
+        if old is None:
+            old = []
+            for e, s in zip(entries, steps):
+                if s.numel() != 1 or s.dtype not in _DTYPES or not s.is_cpu or s.layout != torch.strided:
+                    raise TypeError(f"state[params[{e.index}]]['step'] must be a one-element float32/float64 CPU "
+                                    f"tensor, got {s.dtype} with {s.numel()} elements on {s.device}")  # fmt: skip
+                old.append(s.item())
+        new = []
+        for e, s, v in zip(entries, steps, old):
+            if not (isinstance(v, float) and math.isfinite(v) and v >= 0.0 and v == int(v)):
+                raise ValueError(f"state[params[{e.index}]]['step'] must be a whole number >= 0, got {v!r}")
+            if v + 1.0 < _TWO24 or s.dtype == torch.float64:
+                new.append(v + 1.0)
+            else:  # torch increments in the counter's dtype: a float32 count saturates at 2**24
+                new.append(float(np.float32(v) + np.float32(1.0)))
+        return new
 
-    def _step_general(self) -> None:
-        """Check everything (naming the culprit), stage missing state, step, commit, make the plan."""
-        calls: List[Tuple[Dict[str, Any], Any, List[_Entry]]] = []
-        #: per group: (group, state keys, uses_step, stepped entries, parameters without a gradient)
-        seen: List[Tuple[Dict[str, Any], Tuple[str, ...], bool, List[_Entry], List[Any]]] = []
-        views, state, has_step = self._views, self.state, self._HAS_STEP
+    def _step(self) -> None:
+        """Check everything (naming the culprit), stage missing state, step, commit."""
+        has_step = self._HAS_STEP
+        entries: List[_Entry] = []
+        groups: List[Tuple[Dict[str, Any], Tuple[str, ...], bool, int, int]] = []
         index = 0
         for group in self.param_groups:
             hyper, keys, uses_step = self._group_plan(group)
-            buckets: Dict[Any, List[_Entry]] = {}
-            stepped: List[_Entry] = []
-            absent: List[Any] = []
+            first = len(entries)
             for p in group["params"]:
                 g = p.grad
-                if g is None:
-                    absent.append(p)
-                    index += 1
-                    continue
-                item: Optional[_Entry] = None
-                # Fast path: nothing moved since the views were made (same tensors, same memory).
-                e = views.get(id(p))
-                st = state.get(p)
-                if e is not None and e[9] is p and e[0] == keys and p.data_ptr() == e[1] and p.is_contiguous():
-                    ok = st is not None or not (keys or has_step)  # (SGD without momentum has no state)
-                    for k, t, q in zip(keys, e[2], e[3]):
-                        if not ok or st.get(k) is not t or t.data_ptr() != q:
-                            ok = False
-                            break
-                    if ok and has_step:
-                        ok = st.get("step") is e[4] and e[4].data_ptr() == e[5]
-                    if ok:
-                        p_arr = e[6]
-                        try:
-                            g_arr = g.numpy()
-                        except (RuntimeError, TypeError):  # requires_grad, sparse, not on the CPU, ...
-                            g_arr = None
-                        if (
-                            g_arr is not None
-                            and g_arr.shape == p_arr.shape
-                            and g_arr.dtype is p_arr.dtype
-                            and g.is_contiguous()
-                        ):
-                            item = (p_arr, g_arr, e[7], e[8], None, (e[1],) + e[3])
-                if item is None:
-                    item = self._prepare(p, index, g, group, keys)
-                step1, staged = item[3], item[4]
-                if step1 is not None:
-                    # torch increments the (float) counter before the update; count in its dtype
-                    old = step1.item(0)
-                    new = old + 1.0
-                    if new >= _TWO24:  # a float32 counter saturates there, as torch's
-                        new = float(step1.dtype.type(old) + step1.dtype.type(1.0))
-                    key = (item[0].dtype, int(new) if uses_step else None)
-                else:
-                    new = None
-                    key = (item[0].dtype, bool(staged))  # SGD: buffers created now take b = g
-                entry = (p, index) + item + (new,)
-                buckets.setdefault(key, []).append(entry)
-                stepped.append(entry)
+                if g is not None:
+                    entries.append(self._entry(p, g, index, group, keys))
                 index += 1
-            calls.extend((hyper, key, items) for key, items in buckets.items())
-            seen.append((group, keys, uses_step, stepped, absent))
-        if len(calls) > 1:
-            # Several native calls: whatever the core would refuse in a later call must be found
-            # now, before the first call writes (dtype/shape/contiguity were checked above).
-            self._check_disjoint([it for _, _, items in calls for it in items])
-        for hyper, key, items in calls:
-            self._call(hyper, key[1], [it[2] for it in items], [it[3] for it in items],
-                       [[it[4][k] for it in items] for k in range(len(items[0][4]))])  # fmt: skip
-        for _, _, items in calls:
-            for it in items:
-                if it[6]:
-                    self.state[it[0]].update(it[6])
-                if it[5] is not None:
-                    it[5][0] = it[8]
-        self._plan = self._make_plan(seen)
-
-    def _make_plan(self, seen: List[Tuple[Dict[str, Any], Tuple[str, ...], bool, List[_Entry], List[Any]]]) -> Optional[_Plan]:
-        """The plan of the step just committed by the general path (None when it cannot be cached)."""
-        groups = []
-        n_buckets = 0
-        for group, keys, uses_step, stepped, absent in seen:
-            if not isinstance(group["params"], list):
-                return None
-            ps = [it[0] for it in stepped]
-            ents = [self._views[id(p)] for p in ps]  # made or validated by this step
-            checks = [(itemgetter(k), [id(e[2][i]) for e in ents], [e[3][i] for e in ents]) for i, k in enumerate(keys)]
-            if self._HAS_STEP:
-                checks.append((itemgetter("step"), [id(e[4]) for e in ents], [e[5] for e in ents]))
-            by_key: Dict[Any, List[int]] = {}
-            for i, it in enumerate(stepped):
-                # the counters were just committed: equal counts stay equal while every step is planned
-                by_key.setdefault((it[2].dtype, it[8] if uses_step else None), []).append(i)
-            buckets = []
-            for pos in by_key.values():
-                step1s = [ents[i][8] for i in pos] if self._HAS_STEP else []
-                dts = {a.dtype for a in step1s}
-                if len(dts) > 1:
-                    return None  # float32 and float64 counters in one call: left to the general path
-                buckets.append(_Bucket(pos, [ents[i][6] for i in pos], [[ents[i][7][k] for i in pos] for k in range(len(keys))],
-                                       step1s, dts.pop().type if dts else None))  # fmt: skip
-            n_buckets += len(buckets)
-            groups.append(_GroupPlan(
-                group=group, param_ids=[*map(id, group["params"])], keys=keys, uses_step=uses_step,
-                params=ps, absent=absent, indices=[it[1] for it in stepped], p_ptrs=[e[1] for e in ents],
-                checks=checks, grad_dtypes=[e[6].dtype for e in ents], shapes=[e[6].shape for e in ents],
-                nbytes=[e[6].nbytes for e in ents], buckets=buckets, whole=len(buckets) == 1,
-            ))  # fmt: skip
-        intervals = None
-        if n_buckets > 1:
-            try:
-                intervals = self._write_intervals([(i, e[1:2] + e[3], (e[6],) + e[7]) for gp in groups
-                                                   for i, e in zip(gp.indices, (self._views[id(p)] for p in gp.params))])  # fmt: skip
-            except ValueError:  # pragma: no cover - the general path checked this before stepping
-                return None
-        return _Plan(groups, intervals)
-
-    @staticmethod
-    def _write_intervals(bufs: List[Tuple[int, Tuple[int, ...], Tuple[np.ndarray, ...]]]) -> Tuple[np.ndarray, np.ndarray]:
-        """Sorted starts and ends of the written buffers, given as (param index, data_ptrs, views);
-        ValueError (naming the parameter) if two of them overlap."""
-        w_start, w_end, w_index = [], [], []
-        for index, ptrs, arrs in bufs:
-            for ptr, a in zip(ptrs, arrs):
-                if a.nbytes:
-                    w_start.append(ptr)
-                    w_end.append(ptr + a.nbytes)
-                    w_index.append(index)
-        s = np.asarray(w_start, dtype=np.uint64)
-        e = np.asarray(w_end, dtype=np.uint64)
-        order = np.argsort(s, kind="stable")
-        s, e = s[order], e[order]
-        if s.size > 1:
-            bad = np.flatnonzero(s[1:] < np.maximum.accumulate(e)[:-1])
-            if bad.size:
-                i = w_index[int(order[bad[0] + 1])]
-                raise ValueError(f"params[{i}] or its state shares memory with another parameter or state")
-        return s, e
-
-    @staticmethod
-    def _check_grads(s: np.ndarray, e: np.ndarray, g_s: np.ndarray, g_n: np.ndarray, g_item: np.ndarray,
-                     indices: List[int]) -> None:  # fmt: skip
-        """Every gradient (start, nbytes, itemsize) is aligned and overlaps no written interval [s, e)."""
-        unaligned = np.flatnonzero(g_s % g_item)
-        if unaligned.size:
-            raise ValueError(f"params[{indices[int(unaligned[0])]}].grad is not aligned to its dtype")
-        if not s.size:
+            groups.append((hyper, keys, uses_step, first, len(entries)))
+        if not entries:
             return
-        g_e = g_s + g_n
-        pos = np.searchsorted(s, g_e, side="left").astype(np.int64) - 1
-        hit = (pos >= 0) & (g_e > g_s)
-        hit[hit] = e[pos[hit]] > g_s[hit]  # (disjoint intervals sorted by start have sorted ends)
-        if hit.any():
-            raise ValueError(f"params[{indices[int(np.flatnonzero(hit)[0])]}].grad shares memory with a parameter or state")
+        news = self._next_counts(entries) if has_step else []
+        calls: List[Tuple[Tuple[str, ...], _Call]] = []
+        for hyper, keys, uses_step, a, b in groups:
+            buckets: Dict[Any, List[int]] = {}
+            for i in range(a, b):
+                e = entries[i]
+                if has_step:
+                    key = (e.p.dtype, int(news[i]) if uses_step else None)
+                else:  # SGD: buffers created by this step start at b = g
+                    key = (e.p.dtype, "momentum_buffer" in e.staged)
+                buckets.setdefault(key, []).append(i)
+            for (_, t), idx in buckets.items():
+                es = [entries[i] for i in idx]
+                calls.append((keys, _Call(hyper, t, es, sum(map(_numel, [e.p for e in es])))))
+        written = [e.p for e in entries] + [t for e in entries for t in e.tensors]
+        if not torch.is_inference_mode_enabled() and any(map(_is_inference, written)):
+            raise RuntimeError(_INFERENCE_MSG)
+        if len(calls) > 1:
+            self._precheck(calls)
+        threads = [_threads.resolve(None, c.n, self._ALGORITHM) for _, c in calls]
+        staged = [e for e in entries if e.staged]
+        with _core.defer_interrupts:  # a KeyboardInterrupt waits until the step is complete
+            for (keys, c), nt in zip(calls, threads):
+                P, G, S = c.lists(len(keys))
+                try:
+                    self._native(c.hyper, c.t, P, G, S, c.counters(), nt)
+                except (TypeError, ValueError) as exc:  # (only a single call can fail here: prechecked)
+                    raise type(exc)(_torch_names(str(exc), c.entries)) from None
+            for e in staged:
+                self.state[e.p].update(e.staged)
+            bumped = written + [e.step for e in entries if e.step is not None]
+            if not torch.is_inference_mode_enabled() or not any(map(_is_inference, bumped)):
+                torch._C._increment_version(bumped)  # as torch.optim's in-place updates do
+            else:
+                torch._C._increment_version([t for t in bumped if not t.is_inference()])
 
-    @classmethod
-    def _check_disjoint(cls, items: List[_Entry]) -> None:
-        """No written buffer (parameter or state) overlaps any other buffer of the step; grads aligned."""
-        s, e = cls._write_intervals([(it[1], it[7], (it[2],) + it[4]) for it in items])
-        gs = [it[3] for it in items]
-        cls._check_grads(s, e,
-                         np.asarray([a.__array_interface__["data"][0] for a in gs], dtype=np.uint64),
-                         np.asarray([a.nbytes for a in gs], dtype=np.uint64),
-                         np.asarray([a.itemsize for a in gs], dtype=np.uint64),
-                         [it[1] for it in items])  # fmt: skip
+    def _precheck(self, calls: List[Tuple[Tuple[str, ...], _Call]]) -> None:
+        """A step of several native calls: everything any call would refuse is found before the
+        first one writes (each call's own checks, and no overlap across calls)."""
+        for keys, c in calls:
+            P, G, S = c.lists(len(keys))
+            roles = [("params", P, True), ("grads", G, False)]
+            roles += [(self._role_names(keys)[j], S[j], True) for j in range(len(keys))]
+            try:
+                _core.check(roles)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(_torch_names(str(exc), c.entries)) from None
+        written: List[torch.Tensor] = []
+        names: List[str] = []
+        read: List[torch.Tensor] = []
+        read_names: List[str] = []
+        for keys, c in calls:
+            for e in c.entries:
+                written.append(e.p)
+                names.append(f"params[{e.index}]")
+                for k, t in zip(keys, e.tensors):
+                    written.append(t)
+                    names.append(f"state[params[{e.index}]][{k!r}]")
+                read.append(e.g)
+                read_names.append(f"params[{e.index}].grad")
+        try:
+            _core.check_overlap(written, read)
+        except ValueError as exc:
+            msg = re.sub(r"\bwritten\[(\d+)\]", lambda m: names[int(m.group(1))], str(exc))
+            msg = re.sub(r"\bread\[(\d+)\]", lambda m: read_names[int(m.group(1))], msg)
+            raise ValueError(msg) from None
+
+    def _role_names(self, keys: Tuple[str, ...]) -> List[str]:
+        """The native role name of each state key (for messages)."""
+        inverse = {v: k for k, v in _ROLE_KEYS.items()}
+        return [inverse[k] for k in keys]
 
 
 def _bool(name: str, v: Any) -> bool:
@@ -643,6 +484,8 @@ class SGD(_FusedOptimizer):
     """
 
     _HAS_STEP = False
+
+    _ALGORITHM = "sgd"
 
     def __init__(
         self, params: Any, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
@@ -674,10 +517,13 @@ class SGD(_FusedOptimizer):
         # written (b = g) by the first step, as torch's fused SGD does
         return torch.empty_like(p, memory_format=torch.contiguous_format)
 
-    def _call(self, hyper: Dict[str, Any], first_step: Any, P: List[np.ndarray], G: List[np.ndarray],
-              S: List[List[np.ndarray]]) -> None:  # fmt: skip
+    def _native(self, hyper: Dict[str, Any], first_step: Any, P: List[torch.Tensor], G: List[torch.Tensor],
+                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int) -> None:  # fmt: skip
         # the bucket key of SGD is the first-step flag (buffers created in this step), not a step number
-        F.sgd(P, G, S[0] if hyper["momentum"] != 0 else None, first_step=bool(first_step), **hyper)
+        s = _scalars.sgd_scalars(lr=hyper["lr"], weight_decay=hyper["weight_decay"], momentum=hyper["momentum"],
+                                 dampening=hyper["dampening"])  # fmt: skip
+        _core.sgd(P, G, S[0] if hyper["momentum"] != 0 else None, *s, *_scalars.NO_GRAD_TRANSFORM, hyper["nesterov"],
+                  hyper["maximize"], bool(first_step), threads, None, counters)  # fmt: skip
 
 
 class Momentum(_FusedOptimizer):
@@ -687,6 +533,8 @@ class Momentum(_FusedOptimizer):
     torch.optim: ``torch.optim.SGD(lr=lr*(1-beta), momentum=beta)`` matches it only for a constant
     learning rate. State: ``'step'`` (0-dim float tensor, as torch's) and ``'velocity'`` (zeros).
     """
+
+    _ALGORITHM = "momentum"
 
     def __init__(self, params: Any, lr: float, beta: float = 0.9, weight_decay: float = 0,
                  bias_correction: bool = False) -> None:  # fmt: skip
@@ -706,9 +554,11 @@ class Momentum(_FusedOptimizer):
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
         return bool(hyper["bias_correction"])
 
-    def _call(self, hyper: Dict[str, Any], t: Optional[int], P: List[np.ndarray], G: List[np.ndarray],
-              S: List[List[np.ndarray]]) -> None:  # fmt: skip
-        F.momentum(P, G, S[0], step=t if t is not None else 1, **hyper)
+    def _native(self, hyper: Dict[str, Any], t: Optional[int], P: List[torch.Tensor], G: List[torch.Tensor],
+                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int) -> None:  # fmt: skip
+        s = _scalars.momentum_scalars(step=t if t is not None else 1, lr=hyper["lr"], beta=hyper["beta"],
+                                      weight_decay=hyper["weight_decay"], bias_correction=hyper["bias_correction"])  # fmt: skip
+        _core.momentum(P, G, S[0], *s, *_scalars.NO_GRAD_TRANSFORM, threads, None, counters)
 
 
 class RMSprop(_FusedOptimizer):
@@ -717,6 +567,8 @@ class RMSprop(_FusedOptimizer):
     State: ``'step'``, ``'square_avg'``, ``'momentum_buffer'`` (momentum > 0), ``'grad_avg'``
     (centered), zeros, created on the first step as in torch.
     """
+
+    _ALGORITHM = "rmsprop"
 
     def __init__(
         self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0,
@@ -749,8 +601,8 @@ class RMSprop(_FusedOptimizer):
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
         return False  # counted (as torch does) but not used by the math
 
-    def _call(self, hyper: Dict[str, Any], t: Any, P: List[np.ndarray], G: List[np.ndarray],
-              S: List[List[np.ndarray]]) -> None:  # fmt: skip
+    def _native(self, hyper: Dict[str, Any], t: Any, P: List[torch.Tensor], G: List[torch.Tensor],
+                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int) -> None:  # fmt: skip
         k = 1
         bufs = gavg = None
         if hyper["momentum"] > 0:
@@ -758,7 +610,9 @@ class RMSprop(_FusedOptimizer):
             k += 1
         if hyper["centered"]:
             gavg = S[k]
-        F.rmsprop(P, G, S[0], gavg, bufs, **hyper)
+        s = _scalars.rmsprop_scalars(lr=hyper["lr"], alpha=hyper["alpha"], eps=hyper["eps"],
+                                     weight_decay=hyper["weight_decay"], momentum=hyper["momentum"])  # fmt: skip
+        _core.rmsprop(P, G, S[0], gavg, bufs, *s, *_scalars.NO_GRAD_TRANSFORM, hyper["maximize"], threads, None, counters)
 
 
 class Adam(_FusedOptimizer):
@@ -767,6 +621,8 @@ class Adam(_FusedOptimizer):
     State: ``'step'`` (0-dim float32 tensor), ``'exp_avg'``, ``'exp_avg_sq'``,
     ``'max_exp_avg_sq'`` (amsgrad), zeros, created on the first step as in torch.
     """
+
+    _ALGORITHM = "adam"
 
     def __init__(
         self, params: Any, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -795,9 +651,13 @@ class Adam(_FusedOptimizer):
     def _state_keys(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if hyper["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def _call(self, hyper: Dict[str, Any], t: int, P: List[np.ndarray], G: List[np.ndarray],
-              S: List[List[np.ndarray]]) -> None:  # fmt: skip
-        F.adam(P, G, S[0], S[1], S[2] if hyper["amsgrad"] else None, step=t, **hyper)
+    def _native(self, hyper: Dict[str, Any], t: int, P: List[torch.Tensor], G: List[torch.Tensor],
+                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int) -> None:  # fmt: skip
+        s = _scalars.adam_scalars(step=t, lr=hyper["lr"], beta1=hyper["beta1"], beta2=hyper["beta2"], eps=hyper["eps"],
+                                  weight_decay=hyper["weight_decay"],
+                                  decoupled_weight_decay=hyper["decoupled_weight_decay"])  # fmt: skip
+        _core.adam(P, G, S[0], S[1], S[2] if hyper["amsgrad"] else None, *s, *_scalars.NO_GRAD_TRANSFORM,
+                   hyper["maximize"], False, threads, None, counters)  # fmt: skip
 
 
 class AdamW(Adam):
@@ -825,6 +685,8 @@ class Adagrad(_FusedOptimizer):
     State: ``'step'`` and ``'sum'`` (filled with ``initial_accumulator_value``), created when the
     parameter is added, as in torch.
     """
+
+    _ALGORITHM = "adagrad"
 
     def __init__(
         self, params: Any, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
@@ -864,6 +726,8 @@ class Adagrad(_FusedOptimizer):
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
         return bool(hyper["lr_decay"] != 0)
 
-    def _call(self, hyper: Dict[str, Any], t: Optional[int], P: List[np.ndarray], G: List[np.ndarray],
-              S: List[List[np.ndarray]]) -> None:  # fmt: skip
-        F.adagrad(P, G, S[0], step=t if t is not None else 1, **hyper)
+    def _native(self, hyper: Dict[str, Any], t: Optional[int], P: List[torch.Tensor], G: List[torch.Tensor],
+                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int) -> None:  # fmt: skip
+        s = _scalars.adagrad_scalars(step=t if t is not None else 1, lr=hyper["lr"], lr_decay=hyper["lr_decay"],
+                                     eps=hyper["eps"], weight_decay=hyper["weight_decay"])  # fmt: skip
+        _core.adagrad(P, G, S[0], *s, *_scalars.NO_GRAD_TRANSFORM, hyper["maximize"], threads, None, counters)
