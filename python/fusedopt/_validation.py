@@ -27,7 +27,7 @@ def real(name: str, value: Any) -> float:
     try:
         x = float(value)
     except OverflowError:  # an int beyond the float range (e.g. 10**400)
-        raise ValueError(f"{name} must be finite, got an int of {int(value).bit_length()} bits") from None
+        raise ValueError(f"{name} must be finite, got a number beyond the float range") from None
     if not math.isfinite(x):
         raise ValueError(f"{name} must be finite, got {x}")
     return x
@@ -206,62 +206,3 @@ def grad_array(name: str, g: Any, param: np.ndarray, pname: str) -> None:
     if not g.flags.aligned:
         raise ValueError(f"{name} is not aligned to its dtype")
 
-
-#: one list of a native call: (name, list/tuple of arrays or None when absent, written)
-Role = Tuple[str, Any, bool]
-
-
-def call_arrays(roles: Sequence[Role]) -> None:
-    """Python twin of the native argument checks of one step (``collect`` in
-    cpp/bindings/arrays.cpp; same order, exception types and names), for a call that is skipped
-    (``found_inf``, ``skip_if_nonfinite``) and so never reaches them: ``roles[0]`` are the
-    parameters; every list has their length, every array their dtype (one float dtype per call)
-    and shape, is C-contiguous and aligned, writeable when written, and no written array shares
-    memory with any other array of the call."""
-    lists: List[Any] = []
-    for name, lst, _ in roles:
-        if lst is not None and not isinstance(lst, (list, tuple)):
-            raise TypeError(f"{name} must be a list or tuple of numpy arrays, got {type(lst).__name__}")
-        lists.append(lst)
-    pname, params = roles[0][0], lists[0]
-    count = len(params)
-    for (name, _, _), lst in zip(roles[1:], lists[1:]):
-        if lst is not None and len(lst) != count:
-            raise ValueError(f"{name} has {len(lst)} arrays but {pname} has {count}")
-    for k, p in enumerate(params):
-        if not isinstance(p, np.ndarray):
-            raise TypeError(f"{pname}[{k}] must be a numpy.ndarray, got {type(p).__name__}")
-        if p.dtype not in _FLOAT_DTYPES or not p.dtype.isnative:
-            raise TypeError(f"{pname}[{k}] has dtype {p.dtype}; fusedopt updates float32 and float64 arrays "
-                            "(native byte order)")  # fmt: skip
-        if p.dtype != params[0].dtype:
-            raise TypeError(f"{pname}[{k}] has dtype {p.dtype} but {pname}[0] has {params[0].dtype}; one call "
-                            "updates arrays of one dtype")  # fmt: skip
-    extents: List[Extent] = []
-    for k, p in enumerate(params):
-        for r, ((name, _, written), lst) in enumerate(zip(roles, lists)):
-            if lst is None:
-                continue
-            a = lst[k]
-            label = f"{name}[{k}]"
-            if r > 0:
-                if not isinstance(a, np.ndarray):
-                    raise TypeError(f"{label} must be a numpy.ndarray, got {type(a).__name__}")
-                if a.dtype != p.dtype or not a.dtype.isnative:
-                    raise TypeError(f"{label} has dtype {a.dtype} but {pname}[{k}] has {p.dtype}; they must match "
-                                    "exactly (no conversion is made)")  # fmt: skip
-                if a.shape != p.shape:
-                    raise ValueError(f"{label} has shape {a.shape} but {pname}[{k}] has shape {p.shape}")
-            if not a.flags.c_contiguous:
-                raise ValueError(f"{label} is not C-contiguous; fusedopt updates arrays in place and never copies")
-            if not a.flags.aligned:
-                raise ValueError(f"{label} is not aligned to its dtype")
-            if written and not a.flags.writeable:
-                raise ValueError(f"{label} is read-only, but it is updated in place")
-            e = extent(a, label, written)
-            if e is not None:
-                extents.append(e)
-    found = find_overlap(extents)
-    if found is not None:
-        raise ValueError(f"{found[1]} shares memory with {found[0]}; an array updated in place must not overlap "
-                         "any other array of the step")  # fmt: skip

@@ -128,9 +128,10 @@ class EMA:
             check.steppable("step", self._step)  # raises naming step
         s = _scalars.ema_scalars(decay=self._decay)
         t = _threads.resolve(self.threads, self._n, "sgd")
-        for avgs, ps in self._calls:
-            _core.ema(avgs, ps, *s, t)
-        self._step += 1
+        with _core.defer_interrupts:  # all or nothing under Ctrl-C: averages and step together
+            for avgs, ps in self._calls:
+                _core.ema(avgs, ps, *s, t)
+            self._step += 1
 
     def _correction(self) -> Optional[float]:
         if not self.bias_correction:

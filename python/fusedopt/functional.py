@@ -24,7 +24,8 @@ the unscaled gradient back; here gradients stay read-only inputs)::
 ``norm`` is the global L2 norm of the *unscaled* gradients of the call, ``sqrt(sum g^2) /
 grad_scale``, with the sum of squares computed in float64 by a deterministic blocked pass
 (:func:`global_norm`: bitwise the same for every thread count and ISA). ``found_inf`` (nonzero)
-and ``skip_if_nonfinite`` (with a NaN/inf norm) skip the step: nothing is read or written.
+and ``skip_if_nonfinite`` (with a NaN/inf norm) skip the step: nothing is written, but every
+argument is checked first as for a step (bad input raises even when the step is skipped).
 """
 
 from __future__ import annotations
@@ -152,21 +153,21 @@ def _check_grad_options(
     return scale, value, max_norm, coef, check.flag("skip_if_nonfinite", skip_if_nonfinite)
 
 
-def _grad_args(
-    grads: Sequence[np.ndarray], threads: Optional[int], grad_scale: Any, found_inf: Any, clip_value: Any,
-    max_grad_norm: Any, clip_coef: Any, skip_if_nonfinite: bool,
-) -> Tuple[_scalars.GradScalars, Optional[float], bool]:
-    """The gradient-transform scalars for a step, the global norm (if computed) and whether to skip."""
-    if grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None \
-            and clip_coef is None and skip_if_nonfinite is False:  # fmt: skip
-        return _scalars.NO_GRAD_TRANSFORM, None, False
-    return _grad_transform(grads, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
-                           skip_if_nonfinite)  # fmt: skip
+def _no_grad_options(grad_scale: Any, found_inf: Any, clip_value: Any, max_grad_norm: Any, clip_coef: Any,
+                     skip_if_nonfinite: Any) -> bool:  # fmt: skip
+    """Whether a step has none of the gradient options (the common case: no transform, no norm)."""
+    return grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None \
+        and clip_coef is None and skip_if_nonfinite is False  # fmt: skip
+
+
+#: one list of a native call: (name, list of arrays or None when absent, written); params first
+Role = Tuple[str, Any, bool]
 
 
 def _grad_transform(
-    grads: Sequence[np.ndarray],
     threads: Optional[int],
+    algorithm: str,
+    roles: Sequence[Role],
     grad_scale: Any,
     found_inf: Any,
     clip_value: Any,
@@ -174,15 +175,21 @@ def _grad_transform(
     clip_coef: Any,
     skip_if_nonfinite: Any,
 ) -> "tuple[_scalars.GradScalars, Optional[float], bool]":
-    """(gradient scalars, the global norm if computed, whether to skip the step). Validates first."""
+    """(gradient scalars, the global norm if computed, whether to skip the step). Validates the
+    options; and, when the step is skipped (``found_inf``) or the gradients are read before the
+    step (the norm), first every argument as the native call would (:func:`_check_arguments`),
+    so that bad input raises, naming it, also when nothing is written. ``roles[1]`` are the
+    gradients."""
     scale, value, max_norm, coef, skip_nonfinite = _check_grad_options(
         grad_scale, clip_value, max_grad_norm, clip_coef, skip_if_nonfinite
     )
     if found_inf_set(found_inf):
+        _check_arguments(threads, algorithm, roles)
         return _scalars.NO_GRAD_TRANSFORM, None, True
     norm = None
     if max_norm is not None or skip_nonfinite:
-        norm = math.sqrt(_sum_of_squares(grads, threads)) / scale
+        _check_arguments(threads, algorithm, roles)
+        norm = math.sqrt(_sum_of_squares(roles[1][1], threads)) / scale
         if skip_nonfinite and not math.isfinite(norm):
             return _scalars.NO_GRAD_TRANSFORM, norm, True
         if max_norm is not None:
@@ -190,11 +197,11 @@ def _grad_transform(
     return _scalars.GradScalars(scale, coef, value), norm, False
 
 
-def _check_skipped(threads: Optional[int], algorithm: str, roles: Sequence[check.Role]) -> None:
-    """A skipped step (``found_inf``, ``skip_if_nonfinite``) checks every argument as the native
-    call would have: bad input raises even when nothing is to be done."""
+def _check_arguments(threads: Optional[int], algorithm: str, roles: Sequence[Role]) -> None:
+    """Every check of the native call, without the call (``_core.check``: the same checks and
+    messages), and the thread count."""
     _threads.resolve(threads, _n_elements(roles[0][1]), algorithm)
-    check.call_arrays(roles)
+    _core.check(roles)
 
 
 def sgd(
@@ -240,7 +247,8 @@ def sgd(
         grad_scale: divide every gradient by this (AMP loss scale; > 0). A Python real, NumPy
             scalar or one-element array.
         found_inf: nonzero (``True``, ``1.0``, a one-element array holding nonzero): skip the
-            step, touching nothing (torch's fused ``found_inf``; see :func:`found_inf_set`).
+            step, writing nothing (torch's fused ``found_inf``; see :func:`found_inf_set`); the
+            arguments are checked all the same.
         clip_value: clamp every (unscaled) gradient element to ``[-clip_value, clip_value]``.
         max_grad_norm: clip by global norm over all gradients of the call: multiply them by
             :func:`clip_coef` of their :func:`global_norm` (``math.inf``: only report the norm).
@@ -271,11 +279,13 @@ def sgd(
         bufs = _as_list("momentum_buffers", momentum_buffers)
     s = _scalars.sgd_scalars(lr=lr, weight_decay=wd, momentum=mu, dampening=tau)
     maximize, first_step = check.flag("maximize", maximize), check.flag("first_step", first_step)
-    gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
-                                skip_if_nonfinite)  # fmt: skip
-    if skip:
-        _check_skipped(threads, "sgd", [("params", p, True), ("grads", g, False), ("momentum_buffers", bufs, True)])
-        return norm
+    gs, norm = _scalars.NO_GRAD_TRANSFORM, None
+    if not _no_grad_options(grad_scale, found_inf, clip_value, max_grad_norm, clip_coef, skip_if_nonfinite):
+        roles = [("params", p, True), ("grads", g, False), ("momentum_buffers", bufs, True)]
+        gs, norm, skip = _grad_transform(threads, "sgd", roles, grad_scale, found_inf, clip_value,
+                                         max_grad_norm, clip_coef, skip_if_nonfinite)  # fmt: skip
+        if skip:
+            return norm
     _core.sgd(p, g, bufs, *s, *gs, nesterov, maximize, first_step, _threads.resolve(threads, _n_elements(p), "sgd"))
     return norm
 
@@ -327,11 +337,13 @@ def trace(
     nesterov, maximize = check.flag("nesterov", nesterov), check.flag("maximize", maximize)
     p, g, tr = _as_list("params", params), _as_list("grads", grads), _as_list("traces", traces)
     s = _scalars.sgd_scalars(lr=lr, weight_decay=wd, momentum=mu, dampening=0.0)
-    gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
-                                skip_if_nonfinite)  # fmt: skip
-    if skip:
-        _check_skipped(threads, "sgd", [("params", p, True), ("grads", g, False), ("traces", tr, True)])
-        return norm
+    gs, norm = _scalars.NO_GRAD_TRANSFORM, None
+    if not _no_grad_options(grad_scale, found_inf, clip_value, max_grad_norm, clip_coef, skip_if_nonfinite):
+        roles = [("params", p, True), ("grads", g, False), ("traces", tr, True)]
+        gs, norm, skip = _grad_transform(threads, "sgd", roles, grad_scale, found_inf, clip_value,
+                                         max_grad_norm, clip_coef, skip_if_nonfinite)  # fmt: skip
+        if skip:
+            return norm
     _core.sgd(p, g, tr, *s, *gs, nesterov, maximize, False, _threads.resolve(threads, _n_elements(p), "sgd"))
     return norm
 
@@ -382,12 +394,14 @@ def momentum(
     bc = check.flag("bias_correction", bias_correction)
     p, g = _as_list("params", params), _as_list("grads", grads)
     s = _scalars.momentum_scalars(step=t, lr=lr, beta=beta, weight_decay=wd, bias_correction=bc)
-    gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
-                                skip_if_nonfinite)  # fmt: skip
     vel = _as_list("velocities", velocities)
-    if skip:
-        _check_skipped(threads, "momentum", [("params", p, True), ("grads", g, False), ("velocities", vel, True)])
-        return norm
+    gs, norm = _scalars.NO_GRAD_TRANSFORM, None
+    if not _no_grad_options(grad_scale, found_inf, clip_value, max_grad_norm, clip_coef, skip_if_nonfinite):
+        roles = [("params", p, True), ("grads", g, False), ("velocities", vel, True)]
+        gs, norm, skip = _grad_transform(threads, "momentum", roles, grad_scale, found_inf, clip_value,
+                                         max_grad_norm, clip_coef, skip_if_nonfinite)  # fmt: skip
+        if skip:
+            return norm
     _core.momentum(
         p, g, vel, *s, *gs, _threads.resolve(threads, _n_elements(p), "momentum"),
     )  # fmt: skip
@@ -474,13 +488,15 @@ def rmsprop(
     )  # fmt: skip
     maximize = check.flag("maximize", maximize)
     g = _as_list("grads", grads)
-    gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
-                                skip_if_nonfinite)  # fmt: skip
     sq = _as_list("square_avgs", square_avgs)
-    if skip:
-        _check_skipped(threads, "rmsprop", [("params", p, True), ("grads", g, False), ("square_avgs", sq, True),
-                                            ("grad_avgs", gavg, True), ("momentum_buffers", bufs, True)])  # fmt: skip
-        return norm
+    gs, norm = _scalars.NO_GRAD_TRANSFORM, None
+    if not _no_grad_options(grad_scale, found_inf, clip_value, max_grad_norm, clip_coef, skip_if_nonfinite):
+        roles = [("params", p, True), ("grads", g, False), ("square_avgs", sq, True), ("grad_avgs", gavg, True),
+                 ("momentum_buffers", bufs, True)]
+        gs, norm, skip = _grad_transform(threads, "rmsprop", roles, grad_scale, found_inf, clip_value,
+                                         max_grad_norm, clip_coef, skip_if_nonfinite)  # fmt: skip
+        if skip:
+            return norm
     _core.rmsprop(
         p, g, sq, gavg, bufs, *s, *gs, maximize,
         _threads.resolve(threads, _n_elements(p), "rmsprop"),
@@ -590,13 +606,15 @@ def adam(
     )  # fmt: skip
     maximize = check.flag("maximize", maximize)
     g = _as_list("grads", grads)
-    gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
-                                skip_if_nonfinite)  # fmt: skip
     m, v = _as_list("exp_avgs", exp_avgs), _as_list("exp_avg_sqs", exp_avg_sqs)
-    if skip:
-        _check_skipped(threads, "adam", [("params", p, True), ("grads", g, False), ("exp_avgs", m, True),
-                                         ("exp_avg_sqs", v, True), ("max_exp_avg_sqs", vmax, True)])  # fmt: skip
-        return norm
+    gs, norm = _scalars.NO_GRAD_TRANSFORM, None
+    if not _no_grad_options(grad_scale, found_inf, clip_value, max_grad_norm, clip_coef, skip_if_nonfinite):
+        roles = [("params", p, True), ("grads", g, False), ("exp_avgs", m, True), ("exp_avg_sqs", v, True),
+                 ("max_exp_avg_sqs", vmax, True)]
+        gs, norm, skip = _grad_transform(threads, "adam", roles, grad_scale, found_inf, clip_value,
+                                         max_grad_norm, clip_coef, skip_if_nonfinite)  # fmt: skip
+        if skip:
+            return norm
     _core.adam(
         p, g, m, v, vmax, *s, *gs, maximize,
         torch_exact, _threads.resolve(threads, _n_elements(p), "adam"),
@@ -687,12 +705,14 @@ def adagrad(
     p, g = _as_list("params", params), _as_list("grads", grads)
     s = _scalars.adagrad_scalars(step=t, lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=wd)
     maximize = check.flag("maximize", maximize)
-    gs, norm, skip = _grad_args(g, threads, grad_scale, found_inf, clip_value, max_grad_norm, clip_coef,
-                                skip_if_nonfinite)  # fmt: skip
     sums = _as_list("state_sums", state_sums)
-    if skip:
-        _check_skipped(threads, "adagrad", [("params", p, True), ("grads", g, False), ("state_sums", sums, True)])
-        return norm
+    gs, norm = _scalars.NO_GRAD_TRANSFORM, None
+    if not _no_grad_options(grad_scale, found_inf, clip_value, max_grad_norm, clip_coef, skip_if_nonfinite):
+        roles = [("params", p, True), ("grads", g, False), ("state_sums", sums, True)]
+        gs, norm, skip = _grad_transform(threads, "adagrad", roles, grad_scale, found_inf, clip_value,
+                                         max_grad_norm, clip_coef, skip_if_nonfinite)  # fmt: skip
+        if skip:
+            return norm
     _core.adagrad(
         p, g, sums, *s, *gs, maximize,
         _threads.resolve(threads, _n_elements(p), "adagrad"),

@@ -13,7 +13,8 @@ The arithmetic is that of :mod:`fusedopt.functional` (documented there, specifie
 Steady state (``_step_planned``): after one full step, the bucketing, the validated
 hyperparameters and a :class:`fusedopt._core.Plan` per native call (params and state arrays
 validated once in C++) are kept. Each later step checks by identity that the hyperparameter values
-are the same objects (an edited value is validated again), that step counts agree, builds the state
+are the same objects, and a value that can change in place (a list) item by item (an edited value
+is validated again), that step counts are valid ints that agree per bucket, builds the state
 lists from ``opt.state`` (so a replaced state array is honoured) and calls ``_core`` directly; the
 native side re-checks only that the same, unchanged arrays came back and validates the gradients.
 Anything else (a ``None`` gradient, a new param group, loaded state, non-torch conventions, gradient
@@ -209,9 +210,12 @@ class Optimizer:
         """Update every parameter in place from its gradient (``None``: skip this parameter).
 
         ``grads`` matches :attr:`params` one to one; for an optimizer built on a
-        :class:`~fusedopt.FlatParams` arena it defaults to the arena's gradient buffer. On any
-        error nothing is modified (no array, no step count). Concurrent calls on one optimizer
-        are serialized by a lock.
+        :class:`~fusedopt.FlatParams` arena it defaults to the arena's gradient buffer. Every
+        group's hyperparameters (read from ``param_groups`` now, also when edited in place), every
+        step count and every array are checked before the first write: on any error nothing is
+        modified (no array, no step count). A step is all or nothing under Ctrl-C too: a
+        ``KeyboardInterrupt`` arriving while it runs is raised when it has completed, step counts
+        included. Concurrent calls on one optimizer are serialized by a lock.
 
         Gradient pre-processing, fused into the update pass (formulas: :mod:`fusedopt.functional`);
         gradient arrays are never written:
@@ -219,6 +223,7 @@ class Optimizer:
         * ``grad_scale``: divide the gradients by this AMP loss scale.
         * ``found_inf``: nonzero skips the step entirely: parameters, state and step counts stay
           bitwise as they were (torch's fused ``found_inf`` plus GradScaler's step rollback).
+          The arguments are still checked first (a bad gradient or read-only parameter raises).
         * ``clip_value``: clamp every unscaled gradient element to ``[-clip_value, clip_value]``.
         * ``max_grad_norm``: clip by the global norm of *all* given gradients of the optimizer
           (every group and dtype): ``g *= min(1, max_grad_norm / (norm + 1e-6))``
@@ -243,7 +248,9 @@ class Optimizer:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(self._params)} parameters")
         if grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None \
                 and skip_if_nonfinite is False:  # fmt: skip
-            with self._lock:
+            # One step is all or nothing under Ctrl-C too: a SIGINT during the native calls is
+            # delivered when the step, step counts included, is complete (cpp/bindings/signals.cpp).
+            with self._lock, _core.defer_interrupts:
                 if not self._step_planned(grads):
                     self._step_general(grads)
             return None
@@ -283,8 +290,9 @@ class Optimizer:
                 kw["clip_value"] = value
             self._call_kw = {**self._convention_kw(), **kw}
             try:
-                if not self._step_planned(grads):
-                    self._step_general(grads)
+                with _core.defer_interrupts:
+                    if not self._step_planned(grads):
+                        self._step_general(grads)
             finally:
                 self._call_kw = self._convention_kw()
             return norm
