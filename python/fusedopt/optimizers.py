@@ -479,16 +479,18 @@ class Optimizer:
         """A copy of the state: ``{"state": {index: {...}}, "param_groups": [{..., "params": [index...]}]}``.
 
         Arrays are copies (later steps do not change a saved state dict); layout and key names
-        follow torch.optim (with ``step`` as a Python int).
+        follow torch.optim (with ``step`` as a Python int). Taken under the lock: never half way
+        through a step running in another thread.
         """
         state: Dict[int, State] = {}
-        for i, st in enumerate(self.state):
-            if self._HAS_STEP and st.get("step", 0) == 0 and not any(k in st for k in self._STATE_ARRAYS):
-                continue
-            if not st:
-                continue
-            state[i] = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
-        groups = [{**{k: g[k] for k in self.defaults}, "params": list(g["params"])} for g in self.param_groups]
+        with self._lock:
+            for i, st in enumerate(self.state):
+                if self._HAS_STEP and st.get("step", 0) == 0 and not any(k in st for k in self._STATE_ARRAYS):
+                    continue
+                if not st:
+                    continue
+                state[i] = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+            groups = [{**{k: g[k] for k in self.defaults}, "params": list(g["params"])} for g in self.param_groups]
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -496,8 +498,12 @@ class Optimizer:
 
         Everything is checked first (group and parameter counts, hyperparameters, state keys,
         array shapes and dtypes, step counts); a state dict that does not fit raises and leaves
-        the optimizer unchanged. Arrays are copied in.
+        the optimizer unchanged. Arrays are copied in. Serialized with steps by the lock.
         """
+        with self._lock:
+            self._load_state_dict(state_dict)
+
+    def _load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("state_dict must be a mapping with 'state' and 'param_groups'")
         groups_in = list(state_dict["param_groups"])
