@@ -584,34 +584,51 @@ def test_scheduler_and_optimizer_copied_together(how: str) -> None:
     assert s2.get_last_lr() == sched.get_last_lr()
 
 
-def test_deepcopy_during_concurrent_steps_is_never_half_a_step() -> None:
-    """deepcopy holds the optimizer's lock: a copy taken while another thread steps has step
-    counts that match its buffers (constant gradients: the state after t steps is known)."""
+def _copy_by_state_dict(opt: fusedopt.Optimizer) -> fusedopt.Optimizer:
+    sd = opt.state_dict()  # first: the parameters copied after it may be ahead of it, never behind
+    ps = [p.copy() for p in opt.params]
+    c = fusedopt.Adam([{"params": ps[:1]}, {"params": ps[1:]}], lr=0.01)
+    c.load_state_dict(sd)
+    return c
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "state_dict"])
+def test_copy_during_concurrent_steps_is_never_half_a_step(how: str) -> None:
+    """deepcopy and state_dict hold the optimizer's lock: taken while another thread steps, the
+    step counts match the state arrays (constant gradients: the state after t steps is known)."""
     n = 1 << 16
     ps = [np.ones(n, F32), np.ones(n, F32)]
     gs = [np.full(n, 0.5, F32), np.full(n, 0.25, F32)]
     opt = fusedopt.Adam([{"params": ps[:1]}, {"params": ps[1:]}], lr=0.01)
     small = fusedopt.Adam([{"params": [np.ones(1, F32)]}, {"params": [np.ones(1, F32)]}], lr=0.01)
     sg = [np.full(1, 0.5, F32), np.full(1, 0.25, F32)]
-    history = [[float(p[0]) for p in small.params]]
+    history: List[Any] = [None]
     stop = threading.Event()
+    copier = copy.deepcopy if how == "deepcopy" else _copy_by_state_dict
 
     def stepper() -> None:
         while not stop.is_set():
             opt.step(gs)
 
+    opt.step(gs)
     th = threading.Thread(target=stepper)
     th.start()
     try:
-        copies = [copy.deepcopy(opt) for _ in range(40)]
+        copies = [copier(opt) for _ in range(40)]
     finally:
         stop.set()
         th.join(timeout=60)
+    def moments(o: fusedopt.Optimizer) -> List[List[float]]:
+        return [[float(st[k][0]) for k in ("exp_avg", "exp_avg_sq")] for st in o.state]
+
     for c in copies:
         t = c.state[0]["step"]
         assert c.state[1]["step"] == t
         while len(history) <= t:
             small.step(sg)
-            history.append([float(p[0]) for p in small.params])
-        assert [float(p[0]) for p in c.params] == history[t]
-        assert all(bool((p == p[0]).all()) for p in c.params)
+            history.append((moments(small), [float(p[0]) for p in small.params]))
+        assert moments(c) == history[t][0]
+        assert all(bool((st[k] == st[k][0]).all()) for st in c.state for k in ("exp_avg", "exp_avg_sq"))
+        if how == "deepcopy":  # (state_dict copies the parameters after the state: they may be ahead)
+            assert [float(p[0]) for p in c.params] == history[t][1]
+            assert all(bool((p == p[0]).all()) for p in c.params)
