@@ -47,6 +47,11 @@ class Optimizer:
 
     Subclasses declare their hyperparameters (``_check_hyper``), their state (``_new_state``,
     ``_STATE_ARRAYS``) and one call into :mod:`fusedopt.functional` (``_update``).
+
+    ``copy.deepcopy`` and ``pickle`` give an independent optimizer (its own lock, copies of the
+    parameters and state) equal to this one, which steps bitwise like it; objects copied in the
+    same call keep sharing what they shared (an arena, an EMA's parameters, a scheduler's
+    optimizer).
     """
 
     #: names of the state arrays a parameter may have, and those it must have once stepped
@@ -611,6 +616,17 @@ class Optimizer:
         self._plan = None
         self._version += 1
         self._place_state()
+
+    def __copy__(self) -> "Optimizer":
+        """A shallow copy (``copy.copy``): its own lock, the same parameter and state objects
+        (as a shallow copy of a torch optimizer); nothing of the original is changed."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        with self._lock:
+            new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in self._NOT_COPIED})
+        new._lock = threading.Lock()
+        new._plan = None
+        return new
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> "Optimizer":
         """An independent optimizer with equal parameters, hyperparameters, conventions and state,
