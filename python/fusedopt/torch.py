@@ -3,9 +3,16 @@
 ``SGD``, ``Momentum``, ``RMSprop``, ``Adam``, ``AdamW`` and ``Adagrad`` subclass
 :class:`torch.optim.Optimizer` with torch.optim's constructor arguments, defaults, param groups,
 ``add_param_group``, ``zero_grad``, closures, hooks and ``lr_scheduler`` support. ``step()``
-updates CPU float32/float64 parameters **in place through shared memory** (``Tensor.numpy()``
-views, never a copy) with one native fusedopt call per (param group, dtype, step count) bucket —
-normally a single call for the whole model.
+updates CPU float32/float64 parameters **in place** (never a copy) with one native fusedopt call
+per (param group, dtype, step count) bucket — normally a single call for the whole model. The
+tensors themselves go to the native core, which reads each one's data pointer, dtype, shape,
+strides, device and storage bounds through torch's own methods at every step (no NumPy view is
+made, so storages stay resizable; nothing about a tensor is cached between steps, so a replaced
+parameter's memory is released at once) and keeps each storage alive while the kernel runs.
+After the update the autograd version counters of the parameters, state tensors and step
+counters advance, as with torch.optim's in-place updates; inference tensors are stepped only
+inside ``torch.inference_mode()`` (torch's own error otherwise). A KeyboardInterrupt arriving
+during a step is delivered after it (``fusedopt._core.defer_interrupts``).
 
 State lives in ``self.state[p]`` as torch tensors with torch.optim's key names and layout
 (``'step'`` a 0-dim float32 tensor, ``'exp_avg'``, ``'exp_avg_sq'``, ``'max_exp_avg_sq'``,
