@@ -67,7 +67,7 @@ import os
 import threading
 import weakref
 from operator import attrgetter, itemgetter
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import numpy as np
 
@@ -102,14 +102,19 @@ def _num(name: str, x: Any) -> float:
         if x.is_complex() or x.device.type == "meta":
             raise TypeError(f"{name} must be a real number, got a {x.dtype} Tensor on {x.device}")
         return float(x)
-    if not isinstance(x, (numbers.Real, np.bool_)):
+    if type(x) is not int and not isinstance(x, (numbers.Real, np.bool_)):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
-    return float(x)
+    try:
+        return float(x)
+    except OverflowError:  # an int beyond the float range: not finite (fusedopt's check, after torch's)
+        return math.inf if cast(int, x) > 0 else -math.inf
 
 
 def _finite(name: str, value: Any, x: float) -> float:
     """fusedopt's own checks, after torch's: no bools, and finite (the kernels need it; torch accepts
     ``lr=inf``, and ``lr=nan`` in SGD)."""
+    if (type(value) is float or type(value) is int) and x - x == 0.0:  # the common case (inf - inf is nan)
+        return x
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a real number, got bool")
     return check.real(name, x)
@@ -277,6 +282,7 @@ class _Plan:
 #: value types cached by ``_group_plan``: immutable, so a value equal to the cached one (and of the
 #: same type) is the value that was validated
 _PLAIN = frozenset({float, int, bool, str, type(None), np.float64, np.float32, np.int64, np.int32, np.bool_})
+_PLAIN_OR_TUPLE = _PLAIN | {tuple}
 
 #: every live optimizer, for the child side of ``fork()`` (weak: the set keeps none alive)
 _LIVE: "weakref.WeakSet[_FusedOptimizer]" = weakref.WeakSet()
@@ -546,7 +552,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         hyper = self._hyper(group)
         plan = (hyper, self._state_keys(hyper), self._uses_step(hyper))
         inner = tuple((i, tuple(map(type, v))) for i, v in enumerate(vals) if type(v) is tuple)
-        if all(t in _PLAIN for t in types if t is not tuple) and all(t in _PLAIN for _, ts in inner for t in ts):
+        if _PLAIN_OR_TUPLE.issuperset(types) and all(map(_PLAIN.issuperset, (ts for _, ts in inner))):
             self._plans[id(group)] = (group, types, inner, vals, plan)
         return plan
 
