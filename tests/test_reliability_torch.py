@@ -61,16 +61,19 @@ def snapshot(opt: torch.optim.Optimizer) -> List[Any]:
     return out
 
 
+def same(x: Any, y: Any) -> bool:
+    if torch.is_tensor(x):
+        return torch.is_tensor(y) and x.dtype == y.dtype and torch.equal(x.nan_to_num(7.0), y.nan_to_num(7.0)) \
+            and torch.equal(x.isnan(), y.isnan())  # fmt: skip
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(same(v, y[k]) for k, v in x.items())
+    return bool(x == y)
+
+
 def assert_same(a: List[Any], b: List[Any]) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
-        if torch.is_tensor(x):
-            assert torch.equal(x, y)
-        elif isinstance(x, dict) and any(torch.is_tensor(v) for v in x.values()):
-            assert x.keys() == y.keys()
-            assert all(torch.equal(v, y[k]) if torch.is_tensor(v) else v == y[k] for k, v in x.items())
-        else:
-            assert x == y
+        assert same(x, y), (x, y)
 
 
 # ------------------------------------------------------------------------------------------------
