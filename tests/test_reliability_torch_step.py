@@ -279,3 +279,23 @@ def test_keyboard_interrupt_never_splits_a_step() -> None:
     interrupts, bad = map(int, r.stdout.split())
     assert interrupts >= 10, r.stdout
     assert bad == 0, r.stdout
+
+
+# -- 4. a step count edited in place after loading: refused before any write -------------------
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -5.0, 2.5])
+def test_a_step_count_edited_in_place_is_refused_before_any_write(value: float) -> None:
+    ps = [torch.nn.Parameter(torch.randn(5)) for _ in range(3)]
+    opt = ft.Adam([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.1}])
+    for p in ps:
+        p.grad = torch.ones(5)
+    opt.step()
+    opt.state[ps[2]]["step"].fill_(value)
+    for p in ps:
+        p.grad = torch.full((5,), 2.0)
+    before = [t.clone() for p in ps for t in [p.detach(), *opt.state[p].values()]]
+    with pytest.raises(ValueError, match=r"state\[params\[2\]\]\['step'\] must be a"):
+        opt.step()
+    after = [t for p in ps for t in [p.detach(), *opt.state[p].values()]]
+    assert all(torch.equal(a, b) or (a.isnan().all() and b.isnan().all()) for a, b in zip(after, before))

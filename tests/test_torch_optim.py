@@ -527,13 +527,13 @@ def test_refused_options_and_hyperparameters():
         ft.Adam([p], differentiable=True)
     with pytest.raises(ValueError, match="capturable"):
         ft.AdamW([p], capturable=True)
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ValueError, match="Invalid learning rate: -1.0"):  # torch's message
         ft.SGD([p], lr=-1.0)
-    with pytest.raises(ValueError, match=r"betas\[1\]"):
+    with pytest.raises(ValueError, match="Invalid beta parameter at index 1: 1.5"):
         ft.Adam([p], betas=(0.9, 1.5))
     with pytest.raises(ValueError, match="Nesterov"):
         ft.SGD([p], lr=0.1, nesterov=True)
-    with pytest.raises(ValueError, match="more than once"):
+    with pytest.raises(ValueError, match="listed only once"):
         ft.Adam([p, p])
     opt = ft.Adam([p])
     with pytest.raises(ValueError, match="eps"):
@@ -602,7 +602,7 @@ def test_invalid_hyperparameter_in_a_later_group_modifies_nothing():
         p.grad = torch.randn_like(p)
     opt.param_groups[1]["lr"] = -0.5
     snap = snapshot(opt)
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ValueError, match="Invalid learning rate"):
         opt.step()
     assert_unchanged(opt, snap)
 

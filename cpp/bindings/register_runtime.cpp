@@ -1,10 +1,12 @@
-// Introspection of the build and the dispatcher, plus the private test hook that forces an ISA.
+// Introspection of the build, the dispatcher and the fork state, plus the private test hook that
+// forces an ISA. Installs the fork handler (common/runtime.hpp) at import.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <stdexcept>
 #include <string>
 
+#include "common/runtime.hpp"
 #include "dispatch/dispatch.hpp"
 
 #if defined(FUSEDOPT_HAVE_OPENMP)
@@ -55,6 +57,10 @@ void register_runtime(py::module_& m) {
   m.attr("openmp_enabled") = false;
 #endif
   m.def("omp_max_threads", &omp_max_threads, "omp_get_max_threads() (1 without OpenMP).");
+  runtime::install_fork_handler();
+  m.def("serial_after_fork", &runtime::serial_after_fork,
+        "True in a process forked after fusedopt had started an OpenMP team (here or in an ancestor): "
+        "the OpenMP team does not survive fork(), so every step runs on one thread (same results).");
 #if defined(__GNUC__) && !defined(__clang__)
   m.attr("compiler") = std::string("GCC ") + __VERSION__;
 #elif defined(__clang__)

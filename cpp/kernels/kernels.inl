@@ -20,6 +20,7 @@
 
 #include "common/config.hpp"
 #include "common/kernel_table.hpp"
+#include "common/runtime.hpp"
 #include "common/step_args.hpp"
 
 namespace fusedopt {

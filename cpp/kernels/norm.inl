@@ -59,9 +59,12 @@ double sumsq(const TensorList& list, double* partials, int threads) {
   for (int64_t k = 0; k < list.count; ++k) nblocks += blocks_of(list.sizes[k]);
   if (nblocks == 0) return 0.0;
 #if defined(FUSEDOPT_HAVE_OPENMP)
+  if (threads > 1 && nblocks > 1) threads = runtime::region_threads(threads);  // 1 after fork()
   if (threads > 1 && nblocks > 1) {
+    const std::uint64_t fp = runtime::fp_control();
 #pragma omp parallel num_threads(threads)
     {
+      const CallerFpControl fp_scope(fp);  // parallel.inl
       const int64_t parts = omp_get_num_threads();
       const int64_t me = omp_get_thread_num();
       sumsq_blocks<T>(list, partials, nblocks * me / parts, nblocks * (me + 1) / parts);

@@ -102,7 +102,29 @@ inline Cut cut_at(const TensorList& list, int64_t total, int64_t parts, int64_t 
   return Cut{list.count, 0};
 }
 
-// Calls span(k, begin, end) for disjoint element ranges covering every tensor once.
+// Every thread of a parallel region runs with the floating-point control state of the thread that
+// called the kernel (flush-to-zero, denormals-are-zero, rounding; runtime.hpp), then gets its own
+// back. OpenMP workers otherwise keep the state they were created with, and a step's result would
+// depend on which thread computed an element after e.g. torch.set_flush_denormal(). The caller
+// itself (thread 0) already has it: reading and comparing costs a few cycles, no write.
+class CallerFpControl {
+ public:
+  explicit CallerFpControl(std::uint64_t caller) : own_(runtime::fp_control()), changed_(own_ != caller) {
+    if (changed_) runtime::set_fp_control(caller);
+  }
+  ~CallerFpControl() {
+    if (changed_) runtime::set_fp_control(own_);
+  }
+  CallerFpControl(const CallerFpControl&) = delete;
+  CallerFpControl& operator=(const CallerFpControl&) = delete;
+
+ private:
+  std::uint64_t own_;
+  bool changed_;
+};
+
+// Calls span(k, begin, end) for disjoint element ranges covering every tensor once. Serial in a
+// process forked after fusedopt had started an OpenMP team (runtime::region_threads).
 template <class T, class Span>
 void for_each_span(const TensorList& list, int threads, const Span& span) {
 #if defined(FUSEDOPT_HAVE_OPENMP)
@@ -110,20 +132,25 @@ void for_each_span(const TensorList& list, int threads, const Span& span) {
     int64_t total = 0;
     for (int64_t k = 0; k < list.count; ++k) total += list.sizes[k];
     if (total == 0) return;
-    constexpr int64_t kAlign = 64 / static_cast<int64_t>(sizeof(T));
+    threads = runtime::region_threads(threads);
+    if (threads > 1) {
+      constexpr int64_t kAlign = 64 / static_cast<int64_t>(sizeof(T));
+      const std::uint64_t fp = runtime::fp_control();
 #pragma omp parallel num_threads(threads)
-    {
-      const int64_t parts = omp_get_num_threads();
-      const int64_t me = omp_get_thread_num();
-      const Cut lo = cut_at<T>(list, total, parts, me, kAlign);
-      const Cut hi = cut_at<T>(list, total, parts, me + 1, kAlign);
-      for (int64_t k = lo.tensor; k < list.count && k <= hi.tensor; ++k) {
-        const int64_t begin = (k == lo.tensor) ? lo.offset : 0;
-        const int64_t end = (k == hi.tensor) ? hi.offset : list.sizes[k];
-        if (end > begin) aligned_span<T>(list, k, begin, end, span);
+      {
+        const CallerFpControl fp_scope(fp);
+        const int64_t parts = omp_get_num_threads();
+        const int64_t me = omp_get_thread_num();
+        const Cut lo = cut_at<T>(list, total, parts, me, kAlign);
+        const Cut hi = cut_at<T>(list, total, parts, me + 1, kAlign);
+        for (int64_t k = lo.tensor; k < list.count && k <= hi.tensor; ++k) {
+          const int64_t begin = (k == lo.tensor) ? lo.offset : 0;
+          const int64_t end = (k == hi.tensor) ? hi.offset : list.sizes[k];
+          if (end > begin) aligned_span<T>(list, k, begin, end, span);
+        }
       }
+      return;
     }
-    return;
   }
 #else
   (void)threads;

@@ -22,7 +22,7 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
 
 from . import functional, reference, schedules
 from ._config import show_config
-from ._threads import get_num_threads, set_num_threads
+from ._threads import MAX_THREADS, get_num_threads, set_num_threads
 from .arena import FlatParams
 from .ema import EMA
 from .optimizers import SGD, Adagrad, Adam, AdamW, Momentum, Optimizer, RMSprop
@@ -36,6 +36,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "FlatParams",
+    "MAX_THREADS",
     "Momentum",
     "Optimizer",
     "RMSprop",

@@ -37,6 +37,8 @@ def config() -> Dict[str, Any]:
         "active_isa": _core.active_isa(),
         "openmp": bool(_core.openmp_enabled),
         "num_threads": _threads.get_num_threads(),
+        "max_threads": _threads.MAX_THREADS,
+        "serial_after_fork": bool(_core.serial_after_fork()),
         "serial_below": dict(_threads.SERIAL_BELOW),
     }
 
@@ -47,8 +49,10 @@ def show_config(*, print_: bool = True) -> Dict[str, Any]:
     ``compiled_isas``: kernel targets in this build; ``supported_isas``: those this CPU and OS can
     run; ``active_isa``: the one in use (the best supported one not disabled by
     ``FUSEDOPT_DISABLE_ISA``); ``num_threads``: threads for large steps (``set_num_threads``,
-    default ``OMP_NUM_THREADS`` or the CPUs available); ``serial_below``: per-algorithm sizes
-    under which a step runs on one thread.
+    default ``OMP_NUM_THREADS`` or the CPUs available); ``max_threads``: the largest thread count
+    accepted; ``serial_after_fork``: True in a process forked after fusedopt had started its
+    OpenMP team (which does not survive ``fork()``), where every step runs on one thread;
+    ``serial_below``: per-algorithm sizes under which a step runs on one thread.
     """
     info = config()
     if print_:

@@ -3,6 +3,12 @@
 * ``set_num_threads(n)`` sets the number of threads fusedopt uses; ``None`` restores the default.
 * The default honours ``OMP_NUM_THREADS``; otherwise it is the number of CPUs this process may run
   on (``os.sched_getaffinity``), capped by OpenMP's own limit. Without OpenMP it is 1.
+* Every thread count (``threads=``, ``set_num_threads``) must be between 1 and :data:`MAX_THREADS`
+  (1024); outside that range it is a ``ValueError`` naming the argument, before anything is
+  modified. An ``OMP_NUM_THREADS`` above the bound is clamped to it. (An OpenMP runtime asked
+  for thousands of threads can fail to create them and end the process.)
+* In a process forked after fusedopt had started an OpenMP team, the kernels run every step on
+  one thread whatever the count (``_core.serial_after_fork()``; the team does not survive fork).
 * A call with ``threads=None`` runs serially when the call updates fewer elements than the
   algorithm's crossover below (waking a sleeping OpenMP team costs tens of microseconds, more than
   the work of a small step). An explicit ``threads=n`` is used as given.
@@ -31,7 +37,20 @@ SERIAL_BELOW: dict[str, int] = {
     "adagrad": 1 << 18,
 }
 
+#: The largest thread count accepted by ``threads=`` and :func:`set_num_threads` (the compiled core
+#: refuses the same range). Far above any useful count for a memory-bound step.
+MAX_THREADS = 1024
+
 _user_threads: Optional[int] = None
+
+
+def _check_count(name: str, n: object) -> int:
+    """``n`` as a thread count: an int in [1, MAX_THREADS] (``name`` is the argument's name)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{name} must be an int or None, got {type(n).__name__}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{name} must be between 1 and {MAX_THREADS}, got {n}")
+    return n
 
 
 def _cpu_count() -> int:
@@ -42,10 +61,15 @@ def _cpu_count() -> int:
 
 
 def _env_threads() -> Optional[int]:
+    """The first ``OMP_NUM_THREADS`` entry if it is a positive integer, clamped to MAX_THREADS."""
     raw = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if raw.isdigit() and int(raw) > 0:
-        return int(raw)
-    return None
+    if not (raw.isascii() and raw.isdigit()):  # isascii: str.isdigit() also accepts e.g. "²"
+        return None
+    digits = raw.lstrip("0")
+    if not digits:
+        return None
+    # no int() of thousands of digits (Python refuses more than 4300)
+    return MAX_THREADS if len(digits) > len(str(MAX_THREADS)) else min(int(digits), MAX_THREADS)
 
 
 def default_num_threads() -> int:
@@ -55,7 +79,7 @@ def default_num_threads() -> int:
     env = _env_threads()
     if env is not None:
         return env
-    return max(1, min(_core.omp_max_threads(), _cpu_count()))
+    return max(1, min(_core.omp_max_threads(), _cpu_count(), MAX_THREADS))
 
 
 def get_num_threads() -> int:
@@ -64,13 +88,11 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: Optional[int]) -> int:
-    """Set the number of threads for large steps (``None``: back to the default). Returns the old value."""
+    """Set the number of threads for large steps, 1 to :data:`MAX_THREADS` (``None``: back to the
+    default). Returns the old value."""
     global _user_threads
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int or None, got {type(n).__name__}")
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        _check_count("n", n)
     old = get_num_threads()
     _user_threads = n
     return old
@@ -82,8 +104,4 @@ def resolve(threads: Optional[int], n_elements: int, algorithm: str) -> int:
         if n_elements < SERIAL_BELOW[algorithm]:
             return 1
         return get_num_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int):
-        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    return threads
+    return _check_count("threads", threads)

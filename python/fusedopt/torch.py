@@ -3,9 +3,16 @@
 ``SGD``, ``Momentum``, ``RMSprop``, ``Adam``, ``AdamW`` and ``Adagrad`` subclass
 :class:`torch.optim.Optimizer` with torch.optim's constructor arguments, defaults, param groups,
 ``add_param_group``, ``zero_grad``, closures, hooks and ``lr_scheduler`` support. ``step()``
-updates CPU float32/float64 parameters **in place through shared memory** (``Tensor.numpy()``
-views, never a copy) with one native fusedopt call per (param group, dtype, step count) bucket —
-normally a single call for the whole model.
+updates CPU float32/float64 parameters **in place** (never a copy) with one native fusedopt call
+per (param group, dtype, step count) bucket — normally a single call for the whole model. The
+tensors themselves go to the native core, which reads each one's data pointer, dtype, shape,
+strides, device and storage bounds through torch's own methods at every step (no NumPy view is
+made, so storages stay resizable; nothing about a tensor is cached between steps, so a replaced
+parameter's memory is released at once) and keeps each storage alive while the kernel runs.
+After the update the autograd version counters of the parameters, state tensors and step
+counters advance, as with torch.optim's in-place updates; inference tensors are stepped only
+inside ``torch.inference_mode()`` (torch's own error otherwise). A KeyboardInterrupt arriving
+during a step is delivered after it (``fusedopt._core.defer_interrupts``).
 
 State lives in ``self.state[p]`` as torch tensors with torch.optim's key names and layout
 (``'step'`` a 0-dim float32 tensor, ``'exp_avg'``, ``'exp_avg_sq'``, ``'max_exp_avg_sq'``,
@@ -24,7 +31,29 @@ Errors are raised before anything is modified (no step is ever half applied):
   a dtype other than float32/float64 (float16/bfloat16 are not supported yet, complex parameters
   are refused), a gradient whose dtype differs from its parameter's;
 * ``ValueError``: tensors that are not on the CPU (CUDA, meta, ...), non-contiguous parameters,
-  gradients or state tensors, shape mismatches, overlapping memory, invalid hyperparameters.
+  gradients or state tensors, shape mismatches, overlapping memory, invalid hyperparameters, a
+  parameter listed twice in a group (torch only warns; a fused step would update it twice).
+
+Hyperparameters are checked as torch.optim checks them, in its order, with its exception types
+and messages (``ValueError: Invalid learning rate: -1.0``, ``Invalid beta parameter at index 0:
+1.5``, ``betas must be either both floats or both Tensors``, ``Tensor lr must be 1-element``, ...),
+then by fusedopt's own checks where the kernels need more than torch asks (finite values, RMSprop's
+``alpha < 1``, SGD's ``dampening <= 1``, bools as flags only). torch checks the constructor's
+arguments only; here the same checks (and messages) also apply in ``add_param_group`` and at every
+step to a changed value. A changed hyperparameter, also one edited in place (a ``betas`` list, a
+Tensor ``lr``), takes effect and is validated at the next step, as torch reads it then.
+
+``load_state_dict`` refuses a damaged state dict with nothing loaded: a missing ``'step'``,
+``'exp_avg'``, ... of a parameter with state, or a missing ``'lr'``, ... of a group, raises
+torch's ``KeyError`` (torch raises it when loading or at its next step); a ``'step'`` that is not a
+whole number >= 0 (``-5``, ``2.5``, ``inf``, ``nan``) or not a one-element float32/float64 tensor
+raises ``ValueError``/``TypeError`` naming it.
+
+Threads: concurrent ``step()`` calls (closure included), ``load_state_dict()`` and
+``add_param_group()`` of one optimizer are serialized by a lock of the optimizer. ``pickle`` and
+``copy.deepcopy`` work (a copy has a lock of its own). In a child forked while another thread was
+inside one of these calls, that call never finishes: ``step()`` raises ``RuntimeError`` there
+instead of waiting forever, until ``load_state_dict()`` replaces the state.
 
 Parameters whose ``.grad`` is ``None`` are skipped, as in torch.
 """
@@ -40,8 +69,12 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by t
     ) from _exc
 
 import math
+import numbers
+import os
 import re
-from operator import attrgetter
+import threading
+import weakref
+from operator import attrgetter, itemgetter
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import numpy as np
@@ -70,12 +103,59 @@ def _step_dtype(group: Dict[str, Any]) -> torch.dtype:
     return torch.float32 if group.get("fused") or group.get("capturable") else _scalar_dtype()
 
 
-def _num(x: Any) -> Any:
-    """A 1-element tensor hyperparameter (lr, betas) as a Python number; anything else unchanged."""
+def _num(name: str, x: Any) -> float:
+    """A hyperparameter's value for the range checks, as a float: a 1-element Tensor's (else torch's
+    ``Tensor lr must be 1-element``) or a real number's (bools too: :func:`_finite` refuses them
+    after torch's checks, which take them as numbers); TypeError naming it for anything else."""
+    if type(x) is float:
+        return x
     if isinstance(x, torch.Tensor):
         if x.numel() != 1:
-            raise ValueError("a Tensor hyperparameter must have exactly one element")
+            raise ValueError(f"Tensor {name} must be 1-element")
+        if x.is_complex() or x.device.type == "meta":
+            raise TypeError(f"{name} must be a real number, got a {x.dtype} Tensor on {x.device}")
         return float(x)
+    if type(x) is not int and not isinstance(x, (numbers.Real, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    try:
+        return float(x)
+    except OverflowError:  # an int beyond the float range: not finite (fusedopt's check, after torch's)
+        return math.inf if cast(int, x) > 0 else -math.inf
+
+
+def _finite(name: str, value: Any, x: float) -> float:
+    """fusedopt's own checks, after torch's: no bools, and finite (the kernels need it; torch accepts
+    ``lr=inf``, and ``lr=nan`` in SGD)."""
+    if (type(value) is float or type(value) is int) and x - x == 0.0:  # the common case (inf - inf is nan)
+        return x
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got bool")
+    return check.real(name, x)
+
+
+def _check_step_value(name: str, value: Any) -> float:
+    """A ``state['step']`` as torch keeps it (a one-element float32/float64 CPU tensor, or a number
+    that ``__setstate__`` turns into one): a finite whole number >= 0 (the count of steps taken).
+    TypeError/ValueError naming the entry otherwise."""
+    if isinstance(value, torch.Tensor):
+        _check_dense_cpu(name, value)
+        if value.numel() != 1 or value.dtype not in _DTYPES:
+            raise TypeError(
+                f"{name} must be a one-element float32/float64 tensor, "
+                f"got {value.dtype} with {value.numel()} elements"
+            )
+        x = float(value)
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of steps (a one-element float tensor), got {type(value).__name__}")
+    else:
+        try:
+            x = float(value)
+        except OverflowError:  # an int beyond float range (10**400)
+            raise ValueError(f"{name} must be a finite number of steps, got {value}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be a finite number of steps, got {x}")
+    if x < 0.0 or not x.is_integer():
+        raise ValueError(f"{name} must be a whole number of steps >= 0, got {x}")
     return x
 
 
@@ -200,24 +280,102 @@ def _torch_names(message: str, entries: List[_Entry], globally: bool = False) ->
     return _NAMED.sub(name, message)
 
 
+#: value types cached by ``_group_plan``: immutable, so a value equal to the cached one (and of the
+#: same type) is the value that was validated
+_PLAIN = frozenset({float, int, bool, str, type(None), np.float64, np.float32, np.int64, np.int32, np.bool_})
+_PLAIN_OR_TUPLE = _PLAIN | {tuple}
+
+#: every live optimizer, for the child side of ``fork()`` (weak: the set keeps none alive)
+_LIVE: "weakref.WeakSet[_FusedOptimizer]" = weakref.WeakSet()
+
+
+class _ForkedMidStep:
+    """Stands in for the lock of an optimizer that another thread held (inside ``step()``,
+    ``load_state_dict()`` or ``add_param_group()``) when the process forked: in the child that call
+    never finishes, so the lock would never be released and the state may be half updated. Stepping
+    raises instead of hanging; ``load_state_dict()`` replaces the state and makes a new lock."""
+
+    def __enter__(self) -> None:
+        raise RuntimeError(
+            "this fusedopt.torch optimizer was being stepped (or loaded) by another thread when the process "
+            "forked; in this child process that call never completed, so its state may be half updated. "
+            "Load a state dict (load_state_dict) or make a new optimizer"
+        )
+
+    def __exit__(self, *exc: Any) -> None:  # pragma: no cover - __enter__ always raises
+        return None
+
+
+def _after_fork_in_child() -> None:
+    """A lock held by a thread that does not exist in the child is never released: mark it."""
+    for opt in list(_LIVE):
+        lock = opt.__dict__.get("_lock")
+        if lock is None or isinstance(lock, _ForkedMidStep):
+            continue
+        if lock.acquire(blocking=False):  # free, or held by the forking thread itself (re-entrant)
+            lock.release()
+        else:
+            opt._lock = _ForkedMidStep()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _key_error(key: str, note: str) -> KeyError:
+    """torch's ``KeyError(key)`` (same type and message), with a note saying where (Python 3.11+)."""
+    err = KeyError(key)
+    add_note = getattr(err, "add_note", None)
+    if add_note is not None:
+        add_note(f"{note}; nothing was loaded")
+    return err
+
+
 class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
-    """Shared machinery. Subclasses define the state they keep and one call into fusedopt.functional."""
+    """Shared machinery. Subclasses define the state they keep and one call into fusedopt.functional.
+
+    A parameter listed twice in one group is refused (torch.optim only warns): a fused step would
+    update it twice.
+
+    Concurrent calls of ``step()`` (closure included), ``load_state_dict()`` and
+    ``add_param_group()`` on one optimizer are serialized by a re-entrant lock, as the NumPy
+    classes serialize theirs: eight threads stepping one optimizer take eight whole steps. The lock
+    is not part of the pickled state (``__getstate__`` is torch's): ``pickle`` and ``copy.deepcopy``
+    give an optimizer with a lock of its own.
+    """
 
     #: whether the state has torch's float ``'step'`` counter
     _HAS_STEP = True
     #: the algorithm's name in fusedopt._threads.SERIAL_BELOW
     _ALGORITHM = ""
+    #: the group keys a loaded state dict must have (torch's step reads them; torch's
+    #: ``__setstate__`` fills in the others from the defaults)
+    _REQUIRED_GROUP_KEYS: Tuple[str, ...] = ("lr",)
+    _lock: Any  # threading.RLock, or _ForkedMidStep in a forked child (see _after_fork_in_child)
 
     def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
+        self._lock = threading.RLock()
+        _LIVE.add(self)
         self._forget_caches()
-        self._check_impl_flags(defaults)
-        self._hyper(defaults)  # validate the defaults before any group is made
+        # torch's constructor checks (its order, types and messages), then fusedopt's own, before
+        # any group is made; the implementation flags are checked per group, after its parameters
+        self._hyper(defaults, construction=True)
         super().__init__(params, defaults)
 
     # -- subclass interface --------------------------------------------------------------------
-    def _hyper(self, group: Dict[str, Any]) -> Dict[str, Any]:
-        """Validated keyword arguments of the functional call for this group (raises on bad values)."""
+    def _hyper(self, group: Dict[str, Any], construction: bool = False) -> Dict[str, Any]:
+        """Validated keyword arguments of the functional call for this group (raises on bad values).
+
+        torch.optim's checks come first, in its order, with its exception types and messages (which
+        it applies to the constructor's arguments only; here to every group, at every change); then
+        fusedopt's own (finite values, ranges the kernels need, bools as flags). ``construction``
+        adds the checks torch applies to the constructor's arguments only (Adam's betas types).
+        """
         raise NotImplementedError
+
+    def _required_state(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
+        """The state keys a parameter with state must have (torch's step reads them: KeyError)."""
+        return self._state_keys(hyper)
 
     def _state_keys(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
         """Names of the state tensors (other than 'step') the update reads and writes."""
@@ -233,15 +391,25 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     # -- construction --------------------------------------------------------------------------
     @staticmethod
     def _check_impl_flags(group: Dict[str, Any]) -> None:
+        if group.get("fused") and group.get("differentiable", False):
+            raise RuntimeError("`fused` does not support `differentiable`")  # torch's check and message
+        if group.get("fused") and group.get("foreach"):
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         if group.get("differentiable", False):
             raise ValueError("differentiable=True is not supported by fusedopt.torch (use torch.optim)")
         if group.get("capturable", False):
             raise ValueError("capturable=True is not supported by fusedopt.torch (CPU tensors only)")
-        if group.get("fused") and group.get("foreach"):
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
-        """Add a param group (torch semantics); every parameter is checked to be steppable first."""
+        """Add a param group (torch semantics); every parameter is checked to be steppable first.
+
+        A parameter listed twice in one group is refused (torch only warns): a fused step would
+        update it twice. In two groups it is refused by torch's own check.
+        """
+        with self._lock:
+            self._add_param_group(param_group)
+
+    def _add_param_group(self, param_group: Dict[str, Any]) -> None:
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         param_group = dict(param_group)
@@ -256,10 +424,15 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         raw = list(raw)
         tensors = [x[1] if isinstance(x, tuple) else x for x in raw]
         start = sum(len(g["params"]) for g in self.param_groups)
+        first: Dict[int, int] = {}
         for i, p in enumerate(tensors):
             _check_param(f"params[{start + i}]", p)
-        if len(set(tensors)) != len(tensors):
-            raise ValueError("a parameter appears more than once in the param group; each may appear only once")
+            j = first.setdefault(id(p), i)
+            if j != i:
+                raise ValueError(
+                    f"params[{start + i}] is the same tensor as params[{start + j}]: a parameter may be listed only "
+                    "once (a fused step would update it twice)"
+                )
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._check_impl_flags(merged)
         self._hyper(merged)
@@ -267,7 +440,12 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         super().add_param_group(param_group)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
+        # (load_state_dict ends here too): a damaged state is refused before anything is replaced
+        self._check_loaded(state)
         super().__setstate__(state)
+        if "_lock" not in self.__dict__:  # unpickled or deep-copied: a lock of its own
+            self._lock = threading.RLock()
+            _LIVE.add(self)
         self._forget_caches()
         for group in self.param_groups:
             for k, v in self.defaults.items():
@@ -280,27 +458,92 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
 
     # -- caches ---------------------------------------------------------------------------------
     def _forget_caches(self) -> None:
-        #: id(group) -> (group, hyperparameter values, (hyper, state keys, uses_step))
+        #: id(group) -> (group, types of its hyperparameter values, (index, item types) of each
+        #: tuple value, the values, (hyper, state keys, uses_step)); see _group_plan
         self._plans: Dict[int, Tuple[Any, ...]] = {}
+        #: the group's hyperparameter values, in the order of self.defaults
+        self._hget: Optional[Callable[[Dict[str, Any]], Tuple[Any, ...]]] = None
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """torch's ``load_state_dict`` (state is cast to each parameter's dtype; steps stay as saved)."""
-        self._forget_caches()
-        super().load_state_dict(state_dict)
+        """torch's ``load_state_dict`` (state is cast to each parameter's dtype; steps stay as saved).
+
+        A damaged state dict is refused with nothing loaded: a parameter with state but no
+        ``'step'`` or no state tensor the step reads (``'exp_avg'``, ...), or a group without a
+        hyperparameter torch's step reads (``'lr'``, ...), raises torch's ``KeyError(key)``; a
+        ``'step'`` that is not a whole number >= 0 (``-5``, ``2.5``, ``inf``, ``nan``) or not a
+        one-element float32/float64 tensor (or a number) raises ValueError/TypeError naming it.
+        """
+        if isinstance(self._lock, _ForkedMidStep):
+            self._lock = threading.RLock()  # (forked child) loading replaces the half-updated state
+        with self._lock:
+            self._forget_caches()
+            super().load_state_dict(state_dict)
+
+    def _check_loaded(self, state: Dict[str, Any]) -> None:
+        """Refuse a state about to replace this optimizer's (``load_state_dict``, unpickling)."""
+        groups, states = state["param_groups"], state["state"]
+        defaults = state["defaults"] if "defaults" in state else self.defaults
+        entries = []  # (global index, group, state) of every parameter with state
+        i = 0
+        for group in groups:
+            for p in group["params"]:
+                st = states.get(p)
+                if st is not None and not isinstance(st, dict):
+                    raise TypeError(f"state[params[{i}]] must be a dict, got {type(st).__name__}")
+                if st:
+                    entries.append((i, group, st))
+                i += 1
+        if self._HAS_STEP:  # torch's __setstate__ reads every 'step' (KeyError) before its step reads the rest
+            for i, _, st in entries:
+                if "step" not in st:
+                    raise _key_error("step", f"state[params[{i}]] has state but no 'step'")
+            for i, _, st in entries:
+                _check_step_value(f"state[params[{i}]]['step']", st["step"])
+        for k_group, group in enumerate(groups):
+            for k in self._REQUIRED_GROUP_KEYS:
+                if k not in group:
+                    raise _key_error(k, f"param_groups[{k_group}] has no {k!r}")
+        required: Dict[int, Tuple[str, ...]] = {}
+        for i, group, st in entries:
+            keys = required.get(id(group))
+            if keys is None:
+                try:
+                    keys = self._required_state(self._hyper({**defaults, **group}))
+                except (TypeError, ValueError, RuntimeError):
+                    keys = ()  # invalid hyperparameters: the step refuses the group before reading state
+                required[id(group)] = keys
+            for k in keys:
+                if k not in st:
+                    raise _key_error(k, f"state[params[{i}]] has state but no {k!r}")
 
     def _group_plan(self, group: Dict[str, Any]) -> Tuple[Dict[str, Any], Tuple[str, ...], bool]:
-        """(functional kwargs, state keys, uses_step) of a group, cached while its hyperparameters are unchanged."""
-        vals = tuple(group.get(k) for k in self.defaults)
+        """(functional kwargs, state keys, uses_step) of a group, validated by ``_hyper``.
+
+        Cached while every hyperparameter is equal to, and of the same type as, the value
+        validated (so an edited value is validated again before the step writes anything). Only
+        immutable values are cached: a list (``betas`` set to ``[0.9, 0.99]``, which can be edited
+        in place) or a Tensor (``lr``) is read and validated at every step, as torch reads them.
+        """
+        get = self._hget
+        if get is None:  # (a KeyError for a group without a hyperparameter, as torch's step raises)
+            get = self._hget = itemgetter(*self.defaults)
+        vals = get(group)
+        types = tuple(map(type, vals))
         c = self._plans.get(id(group))
-        if c is not None and c[0] is group and c[1] == vals:
-            cached: Tuple[Dict[str, Any], Tuple[str, ...], bool] = c[2]
-            return cached
+        if c is not None and c[0] is group and c[1] == types:
+            for i, inner in c[2]:  # tuples (betas): their items' types before their values
+                if tuple(map(type, vals[i])) != inner:
+                    break
+            else:
+                if c[3] == vals:
+                    cached: Tuple[Dict[str, Any], Tuple[str, ...], bool] = c[4]
+                    return cached
         self._check_impl_flags(group)
         hyper = self._hyper(group)
         plan = (hyper, self._state_keys(hyper), self._uses_step(hyper))
-        if not any(isinstance(v, torch.Tensor) or isinstance(v, (list, tuple)) and any(
-                isinstance(x, torch.Tensor) for x in v) for v in vals):  # fmt: skip
-            self._plans[id(group)] = (group, vals, plan)
+        inner = tuple((i, tuple(map(type, v))) for i, v in enumerate(vals) if type(v) is tuple)
+        if _PLAIN_OR_TUPLE.issuperset(types) and all(map(_PLAIN.issuperset, (ts for _, ts in inner))):
+            self._plans[id(group)] = (group, types, inner, vals, plan)
         return plan
 
     # -- the step ------------------------------------------------------------------------------
@@ -319,12 +562,13 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         after the update succeeded, and a KeyboardInterrupt arriving meanwhile is delivered after
         the step completed (all or nothing).
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._step()
-        return loss
+        with self._lock:  # concurrent steps of one optimizer are serialized (closure included)
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            self._step()
+            return loss
 
     def _entry(self, p: torch.Tensor, g: torch.Tensor, index: int, group: Dict[str, Any],
                keys: Tuple[str, ...]) -> _Entry:  # fmt: skip
@@ -484,6 +728,7 @@ class SGD(_FusedOptimizer):
     """
 
     _HAS_STEP = False
+    _REQUIRED_GROUP_KEYS = ("lr", "momentum", "dampening", "weight_decay")
 
     _ALGORITHM = "sgd"
 
@@ -497,18 +742,32 @@ class SGD(_FusedOptimizer):
                         fused=fused)  # fmt: skip
         super().__init__(params, defaults)
 
-    def _hyper(self, group: Dict[str, Any]) -> Dict[str, Any]:
-        h = dict(
-            lr=check.non_negative("lr", _num(group["lr"])),
-            momentum=check.non_negative("momentum", group["momentum"]),
-            dampening=check.unit_interval_closed("dampening", group["dampening"]),
-            weight_decay=check.non_negative("weight_decay", _num(group["weight_decay"])),
+    def _hyper(self, group: Dict[str, Any], construction: bool = False) -> Dict[str, Any]:
+        lr_v, mom_v, damp_v, wd_v = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
+        # torch.optim.SGD's checks (lr < 0 lets NaN through: fusedopt refuses it below)
+        lr = _num("lr", lr_v)
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr_v}")
+        momentum = _num("momentum", mom_v)
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {mom_v}")
+        wd = _num("weight_decay", wd_v)
+        if wd < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {wd_v}")
+        dampening = _num("dampening", damp_v)
+        if group["nesterov"] and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        return dict(
+            lr=_finite("lr", lr_v, lr),
+            momentum=_finite("momentum", mom_v, momentum),
+            dampening=check.unit_interval_closed("dampening", _finite("dampening", damp_v, dampening)),
+            weight_decay=_finite("weight_decay", wd_v, wd),
             nesterov=_bool("nesterov", group["nesterov"]),
             maximize=_bool("maximize", group["maximize"]),
         )
-        if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        return h
+
+    def _required_state(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
+        return ()  # torch starts a missing momentum buffer at the gradient, as on the first step
 
     def _state_keys(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
         return ("momentum_buffer",) if hyper["momentum"] != 0 else ()
@@ -535,16 +794,28 @@ class Momentum(_FusedOptimizer):
     """
 
     _ALGORITHM = "momentum"
+    _REQUIRED_GROUP_KEYS = ("lr", "beta", "weight_decay", "bias_correction")
 
     def __init__(self, params: Any, lr: float, beta: float = 0.9, weight_decay: float = 0,
                  bias_correction: bool = False) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay, bias_correction=bias_correction))
 
-    def _hyper(self, group: Dict[str, Any]) -> Dict[str, Any]:
+    def _hyper(self, group: Dict[str, Any], construction: bool = False) -> Dict[str, Any]:
+        lr_v, beta_v, wd_v = group["lr"], group["beta"], group["weight_decay"]
+        # not in torch.optim: its checks in torch's style
+        lr = _num("lr", lr_v)
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr_v}")
+        beta = _num("beta", beta_v)
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta value: {beta_v}")
+        wd = _num("weight_decay", wd_v)
+        if not 0.0 <= wd:
+            raise ValueError(f"Invalid weight_decay value: {wd_v}")
         return dict(
-            lr=check.non_negative("lr", _num(group["lr"])),
-            beta=check.unit_interval("beta", _num(group["beta"])),
-            weight_decay=check.non_negative("weight_decay", _num(group["weight_decay"])),
+            lr=_finite("lr", lr_v, lr),
+            beta=_finite("beta", beta_v, beta),
+            weight_decay=_finite("weight_decay", wd_v, wd),
             bias_correction=_bool("bias_correction", group["bias_correction"]),
         )
 
@@ -569,6 +840,7 @@ class RMSprop(_FusedOptimizer):
     """
 
     _ALGORITHM = "rmsprop"
+    _REQUIRED_GROUP_KEYS = ("lr", "alpha", "eps", "weight_decay")
 
     def __init__(
         self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0,
@@ -579,13 +851,32 @@ class RMSprop(_FusedOptimizer):
                         capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable)  # fmt: skip
         super().__init__(params, defaults)
 
-    def _hyper(self, group: Dict[str, Any]) -> Dict[str, Any]:
+    def _hyper(self, group: Dict[str, Any], construction: bool = False) -> Dict[str, Any]:
+        lr_v, alpha_v, eps_v = group["lr"], group["alpha"], group["eps"]
+        wd_v, mom_v = group["weight_decay"], group["momentum"]
+        # torch.optim.RMSprop's checks
+        lr = _num("lr", lr_v)
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr_v}")
+        eps = _num("eps", eps_v)
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps_v}")
+        momentum = _num("momentum", mom_v)
+        if not 0.0 <= momentum:
+            raise ValueError(f"Invalid momentum value: {mom_v}")
+        wd = _num("weight_decay", wd_v)
+        if not 0.0 <= wd:
+            raise ValueError(f"Invalid weight_decay value: {wd_v}")
+        alpha = _num("alpha", alpha_v)
+        if not 0.0 <= alpha:
+            raise ValueError(f"Invalid alpha value: {alpha_v}")
         return dict(
-            lr=check.non_negative("lr", _num(group["lr"])),
-            alpha=check.unit_interval("alpha", group["alpha"]),
-            eps=check.non_negative("eps", group["eps"]),
-            weight_decay=check.non_negative("weight_decay", group["weight_decay"]),
-            momentum=check.non_negative("momentum", group["momentum"]),
+            lr=_finite("lr", lr_v, lr),
+            # alpha >= 1 lets the average of squares go negative (a NaN update): fusedopt refuses it
+            alpha=check.unit_interval("alpha", _finite("alpha", alpha_v, alpha)),
+            eps=_finite("eps", eps_v, eps),
+            weight_decay=_finite("weight_decay", wd_v, wd),
+            momentum=_finite("momentum", mom_v, momentum),
             centered=_bool("centered", group["centered"]),
             maximize=_bool("maximize", group["maximize"]),
         )
@@ -623,6 +914,7 @@ class Adam(_FusedOptimizer):
     """
 
     _ALGORITHM = "adam"
+    _REQUIRED_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
 
     def __init__(
         self, params: Any, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -635,14 +927,46 @@ class Adam(_FusedOptimizer):
                         fused=fused, decoupled_weight_decay=decoupled_weight_decay)  # fmt: skip
         super().__init__(params, defaults)
 
-    def _hyper(self, group: Dict[str, Any]) -> Dict[str, Any]:
-        b1, b2 = check.betas("betas", tuple(_num(b) for b in group["betas"]))
+    def _hyper(self, group: Dict[str, Any], construction: bool = False) -> Dict[str, Any]:
+        lr_v, betas, eps_v, wd_v = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        # torch.optim.Adam's checks; a Tensor lr with foreach (and not capturable) is a ValueError
+        # of its constructor, a RuntimeError of its step
+        foreach_only = bool(group.get("foreach")) and not group.get("capturable")
+        if isinstance(lr_v, torch.Tensor) and foreach_only:
+            msg = "lr as a Tensor is not supported for capturable=False and foreach=True"
+            raise ValueError(msg) if construction else RuntimeError(msg)
+        lr = _num("lr", lr_v)
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr_v}")
+        eps = _num("eps", eps_v)
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps_v}")
+        try:
+            b1_v, b2_v = betas
+        except (TypeError, ValueError):
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+        b1 = _num("betas[0]", b1_v)
+        if not 0.0 <= b1 < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {b1_v}")
+        b2 = _num("betas[1]", b2_v)
+        if not 0.0 <= b2 < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {b2_v}")
+        wd = _num("weight_decay", wd_v)
+        if not 0.0 <= wd:
+            raise ValueError(f"Invalid weight_decay value: {wd_v}")
+        if construction:
+            if not (isinstance(b1_v, float) and isinstance(b2_v, float)
+                    or isinstance(b1_v, torch.Tensor) and isinstance(b2_v, torch.Tensor)):  # fmt: skip
+                raise ValueError("betas must be either both floats or both Tensors")
+            for k, b in enumerate((b1_v, b2_v)):
+                if isinstance(b, torch.Tensor) and foreach_only:
+                    raise ValueError(f"betas[{k}] as a Tensor is not supported for capturable=False and foreach=True")
         return dict(
-            lr=check.non_negative("lr", _num(group["lr"])),
-            beta1=b1,
-            beta2=b2,
-            eps=check.non_negative("eps", group["eps"]),
-            weight_decay=check.non_negative("weight_decay", group["weight_decay"]),
+            lr=_finite("lr", lr_v, lr),
+            beta1=_finite("betas[0]", b1_v, b1),
+            beta2=_finite("betas[1]", b2_v, b2),
+            eps=_finite("eps", eps_v, eps),
+            weight_decay=_finite("weight_decay", wd_v, wd),
             amsgrad=_bool("amsgrad", group["amsgrad"]),
             maximize=_bool("maximize", group["maximize"]),
             decoupled_weight_decay=_bool("decoupled_weight_decay", group["decoupled_weight_decay"]),
@@ -687,6 +1011,7 @@ class Adagrad(_FusedOptimizer):
     """
 
     _ALGORITHM = "adagrad"
+    _REQUIRED_GROUP_KEYS = ("lr", "lr_decay", "eps", "weight_decay")
 
     def __init__(
         self, params: Any, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
@@ -698,8 +1023,8 @@ class Adagrad(_FusedOptimizer):
                         differentiable=differentiable, fused=fused)  # fmt: skip
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: Dict[str, Any]) -> None:
-        super().add_param_group(param_group)
+    def _add_param_group(self, param_group: Dict[str, Any]) -> None:
+        super()._add_param_group(param_group)
         group = self.param_groups[-1]
         with torch.no_grad():
             for p in group["params"]:
@@ -710,13 +1035,31 @@ class Adagrad(_FusedOptimizer):
     def _new_state(self, key: str, p: torch.Tensor, group: Dict[str, Any]) -> torch.Tensor:
         return torch.full_like(p, float(group["initial_accumulator_value"]), memory_format=torch.contiguous_format)
 
-    def _hyper(self, group: Dict[str, Any]) -> Dict[str, Any]:
-        check.non_negative("initial_accumulator_value", group["initial_accumulator_value"])
+    def _hyper(self, group: Dict[str, Any], construction: bool = False) -> Dict[str, Any]:
+        lr_v, decay_v, wd_v = group["lr"], group["lr_decay"], group["weight_decay"]
+        init_v, eps_v = group["initial_accumulator_value"], group["eps"]
+        # torch.optim.Adagrad's checks
+        lr = _num("lr", lr_v)
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr_v}")
+        lr_decay = _num("lr_decay", decay_v)
+        if not 0.0 <= lr_decay:
+            raise ValueError(f"Invalid lr_decay value: {decay_v}")
+        wd = _num("weight_decay", wd_v)
+        if not 0.0 <= wd:
+            raise ValueError(f"Invalid weight_decay value: {wd_v}")
+        init = _num("initial_accumulator_value", init_v)
+        if not 0.0 <= init:
+            raise ValueError(f"Invalid initial_accumulator_value value: {init_v}")
+        eps = _num("eps", eps_v)
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps_v}")
+        _finite("initial_accumulator_value", init_v, init)
         return dict(
-            lr=check.non_negative("lr", _num(group["lr"])),
-            lr_decay=check.non_negative("lr_decay", group["lr_decay"]),
-            weight_decay=check.non_negative("weight_decay", group["weight_decay"]),
-            eps=check.non_negative("eps", group["eps"]),
+            lr=_finite("lr", lr_v, lr),
+            lr_decay=_finite("lr_decay", decay_v, lr_decay),
+            weight_decay=_finite("weight_decay", wd_v, wd),
+            eps=_finite("eps", eps_v, eps),
             maximize=_bool("maximize", group["maximize"]),
         )
 
