@@ -55,9 +55,9 @@ void install_fork_handler() {
 #endif
 }
 
-bool serial_after_fork() { return forked_after_team.load(std::memory_order_relaxed); }
+bool serial_after_fork() noexcept { return forked_after_team.load(std::memory_order_relaxed); }
 
-int region_threads(int requested) {
+int region_threads(int requested) noexcept {
   if (requested <= 1) return requested < 1 ? 1 : requested;
   if (forked_after_team.load(std::memory_order_relaxed)) return 1;
   // Before the team exists: its worker threads are created after this store (pthread_create is
@@ -66,7 +66,7 @@ int region_threads(int requested) {
   return requested;
 }
 
-std::uint64_t fp_control() {
+std::uint64_t fp_control() noexcept {
 #if defined(FUSEDOPT_FP_X86_64)
   return _mm_getcsr() & kMxcsrControl;
 #elif defined(FUSEDOPT_FP_AARCH64) && defined(_MSC_VER) && !defined(__clang__)
@@ -80,7 +80,7 @@ std::uint64_t fp_control() {
 #endif
 }
 
-void set_fp_control(std::uint64_t control) {
+void set_fp_control(std::uint64_t control) noexcept {
 #if defined(FUSEDOPT_FP_X86_64)
   _mm_setcsr((_mm_getcsr() & kMxcsrFlags) | (static_cast<unsigned>(control) & kMxcsrControl));
 #elif defined(FUSEDOPT_FP_AARCH64) && defined(_MSC_VER) && !defined(__clang__)

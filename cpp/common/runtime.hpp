@@ -15,10 +15,10 @@ namespace runtime {
 // exist only in the parent), and results are bitwise independent of the thread count, so the child
 // runs serially and only its speed changes. Call it right before a region that will run with
 // more than one thread: a return value > 1 records that this process has started a team.
-int region_threads(int requested);
+int region_threads(int requested) noexcept;
 
 // True in such a forked child (every region runs on one thread).
-bool serial_after_fork();
+bool serial_after_fork() noexcept;
 
 // Installs the fork handler (idempotent; the extension calls it at import). No-op without fork().
 void install_fork_handler();
@@ -27,11 +27,11 @@ void install_fork_handler();
 // exception flags (flush-to-zero, denormals-are-zero, rounding mode, exception masks); on aarch64
 // the FPCR (FZ, DN, AHP, FZ16, rounding mode, trap enables). 0 on other architectures, where
 // nothing is transferred.
-std::uint64_t fp_control();
+std::uint64_t fp_control() noexcept;
 
 // Makes `control` (a value of fp_control(), possibly from another thread) the calling thread's
 // control state; its own sticky exception flags are kept.
-void set_fp_control(std::uint64_t control);
+void set_fp_control(std::uint64_t control) noexcept;
 
 }  // namespace runtime
 }  // namespace fusedopt
