@@ -157,11 +157,13 @@ class Optimizer:
         raise NotImplementedError
 
     def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any) -> None:  # fmt: skip
+                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any,
+                counters: Optional[List[State]] = None) -> None:  # fmt: skip
         """The planned path's call, straight into fusedopt._core: ``group`` was validated by
         _check_hyper, the conventions are torch's and there are no gradient options; ``lists`` are
         the state lists (:meth:`_state_lists`); ``step`` is the new step count; ``plan`` the
-        :class:`fusedopt._core.Plan` of params and state lists."""
+        :class:`fusedopt._core.Plan` of params and state lists; ``counters`` the states whose
+        ``step`` the native call advances right after its kernel (None: the caller does)."""
         raise NotImplementedError
 
     def _state_lists(self, hyper: Mapping[str, Any], states: List[State]) -> List[Optional[List[np.ndarray]]]:
@@ -253,11 +255,10 @@ class Optimizer:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(self._params)} parameters")
         if grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None \
                 and skip_if_nonfinite is False:  # fmt: skip
-            # One step is all or nothing under Ctrl-C too: a SIGINT during the native calls is
-            # delivered when the step, step counts included, is complete (cpp/bindings/signals.cpp).
-            with self._lock, _core.defer_interrupts:
+            with self._lock:
                 if not self._step_planned(grads):
-                    self._step_general(grads)
+                    with _core.defer_interrupts:  # all or nothing under Ctrl-C (see _step_planned)
+                        self._step_general(grads)
             return None
         return self._step_with_grad_options(grads, grad_scale, found_inf, clip_value, max_grad_norm, skip_if_nonfinite)
 
@@ -295,8 +296,8 @@ class Optimizer:
                 kw["clip_value"] = value
             self._call_kw = {**self._convention_kw(), **kw}
             try:
-                with _core.defer_interrupts:
-                    if not self._step_planned(grads):
+                if not self._step_planned(grads):
+                    with _core.defer_interrupts:
                         self._step_general(grads)
             finally:
                 self._call_kw = self._convention_kw()
@@ -357,11 +358,11 @@ class Optimizer:
                 # every bucket's count is checked before the first call; anything but a valid int
                 # shared by the bucket (an edited count) takes the general path, which validates
                 t = states[0]["step"]
-                if type(t) is not int or t < 0 or t >= _MAX_STEP:
+                if t.__class__ is not int or t < 0 or t >= _MAX_STEP:
                     return False
                 for st in states:
                     s = st["step"]
-                    if s is not t and (type(s) is not int or s != t):
+                    if s != t or s.__class__ is not int:
                         return False
                 step = t + 1
             try:
@@ -371,18 +372,28 @@ class Optimizer:
             # every gradient is an array here (checked above)
             gs = cast("List[np.ndarray]", [grads[i] for i in idx] if len(idx) != len(grads) else grads)
             calls.append((plan.hypers[gi], idx, params, gs, states, lists, step, core_plan, n))
+        # A step is all or nothing under Ctrl-C too: a KeyboardInterrupt arriving while it runs is
+        # raised when it is complete, step counts included. One native call advances the counts
+        # itself, right after its kernel with no Python code in between (counters=); otherwise the
+        # calls and the counts are inside _core.defer_interrupts (cpp/bindings/signals.cpp).
+        if direct and len(calls) == 1:
+            hyper, _, params, gs, states, lists, step, core_plan, n = calls[0]
+            self._native(hyper, params, gs, lists, step, _threads.resolve(None, n, self._ALGORITHM), core_plan,
+                         states if self._HAS_STEP else None)  # fmt: skip
+            return True
         if len(calls) > 1:
             self._precheck([(c[0], c[1], c[3], c[4]) for c in calls], grads)
-        for hyper, _, params, gs, states, lists, step, core_plan, n in calls:
-            if direct:
-                self._native(hyper, params, gs, lists, step, _threads.resolve(None, n, self._ALGORITHM), core_plan)
-            else:
-                self._update(hyper, params, gs, states)
-        if self._HAS_STEP:
-            for c in calls:
-                step = c[6]
-                for st in c[4]:
-                    st["step"] = step
+        with _core.defer_interrupts:
+            for hyper, _, params, gs, states, lists, step, core_plan, n in calls:
+                if direct:
+                    self._native(hyper, params, gs, lists, step, _threads.resolve(None, n, self._ALGORITHM), core_plan)
+                else:
+                    self._update(hyper, params, gs, states)
+            if self._HAS_STEP:
+                for c in calls:
+                    step = c[6]
+                    for st in c[4]:
+                        st["step"] = step
         return True
 
     def _step_general(self, grads: List[Optional[np.ndarray]]) -> None:
@@ -815,12 +826,13 @@ class SGD(Optimizer):
               first_step=first, **self._call_kw)  # fmt: skip
 
     def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any) -> None:  # fmt: skip
+                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any,
+                counters: Optional[List[State]] = None) -> None:  # fmt: skip
         # planned steps come after the first: momentum buffers, if used, exist (first_step False)
         s = _scalars.sgd_scalars(lr=group["lr"], weight_decay=group["weight_decay"], momentum=group["momentum"],
                                  dampening=group["dampening"])  # fmt: skip
         _core.sgd(params, grads, lists[0], *s, *_scalars.NO_GRAD_TRANSFORM, group["nesterov"], group["maximize"],
-                  False, threads, plan)  # fmt: skip
+                  False, threads, plan, counters)  # fmt: skip
 
 
 class Momentum(Optimizer):
@@ -861,10 +873,11 @@ class Momentum(Optimizer):
                    bias_correction=group["bias_correction"], **self._call_kw)  # fmt: skip
 
     def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any) -> None:  # fmt: skip
+                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any,
+                counters: Optional[List[State]] = None) -> None:  # fmt: skip
         s = _scalars.momentum_scalars(step=step, lr=group["lr"], beta=group["beta"],
                                       weight_decay=group["weight_decay"], bias_correction=group["bias_correction"])  # fmt: skip
-        _core.momentum(params, grads, _required(lists[0]), *s, *_scalars.NO_GRAD_TRANSFORM, threads, plan)
+        _core.momentum(params, grads, _required(lists[0]), *s, *_scalars.NO_GRAD_TRANSFORM, threads, plan, counters)
 
 
 class RMSprop(Optimizer):
@@ -964,11 +977,12 @@ class RMSprop(Optimizer):
         )  # fmt: skip
 
     def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any) -> None:  # fmt: skip
+                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any,
+                counters: Optional[List[State]] = None) -> None:  # fmt: skip
         s = _scalars.rmsprop_scalars(lr=group["lr"], alpha=group["alpha"], eps=group["eps"],
                                      weight_decay=group["weight_decay"], momentum=group["momentum"])  # fmt: skip
         _core.rmsprop(params, grads, _required(lists[0]), lists[1], lists[2], *s, *_scalars.NO_GRAD_TRANSFORM,
-                      group["maximize"], threads, plan)  # fmt: skip
+                      group["maximize"], threads, plan, counters)  # fmt: skip
 
 
 class Adam(Optimizer):
@@ -1080,13 +1094,14 @@ class Adam(Optimizer):
         )  # fmt: skip
 
     def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any) -> None:  # fmt: skip
+                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any,
+                counters: Optional[List[State]] = None) -> None:  # fmt: skip
         b1, b2 = group["betas"]
         s = _scalars.adam_scalars(step=step, lr=group["lr"], beta1=b1, beta2=b2, eps=group["eps"],
                                   weight_decay=group["weight_decay"],
                                   decoupled_weight_decay=group["decoupled_weight_decay"])  # fmt: skip
         _core.adam(params, grads, _required(lists[0]), _required(lists[1]), lists[2], *s, *_scalars.NO_GRAD_TRANSFORM, group["maximize"],
-                   False, threads, plan)  # fmt: skip
+                   False, threads, plan, counters)  # fmt: skip
 
 
 class AdamW(Adam):
@@ -1181,9 +1196,11 @@ class Adagrad(Optimizer):
                   maximize=group["maximize"], **self._call_kw)  # fmt: skip
 
     def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any) -> None:  # fmt: skip
+                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any,
+                counters: Optional[List[State]] = None) -> None:  # fmt: skip
         s = _scalars.adagrad_scalars(step=step, lr=group["lr"], lr_decay=group["lr_decay"], eps=group["eps"],
                                      weight_decay=group["weight_decay"])  # fmt: skip
-        _core.adagrad(params, grads, _required(lists[0]), *s, *_scalars.NO_GRAD_TRANSFORM, group["maximize"], threads, plan)
+        _core.adagrad(params, grads, _required(lists[0]), *s, *_scalars.NO_GRAD_TRANSFORM, group["maximize"], threads, plan,
+                      counters)  # fmt: skip
 
 
