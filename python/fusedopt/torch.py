@@ -218,7 +218,8 @@ _ROLE_KEYS = {
     "grad_avgs": "grad_avg", "exp_avgs": "exp_avg", "exp_avg_sqs": "exp_avg_sq",
     "max_exp_avg_sqs": "max_exp_avg_sq", "state_sums": "sum",
 }  # fmt: skip
-_NAMED = re.compile(r"\b(params|grads|counters|written|read|" + "|".join(_ROLE_KEYS) + r")\[(\d+)\]")
+_KEY_ROLES = {key: role for role, key in _ROLE_KEYS.items()}
+_NAMED = re.compile(r"\b(params|grads|counters|" + "|".join(_ROLE_KEYS) + r")\[(\d+)\]")
 
 _INFERENCE_MSG = (
     "Inplace update to inference tensor outside InferenceMode is not allowed.You can make a clone to get a "
@@ -260,14 +261,12 @@ class _Call:
         return steps or None
 
 
-def _torch_names(message: str, entries: List[_Entry], globally: bool = False) -> str:
+def _torch_names(message: str, entries: List[_Entry]) -> str:
     """A native error message with the call's list positions turned into torch's names:
     ``grads[1]`` -> ``params[7].grad``, ``exp_avgs[1]`` -> ``state[params[7]]['exp_avg']``."""
 
     def name(m: "re.Match[str]") -> str:
         role, k = m.group(1), int(m.group(2))
-        if globally:  # check_overlap's flat lists
-            return m.group(0)
         i = entries[k].index if k < len(entries) else k
         if role == "params":
             return f"params[{i}]"
@@ -609,17 +608,12 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                         old = stacked.reshape(-1).tolist()
             except (RuntimeError, TypeError, ValueError):  # mixed shapes or devices: one by one, below
                 old = None
-        if old is None:
-            old = []
-            for e, s in zip(entries, steps):
-                if s.numel() != 1 or s.dtype not in _DTYPES or not s.is_cpu or s.layout != torch.strided:
-                    raise TypeError(f"state[params[{e.index}]]['step'] must be a one-element float32/float64 CPU "
-                                    f"tensor, got {s.dtype} with {s.numel()} elements on {s.device}")  # fmt: skip
-                old.append(s.item())
+        if old is None:  # one by one; _check_step_value names what is wrong
+            old = [_check_step_value(f"state[params[{e.index}]]['step']", s) for e, s in zip(entries, steps)]
         new = []
         for e, s, v in zip(entries, steps, old):
-            if not (isinstance(v, float) and math.isfinite(v) and v >= 0.0 and v == int(v)):
-                raise ValueError(f"state[params[{e.index}]]['step'] must be a whole number >= 0, got {v!r}")
+            if not (math.isfinite(v) and v >= 0.0 and v == int(v)):
+                _check_step_value(f"state[params[{e.index}]]['step']", v)  # raises
             if v + 1.0 < _TWO24 or s.dtype == torch.float64:
                 new.append(v + 1.0)
             else:  # torch increments in the counter's dtype: a float32 count saturates at 2**24
@@ -673,11 +667,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     raise type(exc)(_torch_names(str(exc), c.entries)) from None
             for e in staged:
                 self.state[e.p].update(e.staged)
-            bumped = written + [e.step for e in entries if e.step is not None]
-            if not torch.is_inference_mode_enabled() or not any(map(_is_inference, bumped)):
-                torch._C._increment_version(bumped)  # as torch.optim's in-place updates do
-            else:
-                torch._C._increment_version([t for t in bumped if not t.is_inference()])
+            # as torch.optim's in-place updates do (a no-op for inference tensors, which have none)
+            torch._C._increment_version(written + [e.step for e in entries if e.step is not None])
 
     def _precheck(self, calls: List[Tuple[Tuple[str, ...], _Call]]) -> None:
         """A step of several native calls: everything any call would refuse is found before the
@@ -685,7 +676,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         for keys, c in calls:
             P, G, S = c.lists(len(keys))
             roles = [("params", P, True), ("grads", G, False)]
-            roles += [(self._role_names(keys)[j], S[j], True) for j in range(len(keys))]
+            roles += [(_KEY_ROLES[k], S[j], True) for j, k in enumerate(keys)]
             try:
                 _core.check(roles)
             except (TypeError, ValueError) as exc:
@@ -709,11 +700,6 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             msg = re.sub(r"\bwritten\[(\d+)\]", lambda m: names[int(m.group(1))], str(exc))
             msg = re.sub(r"\bread\[(\d+)\]", lambda m: read_names[int(m.group(1))], msg)
             raise ValueError(msg) from None
-
-    def _role_names(self, keys: Tuple[str, ...]) -> List[str]:
-        """The native role name of each state key (for messages)."""
-        inverse = {v: k for k, v in _ROLE_KEYS.items()}
-        return [inverse[k] for k in keys]
 
 
 def _bool(name: str, v: Any) -> bool:
