@@ -30,9 +30,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _core, _scalars, _threads
+from . import _core, _engine, _threads
 from . import _validation as check
 from . import functional as F
+from .algorithms import ADAGRAD, ADAM, ADAMW, FIRST_STEP, MOMENTUM, RMSPROP, ZEROS, Algorithm
+from .algorithms import SGD as _SGD
 from .arena import FlatParams
 
 __all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Optimizer"]
@@ -54,18 +56,25 @@ class Optimizer:
     optimizer).
     """
 
-    #: names of the state arrays a parameter may have, and those it must have once stepped
-    _STATE_ARRAYS: Tuple[str, ...] = ()
-    #: the state arrays in the order of the native step's state lists (see _state_lists)
-    _ROLES: Tuple[str, ...] = ()
-    #: the algorithm's name in fusedopt._threads.SERIAL_BELOW
-    _ALGORITHM = ""
-    _HAS_STEP = True
+    #: the algorithm's description (fusedopt.algorithms): everything below is derived from it
+    _algo: Algorithm
     #: convention options of the class (name -> torch-form default); see :meth:`set_conventions`
     _CONVENTIONS: Dict[str, Any] = {}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        algo = cls.__dict__.get("_algo")
+        if algo is not None:  # derived from the description, once per class
+            cls._STATE_ARRAYS = tuple(r.key for r in algo.states)
+            cls._HAS_STEP = algo.has_step
+            cls._CONVENTIONS = {h.name: h.default for h in algo.conventions}
+            cls._PAIRS = {p.name: p.parts for p in algo.torch_pairs}
+
+    _STATE_ARRAYS: Tuple[str, ...] = ()
+    _HAS_STEP = True
+    _PAIRS: Dict[str, Tuple[str, str]] = {}
+
     def __init__(self, params: ParamsArg, defaults: Mapping[str, Any]) -> None:
-        self.defaults: Dict[str, Any] = self._check_hyper(dict(defaults))
         self.param_groups: List[Dict[str, Any]] = []
         self._params: List[np.ndarray] = []
         self.state: List[State] = []
@@ -74,9 +83,10 @@ class Optimizer:
         self._plan: Optional[_Plan] = None
         self._arena: Optional[FlatParams] = None
         self._conventions: Dict[str, Any] = self._check_conventions(dict(self._CONVENTIONS))
-        #: extra keywords of every functional call: the non-default conventions, plus the gradient
-        #: pre-processing while a step with such options runs (empty in the common case: fast)
-        self._call_kw: Dict[str, Any] = self._convention_kw()
+        self.defaults: Dict[str, Any] = self._check_hyper(dict(defaults))
+        #: extra keywords of the functional calls: the gradient pre-processing while a step with
+        #: such options runs (empty in the common case: the planned path calls _core directly)
+        self._call_kw: Dict[str, Any] = {}
         if isinstance(params, FlatParams):
             # One flat tensor; state buffers come from the arena, placed to avoid cache aliasing.
             self._arena = params
@@ -94,13 +104,50 @@ class Optimizer:
         else:
             self.add_param_group({"params": items})
 
-    # -- subclass interface --------------------------------------------------------------------
+    # -- derived from the description ------------------------------------------------------------
     def _check_hyper(self, hyper: Dict[str, Any]) -> Dict[str, Any]:
-        """Validate and normalize hyperparameters (raise ValueError/TypeError naming them)."""
-        raise NotImplementedError
+        """Validate and normalize a param group's hyperparameters (torch-style names, e.g.
+        ``betas``), then their relations; raise ValueError/TypeError naming them."""
+        algo = self._algo
+        for k, v in hyper.items():
+            parts = self._PAIRS.get(k)
+            if parts is not None:
+                try:
+                    a, b = v
+                except (TypeError, ValueError):
+                    raise TypeError(f"{k} must be a pair ({parts[0]}, {parts[1]}), got {v!r}") from None
+                hyper[k] = (algo.hyper(parts[0]).check(a, f"{k}[0]"), algo.hyper(parts[1]).check(b, f"{k}[1]"))
+            else:
+                hyper[k] = algo.hyper(k).check(v)
+        for name, value in algo.fixed:
+            if name in hyper and hyper[name] != value:
+                raise ValueError(f"{type(self).__name__} always uses {name}={value!r}")
+        algo.relations(self._view(hyper))
+        return hyper
+
+    def _view(self, hyper: Mapping[str, Any]) -> Dict[str, Any]:
+        """The functional hyperparameters of a checked group (pairs unpacked, conventions and fixed
+        values added): what the description's scalars, flags and roles read."""
+        out = {h.name: h.default for h in self._algo.hypers}
+        for k, v in hyper.items():
+            parts = self._PAIRS.get(k)
+            if parts is None:
+                out[k] = v
+            else:
+                out[parts[0]], out[parts[1]] = v
+        out.update(self._conventions)
+        out.update(self._algo.fixed)
+        return out
+
+    def _group_view(self, group: Mapping[str, Any]) -> Dict[str, Any]:
+        return self._view(self._check_hyper({k: group[k] for k in self.defaults}))
 
     def _check_conventions(self, conv: Dict[str, Any]) -> Dict[str, Any]:
         """Validate and normalize the convention options (raise naming them)."""
+        algo = self._algo
+        conv = {k: algo.hyper(k).check(v) for k, v in conv.items()}
+        algo.relations({**{h.name: h.default for h in algo.hypers}, **conv})
+        algo.check_params(conv, getattr(self, "_params", []))
         return conv
 
     @property
@@ -110,10 +157,6 @@ class Optimizer:
         part of :meth:`state_dict` (whose layout is torch's): build the optimizer the same way
         before loading a state dict."""
         return dict(self._conventions)
-
-    def _convention_kw(self) -> Dict[str, Any]:
-        torch_form = type(self)._CONVENTIONS
-        return {k: v for k, v in self._conventions.items() if v != torch_form[k] or type(v) is not type(torch_form[k])}
 
     def set_conventions(self, **options: Any) -> None:
         """Switch formula conventions (names and meaning: the class docstring and
@@ -125,19 +168,57 @@ class Optimizer:
                              f"known: {sorted(type(self)._CONVENTIONS)}")  # fmt: skip
         with self._lock:
             self._conventions = self._check_conventions({**self._conventions, **options})
-            self._call_kw = self._convention_kw()
+            self._version += 1  # the planned steps hold the old conventions
 
     def _new_state(self, param: np.ndarray, group: Mapping[str, Any]) -> State:
-        """State of a parameter before its first step."""
-        return {"step": 0}
+        """State of a parameter before its first step: the step count, and the arrays that start
+        at a hyperparameter's value (made with the parameter, as torch makes them)."""
+        st: State = {"step": 0} if self._HAS_STEP else {}
+        for r in self._algo.states:
+            if r.init not in (ZEROS, FIRST_STEP):
+                value = group[r.init]
+                with np.errstate(over="ignore"):
+                    if not np.isfinite(param.dtype.type(value)):
+                        raise ValueError(f"{r.init}={value} overflows the parameters' dtype {param.dtype}")
+                a = self._zeros(param)
+                a.fill(value)
+                st[r.key] = a
+        return st
 
-    def _complete_state(self, state: State, param: np.ndarray, group: Mapping[str, Any]) -> State:
-        """Add arrays a flag turned on since the state was made (e.g. amsgrad)."""
+    def _complete_state(self, state: State, param: np.ndarray, hyper: Mapping[str, Any]) -> State:
+        """Add the zero arrays this step needs that the state lacks (a flag turned on, or the first
+        step); FIRST_STEP arrays are made by :meth:`_update`, which tells the kernel."""
+        for r in self._algo.states:
+            if r.init == ZEROS and r.key not in state and r.present(hyper):
+                state[r.key] = self._zeros(param)
         return state
 
     def _bucket(self, state: State) -> Any:
-        """Parameters whose states give equal buckets are updated by one native call."""
-        return state.get("step")
+        """Parameters whose states give equal buckets are updated by one native call: the same
+        step count, and the same FIRST_STEP arrays made already."""
+        first = tuple(r.key in state for r in self._algo.states if r.init == FIRST_STEP)
+        return (state.get("step"), first) if first else state.get("step")
+
+    def _required_arrays(self) -> Tuple[str, ...]:
+        """The arrays a stepped parameter's state must have (loaded state dicts are checked)."""
+        return tuple(r.key for r in self._algo.states if r.when is None and r.init != FIRST_STEP)
+
+    def _check_required_state(self, i: int, st: State) -> None:
+        """Refuse a loaded state that lacks arrays this optimizer needs: after its first step, and
+        from the start for arrays made with the parameter (Adagrad's ``sum``)."""
+        missing = [r.key for r in self._algo.states if r.init not in (ZEROS, FIRST_STEP) and r.key not in st]
+        if not missing and st.get("step", 1) > 0:
+            missing = [k for k in self._required_arrays() if k not in st]
+        if missing:
+            raise ValueError(f"state of parameter {i} lacks {missing}")
+
+    def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
+        """Which state arrays exist (a change needs the general path)."""
+        return self._algo.structure(hyper)
+
+    def _state_keys(self, hyper: Mapping[str, Any]) -> Tuple[str, ...]:
+        """The state arrays a step with these hyperparameters reads and writes."""
+        return tuple(r.key for r in self._algo.present_states(hyper))
 
     def _zeros(self, param: np.ndarray) -> np.ndarray:
         """A zero state array for ``param``: from the arena, placed, when there is one; otherwise
@@ -150,27 +231,35 @@ class Optimizer:
         return _zeros_in_phase(param)
 
     def _update(
-        self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray], states: List[State]
+        self, hyper: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray], states: List[State]
     ) -> None:
-        """One call of :mod:`fusedopt.functional` (validates everything; any convention, any
-        gradient option)."""
-        raise NotImplementedError
+        """One call of the functional form (validates everything; any convention, any gradient
+        option). FIRST_STEP arrays missing from the states are made here and the kernel told."""
+        algo = self._algo
+        kw = {h.name: hyper[h.name] for h in algo.arguments}
+        for r in algo.states:
+            if r.init == FIRST_STEP and r.present(hyper) and r.key not in states[0]:
+                for st, p in zip(states, params):
+                    st[r.key] = self._zeros(p)  # overwritten by the kernel's first step
+                kw["first_step"] = True
+        if algo.step_arg:
+            kw["step"] = states[0]["step"] + 1
+        getattr(F, algo.name)(params, grads, *self._state_lists(hyper, states), **kw, **self._call_kw)
 
-    def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
+    def _native(self, hyper: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
                 lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any,
                 counters: Optional[List[State]] = None) -> None:  # fmt: skip
-        """The planned path's call, straight into fusedopt._core: ``group`` was validated by
-        _check_hyper, the conventions are torch's and there are no gradient options; ``lists`` are
-        the state lists (:meth:`_state_lists`); ``step`` is the new step count; ``plan`` the
-        :class:`fusedopt._core.Plan` of params and state lists; ``counters`` the states whose
-        ``step`` the native call advances right after its kernel (None: the caller does)."""
-        raise NotImplementedError
+        """The planned path's call, straight into fusedopt._core: ``hyper`` is a checked view, there
+        are no gradient options; ``lists`` are the state lists (:meth:`_state_lists`); ``step`` is
+        the new step count; ``plan`` the :class:`fusedopt._core.Plan` of params and state lists;
+        ``counters`` the states whose ``step`` the native call advances right after its kernel
+        (None: the caller does). Planned steps come after the first: FIRST_STEP arrays exist."""
+        _engine.native_call(self._algo, hyper, step or 1, params, grads, lists, threads, plan, counters)
 
     def _state_lists(self, hyper: Mapping[str, Any], states: List[State]) -> List[Optional[List[np.ndarray]]]:
-        """The state arrays of a native call, one list per role of _ROLES (None for a role this
-        configuration does not use). Raises KeyError when a state lacks an array it needs."""
-        keys = self._state_keys(hyper)
-        return [[st[k] for st in states] if k in keys else None for k in self._ROLES]
+        """The state arrays of a native call, one list per role in the description's order (None
+        for a role this configuration does not use). Raises KeyError when a state lacks one."""
+        return [[st[r.key] for st in states] if r.present(hyper) else None for r in self._algo.states]
 
     # -- param groups --------------------------------------------------------------------------
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
@@ -189,6 +278,7 @@ class Optimizer:
             raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for {type(self).__name__}")
         group = {k: param_group.get(k, v) for k, v in self.defaults.items()}
         group = self._check_hyper(group)
+        self._algo.check_params(self._conventions, arrays)
         check.no_overlap("params", self._params + arrays)
         group["params"] = list(range(start, start + len(arrays)))
         states = [self._new_state(a, group) for a in arrays]  # may still refuse: commit nothing before
@@ -294,13 +384,13 @@ class Optimizer:
                 kw["clip_coef"] = coef
             if clip_value is not None:
                 kw["clip_value"] = value
-            self._call_kw = {**self._convention_kw(), **kw}
+            self._call_kw = kw
             try:
                 if not self._step_planned(grads):
                     with _core.defer_interrupts:
                         self._step_general(grads)
             finally:
-                self._call_kw = self._convention_kw()
+                self._call_kw = {}
             return norm
 
     def _check_step(self, grads: List[Optional[np.ndarray]]) -> None:
@@ -309,17 +399,13 @@ class Optimizer:
         and state array (:meth:`_precheck`). Writes nothing, allocates no state."""
         calls = []
         for group in self.param_groups:
-            hyper = self._check_hyper({k: group[k] for k in self.defaults})
+            hyper = self._group_view(group)
             idx = [i for i in group["params"] if grads[i] is not None]
             if self._HAS_STEP:
                 for i in idx:
                     check.steppable(f"state[{i}]['step']", self.state[i].get("step"))
             calls.append((hyper, idx, [grads[i] for i in idx], [self.state[i] for i in idx]))
         self._precheck(calls, grads)
-
-    def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
-        """Hyperparameters that decide which state arrays exist (a change needs the general path)."""
-        return ()
 
     def _step_planned(self, grads: List[Optional[np.ndarray]]) -> bool:
         """The common case, with the bucketing of the previous step reused: every parameter has a
@@ -345,11 +431,11 @@ class Optimizer:
                 if not watched or _unchanged(group, watched):
                     continue
             snapshot = tuple([group[k] for k in keys])
-            hyper = self._check_hyper(dict(zip(keys, snapshot)))
+            hyper = self._view(self._check_hyper(dict(zip(keys, snapshot))))
             if self._structure(hyper) != plan.structures[gi]:
                 return False
             plan.snapshots[gi], plan.hypers[gi], plan.watched[gi] = snapshot, hyper, _watch(keys, snapshot)
-        direct = not self._call_kw  # torch conventions, no gradient options: straight into _core
+        direct = not self._call_kw  # no gradient options: straight into _core
         calls = []
         for gi, idx, params, core_plan, n in plan.buckets:
             states = [self.state[i] for i in idx]
@@ -378,7 +464,7 @@ class Optimizer:
         # calls and the counts are inside _core.defer_interrupts (cpp/bindings/signals.cpp).
         if direct and len(calls) == 1:
             hyper, _, params, gs, states, lists, step, core_plan, n = calls[0]
-            self._native(hyper, params, gs, lists, step, _threads.resolve(None, n, self._ALGORITHM), core_plan,
+            self._native(hyper, params, gs, lists, step, _threads.resolve(None, n, self._algo.threads), core_plan,
                          states if self._HAS_STEP else None)  # fmt: skip
             return True
         if len(calls) > 1:
@@ -386,7 +472,7 @@ class Optimizer:
         with _core.defer_interrupts:
             for hyper, _, params, gs, states, lists, step, core_plan, n in calls:
                 if direct:
-                    self._native(hyper, params, gs, lists, step, _threads.resolve(None, n, self._ALGORITHM), core_plan)
+                    self._native(hyper, params, gs, lists, step, _threads.resolve(None, n, self._algo.threads), core_plan)
                 else:
                     self._update(hyper, params, gs, states)
             if self._HAS_STEP:
@@ -401,7 +487,7 @@ class Optimizer:
         staged: Dict[int, State] = {}
         hypers = []
         for group in self.param_groups:
-            hyper = self._check_hyper({k: group[k] for k in self.defaults})
+            hyper = self._group_view(group)
             hypers.append(hyper)
             buckets: Dict[Any, List[int]] = {}
             for i in group["params"]:
@@ -454,10 +540,6 @@ class Optimizer:
             structures=[self._structure(h) for h in hypers],
             buckets=buckets,
         )
-
-    def _state_keys(self, hyper: Mapping[str, Any]) -> Tuple[str, ...]:
-        """The state arrays a step with these hyperparameters reads and writes."""
-        return self._STATE_ARRAYS
 
     def _precheck(self, calls: List[Tuple[Dict[str, Any], List[int], List[Any], List[State]]],
                   grads: List[Optional[np.ndarray]]) -> None:  # fmt: skip
@@ -597,16 +679,6 @@ class Optimizer:
             out[k] = buf
         self._check_required_state(i, out)
         return out
-
-    def _check_required_state(self, i: int, st: State) -> None:
-        """Refuse a loaded state that lacks arrays this optimizer needs after its first step."""
-        if st.get("step", 1) > 0:
-            missing = [k for k in self._required_arrays() if k not in st]
-            if missing:
-                raise ValueError(f"state of parameter {i} lacks {missing}")
-
-    def _required_arrays(self) -> Tuple[str, ...]:
-        return ()
 
     # -- copies and pickles ----------------------------------------------------------------------
     # The lock and the cached plan (native objects holding the arrays) are not copied: a copy gets
@@ -766,73 +838,14 @@ class SGD(Optimizer):
     it is set to the gradient, as torch does). SGD has no step counter.
     """
 
-    _STATE_ARRAYS = ("momentum_buffer",)
-    _HAS_STEP = False
-    _ROLES = ("momentum_buffer",)
-    _ALGORITHM = "sgd"
+    _algo = _SGD
 
     def __init__(
-        self,
-        params: ParamsArg,
-        lr: float = 1e-3,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-    ) -> None:
-        super().__init__(
-            params,
-            dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                 nesterov=nesterov, maximize=maximize),
-        )  # fmt: skip
-
-    def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
-        h["lr"] = check.non_negative("lr", h["lr"])
-        h["momentum"] = check.non_negative("momentum", h["momentum"])
-        h["dampening"] = check.unit_interval_closed("dampening", h["dampening"])
-        h["weight_decay"] = check.non_negative("weight_decay", h["weight_decay"])
-        h["nesterov"] = check.flag("nesterov", h["nesterov"])
-        h["maximize"] = check.flag("maximize", h["maximize"])
-        if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
-            raise ValueError("nesterov requires momentum > 0 and dampening == 0")
-        return h
-
-    def _new_state(self, param: np.ndarray, group: Mapping[str, Any]) -> State:
-        return {}
-
-    def _bucket(self, state: State) -> Any:
-        return "momentum_buffer" in state
-
-    def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
-        return (hyper["momentum"] != 0,)
-
-    def _state_keys(self, hyper: Mapping[str, Any]) -> Tuple[str, ...]:
-        return ("momentum_buffer",) if hyper["momentum"] != 0 else ()
-
-    def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                states: List[State]) -> None:  # fmt: skip
-        bufs = None
-        first = False
-        if group["momentum"] != 0:
-            first = "momentum_buffer" not in states[0]
-            if first:
-                for st, p in zip(states, params):
-                    st["momentum_buffer"] = self._zeros(p)  # overwritten with g by the kernel
-            bufs = self._state_lists(group, states)[0]
-        F.sgd(params, grads, bufs, lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-              nesterov=group["nesterov"], weight_decay=group["weight_decay"], maximize=group["maximize"],
-              first_step=first, **self._call_kw)  # fmt: skip
-
-    def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any,
-                counters: Optional[List[State]] = None) -> None:  # fmt: skip
-        # planned steps come after the first: momentum buffers, if used, exist (first_step False)
-        s = _scalars.sgd_scalars(lr=group["lr"], weight_decay=group["weight_decay"], momentum=group["momentum"],
-                                 dampening=group["dampening"])  # fmt: skip
-        _core.sgd(params, grads, lists[0], *s, *_scalars.NO_GRAD_TRANSFORM, group["nesterov"], group["maximize"],
-                  False, threads, plan, counters)  # fmt: skip
+        self, params: ParamsArg, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+        weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, maximize=maximize))  # fmt: skip
 
 
 class Momentum(Optimizer):
@@ -841,43 +854,13 @@ class Momentum(Optimizer):
     State per parameter: ``step`` and ``velocity`` (zeros).
     """
 
-    _STATE_ARRAYS = ("velocity",)
-    _ROLES = ("velocity",)
-    _ALGORITHM = "momentum"
+    _algo = MOMENTUM
 
     def __init__(
         self, params: ParamsArg, lr: float, beta: float = 0.9, weight_decay: float = 0.0,
         bias_correction: bool = False,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay, bias_correction=bias_correction))
-
-    def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
-        h["lr"] = check.non_negative("lr", h["lr"])
-        h["beta"] = check.unit_interval("beta", h["beta"])
-        h["weight_decay"] = check.non_negative("weight_decay", h["weight_decay"])
-        h["bias_correction"] = check.flag("bias_correction", h["bias_correction"])
-        return h
-
-    def _complete_state(self, state: State, param: np.ndarray, group: Mapping[str, Any]) -> State:
-        if "velocity" not in state:
-            state["velocity"] = self._zeros(param)
-        return state
-
-    def _required_arrays(self) -> Tuple[str, ...]:
-        return ("velocity",)
-
-    def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                states: List[State]) -> None:  # fmt: skip
-        F.momentum(params, grads, _required(self._state_lists(group, states)[0]), step=states[0]["step"] + 1, lr=group["lr"],
-                   beta=group["beta"], weight_decay=group["weight_decay"],
-                   bias_correction=group["bias_correction"], **self._call_kw)  # fmt: skip
-
-    def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any,
-                counters: Optional[List[State]] = None) -> None:  # fmt: skip
-        s = _scalars.momentum_scalars(step=step, lr=group["lr"], beta=group["beta"],
-                                      weight_decay=group["weight_decay"], bias_correction=group["bias_correction"])  # fmt: skip
-        _core.momentum(params, grads, _required(lists[0]), *s, *_scalars.NO_GRAD_TRANSFORM, threads, plan, counters)
 
 
 class RMSprop(Optimizer):
@@ -892,21 +875,15 @@ class RMSprop(Optimizer):
     :math:`\eta g/a`, TF/Keras/optax). Both False (torch) by default.
     """
 
-    _STATE_ARRAYS = ("square_avg", "momentum_buffer", "grad_avg")
-    _ROLES = ("square_avg", "grad_avg", "momentum_buffer")
-    _ALGORITHM = "rmsprop"
-    _CONVENTIONS: Dict[str, Any] = {"eps_in_sqrt": False, "lr_in_momentum": False}
+    _algo = RMSPROP
 
     def __init__(
         self, params: ParamsArg, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
         weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
         maximize: bool = False,
     ) -> None:  # fmt: skip
-        super().__init__(
-            params,
-            dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                 centered=centered, maximize=maximize),
-        )  # fmt: skip
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                      centered=centered, maximize=maximize))  # fmt: skip
 
     @classmethod
     def keras(
@@ -931,59 +908,6 @@ class RMSprop(Optimizer):
         return _with_conventions(cls, dict(eps_in_sqrt=True, lr_in_momentum=True), params, lr=learning_rate,
                                  alpha=decay, eps=eps, momentum=momentum or 0.0, centered=centered)  # fmt: skip
 
-    def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
-        h["lr"] = check.non_negative("lr", h["lr"])
-        h["alpha"] = check.unit_interval("alpha", h["alpha"])
-        h["eps"] = check.non_negative("eps", h["eps"])
-        h["weight_decay"] = check.non_negative("weight_decay", h["weight_decay"])
-        h["momentum"] = check.non_negative("momentum", h["momentum"])
-        h["centered"] = check.flag("centered", h["centered"])
-        h["maximize"] = check.flag("maximize", h["maximize"])
-        return h
-
-    def _check_conventions(self, conv: Dict[str, Any]) -> Dict[str, Any]:
-        conv["eps_in_sqrt"] = check.flag("eps_in_sqrt", conv["eps_in_sqrt"])
-        conv["lr_in_momentum"] = check.flag("lr_in_momentum", conv["lr_in_momentum"])
-        return conv
-
-    def _complete_state(self, state: State, param: np.ndarray, group: Mapping[str, Any]) -> State:
-        if "square_avg" not in state:
-            state["square_avg"] = self._zeros(param)
-        if group["momentum"] > 0 and "momentum_buffer" not in state:
-            state["momentum_buffer"] = self._zeros(param)
-        if group["centered"] and "grad_avg" not in state:
-            state["grad_avg"] = self._zeros(param)
-        return state
-
-    def _required_arrays(self) -> Tuple[str, ...]:
-        return ("square_avg",)
-
-    def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
-        return (hyper["centered"], hyper["momentum"] > 0)
-
-    def _state_keys(self, hyper: Mapping[str, Any]) -> Tuple[str, ...]:
-        return ("square_avg",) + (("grad_avg",) if hyper["centered"] else ()) + (
-            ("momentum_buffer",) if hyper["momentum"] > 0 else ()
-        )
-
-    def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                states: List[State]) -> None:  # fmt: skip
-        square_avgs, grad_avgs, bufs = self._state_lists(group, states)
-        F.rmsprop(
-            params, grads, _required(square_avgs), grad_avgs, bufs,
-            lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
-            momentum=group["momentum"], centered=group["centered"], maximize=group["maximize"],
-            **self._call_kw,
-        )  # fmt: skip
-
-    def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any,
-                counters: Optional[List[State]] = None) -> None:  # fmt: skip
-        s = _scalars.rmsprop_scalars(lr=group["lr"], alpha=group["alpha"], eps=group["eps"],
-                                     weight_decay=group["weight_decay"], momentum=group["momentum"])  # fmt: skip
-        _core.rmsprop(params, grads, _required(lists[0]), lists[1], lists[2], *s, *_scalars.NO_GRAD_TRANSFORM,
-                      group["maximize"], threads, plan, counters)  # fmt: skip
-
 
 class Adam(Optimizer):
     """``torch.optim.Adam``: see :func:`fusedopt.functional.adam` for the exact update.
@@ -997,21 +921,15 @@ class Adam(Optimizer):
     plain IEEE rounding (False, 0.0, False) by default.
     """
 
-    _STATE_ARRAYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    _ROLES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    _ALGORITHM = "adam"
-    _CONVENTIONS: Dict[str, Any] = {"epsilon_hat": False, "eps_root": 0.0, "torch_exact": False}
+    _algo = ADAM
 
     def __init__(
         self, params: ParamsArg, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
         decoupled_weight_decay: bool = False,
     ) -> None:  # fmt: skip
-        super().__init__(
-            params,
-            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                 maximize=maximize, decoupled_weight_decay=decoupled_weight_decay),
-        )  # fmt: skip
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay))  # fmt: skip
 
     @classmethod
     def keras(
@@ -1032,80 +950,11 @@ class Adam(Optimizer):
         defaults, ``eps_root`` inside the root of the corrected second moment."""
         return _with_conventions(cls, dict(eps_root=eps_root), params, lr=learning_rate, betas=(b1, b2), eps=eps)
 
-    def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
-        h["lr"] = check.non_negative("lr", h["lr"])
-        h["betas"] = check.betas("betas", h["betas"])
-        h["eps"] = check.non_negative("eps", h["eps"])
-        h["weight_decay"] = check.non_negative("weight_decay", h["weight_decay"])
-        h["amsgrad"] = check.flag("amsgrad", h["amsgrad"])
-        h["maximize"] = check.flag("maximize", h["maximize"])
-        h["decoupled_weight_decay"] = check.flag("decoupled_weight_decay", h["decoupled_weight_decay"])
-        return h
-
-    def _check_conventions(self, conv: Dict[str, Any]) -> Dict[str, Any]:
-        conv["epsilon_hat"] = check.flag("epsilon_hat", conv["epsilon_hat"])
-        conv["eps_root"] = check.non_negative("eps_root", conv["eps_root"])
-        conv["torch_exact"] = check.flag("torch_exact", conv["torch_exact"])
-        if int(conv["epsilon_hat"]) + int(conv["eps_root"] != 0.0) + int(conv["torch_exact"]) > 1:
-            raise ValueError("epsilon_hat (Keras/TF), eps_root (optax) and torch_exact are different conventions: use one")
-        if conv["torch_exact"]:
-            self._check_float32(self._params)
-        return conv
-
-    @staticmethod
-    def _check_float32(arrays: Sequence[Any]) -> None:
-        for a in arrays:
-            if getattr(a, "dtype", None) != np.float32:
-                raise TypeError(f"torch_exact is a float32 mode, but a parameter has dtype {getattr(a, 'dtype', None)}")
-
-    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
-        if getattr(self, "_conventions", {}).get("torch_exact") and isinstance(param_group, Mapping):
-            raw = param_group.get("params", [])
-            self._check_float32([raw] if isinstance(raw, np.ndarray) else list(raw))
-        super().add_param_group(param_group)
-
-    def _complete_state(self, state: State, param: np.ndarray, group: Mapping[str, Any]) -> State:
-        if "exp_avg" not in state:
-            state["exp_avg"] = self._zeros(param)
-        if "exp_avg_sq" not in state:
-            state["exp_avg_sq"] = self._zeros(param)
-        if group["amsgrad"] and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = self._zeros(param)
-        return state
-
-    def _required_arrays(self) -> Tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq")
-
-    def _structure(self, hyper: Mapping[str, Any]) -> Tuple[Any, ...]:
-        return (hyper["amsgrad"],)
-
-    def _state_keys(self, hyper: Mapping[str, Any]) -> Tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if hyper["amsgrad"] else ("exp_avg", "exp_avg_sq")
-
-    def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                states: List[State]) -> None:  # fmt: skip
-        b1, b2 = group["betas"]
-        exp_avgs, exp_avg_sqs, max_exp_avg_sqs = self._state_lists(group, states)
-        F.adam(
-            params, grads, _required(exp_avgs), _required(exp_avg_sqs), max_exp_avg_sqs,
-            step=states[0]["step"] + 1, lr=group["lr"], beta1=b1, beta2=b2, eps=group["eps"],
-            weight_decay=group["weight_decay"], amsgrad=group["amsgrad"], maximize=group["maximize"],
-            decoupled_weight_decay=group["decoupled_weight_decay"], **self._call_kw,
-        )  # fmt: skip
-
-    def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any,
-                counters: Optional[List[State]] = None) -> None:  # fmt: skip
-        b1, b2 = group["betas"]
-        s = _scalars.adam_scalars(step=step, lr=group["lr"], beta1=b1, beta2=b2, eps=group["eps"],
-                                  weight_decay=group["weight_decay"],
-                                  decoupled_weight_decay=group["decoupled_weight_decay"])  # fmt: skip
-        _core.adam(params, grads, _required(lists[0]), _required(lists[1]), lists[2], *s, *_scalars.NO_GRAD_TRANSFORM, group["maximize"],
-                   False, threads, plan, counters)  # fmt: skip
-
 
 class AdamW(Adam):
     """``torch.optim.AdamW``: Adam with decoupled weight decay, ``weight_decay=1e-2`` by default."""
+
+    _algo = ADAMW
 
     def __init__(
         self, params: ParamsArg, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
@@ -1134,12 +983,6 @@ class AdamW(Adam):
         return _with_conventions(cls, dict(eps_root=eps_root), params, lr=learning_rate, betas=(b1, b2), eps=eps,
                                  weight_decay=weight_decay)  # fmt: skip
 
-    def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
-        h = super()._check_hyper(h)
-        if not h["decoupled_weight_decay"]:
-            raise ValueError("AdamW always uses decoupled weight decay (decoupled_weight_decay=True)")
-        return h
-
 
 class Adagrad(Optimizer):
     """``torch.optim.Adagrad``: see :func:`fusedopt.functional.adagrad` for the exact update.
@@ -1148,59 +991,12 @@ class Adagrad(Optimizer):
     optimizer is built, as torch does).
     """
 
-    _STATE_ARRAYS = ("sum",)
-    _ROLES = ("sum",)
-    _ALGORITHM = "adagrad"
+    _algo = ADAGRAD
 
     def __init__(
         self, params: ParamsArg, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
         initial_accumulator_value: float = 0.0, eps: float = 1e-10, *, maximize: bool = False,
     ) -> None:  # fmt: skip
-        super().__init__(
-            params,
-            dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                 initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize),
-        )  # fmt: skip
-
-    def _check_hyper(self, h: Dict[str, Any]) -> Dict[str, Any]:
-        h["lr"] = check.non_negative("lr", h["lr"])
-        h["lr_decay"] = check.non_negative("lr_decay", h["lr_decay"])
-        h["weight_decay"] = check.non_negative("weight_decay", h["weight_decay"])
-        h["initial_accumulator_value"] = check.non_negative("initial_accumulator_value", h["initial_accumulator_value"])
-        h["eps"] = check.non_negative("eps", h["eps"])
-        h["maximize"] = check.flag("maximize", h["maximize"])
-        return h
-
-    def _new_state(self, param: np.ndarray, group: Mapping[str, Any]) -> State:
-        value = group["initial_accumulator_value"]
-        with np.errstate(over="ignore"):
-            if not np.isfinite(param.dtype.type(value)):
-                raise ValueError(
-                    f"initial_accumulator_value={value} overflows the parameters' dtype {param.dtype}"
-                )
-        total = self._zeros(param)
-        total.fill(value)
-        return {"step": 0, "sum": total}
-
-    def _required_arrays(self) -> Tuple[str, ...]:
-        return ("sum",)
-
-    def _check_required_state(self, i: int, st: State) -> None:
-        if "sum" not in st:
-            raise ValueError(f"state of parameter {i} lacks ['sum']")
-
-    def _update(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                states: List[State]) -> None:  # fmt: skip
-        F.adagrad(params, grads, _required(self._state_lists(group, states)[0]), step=states[0]["step"] + 1, lr=group["lr"],
-                  lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
-                  maximize=group["maximize"], **self._call_kw)  # fmt: skip
-
-    def _native(self, group: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
-                lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any,
-                counters: Optional[List[State]] = None) -> None:  # fmt: skip
-        s = _scalars.adagrad_scalars(step=step, lr=group["lr"], lr_decay=group["lr_decay"], eps=group["eps"],
-                                     weight_decay=group["weight_decay"])  # fmt: skip
-        _core.adagrad(params, grads, _required(lists[0]), *s, *_scalars.NO_GRAD_TRANSFORM, group["maximize"], threads, plan,
-                      counters)  # fmt: skip
-
-
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, eps=eps,
+                                      maximize=maximize))  # fmt: skip
