@@ -79,8 +79,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import numpy as np
 
-from . import _core, _scalars, _threads
+from . import _core, _engine, _threads
 from . import _validation as check
+from .algorithms import ADAGRAD, ADAM, ALGORITHMS, FIRST_STEP, MOMENTUM, RMSPROP, ZEROS, Algorithm
+from .algorithms import SGD as _SGD
 
 # From now on the native core accepts CPU torch tensors wherever it accepts NumPy arrays
 # (cpp/bindings/arrays.hpp): it reads their data pointer, shape, strides and storage bounds
@@ -213,11 +215,7 @@ def _check_like(name: str, t: Any, p: torch.Tensor, pname: str) -> None:
 
 
 #: the native calls' role names -> torch's state keys (error messages are given in torch's terms)
-_ROLE_KEYS = {
-    "momentum_buffers": "momentum_buffer", "velocities": "velocity", "square_avgs": "square_avg",
-    "grad_avgs": "grad_avg", "exp_avgs": "exp_avg", "exp_avg_sqs": "exp_avg_sq",
-    "max_exp_avg_sqs": "max_exp_avg_sq", "state_sums": "sum",
-}  # fmt: skip
+_ROLE_KEYS = {r.arg: r.key for a in ALGORITHMS.values() for r in a.states}
 _KEY_ROLES = {key: role for role, key in _ROLE_KEYS.items()}
 _NAMED = re.compile(r"\b(params|grads|counters|" + "|".join(_ROLE_KEYS) + r")\[(\d+)\]")
 
@@ -345,8 +343,6 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
 
     #: whether the state has torch's float ``'step'`` counter
     _HAS_STEP = True
-    #: the algorithm's name in fusedopt._threads.SERIAL_BELOW
-    _ALGORITHM = ""
     #: the group keys a loaded state dict must have (torch's step reads them; torch's
     #: ``__setstate__`` fills in the others from the defaults)
     _REQUIRED_GROUP_KEYS: Tuple[str, ...] = ("lr",)
@@ -361,31 +357,103 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         self._hyper(defaults, construction=True)
         super().__init__(params, defaults)
 
-    # -- subclass interface --------------------------------------------------------------------
+    # -- derived from the description (fusedopt.algorithms) ---------------------------------------
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        algo = cls.__dict__.get("_algo")
+        if algo is not None:
+            cls._HAS_STEP = algo.has_step
+            cls._PAIRS = {p.name: p.parts for p in algo.torch_pairs}
+            cls._PART_OF = {part: (p.name, k) for p in algo.torch_pairs for k, part in enumerate(p.parts)}
+
+    _algo: Algorithm
+    _PAIRS: Dict[str, Tuple[str, str]] = {}
+    _PART_OF: Dict[str, Tuple[str, int]] = {}
+    #: torch.optim's own check of a Tensor ``lr``/``betas`` with ``foreach`` (Adam and AdamW)
+    _TENSOR_FOREACH_CHECK = False
+
     def _hyper(self, group: Dict[str, Any], construction: bool = False) -> Dict[str, Any]:
-        """Validated keyword arguments of the functional call for this group (raises on bad values).
+        """Validated functional hyperparameters of this group (raises on bad values).
 
         torch.optim's checks come first, in its order, with its exception types and messages (which
         it applies to the constructor's arguments only; here to every group, at every change); then
-        fusedopt's own (finite values, ranges the kernels need, bools as flags). ``construction``
+        fusedopt's own (finite values, the description's ranges, bools as flags). ``construction``
         adds the checks torch applies to the constructor's arguments only (Adam's betas types).
         """
-        raise NotImplementedError
-
-    def _required_state(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
-        """The state keys a parameter with state must have (torch's step reads them: KeyError)."""
-        return self._state_keys(hyper)
+        algo = self._algo
+        foreach_only = self._TENSOR_FOREACH_CHECK and bool(group.get("foreach")) and not group.get("capturable")
+        if foreach_only and isinstance(group["lr"], torch.Tensor):
+            msg = "lr as a Tensor is not supported for capturable=False and foreach=True"
+            raise ValueError(msg) if construction else RuntimeError(msg)
+        raw: Dict[str, Any] = {}  # functional name -> (display name, value as given)
+        for name, parts in self._PAIRS.items():
+            pair = group[name]
+            try:
+                a, b = pair
+            except (TypeError, ValueError):
+                raise TypeError(f"{name} must be a pair ({parts[0]}, {parts[1]}), got {pair!r}") from None
+            raw[parts[0]], raw[parts[1]] = (f"{name}[0]", a), (f"{name}[1]", b)
+        fixed = dict(algo.fixed)
+        hypers = [h for h in algo.group_hypers if h.name not in fixed]
+        for h in hypers:
+            if h.name not in raw:
+                raw[h.name] = (h.name, group[h.name])
+        nums: Dict[str, float] = {}
+        for name in algo.torch_order:  # torch's range checks, in its order and with its messages
+            shown, v = raw[name]
+            h = algo.hyper(name)
+            x = nums[name] = _num(shown, v)
+            if not h.torch_ok(x):
+                raise ValueError(cast(str, h.torch_msg).format(v))
+        for h in hypers:
+            if not h.is_flag and h.name not in nums:
+                nums[h.name] = _num(raw[h.name][0], raw[h.name][1])
+        if algo.torch_relation_msg is not None:
+            try:
+                algo.relations({**nums, **{h.name: bool(raw[h.name][1]) for h in hypers if h.is_flag}})
+            except ValueError:
+                raise ValueError(algo.torch_relation_msg) from None
+        if construction and self._PAIRS:
+            for name in self._PAIRS:
+                a, b = group[name]
+                if not (isinstance(a, float) and isinstance(b, float)
+                        or isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):  # fmt: skip
+                    raise ValueError(f"{name} must be either both floats or both Tensors")
+                for k, x in enumerate((a, b)):
+                    if isinstance(x, torch.Tensor) and foreach_only:
+                        raise ValueError(f"{name}[{k}] as a Tensor is not supported for capturable=False and foreach=True")
+        out = {h.name: h.default for h in algo.hypers}
+        for h in hypers:  # fusedopt's own checks
+            shown, v = raw[h.name]
+            out[h.name] = _bool(shown, v) if h.is_flag else h.check(_finite(shown, v, nums[h.name]), shown)
+        out.update(algo.fixed)
+        algo.relations(out)
+        return out
 
     def _state_keys(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
         """Names of the state tensors (other than 'step') the update reads and writes."""
-        raise NotImplementedError
+        return tuple(r.key for r in self._algo.states if r.present(hyper))
+
+    def _required_state(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
+        """The state keys a parameter with state must have (torch's step reads them: KeyError); a
+        missing FIRST_STEP buffer is started from the gradient, as torch does."""
+        return tuple(r.key for r in self._algo.states if r.present(hyper) and r.init != FIRST_STEP)
 
     def _new_state(self, key: str, p: torch.Tensor, group: Dict[str, Any]) -> torch.Tensor:
-        return torch.zeros_like(p, memory_format=torch.contiguous_format)
+        init = self._roles_by_key()[key].init
+        if init == ZEROS:
+            return torch.zeros_like(p, memory_format=torch.contiguous_format)
+        if init == FIRST_STEP:  # written (b = g) by the first step, as torch's fused SGD does
+            return torch.empty_like(p, memory_format=torch.contiguous_format)
+        return torch.full_like(p, float(group[init]), memory_format=torch.contiguous_format)
+
+    @classmethod
+    def _roles_by_key(cls) -> Dict[str, Any]:
+        return {r.key: r for r in cls._algo.states}
 
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
         """Whether the update depends on the step number (else all step counts share one call)."""
-        return True
+        return bool(self._algo.uses_step(hyper))
 
     # -- construction --------------------------------------------------------------------------
     @staticmethod
@@ -437,6 +505,16 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         self._hyper(merged)
         param_group["params"] = raw
         super().add_param_group(param_group)
+        eager = [r.key for r in self._algo.states if r.init not in (ZEROS, FIRST_STEP)]
+        if eager:  # state that starts at a hyperparameter's value is made with the parameter, as torch does
+            group = self.param_groups[-1]
+            with torch.no_grad():
+                for p in group["params"]:
+                    st = self.state[p]
+                    if self._HAS_STEP:
+                        st["step"] = torch.tensor(0.0, dtype=_step_dtype(group))
+                    for k in eager:
+                        st[k] = self._new_state(k, p, group)
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         # (load_state_dict ends here too): a damaged state is refused before anything is replaced
@@ -549,9 +627,16 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     def _native(self, hyper: Dict[str, Any], t: Any, P: List[torch.Tensor], G: List[torch.Tensor],
                 S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int) -> None:  # fmt: skip
         """One native call over tensor lists (state lists in ``_state_keys`` order): the scalars from
-        ``hyper`` (validated by :meth:`_hyper`) and the step count ``t``; ``counters`` are the
+        ``hyper`` (validated by :meth:`_hyper`) and the step count ``t`` (for an algorithm without
+        a step count: whether FIRST_STEP buffers are made by this step); ``counters`` are the
         'step' tensors, advanced by the same call right after the update."""
-        raise NotImplementedError
+        algo = self._algo
+        it = iter(S)
+        lists = [next(it) if r.present(hyper) else None for r in algo.states]
+        if not algo.has_step:
+            hyper = {**hyper, "first_step": bool(t)}
+            t = 1
+        _engine.native_call(algo, hyper, t if t is not None else 1, P, G, lists, threads, None, counters)
 
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override,unused-ignore]
         """Perform one optimization step (``closure`` re-evaluates the model and returns the loss).
@@ -638,6 +723,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         if not entries:
             return
         news = self._next_counts(entries) if has_step else []
+        first_keys = [r.key for r in self._algo.states if r.init == FIRST_STEP]
         calls: List[Tuple[Tuple[str, ...], _Call]] = []
         for hyper, keys, uses_step, a, b in groups:
             buckets: Dict[Any, List[int]] = {}
@@ -645,8 +731,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                 e = entries[i]
                 if has_step:
                     key = (e.p.dtype, int(news[i]) if uses_step else None)
-                else:  # SGD: buffers created by this step start at b = g
-                    key = (e.p.dtype, "momentum_buffer" in e.staged)
+                else:  # SGD: buffers created by this step start at b = g (FIRST_STEP)
+                    key = (e.p.dtype, any([k in e.staged for k in first_keys]))
                 buckets.setdefault(key, []).append(i)
             for (_, t), idx in buckets.items():
                 es = [entries[i] for i in idx]
@@ -656,7 +742,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             raise RuntimeError(_INFERENCE_MSG)
         if len(calls) > 1:
             self._precheck(calls)
-        threads = [_threads.resolve(None, c.n, self._ALGORITHM) for _, c in calls]
+        threads = [_threads.resolve(None, c.n, self._algo.threads) for _, c in calls]
         staged = [e for e in entries if e.staged]
         with _core.defer_interrupts:  # a KeyboardInterrupt waits until the step is complete
             for (keys, c), nt in zip(calls, threads):
@@ -713,10 +799,8 @@ class SGD(_FusedOptimizer):
     as in torch. No step counter.
     """
 
-    _HAS_STEP = False
+    _algo = _SGD
     _REQUIRED_GROUP_KEYS = ("lr", "momentum", "dampening", "weight_decay")
-
-    _ALGORITHM = "sgd"
 
     def __init__(
         self, params: Any, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
@@ -728,48 +812,6 @@ class SGD(_FusedOptimizer):
                         fused=fused)  # fmt: skip
         super().__init__(params, defaults)
 
-    def _hyper(self, group: Dict[str, Any], construction: bool = False) -> Dict[str, Any]:
-        lr_v, mom_v, damp_v, wd_v = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
-        # torch.optim.SGD's checks (lr < 0 lets NaN through: fusedopt refuses it below)
-        lr = _num("lr", lr_v)
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr_v}")
-        momentum = _num("momentum", mom_v)
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {mom_v}")
-        wd = _num("weight_decay", wd_v)
-        if wd < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {wd_v}")
-        dampening = _num("dampening", damp_v)
-        if group["nesterov"] and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        return dict(
-            lr=_finite("lr", lr_v, lr),
-            momentum=_finite("momentum", mom_v, momentum),
-            dampening=check.unit_interval_closed("dampening", _finite("dampening", damp_v, dampening)),
-            weight_decay=_finite("weight_decay", wd_v, wd),
-            nesterov=_bool("nesterov", group["nesterov"]),
-            maximize=_bool("maximize", group["maximize"]),
-        )
-
-    def _required_state(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
-        return ()  # torch starts a missing momentum buffer at the gradient, as on the first step
-
-    def _state_keys(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
-        return ("momentum_buffer",) if hyper["momentum"] != 0 else ()
-
-    def _new_state(self, key: str, p: torch.Tensor, group: Dict[str, Any]) -> torch.Tensor:
-        # written (b = g) by the first step, as torch's fused SGD does
-        return torch.empty_like(p, memory_format=torch.contiguous_format)
-
-    def _native(self, hyper: Dict[str, Any], first_step: Any, P: List[torch.Tensor], G: List[torch.Tensor],
-                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int) -> None:  # fmt: skip
-        # the bucket key of SGD is the first-step flag (buffers created in this step), not a step number
-        s = _scalars.sgd_scalars(lr=hyper["lr"], weight_decay=hyper["weight_decay"], momentum=hyper["momentum"],
-                                 dampening=hyper["dampening"])  # fmt: skip
-        _core.sgd(P, G, S[0] if hyper["momentum"] != 0 else None, *s, *_scalars.NO_GRAD_TRANSFORM, hyper["nesterov"],
-                  hyper["maximize"], bool(first_step), threads, None, counters)  # fmt: skip
-
 
 class Momentum(_FusedOptimizer):
     """Momentum as an exponential moving average of gradients (Ng): :func:`fusedopt.functional.momentum`.
@@ -779,43 +821,12 @@ class Momentum(_FusedOptimizer):
     learning rate. State: ``'step'`` (0-dim float tensor, as torch's) and ``'velocity'`` (zeros).
     """
 
-    _ALGORITHM = "momentum"
+    _algo = MOMENTUM
     _REQUIRED_GROUP_KEYS = ("lr", "beta", "weight_decay", "bias_correction")
 
     def __init__(self, params: Any, lr: float, beta: float = 0.9, weight_decay: float = 0,
                  bias_correction: bool = False) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay, bias_correction=bias_correction))
-
-    def _hyper(self, group: Dict[str, Any], construction: bool = False) -> Dict[str, Any]:
-        lr_v, beta_v, wd_v = group["lr"], group["beta"], group["weight_decay"]
-        # not in torch.optim: its checks in torch's style
-        lr = _num("lr", lr_v)
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr_v}")
-        beta = _num("beta", beta_v)
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"Invalid beta value: {beta_v}")
-        wd = _num("weight_decay", wd_v)
-        if not 0.0 <= wd:
-            raise ValueError(f"Invalid weight_decay value: {wd_v}")
-        return dict(
-            lr=_finite("lr", lr_v, lr),
-            beta=_finite("beta", beta_v, beta),
-            weight_decay=_finite("weight_decay", wd_v, wd),
-            bias_correction=_bool("bias_correction", group["bias_correction"]),
-        )
-
-    def _state_keys(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
-        return ("velocity",)
-
-    def _uses_step(self, hyper: Dict[str, Any]) -> bool:
-        return bool(hyper["bias_correction"])
-
-    def _native(self, hyper: Dict[str, Any], t: Optional[int], P: List[torch.Tensor], G: List[torch.Tensor],
-                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int) -> None:  # fmt: skip
-        s = _scalars.momentum_scalars(step=t if t is not None else 1, lr=hyper["lr"], beta=hyper["beta"],
-                                      weight_decay=hyper["weight_decay"], bias_correction=hyper["bias_correction"])  # fmt: skip
-        _core.momentum(P, G, S[0], *s, *_scalars.NO_GRAD_TRANSFORM, threads, None, counters)
 
 
 class RMSprop(_FusedOptimizer):
@@ -825,7 +836,7 @@ class RMSprop(_FusedOptimizer):
     (centered), zeros, created on the first step as in torch.
     """
 
-    _ALGORITHM = "rmsprop"
+    _algo = RMSPROP
     _REQUIRED_GROUP_KEYS = ("lr", "alpha", "eps", "weight_decay")
 
     def __init__(
@@ -837,60 +848,6 @@ class RMSprop(_FusedOptimizer):
                         capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable)  # fmt: skip
         super().__init__(params, defaults)
 
-    def _hyper(self, group: Dict[str, Any], construction: bool = False) -> Dict[str, Any]:
-        lr_v, alpha_v, eps_v = group["lr"], group["alpha"], group["eps"]
-        wd_v, mom_v = group["weight_decay"], group["momentum"]
-        # torch.optim.RMSprop's checks
-        lr = _num("lr", lr_v)
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr_v}")
-        eps = _num("eps", eps_v)
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps_v}")
-        momentum = _num("momentum", mom_v)
-        if not 0.0 <= momentum:
-            raise ValueError(f"Invalid momentum value: {mom_v}")
-        wd = _num("weight_decay", wd_v)
-        if not 0.0 <= wd:
-            raise ValueError(f"Invalid weight_decay value: {wd_v}")
-        alpha = _num("alpha", alpha_v)
-        if not 0.0 <= alpha:
-            raise ValueError(f"Invalid alpha value: {alpha_v}")
-        return dict(
-            lr=_finite("lr", lr_v, lr),
-            # alpha >= 1 lets the average of squares go negative (a NaN update): fusedopt refuses it
-            alpha=check.unit_interval("alpha", _finite("alpha", alpha_v, alpha)),
-            eps=_finite("eps", eps_v, eps),
-            weight_decay=_finite("weight_decay", wd_v, wd),
-            momentum=_finite("momentum", mom_v, momentum),
-            centered=_bool("centered", group["centered"]),
-            maximize=_bool("maximize", group["maximize"]),
-        )
-
-    def _state_keys(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
-        keys: Tuple[str, ...] = ("square_avg",)
-        if hyper["momentum"] > 0:
-            keys += ("momentum_buffer",)
-        if hyper["centered"]:
-            keys += ("grad_avg",)
-        return keys
-
-    def _uses_step(self, hyper: Dict[str, Any]) -> bool:
-        return False  # counted (as torch does) but not used by the math
-
-    def _native(self, hyper: Dict[str, Any], t: Any, P: List[torch.Tensor], G: List[torch.Tensor],
-                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int) -> None:  # fmt: skip
-        k = 1
-        bufs = gavg = None
-        if hyper["momentum"] > 0:
-            bufs = S[k]
-            k += 1
-        if hyper["centered"]:
-            gavg = S[k]
-        s = _scalars.rmsprop_scalars(lr=hyper["lr"], alpha=hyper["alpha"], eps=hyper["eps"],
-                                     weight_decay=hyper["weight_decay"], momentum=hyper["momentum"])  # fmt: skip
-        _core.rmsprop(P, G, S[0], gavg, bufs, *s, *_scalars.NO_GRAD_TRANSFORM, hyper["maximize"], threads, None, counters)
-
 
 class Adam(_FusedOptimizer):
     """``torch.optim.Adam`` (amsgrad over the raw ``v``, L2 or decoupled weight decay, maximize).
@@ -899,8 +856,9 @@ class Adam(_FusedOptimizer):
     ``'max_exp_avg_sq'`` (amsgrad), zeros, created on the first step as in torch.
     """
 
-    _ALGORITHM = "adam"
+    _algo = ADAM
     _REQUIRED_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
+    _TENSOR_FOREACH_CHECK = True
 
     def __init__(
         self, params: Any, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -912,62 +870,6 @@ class Adam(_FusedOptimizer):
                         maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
                         fused=fused, decoupled_weight_decay=decoupled_weight_decay)  # fmt: skip
         super().__init__(params, defaults)
-
-    def _hyper(self, group: Dict[str, Any], construction: bool = False) -> Dict[str, Any]:
-        lr_v, betas, eps_v, wd_v = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        # torch.optim.Adam's checks; a Tensor lr with foreach (and not capturable) is a ValueError
-        # of its constructor, a RuntimeError of its step
-        foreach_only = bool(group.get("foreach")) and not group.get("capturable")
-        if isinstance(lr_v, torch.Tensor) and foreach_only:
-            msg = "lr as a Tensor is not supported for capturable=False and foreach=True"
-            raise ValueError(msg) if construction else RuntimeError(msg)
-        lr = _num("lr", lr_v)
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr_v}")
-        eps = _num("eps", eps_v)
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps_v}")
-        try:
-            b1_v, b2_v = betas
-        except (TypeError, ValueError):
-            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        b1 = _num("betas[0]", b1_v)
-        if not 0.0 <= b1 < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {b1_v}")
-        b2 = _num("betas[1]", b2_v)
-        if not 0.0 <= b2 < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {b2_v}")
-        wd = _num("weight_decay", wd_v)
-        if not 0.0 <= wd:
-            raise ValueError(f"Invalid weight_decay value: {wd_v}")
-        if construction:
-            if not (isinstance(b1_v, float) and isinstance(b2_v, float)
-                    or isinstance(b1_v, torch.Tensor) and isinstance(b2_v, torch.Tensor)):  # fmt: skip
-                raise ValueError("betas must be either both floats or both Tensors")
-            for k, b in enumerate((b1_v, b2_v)):
-                if isinstance(b, torch.Tensor) and foreach_only:
-                    raise ValueError(f"betas[{k}] as a Tensor is not supported for capturable=False and foreach=True")
-        return dict(
-            lr=_finite("lr", lr_v, lr),
-            beta1=_finite("betas[0]", b1_v, b1),
-            beta2=_finite("betas[1]", b2_v, b2),
-            eps=_finite("eps", eps_v, eps),
-            weight_decay=_finite("weight_decay", wd_v, wd),
-            amsgrad=_bool("amsgrad", group["amsgrad"]),
-            maximize=_bool("maximize", group["maximize"]),
-            decoupled_weight_decay=_bool("decoupled_weight_decay", group["decoupled_weight_decay"]),
-        )
-
-    def _state_keys(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if hyper["amsgrad"] else ("exp_avg", "exp_avg_sq")
-
-    def _native(self, hyper: Dict[str, Any], t: int, P: List[torch.Tensor], G: List[torch.Tensor],
-                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int) -> None:  # fmt: skip
-        s = _scalars.adam_scalars(step=t, lr=hyper["lr"], beta1=hyper["beta1"], beta2=hyper["beta2"], eps=hyper["eps"],
-                                  weight_decay=hyper["weight_decay"],
-                                  decoupled_weight_decay=hyper["decoupled_weight_decay"])  # fmt: skip
-        _core.adam(P, G, S[0], S[1], S[2] if hyper["amsgrad"] else None, *s, *_scalars.NO_GRAD_TRANSFORM,
-                   hyper["maximize"], False, threads, None, counters)  # fmt: skip
 
 
 class AdamW(Adam):
@@ -996,7 +898,7 @@ class Adagrad(_FusedOptimizer):
     parameter is added, as in torch.
     """
 
-    _ALGORITHM = "adagrad"
+    _algo = ADAGRAD
     _REQUIRED_GROUP_KEYS = ("lr", "lr_decay", "eps", "weight_decay")
 
     def __init__(
@@ -1009,54 +911,4 @@ class Adagrad(_FusedOptimizer):
                         differentiable=differentiable, fused=fused)  # fmt: skip
         super().__init__(params, defaults)
 
-    def _add_param_group(self, param_group: Dict[str, Any]) -> None:
-        super()._add_param_group(param_group)
-        group = self.param_groups[-1]
-        with torch.no_grad():
-            for p in group["params"]:
-                st = self.state[p]
-                st["step"] = torch.tensor(0.0, dtype=_step_dtype(group))
-                st["sum"] = self._new_state("sum", p, group)
 
-    def _new_state(self, key: str, p: torch.Tensor, group: Dict[str, Any]) -> torch.Tensor:
-        return torch.full_like(p, float(group["initial_accumulator_value"]), memory_format=torch.contiguous_format)
-
-    def _hyper(self, group: Dict[str, Any], construction: bool = False) -> Dict[str, Any]:
-        lr_v, decay_v, wd_v = group["lr"], group["lr_decay"], group["weight_decay"]
-        init_v, eps_v = group["initial_accumulator_value"], group["eps"]
-        # torch.optim.Adagrad's checks
-        lr = _num("lr", lr_v)
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr_v}")
-        lr_decay = _num("lr_decay", decay_v)
-        if not 0.0 <= lr_decay:
-            raise ValueError(f"Invalid lr_decay value: {decay_v}")
-        wd = _num("weight_decay", wd_v)
-        if not 0.0 <= wd:
-            raise ValueError(f"Invalid weight_decay value: {wd_v}")
-        init = _num("initial_accumulator_value", init_v)
-        if not 0.0 <= init:
-            raise ValueError(f"Invalid initial_accumulator_value value: {init_v}")
-        eps = _num("eps", eps_v)
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps_v}")
-        _finite("initial_accumulator_value", init_v, init)
-        return dict(
-            lr=_finite("lr", lr_v, lr),
-            lr_decay=_finite("lr_decay", decay_v, lr_decay),
-            weight_decay=_finite("weight_decay", wd_v, wd),
-            eps=_finite("eps", eps_v, eps),
-            maximize=_bool("maximize", group["maximize"]),
-        )
-
-    def _state_keys(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
-        return ("sum",)
-
-    def _uses_step(self, hyper: Dict[str, Any]) -> bool:
-        return bool(hyper["lr_decay"] != 0)
-
-    def _native(self, hyper: Dict[str, Any], t: Optional[int], P: List[torch.Tensor], G: List[torch.Tensor],
-                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int) -> None:  # fmt: skip
-        s = _scalars.adagrad_scalars(step=t if t is not None else 1, lr=hyper["lr"], lr_decay=hyper["lr_decay"],
-                                     eps=hyper["eps"], weight_decay=hyper["weight_decay"])  # fmt: skip
-        _core.adagrad(P, G, S[0], *s, *_scalars.NO_GRAD_TRANSFORM, hyper["maximize"], threads, None, counters)
