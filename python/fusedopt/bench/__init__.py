@@ -64,7 +64,15 @@ from __future__ import annotations
 
 from .cli import main, parse_list, parse_sizes
 from .contenders import CONTENDERS
-from .models import MODEL_SHAPES, Shape, digits_mlp_shapes, models_benchmark, print_models, resnet18_shapes, transformer_shapes
+from .models import (
+    MODEL_SHAPES,
+    Shape,
+    digits_mlp_shapes,
+    models_benchmark,
+    print_models,
+    resnet18_shapes,
+    transformer_shapes,
+)
 from .report import header, plot, print_crossover, print_header, print_sizes, print_table
 from .run import CROSSOVER_SIZES, DEFAULT_SIZES, QUICK_SIZES, fmt_n, run, run_config, threads_crossover
 from .specs import ALGORITHMS, DEFAULT_ALGORITHMS, SPECS, STEP, Spec, bytes_per_element

@@ -131,7 +131,7 @@ def raw_op_runner(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Opt
     def step() -> None:
         update(opt_id, STEP, lr, b1, b2, eps, wd, True, p, g, m, v)
 
-    runner = Runner(step, "rel", keep=[p, g, m, v])
+    runner = Runner(step, "norm", keep=[p, g, m, v])
     weakref.finalize(runner, op.destroy_adam, opt_id)
     return runner
 
@@ -154,4 +154,4 @@ def class_step_runner(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) ->
                   bias_correction=True, adamw_mode=h["adamw_mode"])  # fmt: skip
     # the class counts its steps itself (an int); its first step here is step STEP
     opt.state[pt] = {"step": STEP - 1, "exp_avg": m, "exp_avg_sq": v}
-    return Runner(opt.step, "rel", keep=[pt, g, m, v, opt])
+    return Runner(opt.step, "norm", keep=[pt, g, m, v, opt])

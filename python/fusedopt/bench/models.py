@@ -11,7 +11,7 @@ from ..arena import FlatParams
 from ..optimizers import Adam
 from . import ds_adam
 from .timing import calibrate, interleaved, log, paired, summary
-from .verify import REL_TOLERANCE, max_rel
+from .verify import mismatch
 
 __all__ = ["MODEL_CONTENDERS", "MODEL_SHAPES", "Shape", "digits_mlp_shapes", "models_benchmark", "print_models",
            "resnet18_shapes", "transformer_shapes"]  # fmt: skip
@@ -20,6 +20,9 @@ Shape = Tuple[int, ...]
 
 #: the hyperparameters of every model contender (torch's Adam defaults otherwise)
 LR = 1e-3
+#: tolerance of each model contender's parameters after one step against the fusedopt list's (verify.mismatch)
+MODEL_TOLERANCE = {"fusedopt-arena": "exact", "fusedopt.torch": "exact", "torch-fused": "rel", "torch-foreach": "rel",
+                   "deepspeed-step": "norm"}  # fmt: skip
 #: display order of the model contenders
 MODEL_CONTENDERS = ("fusedopt", "fusedopt-arena", "fusedopt-flat", "fusedopt.torch", "torch-fused", "torch-foreach",
                     "deepspeed-step")  # fmt: skip
@@ -117,8 +120,8 @@ def models_benchmark(models: Sequence[str], rounds: int = 7, use_torch: bool = T
     """float32 Adam whole-model steps: fusedopt (list, arena, one flat buffer of the same total
     size), fusedopt.torch, torch.optim fused and foreach, DeepSpeedCPUAdam when importable;
     interleaved rounds, medians (µs/step). After the first step every contender's parameters are
-    compared with the fusedopt list's (1e-5 relative): a contender that disagrees is reported
-    WRONG and not timed."""
+    compared with the fusedopt list's (:data:`MODEL_TOLERANCE`): a contender that disagrees is
+    reported WRONG and not timed."""
     from .contenders import torch_module
 
     torch = torch_module() if use_torch else None
@@ -136,11 +139,14 @@ def models_benchmark(models: Sequence[str], rounds: int = 7, use_torch: bool = T
         want = runners["fusedopt"][1]()
         wrong: Dict[str, str] = {}
         for k, (_, current) in runners.items():
-            if current is not None:
-                rel = max(max_rel(g, w) for g, w in zip(current(), want))
-                if rel > REL_TOLERANCE:
-                    wrong[k] = f"max relative error {rel:.3g} after one step vs fusedopt > {REL_TOLERANCE:g}"
+            if current is None or k == "fusedopt":
+                continue
+            for i, (got, w) in enumerate(zip(current(), want)):
+                bad = mismatch(got, w, MODEL_TOLERANCE[k])
+                if bad is not None:
+                    wrong[k] = f"parameter {i} after one step vs the fusedopt list: {bad}"
                     log(f"  WRONG RESULT: {k} on {name}: {wrong[k]} -- not timed")
+                    break
         fns = {k: step for k, (step, _) in runners.items() if k not in wrong}
         ks = {k: calibrate(fn) for k, fn in fns.items()}
         samples = interleaved(fns, ks, rounds)

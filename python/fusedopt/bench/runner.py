@@ -15,7 +15,8 @@ class Runner:
     """``step()`` makes one step on the live arrays; ``readback()`` returns the written arrays as
     ``[param, *state]`` in the reference's terms (default: the live arrays; torch's SGD-form
     Momentum keeps its own buffer). ``tolerance`` of the correctness guard: "exact" (bitwise),
-    "ulp" (2 ulp), "rel" (1e-5 relative) or "none" (not an optimizer step: probes)."""
+    "ulp" (2 ulp), "rel" (1e-5 relative), "norm" (3e-6 of the array's largest magnitude) or "none"
+    (not an optimizer step: probes); see :mod:`fusedopt.bench.verify`."""
 
     step: Callable[[], object]
     tolerance: str

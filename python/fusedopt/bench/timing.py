@@ -14,7 +14,7 @@ import random
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Mapping, Sequence
 
 __all__ = ["IDLE_SECONDS", "NOISY", "SAMPLE_SECONDS", "calibrate", "interleaved", "log", "paired", "summary", "time_k"]
 
@@ -61,7 +61,7 @@ def summary(samples: Sequence[float]) -> Dict[str, float]:
     }  # fmt: skip
 
 
-def interleaved(runners: Dict[str, Callable[[], object]], ks: Dict[str, int], rounds: int) -> Dict[str, List[float]]:
+def interleaved(runners: Mapping[str, Callable[[], object]], ks: Mapping[str, int], rounds: int) -> Dict[str, List[float]]:
     """``rounds`` samples (seconds per call) per contender, the contenders in a new (seeded) random
     order each round.
 

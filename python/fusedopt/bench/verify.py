@@ -1,7 +1,7 @@
 """The correctness guard: before anything is timed, each contender makes one step on the live
 arrays and is compared with :mod:`fusedopt.reference` applied to a snapshot (fusedopt: bitwise;
-NumPy: within 2 ulp; torch, DeepSpeed: within 1e-5 relative). A contender that fails is reported
-as WRONG and never timed."""
+NumPy: within 2 ulp; torch: within 1e-5 relative; DeepSpeed: within 3e-6 of each array's largest
+magnitude, see :data:`NORM_TOLERANCE`). A contender that fails is reported as WRONG and never timed."""
 
 from __future__ import annotations
 
@@ -15,8 +15,16 @@ from .specs import STEP, Spec
 
 __all__ = ["max_ulp", "mismatch", "verify"]
 
-#: relative tolerance of the "rel" contenders (torch, DeepSpeed)
+#: relative tolerance of the "rel" contenders (torch): |got - want| / |want| per element, |want|
+#: floored at 1e-3 max|want| (cancellation near zero)
 REL_TOLERANCE = 1e-5
+#: tolerance of the "norm" contenders (DeepSpeed): max|got - want| / max|want| per array (about 25
+#: float32 ulps of the largest element). DeepSpeed derives 1 - beta in float32 (1 - 0.999f is 1.3e-5
+#: off) and contracts its updates into FMAs, so element by element it differs from the float64-derived
+#: reference by up to ~1e-4 relative (v, and m near cancellation) while agreeing to < 1e-6 of the
+#: array's scale; a different algorithm (no bias correction, no weight decay, Adam for AdamW) moves
+#: the parameters by >= 1e-5 of their scale and fails.
+NORM_TOLERANCE = 3e-6
 
 
 def _ordered(a: np.ndarray) -> np.ndarray:
@@ -48,6 +56,16 @@ def max_rel(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(err / np.maximum(np.abs(w), floor)))
 
 
+def max_norm_rel(got: np.ndarray, want: np.ndarray) -> float:
+    """max|got - want| / max|want| (0 for empty arrays)."""
+    if want.size == 0:
+        return 0.0
+    w = want.astype(np.float64)
+    scale = float(np.max(np.abs(w)))
+    err = float(np.max(np.abs(got.astype(np.float64) - w)))
+    return err / scale if scale > 0 else err
+
+
 def mismatch(got: np.ndarray, want: np.ndarray, tolerance: str) -> Optional[str]:
     """None if ``got`` matches ``want`` within the contender's tolerance, else a description."""
     if tolerance == "exact":
@@ -60,6 +78,9 @@ def mismatch(got: np.ndarray, want: np.ndarray, tolerance: str) -> Optional[str]
     if tolerance == "rel":
         rel = max_rel(got, want)
         return None if rel <= REL_TOLERANCE else f"max relative error {rel:.3g} > {REL_TOLERANCE:g}"
+    if tolerance == "norm":
+        rel = max_norm_rel(got, want)
+        return None if rel <= NORM_TOLERANCE else f"max error {rel:.3g} of the largest magnitude > {NORM_TOLERANCE:g}"
     return None
 
 
