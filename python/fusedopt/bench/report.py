@@ -236,7 +236,7 @@ def print_sizes(results: List[Dict[str, Any]], threads: int, contenders: Sequenc
     present = [c for c in contenders if any(c in r["contenders"] for r in results)]
     first = results[0]
     w = 9
-    label_w = 44
+    label_w = 54
     cols = "".join(f" | {fmt_n(n):>{w}}" for n in sizes)
     print()
     print(f"{first['dtype']} {first['algorithm']}, µs per step, {threads} thread{'s' if threads > 1 else ''} allowed:"
