@@ -25,6 +25,7 @@ import time
 from typing import Any, Dict
 
 from fusedopt import _core, bench
+from fusedopt.bench.arrays import Allocator
 
 SWEEP_SIZES = [1 << e for e in range(10, 27, 2)]
 OTHER_ISA_CONTENDERS = ["fusedopt", "fusedopt-1t", "numpy-inplace", "copy"]
@@ -33,18 +34,18 @@ OTHER_ISA_CONTENDERS = ["fusedopt", "fusedopt-1t", "numpy-inplace", "copy"]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="sweep.json", help="JSON output path (default ./sweep.json)")
-    ap.add_argument("--algorithms", type=bench._parse_list(bench.ALGORITHMS), default=list(bench.ALGORITHMS))
-    ap.add_argument("--dtypes", type=bench._parse_list(("float32", "float64")), default=["float32", "float64"])
+    ap.add_argument("--algorithms", type=bench.parse_list(bench.ALGORITHMS), default=list(bench.ALGORITHMS))
+    ap.add_argument("--dtypes", type=bench.parse_list(("float32", "float64")), default=["float32", "float64"])
     ap.add_argument(
         "--sizes",
-        type=bench._parse_sizes,
+        type=bench.parse_sizes,
         default=SWEEP_SIZES,
         help="exponents of 2 (e.g. 10,14,18) or element counts; default 2^10..2^26 step 2^2",
     )
     supported = list(_core.supported_isas())
     ap.add_argument(
         "--isas",
-        type=bench._parse_list(supported),
+        type=bench.parse_list(supported),
         default=None,
         help=f"comma list of {', '.join(supported)} (default all supported)",
     )
@@ -59,7 +60,7 @@ def main() -> int:
     isas = args.isas or supported
     isas = sorted(isas, key=lambda i: i != automatic)  # the automatic ISA first
     doc: Dict[str, Any] = {"header": bench.header(), "sizes": args.sizes, "runs": []}
-    alloc = "plain np.empty" if args.plain_alloc else "separate buffers, 64 B aligned, staggered"
+    alloc = Allocator(args.plain_alloc).description
     doc["header"]["alloc"] = alloc
     t0 = time.perf_counter()
 
@@ -75,17 +76,19 @@ def main() -> int:
             contenders = list(bench.CONTENDERS)
         else:
             contenders = list(OTHER_ISA_CONTENDERS)
+        # DeepSpeed's op does not depend on fusedopt's ISA: compare with it in `python -m fusedopt.bench --deepspeed`
+        contenders = [c for c in contenders if not c.startswith("deepspeed")]
         if args.no_torch:
             contenders = [c for c in contenders if not c.startswith("torch")]
         run: Dict[str, Any] = {"isa": isa, "automatic": isa == automatic, "results": []}
         doc["runs"].append(run)
         _core._force_isa(isa)
         try:
-            bench._log(f"== ISA {isa} (active: {_core.active_isa()}) ==")
+            bench.log(f"== ISA {isa} (active: {_core.active_isa()}) ==")
             for alg in args.algorithms:
                 for dt in args.dtypes:
                     for n in args.sizes:
-                        bench._log(f"{isa} {alg} {dt} n={bench._fmt_n(n)} ...")
+                        bench.log(f"{isa} {alg} {dt} n={bench.fmt_n(n)} ...")
                         res = bench.run_config(
                             alg, dt, n, contenders=contenders, rounds=args.rounds, plain_alloc=args.plain_alloc
                         )

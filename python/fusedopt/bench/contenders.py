@@ -1,0 +1,111 @@
+"""The contenders of ``python -m fusedopt.bench``: name -> factory, in display order.
+
+A factory takes ``(spec, arrays, alloc)`` (:class:`~fusedopt.bench.specs.Spec`, ``[param, grad,
+*state]``, :class:`~fusedopt.bench.arrays.Allocator`) and returns a
+:class:`~fusedopt.bench.runner.Runner` that steps those same arrays, or None when the contender
+does not apply (torch not importable, no such torch optimizer, DeepSpeed not importable or not an
+Adam-family algorithm). All contenders of one configuration update the same arrays, so they see
+the same memory layout and cache state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from . import ceiling, ds_adam, numpy_peer
+from .arrays import Allocator
+from .runner import Factory, Runner
+from .specs import STEP, Spec
+
+__all__ = ["CONTENDERS", "FACTORIES", "fusedopt_runner", "torch_module", "torch_runner"]
+
+
+def fusedopt_runner(threads: Optional[int]) -> Factory:
+    """:mod:`fusedopt.functional` with ``threads`` (None: the automatic thread policy)."""
+
+    def make(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Runner:
+        fn = spec.functional
+        kw = spec.kwargs(STEP)
+        kw["threads"] = threads
+
+        def step() -> None:
+            fn(*arrays, **kw)
+
+        return Runner(step, "exact")
+
+    return make
+
+
+def torch_module() -> Any:
+    """torch, or None when it is not importable."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def torch_runner(mode: str) -> Factory:
+    """torch.optim with fused=True or foreach=True, state tensors viewing our arrays where possible
+    (the spec's ``torch_state`` keys); fusedopt's EMA Momentum runs as SGD(lr*(1-beta), beta)."""
+
+    def make(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Optional[Runner]:
+        torch = torch_module()
+        if torch is None:
+            return None
+        name = spec.name
+        if mode == "fused" and name == "rmsprop":
+            return None  # torch has no fused RMSprop
+        p, g, *st = arrays
+        pt = torch.from_numpy(p)
+        pt.grad = torch.from_numpy(g)
+        kw: Dict[str, Any] = {mode: True}
+        h = spec.hyper
+        keep: List[Any] = [pt]
+        if name == "momentum":
+            beta = h["beta"]
+            # torch's buffer b holds v / (1 - beta); SGD(lr*(1-beta), beta) then makes the same update
+            b = alloc.empty(p.size, p.dtype)
+            np.divide(st[0], p.dtype.type(1.0 - beta), out=b)
+            opt = torch.optim.SGD([pt], lr=h["lr"] * (1.0 - beta), momentum=beta, **kw)
+            opt.state[pt] = {"momentum_buffer": torch.from_numpy(b)}
+            keep += [b, opt]
+
+            def readback() -> List[np.ndarray]:
+                return [p, b * p.dtype.type(1.0 - beta)]
+
+            return Runner(opt.step, "rel", readback=readback, note="SGD(lr=lr*(1-beta), momentum=beta)", keep=keep)
+        if not spec.torch_state:
+            return None
+        cls = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad"}[name]
+        opt = getattr(torch.optim, cls)([pt], **h, **kw)  # Adagrad creates its state eagerly: replaced below
+        state = opt.state[pt]
+        for key, a in zip(spec.torch_state, st):
+            state[key] = torch.from_numpy(a)
+        if spec.uses_step:
+            state["step"] = torch.tensor(float(STEP - 1), dtype=torch.float32)  # the first step then uses t = STEP
+        elif name == "rmsprop":
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)  # counted, unused without schedules
+        keep.append(opt)
+        return Runner(opt.step, "rel", keep=keep)
+
+    return make
+
+
+#: contender name -> factory, in the order of the table's columns
+FACTORIES: Dict[str, Factory] = {
+    "fusedopt": fusedopt_runner(None),
+    "fusedopt-1t": fusedopt_runner(1),
+    "numpy-textbook": numpy_peer.textbook,
+    "numpy-inplace": numpy_peer.inplace,
+    "torch-fused": torch_runner("fused"),
+    "torch-foreach": torch_runner("foreach"),
+    "deepspeed": ds_adam.raw_op_runner,
+    "deepspeed-step": ds_adam.class_step_runner,
+    "ceiling": ceiling.ceiling,
+    "copy": ceiling.copy,
+}
+
+CONTENDERS = tuple(FACTORIES)

@@ -1,0 +1,185 @@
+"""The NumPy peers: each benchmarked algorithm as NumPy code, in two forms.
+
+``numpy-textbook``: the formulas as NumPy expressions (a temporary per operation, several passes),
+like :mod:`fusedopt.reference`; ``numpy-inplace``: careful NumPy, two preallocated scratch arrays,
+``out=`` on every ufunc, state updated in place -- the baseline fusedopt has to beat.
+
+They implement the benchmarked configuration of each :class:`~fusedopt.bench.specs.Spec` (no
+maximize, no L2 decay, ...): the correctness guard compares them with :mod:`fusedopt.reference`
+(2 ulp) before anything is timed, so a configuration they do not implement shows as WRONG. Their
+per-step scalars are the package's own (:func:`peer_scalars`), rounded once to the array dtype.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, List
+
+import numpy as np
+
+from .. import _scalars
+from .arrays import Allocator
+from .runner import Runner
+from .specs import STEP, Spec
+
+__all__ = ["inplace", "peer_scalars", "textbook"]
+
+
+def peer_scalars(spec: Spec, dtype: Any, step: int = STEP) -> Any:
+    """The per-step scalars of the spec's call, derived by :mod:`fusedopt._scalars` (float64, as
+    the functional API derives them) and rounded once to ``dtype``, as attributes named like the
+    fields of the ``_scalars`` tuples."""
+    T = np.dtype(dtype).type
+    h = spec.hyperparameters()
+    name = spec.name
+    s: Any
+    if name == "sgd":
+        s = _scalars.sgd_scalars(lr=h["lr"], weight_decay=h["weight_decay"], momentum=h["momentum"],
+                                 dampening=h["dampening"])  # fmt: skip
+    elif name == "momentum":
+        s = _scalars.momentum_scalars(step=step, lr=h["lr"], beta=h["beta"], weight_decay=h["weight_decay"],
+                                      bias_correction=h["bias_correction"])  # fmt: skip
+    elif name == "rmsprop":
+        s = _scalars.rmsprop_scalars(lr=h["lr"], alpha=h["alpha"], eps=h["eps"], weight_decay=h["weight_decay"],
+                                     momentum=h["momentum"])  # fmt: skip
+    elif name in ("adam", "adamw"):
+        s = _scalars.adam_scalars(
+            step=step, lr=h["lr"], beta1=h["beta1"], beta2=h["beta2"], eps=h["eps"], weight_decay=h["weight_decay"],
+            decoupled_weight_decay=h.get("decoupled_weight_decay", name == "adamw"),
+        )  # fmt: skip
+    elif name == "adagrad":
+        s = _scalars.adagrad_scalars(step=step, lr=h["lr"], lr_decay=h["lr_decay"], eps=h["eps"],
+                                     weight_decay=h["weight_decay"])  # fmt: skip
+    else:
+        raise KeyError(f"no NumPy peer for {name!r}")
+    return SimpleNamespace(**{k: T(v) if isinstance(v, float) else v for k, v in s._asdict().items()})
+
+
+def textbook(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Runner:
+    """The update as plain NumPy expressions (a temporary per operation), in the reference's order."""
+    p, g, *st = arrays
+    c = peer_scalars(spec, p.dtype)
+    name = spec.name
+
+    if name == "sgd":
+        (buf,) = st
+
+        def step() -> None:
+            buf[...] = c.momentum * buf + g
+            p[...] = p - c.lr * buf
+
+    elif name == "momentum":
+        (vel,) = st
+
+        def step() -> None:
+            vel[...] = c.beta * vel + c.one_minus_beta * g
+            p[...] = p - c.step_size * vel
+
+    elif name == "rmsprop":
+        (sq,) = st
+
+        def step() -> None:
+            sq[...] = c.alpha * sq + (c.one_minus_alpha * g) * g
+            p[...] = p - (c.lr * g) / (np.sqrt(sq) + c.eps_outside)
+
+    elif name in ("adam", "adamw"):
+        m, v = st
+        decoupled = c.weight_decay_mode == _scalars.DECOUPLED
+
+        def step() -> None:
+            if decoupled:
+                p[...] = p * c.decay_factor
+            m[...] = c.beta1 * m + c.one_minus_beta1 * g
+            v[...] = c.beta2 * v + (c.one_minus_beta2 * g) * g
+            p[...] = p + (c.neg_step_size * m) / (np.sqrt(v) / c.bias_correction2_sqrt + c.eps)
+
+    elif name == "adagrad":
+        (ssum,) = st
+
+        def step() -> None:
+            ssum[...] = ssum + g * g
+            p[...] = p + (c.neg_clr * g) / (np.sqrt(ssum) + c.eps)
+
+    else:
+        raise KeyError(f"no NumPy peer for {name!r}")
+    return Runner(step, "ulp")
+
+
+def inplace(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Runner:
+    """Careful NumPy: two preallocated scratch arrays, out= on every ufunc, state updated in place."""
+    p, g, *st = arrays
+    n = p.size
+    a, b = alloc.empty(n, p.dtype), alloc.empty(n, p.dtype)
+    c = peer_scalars(spec, p.dtype)
+    name = spec.name
+    mul, add, sub, div, sqrt = np.multiply, np.add, np.subtract, np.divide, np.sqrt
+
+    if name == "sgd":
+        (buf,) = st
+
+        def step() -> None:
+            mul(buf, c.momentum, out=buf)
+            add(buf, g, out=buf)
+            mul(buf, c.lr, out=a)
+            sub(p, a, out=p)
+
+    elif name == "momentum":
+        (vel,) = st
+
+        def step() -> None:
+            mul(vel, c.beta, out=vel)
+            mul(g, c.one_minus_beta, out=a)
+            add(vel, a, out=vel)
+            mul(vel, c.step_size, out=a)
+            sub(p, a, out=p)
+
+    elif name == "rmsprop":
+        (sq,) = st
+
+        def step() -> None:
+            mul(sq, c.alpha, out=sq)
+            mul(g, c.one_minus_alpha, out=a)
+            mul(a, g, out=a)
+            add(sq, a, out=sq)
+            sqrt(sq, out=a)
+            add(a, c.eps_outside, out=a)
+            mul(g, c.lr, out=b)
+            div(b, a, out=b)
+            sub(p, b, out=p)
+
+    elif name in ("adam", "adamw"):
+        m, v = st
+        decoupled = c.weight_decay_mode == _scalars.DECOUPLED
+
+        def step() -> None:
+            if decoupled:
+                mul(p, c.decay_factor, out=p)
+            mul(m, c.beta1, out=m)
+            mul(g, c.one_minus_beta1, out=a)
+            add(m, a, out=m)
+            mul(v, c.beta2, out=v)
+            mul(g, c.one_minus_beta2, out=a)
+            mul(a, g, out=a)
+            add(v, a, out=v)
+            sqrt(v, out=a)
+            div(a, c.bias_correction2_sqrt, out=a)
+            add(a, c.eps, out=a)
+            mul(m, c.neg_step_size, out=b)
+            div(b, a, out=b)
+            add(p, b, out=p)
+
+    elif name == "adagrad":
+        (ssum,) = st
+
+        def step() -> None:
+            mul(g, g, out=a)
+            add(ssum, a, out=ssum)
+            sqrt(ssum, out=a)
+            add(a, c.eps, out=a)
+            mul(g, c.neg_clr, out=b)
+            div(b, a, out=b)
+            add(p, b, out=p)
+
+    else:
+        raise KeyError(f"no NumPy peer for {name!r}")
+    return Runner(step, "ulp", keep=[a, b])

@@ -1,0 +1,104 @@
+"""The benchmarked algorithms: one small description per algorithm, keyed by name.
+
+This table is the only place that lists the algorithms of ``python -m fusedopt.bench``; every
+contender (fusedopt, the NumPy peers, torch, DeepSpeed, the ceiling) is built from a :class:`Spec`.
+What a Spec does not say is read from the functional API: the function to call is
+``fusedopt.functional.<name>`` (and ``fusedopt.reference.<name>`` for the correctness guard),
+whether it takes ``step`` and every hyperparameter not benchmarked explicitly (its default) come
+from that function's signature. When the package describes its algorithms in one place, ``SPECS``
+is the table to derive from it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Tuple
+
+import numpy as np
+
+from .. import functional, reference
+
+__all__ = ["ALGORITHMS", "DEFAULT_ALGORITHMS", "SPECS", "STEP", "Spec", "bytes_per_element"]
+
+#: the step number used for timing (bias corrections do not change the cost)
+STEP = 10
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One benchmarked configuration of an algorithm.
+
+    ``name``: the function of :mod:`fusedopt.functional` and :mod:`fusedopt.reference`;
+    ``state``: its state arrays (all updated in place), in their positional order;
+    ``nonneg``: which of them hold squares (start >= 0);
+    ``hyper``: the hyperparameters benchmarked (passed to both functions; the rest keep the
+    functional's defaults); ``torch_state``: torch.optim's state keys for ``state`` (empty: torch
+    has no such optimizer with the same state).
+    """
+
+    name: str
+    state: Tuple[str, ...]
+    nonneg: Tuple[bool, ...]
+    hyper: Dict[str, Any]
+    torch_state: Tuple[str, ...] = ()
+
+    @property
+    def functional(self) -> Callable[..., Any]:
+        fn: Callable[..., Any] = getattr(functional, self.name)
+        return fn
+
+    @property
+    def reference(self) -> Callable[..., Any]:
+        fn: Callable[..., Any] = getattr(reference, self.name)
+        return fn
+
+    @property
+    def uses_step(self) -> bool:
+        return "step" in inspect.signature(self.functional).parameters
+
+    @property
+    def n_arrays(self) -> int:
+        return 2 + len(self.state)
+
+    @property
+    def passes(self) -> int:
+        """Array passes per element: read param, grad and every state; write param and every state."""
+        return 2 + 2 * len(self.state) + 1
+
+    def kwargs(self, step: int) -> Dict[str, Any]:
+        """The keyword arguments of one benchmarked call (functional and reference)."""
+        kw = dict(self.hyper)
+        if self.uses_step:
+            kw["step"] = step
+        return kw
+
+    def hyperparameters(self) -> Dict[str, Any]:
+        """Every hyperparameter of the benchmarked call: the functional's defaults, then ``hyper``."""
+        out = {
+            k: p.default
+            for k, p in inspect.signature(self.functional).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+        }
+        out.update(self.hyper)
+        return out
+
+
+SPECS: Dict[str, Spec] = {
+    "sgd": Spec("sgd", ("momentum_buffers",), (False,), {"lr": 1e-2, "momentum": 0.9}, ("momentum_buffer",)),
+    "momentum": Spec("momentum", ("velocities",), (False,), {"lr": 1e-2, "beta": 0.9}),
+    "rmsprop": Spec("rmsprop", ("square_avgs",), (True,), {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8}, ("square_avg",)),
+    "adam": Spec("adam", ("exp_avgs", "exp_avg_sqs"), (False, True), {"lr": 1e-3}, ("exp_avg", "exp_avg_sq")),
+    "adamw": Spec(
+        "adamw", ("exp_avgs", "exp_avg_sqs"), (False, True), {"lr": 1e-3, "weight_decay": 1e-2}, ("exp_avg", "exp_avg_sq")
+    ),
+    "adagrad": Spec("adagrad", ("state_sums",), (True,), {"lr": 1e-2}, ("sum",)),
+}
+
+ALGORITHMS: Tuple[str, ...] = tuple(SPECS)
+DEFAULT_ALGORITHMS: Tuple[str, ...] = ("momentum", "rmsprop", "adam", "adagrad")
+
+
+def bytes_per_element(algorithm: str, dtype: Any) -> int:
+    """Bytes one step must move per parameter element (e.g. 28 for float32 Adam)."""
+    return int(SPECS[algorithm].passes * np.dtype(dtype).itemsize)
