@@ -669,8 +669,9 @@ Buffers collect(const std::vector<Role>& roles) {
       if (r > 0 && (!a.c_contiguous || !params[k].c_contiguous) && !same_strides(a, params[k], dims)) {
         throw py::value_error(label(name, k) + " has strides " + strides_str(h) + " but " + label(roles[0].name, k) +
                               " has strides " + strides_str(lists[0][k]) +
-                              "; a parameter that is not C-contiguous (e.g. channels_last) is updated in place only "
-                              "when its gradient and state have the same strides (fusedopt never copies)");
+                              "; a tensor that is not C-contiguous (e.g. channels_last) is updated in place as one "
+                              "flat block only when the parameter, its gradient and its state share strides (fusedopt "
+                              "never copies)");
       }
       if (!a.aligned) {
         throw py::value_error(label(name, k) + " is not aligned to its dtype");
