@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import fusedopt.torch  # noqa: E402,F401  (registers torch's types with the core)
+import fusedopt.torch  # noqa: E402  (registers torch's types with the core)
 from fusedopt import _core, _scalars  # noqa: E402
 
 S = _scalars.adam_scalars(step=3, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
