@@ -61,12 +61,67 @@ struct Item {
   bool float_ok = false;  // float32/float64 in native byte order
   DType dtype = DType::f32;
   bool c_contiguous = false;
+  bool dense = false;  // its elements fill one block of `size` elements without overlap (any dim order)
   bool aligned = false;
   bool writeable = false;
   bool tensor = false;  // a torch.Tensor (else a numpy.ndarray)
   int nd = 0;
-  std::size_t dims_at = 0;  // offset of its shape in the call's dims arena
+  std::size_t dims_at = 0;  // offset of its shape, then its strides in bytes, in the call's dims arena
 };
+
+std::int64_t dim_of(const Item& a, const std::vector<std::int64_t>& dims, int d) {
+  return dims[a.dims_at + static_cast<std::size_t>(d)];
+}
+std::int64_t stride_of(const Item& a, const std::vector<std::int64_t>& dims, int d) {
+  return dims[a.dims_at + static_cast<std::size_t>(a.nd + d)];
+}
+
+// Sets size, c_contiguous and dense from the shape and byte strides in the arena. Dense: sorted by
+// stride, the dimensions longer than 1 have the strides of a C-contiguous array of some order of
+// them (channels_last, any permutation of a contiguous tensor); then the elements occupy exactly
+// `size` consecutive elements from the lowest address, each once.
+void set_layout(Item* it, const std::vector<std::int64_t>& dims, std::int64_t itemsize) {
+  std::int64_t size = 1;
+  for (int d = 0; d < it->nd; ++d) size *= dim_of(*it, dims, d);
+  it->size = size;
+  bool contiguous = true;
+  std::int64_t expected = itemsize;
+  for (int d = it->nd - 1; d >= 0; --d) {
+    const std::int64_t len = dim_of(*it, dims, d);
+    if (len != 1 && stride_of(*it, dims, d) != expected) contiguous = false;
+    expected *= len;
+  }
+  it->c_contiguous = contiguous || size == 0;
+  if (it->c_contiguous) {
+    it->dense = true;
+    return;
+  }
+  std::vector<std::pair<std::int64_t, std::int64_t>> order;  // (stride, length) of dims longer than 1
+  for (int d = 0; d < it->nd; ++d) {
+    if (dim_of(*it, dims, d) != 1) order.emplace_back(stride_of(*it, dims, d), dim_of(*it, dims, d));
+  }
+  std::sort(order.begin(), order.end());
+  bool dense = true;
+  expected = itemsize;
+  for (const auto& [stride, len] : order) {
+    if (stride != expected) dense = false;
+    expected *= len;
+  }
+  it->dense = dense;
+}
+
+// The bytes [begin, end) that an item's elements occupy (its real extent, for any strides).
+std::pair<std::uintptr_t, std::uintptr_t> span_of(const Item& a, const std::vector<std::int64_t>& dims,
+                                                  std::int64_t itemsize) {
+  const auto data = reinterpret_cast<std::uintptr_t>(a.data);
+  if (a.size == 0) return {data, data};
+  std::int64_t lo = 0, hi = 0;
+  for (int d = 0; d < a.nd; ++d) {
+    const std::int64_t ext = (dim_of(a, dims, d) - 1) * stride_of(a, dims, d);
+    (ext < 0 ? lo : hi) += ext;
+  }
+  return {data - static_cast<std::uintptr_t>(-lo), data + static_cast<std::uintptr_t>(hi + itemsize)};
+}
 
 std::int64_t itemsize_of(DType d) { return d == DType::f32 ? 4 : 8; }
 
@@ -122,6 +177,7 @@ void describe_array(py::handle h, Item* it, std::vector<std::int64_t>& dims) {
   it->float_ok = float_dtype(a, &it->dtype);
   const int flags = a.flags();
   it->c_contiguous = (flags & py::array::c_style) != 0;
+  it->dense = it->c_contiguous;  // NumPy arrays: C order only (README, "Arrays")
   it->aligned = (flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_) != 0;
   it->writeable = (flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) != 0;
   it->data = const_cast<void*>(a.data());
@@ -129,11 +185,159 @@ void describe_array(py::handle h, Item* it, std::vector<std::int64_t>& dims) {
   it->nd = static_cast<int>(a.ndim());
   it->dims_at = dims.size();
   for (int d = 0; d < it->nd; ++d) dims.push_back(static_cast<std::int64_t>(a.shape(d)));
+  for (int d = 0; d < it->nd; ++d) dims.push_back(static_cast<std::int64_t>(a.strides(d)));
+}
+
+// Shape and strides (elements) of a tensor appended to dims as shape, then byte strides.
+void push_tensor_dims(Item* it, const std::int64_t* shape, const std::int64_t* stride, std::vector<std::int64_t>& dims) {
+  const std::int64_t item = itemsize_of(it->dtype);
+  it->dims_at = dims.size();
+  for (int d = 0; d < it->nd; ++d) dims.push_back(shape[d]);
+  for (int d = 0; d < it->nd; ++d) dims.push_back(stride[d] * item);
+  set_layout(it, dims, item);
+}
+
+// The storage bounds check: the bytes the tensor's elements occupy, [data, data + need), lie
+// inside its storage [base, base + nbytes). (torch strides are never negative: data is the lowest
+// address.)
+bool inside_storage(const Item& it, const std::vector<std::int64_t>& dims, std::uintptr_t base, std::uintptr_t nbytes,
+                    std::uintptr_t* need) {
+  const auto [begin, end] = span_of(it, dims, itemsize_of(it.dtype));
+  const auto data = reinterpret_cast<std::uintptr_t>(it.data);
+  *need = end - begin;
+  return base != 0 && begin == data && data >= base && data - base <= nbytes && nbytes - (data - base) >= *need;
+}
+
+// ---- Fast path: torch's DLPack C exchange API --------------------------------------------------
+// DLPack (dmlc/dlpack, dlpack.h >= 1.2) is a versioned, framework-neutral C ABI; torch >= 2.10
+// publishes its table as the capsule torch.Tensor.__dlpack_c_exchange_api__. Its
+// dltensor_from_py_object_no_sync fills a DLTensor (data pointer, device, dtype, shape, strides)
+// in one C call, without allocating and without going through torch's Python method machinery.
+// The structs below are the ABI as the DLPack standard defines it (nothing of torch's own C++
+// structs is read). Everything the DLTensor does not tell (the neg bit, the storage and its
+// bounds) is asked through torch's Python methods, as on the slow path.
+namespace dl {
+struct Device {
+  std::int32_t device_type, device_id;
+};
+struct DataType {
+  std::uint8_t code, bits;
+  std::uint16_t lanes;
+};
+struct Tensor {
+  void* data;
+  Device device;
+  std::int32_t ndim;
+  DataType dtype;
+  std::int64_t* shape;
+  std::int64_t* strides;
+  std::uint64_t byte_offset;
+};
+struct Version {
+  std::uint32_t major, minor;
+};
+struct ApiHeader {
+  Version version;
+  ApiHeader* prev_api;
+};
+struct Api {  // DLPackExchangeAPI, DLPack major version 1
+  ApiHeader header;
+  void* managed_tensor_allocator;
+  void* managed_tensor_from_py_object_no_sync;
+  void* managed_tensor_to_py_object_no_sync;
+  int (*dltensor_from_py_object_no_sync)(void* py_object, Tensor* out);
+  void* current_work_stream;
+};
+constexpr std::int32_t kCPU = 1;
+constexpr std::uint8_t kFloat = 2;
+}  // namespace dl
+
+struct FastPath {
+  int (*from)(void*, dl::Tensor*) = nullptr;
+  PyTypeObject* plain[2] = {nullptr, nullptr};  // torch.Tensor, torch.nn.Parameter (exact types)
+  PyObject* is_neg = nullptr;                   // method descriptors of torch.Tensor
+  PyObject* untyped_storage = nullptr;
+  PyTypeObject* storage_type = nullptr;  // torch.UntypedStorage, and its methods
+  PyObject* nbytes = nullptr;
+  PyObject* storage_data_ptr = nullptr;
+};
+FastPath g_fast;
+
+PyObject* call0(PyObject* descr, PyObject* self) {
+  PyObject* args[1] = {self};
+  return PyObject_Vectorcall(descr, args, 1, nullptr);
+}
+
+// The value of a no-argument method returning an int, or false (error cleared).
+bool call_uintptr(PyObject* descr, PyObject* self, std::uintptr_t* out) {
+  PyObject* r = call0(descr, self);
+  if (r == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  const unsigned long long v = PyLong_AsUnsignedLongLong(r);
+  Py_DECREF(r);
+  if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred() != nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  *out = static_cast<std::uintptr_t>(v);
+  return true;
+}
+
+// Describes a plain (exact torch.Tensor / torch.nn.Parameter) dense CPU float32/float64 tensor
+// that passes every check of describe_tensor(); returns false (dims and the Python error state as
+// they were) for anything else, which describe_tensor() then examines and names.
+bool describe_tensor_fast(py::handle t, Item* it, std::vector<std::int64_t>& dims, py::object* storage_out) {
+  if (g_fast.from == nullptr) return false;
+  PyTypeObject* tp = Py_TYPE(t.ptr());
+  if (tp != g_fast.plain[0] && tp != g_fast.plain[1]) return false;
+  dl::Tensor d{};
+  if (g_fast.from(t.ptr(), &d) != 0) {  // e.g. a sparse/mkldnn/meta tensor: torch raised
+    PyErr_Clear();
+    return false;
+  }
+  if (d.device.device_type != dl::kCPU || d.dtype.code != dl::kFloat || d.dtype.lanes != 1 ||
+      (d.dtype.bits != 32 && d.dtype.bits != 64) || d.byte_offset != 0 || d.ndim < 0 ||
+      (d.ndim > 0 && (d.shape == nullptr || d.strides == nullptr))) {
+    return false;
+  }
+  const std::size_t dims_before = dims.size();
+  it->float_ok = true;
+  it->dtype = d.dtype.bits == 32 ? DType::f32 : DType::f64;
+  it->nd = d.ndim;
+  push_tensor_dims(it, d.shape, d.strides, dims);  // copied now: d's arrays are torch's, valid until Python runs
+  it->data = d.data;
+  PyObject* neg = call0(g_fast.is_neg, t.ptr());
+  if (neg == nullptr) PyErr_Clear();
+  const bool plain = neg == Py_False;
+  Py_XDECREF(neg);
+  PyObject* st = plain ? call0(g_fast.untyped_storage, t.ptr()) : nullptr;
+  if (plain && st == nullptr) PyErr_Clear();
+  py::object storage = py::reinterpret_steal<py::object>(st);
+  std::uintptr_t base = 0, nbytes = 0, need = 0;
+  if (st == nullptr || Py_TYPE(st) != g_fast.storage_type || !call_uintptr(g_fast.storage_data_ptr, st, &base) ||
+      !call_uintptr(g_fast.nbytes, st, &nbytes) ||
+      (it->size > 0 && !inside_storage(*it, dims, base, nbytes, &need))) {
+    dims.resize(dims_before);
+    return false;
+  }
+  const auto data = reinterpret_cast<std::uintptr_t>(it->data);
+  it->aligned = data % static_cast<std::uintptr_t>(itemsize_of(it->dtype)) == 0;
+  it->writeable = true;  // (inference tensors outside inference mode: refused by fusedopt.torch)
+  it->tensor = true;
+  *storage_out = std::move(storage);
+  return true;
 }
 
 // A torch tensor: dense, on the CPU, not a lazily negated view, inside its storage. The storage
 // object is returned (the call keeps it alive).
 py::object describe_tensor(py::handle t, const char* name, std::size_t k, Item* it, std::vector<std::int64_t>& dims) {
+  {
+    py::object storage;
+    if (describe_tensor_fast(t, it, dims, &storage)) return storage;
+    *it = Item{};
+  }
   const Names& n = names();
   const py::object layout = query(t, n.layout, false, name, k);
   if (layout.ptr() != g_torch.strided) {
@@ -152,33 +356,12 @@ py::object describe_tensor(py::handle t, const char* name, std::size_t k, Item* 
     throw py::value_error(label(name, k) + " is a lazily negated view (is_neg()); fusedopt cannot use it in "
                                            "place without a copy (call .resolve_neg() on a tensor you keep)");
   }
-  it->dims_at = dims.size();
-  it->nd = tuple_ints(query(t, n.shape, false, name, k), dims);
-  std::int64_t strides[64];
-  std::vector<std::int64_t> more;
-  if (it->nd > 64) more.reserve(static_cast<std::size_t>(it->nd));
-  {
-    const py::object st = query(t, n.stride, true, name, k);
-    if (it->nd <= 64) {
-      for (int d = 0; d < it->nd; ++d) strides[d] = PyLong_AsLongLong(PyTuple_GET_ITEM(st.ptr(), d));
-      if (PyErr_Occurred() != nullptr) throw py::error_already_set();
-    } else {
-      tuple_ints(st, more);
-    }
+  std::vector<std::int64_t> shape, stride;
+  it->nd = tuple_ints(query(t, n.shape, false, name, k), shape);
+  if (tuple_ints(query(t, n.stride, true, name, k), stride) != it->nd) {
+    throw py::type_error(label(name, k) + ": stride() and shape disagree; fusedopt steps dense CPU tensors only");
   }
-  const std::int64_t* stride = it->nd <= 64 ? strides : more.data();
-  std::int64_t size = 1;
-  for (int d = 0; d < it->nd; ++d) size *= dims[it->dims_at + static_cast<std::size_t>(d)];
-  it->size = size;
-  // C-contiguous: the strides of the dimensions longer than 1 are the row-major ones.
-  bool contiguous = true;
-  std::int64_t expected = 1;
-  for (int d = it->nd - 1; d >= 0; --d) {
-    const std::int64_t len = dims[it->dims_at + static_cast<std::size_t>(d)];
-    if (len != 1 && stride[d] != expected) contiguous = false;
-    expected *= len;
-  }
-  it->c_contiguous = contiguous || size == 0;
+  push_tensor_dims(it, shape.data(), stride.data(), dims);
   const auto data = static_cast<std::uintptr_t>(query_int(t, n.data_ptr, name, k));
   it->data = reinterpret_cast<void*>(data);
   const std::int64_t item = itemsize_of(it->dtype);
@@ -186,11 +369,11 @@ py::object describe_tensor(py::handle t, const char* name, std::size_t k, Item* 
   it->writeable = true;  // (inference tensors outside inference mode: refused by fusedopt.torch)
   it->tensor = true;
   py::object storage = query(t, n.untyped_storage, true, name, k);
-  if (size > 0 && it->float_ok) {
+  if (it->size > 0 && it->float_ok) {
     const auto base = static_cast<std::uintptr_t>(query_int(storage, n.data_ptr, name, k));
     const auto nbytes = static_cast<std::uintptr_t>(query_int(storage, n.nbytes, name, k));
-    const auto need = static_cast<std::uintptr_t>(size * item);
-    if (base == 0 || data < base || data - base > nbytes || nbytes - (data - base) < need) {
+    std::uintptr_t need = 0;
+    if (!inside_storage(*it, dims, base, nbytes, &need)) {
       throw py::value_error(label(name, k) + " needs " + std::to_string(need) + " bytes at byte offset " +
                             std::to_string(data >= base ? data - base : 0) + " of its storage, which holds " +
                             std::to_string(nbytes) +
@@ -202,6 +385,19 @@ py::object describe_tensor(py::handle t, const char* name, std::size_t k, Item* 
 }
 
 py::object method_result(py::handle h, const char* m) { return h.attr(m)(); }
+
+// Equal byte strides on every dimension longer than 1 (shapes already equal).
+bool same_strides(const Item& a, const Item& b, const std::vector<std::int64_t>& dims) {
+  for (int d = 0; d < a.nd; ++d) {
+    if (dim_of(a, dims, d) != 1 && stride_of(a, dims, d) != stride_of(b, dims, d)) return false;
+  }
+  return true;
+}
+
+std::string strides_str(py::handle h) {
+  return is_tensor(h) ? py::str(method_result(h, "stride")).cast<std::string>()
+                      : py::str(h.attr("strides")).cast<std::string>() + " bytes";
+}
 
 bool same_shape(const Item& a, const Item& b, const std::vector<std::int64_t>& dims) {
   if (a.nd != b.nd) return false;
@@ -280,6 +476,47 @@ void check_no_overlap(std::vector<Extent>& extents, const std::vector<Role>& rol
   }
 }
 
+// Enables the fast path when torch publishes a DLPack exchange table of major version 1 with
+// dltensor_from_py_object_no_sync, and the methods used beside it are the plain C methods. Any
+// failure leaves it disabled (every tensor then takes the Python-method path): never an error.
+void init_fast_path(py::handle tensor_type) {
+  g_fast = FastPath{};
+  try {
+    const py::object capsule = py::getattr(tensor_type, "__dlpack_c_exchange_api__", py::none());
+    if (!PyCapsule_CheckExact(capsule.ptr())) return;
+    auto* header = static_cast<dl::ApiHeader*>(PyCapsule_GetPointer(capsule.ptr(), "dlpack_exchange_api"));
+    while (header != nullptr && header->version.major > 1) header = header->prev_api;
+    if (header == nullptr || header->version.major != 1 || header->version.minor < 2) return;
+    const auto* api = reinterpret_cast<const dl::Api*>(header);
+    if (api->dltensor_from_py_object_no_sync == nullptr) return;
+    const py::object torch = py::module_::import("torch");
+    const py::object parameter = torch.attr("nn").attr("Parameter");
+    const py::object storage_type = torch.attr("UntypedStorage");
+    FastPath f;
+    f.from = api->dltensor_from_py_object_no_sync;
+    f.plain[0] = reinterpret_cast<PyTypeObject*>(tensor_type.ptr());
+    f.is_neg = py::object(tensor_type.attr("is_neg")).release().ptr();
+    f.untyped_storage = py::object(tensor_type.attr("untyped_storage")).release().ptr();
+    f.storage_type = reinterpret_cast<PyTypeObject*>(storage_type.ptr());
+    f.nbytes = py::object(storage_type.attr("nbytes")).release().ptr();
+    f.storage_data_ptr = py::object(storage_type.attr("data_ptr")).release().ptr();
+    const auto c_method = [](PyObject* o) { return Py_TYPE(o) == &PyMethodDescr_Type; };
+    if (!c_method(f.is_neg) || !c_method(f.untyped_storage) || !c_method(f.nbytes) || !c_method(f.storage_data_ptr)) {
+      return;
+    }
+    // Parameter takes the fast path only while it inherits these methods unchanged.
+    if (parameter.attr("is_neg").ptr() == f.is_neg && parameter.attr("untyped_storage").ptr() == f.untyped_storage &&
+        PyType_Check(parameter.ptr())) {
+      f.plain[1] = reinterpret_cast<PyTypeObject*>(parameter.ptr());
+    }
+    storage_type.inc_ref();
+    parameter.inc_ref();
+    g_fast = f;  // (references kept for the life of the process, as TorchTypes')
+  } catch (py::error_already_set&) {
+    PyErr_Clear();
+  }
+}
+
 }  // namespace
 
 int check_threads(py::handle threads) {
@@ -302,6 +539,7 @@ void register_torch(py::handle tensor_type, py::handle float32, py::handle float
   g_torch.float64 = float64.inc_ref().ptr();
   g_torch.strided = strided.inc_ref().ptr();
   g_torch.tensor_type = tensor_type.inc_ref().ptr();
+  init_fast_path(tensor_type);
 }
 
 Counters collect_counters(py::handle counters) {
@@ -415,14 +653,25 @@ Buffers collect(const std::vector<Role>& roles) {
                                 " has shape " + shape_str(lists[0][k]));
         }
       }
-      if (!a.c_contiguous) {
+      if (!a.dense) {
         if (a.tensor) {
           throw py::value_error(label(name, k) + " is not contiguous (strides " +
                                 py::str(method_result(h, "stride")).cast<std::string>() +
-                                "); fusedopt updates tensors in place and never copies");
+                                ") and its elements are not one dense non-overlapping block; fusedopt updates "
+                                "tensors in place and never copies");
         }
         throw py::value_error(label(name, k) + " is not C-contiguous; fusedopt updates arrays in place and never "
                                                "copies (use np.ascontiguousarray on a copy you keep)");
+      }
+      // A dense block that is not in C order (channels_last, a transpose) is stepped as flat
+      // memory: element i of the block must be the same element of the parameter in every role,
+      // so all roles of a parameter must have the same strides (on dimensions longer than 1).
+      if (r > 0 && (!a.c_contiguous || !params[k].c_contiguous) && !same_strides(a, params[k], dims)) {
+        throw py::value_error(label(name, k) + " has strides " + strides_str(h) + " but " + label(roles[0].name, k) +
+                              " has strides " + strides_str(lists[0][k]) +
+                              "; a tensor that is not C-contiguous (e.g. channels_last) is updated in place as one "
+                              "flat block only when the parameter, its gradient and its state share strides (fusedopt "
+                              "never copies)");
       }
       if (!a.aligned) {
         throw py::value_error(label(name, k) + " is not aligned to its dtype");
@@ -430,11 +679,10 @@ Buffers collect(const std::vector<Role>& roles) {
       if (roles[r].written && !a.writeable) {
         throw py::value_error(label(name, k) + " is read-only, but it is updated in place");
       }
-      out.ptrs_[k * nroles + r] = a.data;
-      if (a.size > 0) {
-        const auto begin = reinterpret_cast<std::uintptr_t>(a.data);
-        extents.push_back(Extent{begin, begin + static_cast<std::uintptr_t>(a.size * itemsize), roles[r].written, r, k});
-      }
+      // The kernel sees the block from its lowest address (for C order: the data pointer).
+      const auto [begin, end] = span_of(a, dims, itemsize);
+      out.ptrs_[k * nroles + r] = reinterpret_cast<void*>(begin);
+      if (a.size > 0) extents.push_back(Extent{begin, end, roles[r].written, r, k});
     }
   }
   check_no_overlap(extents, roles);
@@ -454,10 +702,9 @@ void check_overlap(py::handle written, py::handle read) {
         throw py::type_error(label(roles[r].name, k) + " has dtype " + dtype_str(items[k]) +
                              "; fusedopt updates float32 and float64 arrays (native byte order)");
       }
-      if (a.size > 0) {
-        const auto begin = reinterpret_cast<std::uintptr_t>(a.data);
-        extents.push_back(Extent{begin, begin + static_cast<std::uintptr_t>(a.size * itemsize_of(a.dtype)),
-                                 roles[r].written, r, k});
+      if (a.size > 0) {  // the real extent, whatever the strides
+        const auto [begin, end] = span_of(a, dims, itemsize_of(a.dtype));
+        extents.push_back(Extent{begin, end, roles[r].written, r, k});
       }
     }
   }

@@ -189,15 +189,29 @@ def _check_dtype(name: str, t: torch.Tensor) -> None:
     raise TypeError(f"{name} has dtype {t.dtype}; fusedopt.torch supports float32 and float64 only")
 
 
+def _one_block(t: torch.Tensor) -> bool:
+    """Whether t's elements fill one dense, non-overlapping block of memory: C-contiguous, or any
+    order of its dimensions (channels_last, a transpose). Such a tensor is stepped in place as flat
+    memory (its gradient and state must then have the same strides: checked at each step)."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _check_param(name: str, p: Any) -> None:
     _check_dense_cpu(name, p)
     _check_dtype(name, p)
     if p.is_neg() or p.is_conj():
         raise ValueError(f"{name} is a lazily negated/conjugated view; fusedopt.torch cannot update it in place")
-    if not p.is_contiguous():
+    if not _one_block(p):
         raise ValueError(
-            f"{name} is not contiguous (strides {tuple(p.stride())}); fusedopt.torch updates parameters "
-            "in place and never copies"
+            f"{name} is not contiguous (strides {tuple(p.stride())}) and its elements are not one dense "
+            "non-overlapping block; fusedopt.torch updates parameters in place and never copies"
         )
 
 
@@ -210,7 +224,7 @@ def _check_like(name: str, t: Any, p: torch.Tensor, pname: str) -> None:
         raise ValueError(f"{name} has shape {tuple(t.shape)} but {pname} has shape {tuple(p.shape)}")
     if t.is_neg() or t.is_conj():
         raise ValueError(f"{name} is a lazily negated/conjugated view; fusedopt.torch cannot read it without a copy")
-    if not t.is_contiguous():
+    if not _one_block(t):
         raise ValueError(f"{name} is not contiguous (strides {tuple(t.stride())}); fusedopt.torch never copies")
 
 
