@@ -215,19 +215,6 @@ def _check_param(name: str, p: Any) -> None:
         )
 
 
-def _check_like(name: str, t: Any, p: torch.Tensor, pname: str) -> None:
-    """A gradient or state tensor that must match its parameter exactly."""
-    _check_dense_cpu(name, t)
-    if t.dtype != p.dtype:
-        raise TypeError(f"{name} has dtype {t.dtype} but {pname} has {p.dtype}; they must match exactly")
-    if t.shape != p.shape:
-        raise ValueError(f"{name} has shape {tuple(t.shape)} but {pname} has shape {tuple(p.shape)}")
-    if t.is_neg() or t.is_conj():
-        raise ValueError(f"{name} is a lazily negated/conjugated view; fusedopt.torch cannot read it without a copy")
-    if not _one_block(t):
-        raise ValueError(f"{name} is not contiguous (strides {tuple(t.stride())}); fusedopt.torch never copies")
-
-
 #: the native calls' role names -> torch's state keys (error messages are given in torch's terms)
 _ROLE_KEYS = {r.arg: r.key for a in ALGORITHMS.values() for r in a.states}
 _KEY_ROLES = {key: role for role, key in _ROLE_KEYS.items()}
@@ -454,12 +441,14 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         return tuple(r.key for r in self._algo.states if r.present(hyper) and r.init != FIRST_STEP)
 
     def _new_state(self, key: str, p: torch.Tensor, group: Dict[str, Any]) -> torch.Tensor:
+        """A state tensor for ``p`` with ``p``'s strides (a parameter is one dense block, C order or
+        not, e.g. channels_last: the state is stepped as the same flat memory), as torch makes it."""
         init = self._roles_by_key()[key].init
         if init == ZEROS:
-            return torch.zeros_like(p, memory_format=torch.contiguous_format)
+            return torch.zeros_like(p, memory_format=torch.preserve_format)
         if init == FIRST_STEP:  # written (b = g) by the first step, as torch's fused SGD does
-            return torch.empty_like(p, memory_format=torch.contiguous_format)
-        return torch.full_like(p, float(group[init]), memory_format=torch.contiguous_format)
+            return torch.empty_like(p, memory_format=torch.preserve_format)
+        return torch.full_like(p, float(group[init]), memory_format=torch.preserve_format)
 
     @classmethod
     def _roles_by_key(cls) -> Dict[str, Any]:

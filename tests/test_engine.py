@@ -1,0 +1,110 @@
+"""The one engine: every layer is derived from the algorithm descriptions (fusedopt.algorithms).
+
+* every description's functional has the description's signature, and its kernel and reference exist;
+* the NumPy and torch classes of an algorithm take their state keys and checks from it;
+* the kernel-vs-reference grid covers every description (a new algorithm cannot be left out);
+* torch parameters in a dense non-C order (channels_last) are stepped in place, with state of the
+  same strides, bitwise like the same values in C order.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fusedopt
+from fusedopt import _core, functional, optimizers, reference
+from fusedopt.algorithms import ALGORITHMS, REQUIRED
+
+NUMPY_CLASSES = {
+    name: cls
+    for name, cls in vars(optimizers).items()
+    if isinstance(cls, type) and issubclass(cls, optimizers.Optimizer) and cls is not optimizers.Optimizer
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_functional_signature_is_the_descriptions(name: str) -> None:
+    algo = ALGORITHMS[name]
+    sig = inspect.signature(getattr(functional, name))
+    params = list(sig.parameters.values())
+    positional = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional == ["params", "grads"] + [r.arg for r in algo.states]
+    for p, r in zip(params[2:], algo.states):
+        assert (p.default is None) == (r.when is not None), r.arg
+    keywords = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    for h in algo.arguments:
+        if h.default is REQUIRED:
+            assert keywords[h.name] is inspect.Parameter.empty
+        else:
+            assert keywords[h.name] == h.default, h.name
+    assert ("step" in keywords) == algo.step_arg
+    assert callable(getattr(_core, algo.kernel)) and callable(algo.reference)
+    assert getattr(reference, name) is algo.reference or name == "trace" or algo.reference.__module__.endswith("reference")
+
+
+@pytest.mark.parametrize("cls_name", sorted(NUMPY_CLASSES))
+def test_numpy_class_state_is_the_descriptions(cls_name: str) -> None:
+    cls: Any = NUMPY_CLASSES[cls_name]
+    assert cls._STATE_ARRAYS == tuple(r.key for r in cls._algo.states)
+    assert cls._HAS_STEP == cls._algo.has_step
+
+
+def test_kernel_grid_covers_every_algorithm() -> None:
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).with_name("test_kernels_vs_reference.py")
+    spec = importlib.util.spec_from_file_location("_grid", path)
+    assert spec is not None and spec.loader is not None
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+
+    covered = {c.algo for c in grid.FLAG_GRID}
+    assert set(ALGORITHMS) - {"trace"} <= covered, sorted(set(ALGORITHMS) - covered)
+
+
+torch = pytest.importorskip("torch", reason="torch is an optional dependency (pip install fusedopt[torch])")
+
+
+def _conv_run(make: Any, channels_last: bool, steps: int = 3) -> Any:
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 6, 3, 3, generator=gen)
+    if channels_last:
+        w = w.to(memory_format=torch.channels_last)
+    w = torch.nn.Parameter(w)
+    opt = make([w])
+    grads = [torch.randn(8, 6, 3, 3, generator=gen) for _ in range(steps)]
+    for g in grads:
+        w.grad = g.to(memory_format=torch.channels_last) if channels_last else g.contiguous()
+        opt.step()
+    return w.detach(), opt.state[w]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: fusedopt.torch.Adam(ps, lr=1e-2, weight_decay=0.1, amsgrad=True),
+        lambda ps: fusedopt.torch.AdamW(ps, lr=1e-2),
+        lambda ps: fusedopt.torch.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True),
+        lambda ps: fusedopt.torch.RMSprop(ps, lr=1e-2, centered=True, momentum=0.5),
+        lambda ps: fusedopt.torch.Adagrad(ps, lr=1e-2, initial_accumulator_value=0.1),
+    ],
+    ids=["adam", "adamw", "sgd", "rmsprop", "adagrad"],
+)
+def test_channels_last_parameters_step_in_place_like_c_order(make: Any) -> None:
+    import fusedopt.torch  # noqa: F401
+
+    w_cl, st_cl = _conv_run(make, True)
+    w_c, st_c = _conv_run(make, False)
+    assert w_cl.is_contiguous(memory_format=torch.channels_last) and not w_cl.is_contiguous()
+    assert torch.equal(w_cl, w_c)
+    for k, v in st_c.items():
+        if k == "step":
+            assert torch.equal(st_cl[k], v)
+            continue
+        assert st_cl[k].stride() == w_cl.stride(), k  # state made with the parameter's strides
+        assert torch.equal(st_cl[k], v), k
