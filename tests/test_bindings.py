@@ -22,6 +22,7 @@ CASES = [
     ("rmsprop", 5, _scalars.RmspropScalars, _GRAD + ["maximize", "threads", "plan", "counters"]),
     ("adam", 5, _scalars.AdamScalars, _GRAD + ["maximize", "torch_exact", "threads", "plan", "counters"]),
     ("adagrad", 3, _scalars.AdagradScalars, _GRAD + ["maximize", "threads", "plan", "counters"]),
+    ("lion", 3, _scalars.LionScalars, _GRAD + ["maximize", "threads", "plan", "counters"]),
     ("ema", 2, _scalars.EmaScalars, ["threads"]),
 ]
 
@@ -37,6 +38,35 @@ def _parameter_names(fn: object) -> list[str]:
 def test_positional_scalars_match_namedtuple(name: str, n_arrays: int, scalars: type, tail: list[str]) -> None:
     names = _parameter_names(getattr(_core, name))
     assert names[n_arrays:] == list(scalars._fields) + tail  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("name", "roles"), [
+    ("sgd", ["params", "grads", "momentum_buffers"]),
+    ("momentum", ["params", "grads", "velocities"]),
+    ("rmsprop", ["params", "grads", "square_avgs", "grad_avgs", "momentum_buffers"]),
+    ("adam", ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"]),
+    ("adagrad", ["params", "grads", "state_sums"]),
+    ("lion", ["params", "grads", "exp_avgs"]),
+])  # fmt: skip
+def test_role_names_lead_the_signature(name: str, roles: list[str]) -> None:
+    """The bindings are generated from per-algorithm traits (register_optimizers.cpp): the role
+    lists come first, under the names the error messages use."""
+    assert _parameter_names(getattr(_core, name))[: len(roles)] == roles
+
+
+def test_optional_roles_accept_none_and_required_ones_do_not() -> None:
+    """Only the optional state roles (momentum_buffers, grad_avgs, max_exp_avg_sqs) take None."""
+    import numpy as np
+
+    p, g, m, v = (np.zeros(4, np.float32) for _ in range(4))
+    s = _scalars.adam_scalars(step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                              decoupled_weight_decay=False)  # fmt: skip
+    _core.adam([p], [g], [m], [v], None, *s, *_scalars.NO_GRAD_TRANSFORM, False, False, 1)
+    with pytest.raises(TypeError):
+        _core.adam([p], [g], [m], None, None, *s, *_scalars.NO_GRAD_TRANSFORM, False, False, 1)
+    ls = _scalars.lion_scalars(lr=0.1, beta1=0.9, beta2=0.99, weight_decay=0.0)
+    with pytest.raises(TypeError):
+        _core.lion([p], [g], None, *ls, *_scalars.NO_GRAD_TRANSFORM, False, 1)
 
 
 def test_traffic_probe_adds_scaled_read_stream_to_each_written_stream() -> None:

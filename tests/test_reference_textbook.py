@@ -561,8 +561,10 @@ def test_float32_sgd_and_adam_equal_explicit_float32_arithmetic(impl: ModuleType
     impl.adam(p, g, m, v, step=t, lr=1e-2, beta1=b1_, beta2=b2_, eps=eps)
     m_want = f(b1_) * m0 + f(1.0 - b1_) * g
     v_want = f(b2_) * v0 + f(1.0 - b2_) * g * g
-    denom = np.sqrt(v_want) / f(np.sqrt(1.0 - b2_**t)) + f(eps)
-    p_want = th - (f(1e-2 / (1.0 - b1_**t)) * m_want) / denom
+    # the Adam paper's "more efficient order": bias corrections folded into two float64 scalars
+    root_bc2 = np.sqrt(1.0 - b2_**t)
+    denom = np.sqrt(v_want) + f(eps * root_bc2)
+    p_want = th + (f(-1e-2 * root_bc2 / (1.0 - b1_**t)) * m_want) / denom
     assert p_want.dtype == np.float32
     np.testing.assert_array_equal(m, m_want)
     np.testing.assert_array_equal(v, v_want)
@@ -596,3 +598,68 @@ def test_functional_lists_equal_reference_bitwise() -> None:
         np.testing.assert_array_equal(p, q)
         np.testing.assert_array_equal(m2, m)
         np.testing.assert_array_equal(v2, v)
+
+
+# ------------------------------------------------------------------------------------------------
+# Lion
+# ------------------------------------------------------------------------------------------------
+def textbook_lion(
+    theta: np.ndarray, grads: List[np.ndarray], *, lr: float, b1: float = 0.9, b2: float = 0.99, wd: float = 0.0,
+    maximize: bool = False,
+) -> Tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Chen et al. 2023, Algorithm 2, with the decay applied first (torch/lucidrains order):
+    theta <- theta*(1 - lr*wd); c = b1*m + (1-b1)*g; theta <- theta - lr*sign(c); m <- b2*m + (1-b2)*g."""
+    theta = theta.copy()
+    m = np.zeros_like(theta)
+    for g in grads:
+        g = -g if maximize else g
+        theta = theta * (1.0 - lr * wd)
+        c = b1 * m + (1.0 - b1) * g
+        theta = theta - lr * np.sign(c)
+        m = b2 * m + (1.0 - b2) * g
+    return theta, m
+
+
+def _kernel_lion(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, **kw: Any) -> None:
+    """The compiled kernel, called with the scalars the functional layer passes."""
+    import math
+
+    from fusedopt import _core, _scalars
+
+    s = _scalars.lion_scalars(
+        lr=kw["lr"], beta1=kw.get("beta1", 0.9), beta2=kw.get("beta2", 0.99), weight_decay=kw.get("weight_decay", 0.0)
+    )
+    _core.lion([param], [grad], [exp_avg], *s, 1.0, 1.0, math.inf, kw.get("maximize", False), 1)
+
+
+LION_IMPLS = [pytest.param(reference.lion, id="reference"), pytest.param(_kernel_lion, id="kernel")]
+
+
+@pytest.mark.parametrize("lion", LION_IMPLS)
+@pytest.mark.parametrize(
+    "kw", [{}, {"wd": 0.1}, {"maximize": True}, {"b1": 0.5, "b2": 0.9, "wd": 0.3}], ids=["plain", "wd", "max", "betas"]
+)
+def test_lion_textbook(lion: Callable[..., None], kw: Dict[str, Any]) -> None:
+    lr = 1e-2
+    theta = theta0()
+    grads = [grad_away_from_zero(seed=s) for s in range(1, 6)]
+    expected, m_expected = textbook_lion(theta, grads, lr=lr, **kw)
+    p, m = theta.copy(), np.zeros_like(theta)
+    names = {"b1": "beta1", "b2": "beta2", "wd": "weight_decay", "maximize": "maximize"}
+    for g in grads:
+        lion(p, g, m, lr=lr, **{names[k]: v for k, v in kw.items()})
+    close(m, m_expected)
+    close(p, expected)
+    # every element moved by exactly lr per step (up to rounding) without decay
+    if not kw.get("wd"):
+        assert np.all(np.abs(np.abs(p - theta) / lr - np.round(np.abs(p - theta) / lr)) < 1e-9)
+
+
+def test_lion_first_step_is_minus_lr_sign_g() -> None:
+    """Step 1 from m = 0: c = (1-b1)*g, so theta moves by -lr*sign(g) (0 where g == 0)."""
+    theta = theta0(9)
+    g = np.array([1.5, -2.0, 0.0, 1e-30, -1e-30, 3.0, -0.0, 7.0, -7.0])
+    p, m = theta.copy(), np.zeros(9)
+    reference.lion(p, g, m, lr=0.25)
+    close(p, theta - 0.25 * np.sign(g))
+    close(m, 0.01 * g)

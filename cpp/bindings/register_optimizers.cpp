@@ -1,10 +1,12 @@
-// One binding per algorithm. Each does exactly: validate and collect raw pointers (arrays.cpp, or a
+// The step bindings (one template, a traits struct per algorithm). Each does exactly: validate and collect raw pointers (arrays.cpp, or a
 // still-matching Plan, plan.hpp) ->
 // release the GIL -> one call through the active kernel table. No arithmetic, no state: the
 // derived per-step scalars arrive ready-made from python/fusedopt/_scalars.py.
 #include <pybind11/pybind11.h>
 
 #include <cmath>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "bindings/arrays.hpp"
@@ -57,76 +59,161 @@ GradScalars grad_scalars(double grad_scale, double clip_coef, double clip_value)
   return GradScalars{grad_scale, clip_coef, clip_value, !identity};
 }
 
-void sgd(py::handle params, py::handle grads, py::handle momentum_buffers, double lr, double weight_decay,
-         double momentum, double one_minus_dampening, double grad_scale, double clip_coef, double clip_value,
-         bool nesterov, bool maximize, bool first_step, py::handle threads, py::handle plan, py::handle counters) {
-  const Buffers b = gather({{"params", params, true}, {"grads", grads, false},
-                            {"momentum_buffers", momentum_buffers, true}}, plan);
-  const bool has_momentum = b.present(2);
-  const SgdScalars s{lr, weight_decay, momentum, one_minus_dampening, weight_decay != 0.0, has_momentum,
-                     nesterov, maximize, first_step};
-  run(b, &KernelTable::sgd_f32, &KernelTable::sgd_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
-      check_threads(threads), counters);
-}
+// ---- the step bindings: one template, one small traits struct per algorithm ------------------
+//
+// A step binding takes, positionally: the role lists (params, grads, states; optional states may
+// be None), the algorithm's scalars (the fields of its NamedTuple in fusedopt/_scalars.py), the
+// three GradScalars, the algorithm's flags, then threads and the optional plan and counters.
+// Traits give the names (tests/test_bindings.py compares them with the NamedTuples), which roles
+// may be None, the kernel table entries and how the C++ Scalars struct is made; Step<> below
+// generates a pybind11 function with exactly those parameters (typed like a hand-written one,
+// so the call costs the same).
 
-void momentum(py::handle params, py::handle grads, py::handle velocities, double step_size, double beta,
-              double one_minus_beta, double weight_decay, double grad_scale, double clip_coef, double clip_value,
-              py::handle threads, py::handle plan, py::handle counters) {
-  const Buffers b =
-      gather({{"params", params, true}, {"grads", grads, false}, {"velocities", velocities, true}}, plan);
-  const MomentumScalars s{step_size, beta, one_minus_beta, weight_decay, weight_decay != 0.0};
-  run(b, &KernelTable::momentum_f32, &KernelTable::momentum_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
-      check_threads(threads), counters);
-}
+template <class T, std::size_t>
+using As = T;  // As<double, I>... : one double parameter per index
 
-void rmsprop(py::handle params, py::handle grads, py::handle square_avgs, py::handle grad_avgs,
-             py::handle momentum_buffers, double lr, double buffer_lr, double alpha, double one_minus_alpha,
-             double eps_outside, double eps_inside, double weight_decay, double momentum_, double grad_scale,
-             double clip_coef, double clip_value, bool maximize, py::handle threads, py::handle plan, py::handle counters) {
-  const Buffers b = gather({{"params", params, true},
-                            {"grads", grads, false},
-                            {"square_avgs", square_avgs, true},
-                            {"grad_avgs", grad_avgs, true},
-                            {"momentum_buffers", momentum_buffers, true}},
-                           plan);
-  const RmspropScalars s{lr,           buffer_lr, alpha, one_minus_alpha, eps_outside, eps_inside, weight_decay,
-                         momentum_,    weight_decay != 0.0, b.present(3), b.present(4),
-                         maximize};
-  run(b, &KernelTable::rmsprop_f32, &KernelTable::rmsprop_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
-      check_threads(threads), counters);
-}
-
-void adam(py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
-          py::handle max_exp_avg_sqs, double neg_step_size, double bias_correction2_sqrt, double eps,
-          double eps_root, double bias_correction2, double beta1, double one_minus_beta1, double beta2,
-          double one_minus_beta2, double weight_decay, double decay_factor, int weight_decay_mode,
-          double grad_scale, double clip_coef, double clip_value, bool maximize, bool torch_exact, py::handle threads,
-          py::handle plan, py::handle counters) {
-  if (weight_decay_mode < kNoDecay || weight_decay_mode > kDecoupled) {
-    throw py::value_error("weight_decay_mode must be 0 (none), 1 (L2) or 2 (decoupled)");
+struct SgdBinding {
+  using Scalars = SgdScalars;
+  static constexpr const char* kName = "sgd";
+  static constexpr const char* kDoc = "SGD step over lists of arrays (momentum_buffers=None: no momentum). See fusedopt.functional.sgd.";
+  static constexpr const char* kRoles[] = {"params", "grads", "momentum_buffers"};
+  static constexpr bool kOptional[] = {false, false, true};
+  static constexpr const char* kScalars[] = {"lr", "weight_decay", "momentum", "one_minus_dampening"};
+  static constexpr const char* kFlags[] = {"nesterov", "maximize", "first_step"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::sgd_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::sgd_f64;
+  static Scalars make(const double* d, const bool* f, const Buffers& b) {
+    return Scalars{d[0], d[1], d[2], d[3], d[1] != 0.0, b.present(2), f[0], f[1], f[2]};
   }
-  const Buffers b = gather({{"params", params, true},
-                            {"grads", grads, false},
-                            {"exp_avgs", exp_avgs, true},
-                            {"exp_avg_sqs", exp_avg_sqs, true},
-                            {"max_exp_avg_sqs", max_exp_avg_sqs, true}},
-                           plan);
-  const AdamScalars s{neg_step_size,   bias_correction2_sqrt, eps,          eps_root,
-                      bias_correction2, beta1,               one_minus_beta1, beta2,
-                      one_minus_beta2, weight_decay,         decay_factor, weight_decay_mode,
-                      b.present(4), maximize, torch_exact};
-  run(b, &KernelTable::adam_f32, &KernelTable::adam_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
-      check_threads(threads), counters);
+};
+
+struct MomentumBinding {
+  using Scalars = MomentumScalars;
+  static constexpr const char* kName = "momentum";
+  static constexpr const char* kDoc = "EMA-momentum step over lists of arrays. See fusedopt.functional.momentum.";
+  static constexpr const char* kRoles[] = {"params", "grads", "velocities"};
+  static constexpr bool kOptional[] = {false, false, false};
+  static constexpr const char* kScalars[] = {"step_size", "beta", "one_minus_beta", "weight_decay"};
+  static constexpr const char* const* kFlags = nullptr;  // no flags
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::momentum_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::momentum_f64;
+  static Scalars make(const double* d, const bool*, const Buffers&) {
+    return Scalars{d[0], d[1], d[2], d[3], d[3] != 0.0};
+  }
+};
+
+struct RmspropBinding {
+  using Scalars = RmspropScalars;
+  static constexpr const char* kName = "rmsprop";
+  static constexpr const char* kDoc =
+      "RMSprop step over lists of arrays (grad_avgs=None: not centered; momentum_buffers=None: no momentum). "
+      "See fusedopt.functional.rmsprop.";
+  static constexpr const char* kRoles[] = {"params", "grads", "square_avgs", "grad_avgs", "momentum_buffers"};
+  static constexpr bool kOptional[] = {false, false, false, true, true};
+  static constexpr const char* kScalars[] = {"lr", "buffer_lr", "alpha", "one_minus_alpha", "eps_outside",
+                                             "eps_inside", "weight_decay", "momentum"};
+  static constexpr const char* kFlags[] = {"maximize"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::rmsprop_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::rmsprop_f64;
+  static Scalars make(const double* d, const bool* f, const Buffers& b) {
+    return Scalars{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[6] != 0.0, b.present(3), b.present(4), f[0]};
+  }
+};
+
+struct AdamBinding {
+  using Scalars = AdamScalars;
+  static constexpr const char* kName = "adam";
+  static constexpr const char* kDoc =
+      "Adam/AdamW step over lists of arrays (max_exp_avg_sqs=None: no amsgrad). See fusedopt.functional.adam.";
+  static constexpr const char* kRoles[] = {"params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"};
+  static constexpr bool kOptional[] = {false, false, false, false, true};
+  static constexpr const char* kScalars[] = {
+      "neg_step_size", "eps_scaled",       "eps_root_scaled",     "beta1",
+      "one_minus_beta1", "beta2",          "one_minus_beta2",     "weight_decay",
+      "decay_factor",  "torch_neg_step_size", "bias_correction2_sqrt", "torch_eps"};
+  static constexpr const char* kFlags[] = {"maximize", "torch_exact"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::adam_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::adam_f64;
+  static Scalars make(const double* d, const bool* f, const Buffers& b) {
+    return Scalars{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11],
+                   b.present(4), f[0], f[1]};
+  }
+};
+
+struct AdagradBinding {
+  using Scalars = AdagradScalars;
+  static constexpr const char* kName = "adagrad";
+  static constexpr const char* kDoc = "Adagrad step over lists of arrays. See fusedopt.functional.adagrad.";
+  static constexpr const char* kRoles[] = {"params", "grads", "state_sums"};
+  static constexpr bool kOptional[] = {false, false, false};
+  static constexpr const char* kScalars[] = {"neg_clr", "eps", "weight_decay"};
+  static constexpr const char* kFlags[] = {"maximize"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::adagrad_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::adagrad_f64;
+  static Scalars make(const double* d, const bool* f, const Buffers&) {
+    return Scalars{d[0], d[1], d[2], d[2] != 0.0, f[0]};
+  }
+};
+
+struct LionBinding {
+  using Scalars = LionScalars;
+  static constexpr const char* kName = "lion";
+  static constexpr const char* kDoc = "Lion step over lists of arrays. See fusedopt.reference.lion.";
+  static constexpr const char* kRoles[] = {"params", "grads", "exp_avgs"};
+  static constexpr bool kOptional[] = {false, false, false};
+  static constexpr const char* kScalars[] = {"lr", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
+                                             "decay_factor"};
+  static constexpr const char* kFlags[] = {"maximize"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::lion_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::lion_f64;
+  static Scalars make(const double* d, const bool* f, const Buffers&) {
+    return Scalars{d[0], d[1], d[2], d[3], d[4], d[5], f[0]};
+  }
+};
+
+template <class Tr>
+constexpr std::size_t num_flags() {
+  if constexpr (std::is_array_v<decltype(Tr::kFlags)>) {
+    return std::extent_v<decltype(Tr::kFlags)>;
+  } else {
+    return 0;
+  }
 }
 
-void adagrad(py::handle params, py::handle grads, py::handle state_sums, double neg_clr, double eps,
-             double weight_decay, double grad_scale, double clip_coef, double clip_value, bool maximize,
-             py::handle threads, py::handle plan, py::handle counters) {
-  const Buffers b =
-      gather({{"params", params, true}, {"grads", grads, false}, {"state_sums", state_sums, true}}, plan);
-  const AdagradScalars s{neg_clr, eps, weight_decay, weight_decay != 0.0, maximize};
-  run(b, &KernelTable::adagrad_f32, &KernelTable::adagrad_f64, s, grad_scalars(grad_scale, clip_coef, clip_value),
-      check_threads(threads), counters);
+constexpr const char* kGradNames[] = {"grad_scale", "clip_coef", "clip_value"};
+
+template <class Tr, class Roles, class Doubles, class Flags>
+struct Step;
+
+template <class Tr, std::size_t... R, std::size_t... D, std::size_t... F>
+struct Step<Tr, std::index_sequence<R...>, std::index_sequence<D...>, std::index_sequence<F...>> {
+  static void call(As<py::handle, R>... lists, As<double, D>... scalars, double grad_scale, double clip_coef,
+                   double clip_value, As<bool, F>... flags, py::handle threads, py::handle plan, py::handle counters) {
+    const Buffers b = gather({Role{Tr::kRoles[R], lists, R != 1}...}, plan);  // role 1: grads (read)
+    const double d[] = {scalars...};
+    const bool f[] = {flags..., false};  // (one extra: no zero-length array)
+    run(b, Tr::kF32, Tr::kF64, Tr::make(d, f, b), grad_scalars(grad_scale, clip_coef, clip_value),
+        check_threads(threads), counters);
+  }
+  static void define(py::module_& m) {
+    m.def(Tr::kName, &call, py::arg(Tr::kRoles[R]).none(Tr::kOptional[R])..., py::arg(Tr::kScalars[D])...,
+          py::arg(kGradNames[0]), py::arg(kGradNames[1]), py::arg(kGradNames[2]), py::arg(flag_name<F>())...,
+          py::arg("threads"), py::arg("plan") = py::none(), py::arg("counters") = py::none(), Tr::kDoc);
+  }
+  template <std::size_t I>
+  static const char* flag_name() {
+    if constexpr (num_flags<Tr>() > 0) {
+      return Tr::kFlags[I];
+    } else {
+      return "";
+    }
+  }
+};
+
+template <class Tr>
+void define_step(py::module_& m) {
+  Step<Tr, std::make_index_sequence<std::extent_v<decltype(Tr::kRoles)>>,
+       std::make_index_sequence<std::extent_v<decltype(Tr::kScalars)>>, std::make_index_sequence<num_flags<Tr>()>>::define(m);
 }
 
 void ema(py::handle averages, py::handle params, double decay, double one_minus_decay, py::handle threads) {
@@ -152,7 +239,7 @@ void traffic_probe(py::sequence written, py::handle read, double scale, py::hand
   const Buffers b = collect(roles);
   const TensorList list = b.list();
   if (list.count == 0) return;
-  const ProbeScalars s{scale};
+  const ProbeScalars s{scale, static_cast<int>(n_written)};
   const KernelTable& table = active_table();
   const PassFn<ProbeScalars> fn = b.dtype() == DType::f32 ? table.probe_f32 : table.probe_f64;
   const int t = check_threads(threads);
@@ -214,28 +301,12 @@ void register_optimizers(py::module_& m) {
       .def(py::init<const py::sequence&>(), "written"_a)
       .def_property_readonly("count", &Plan::count, "number of tensors")
       .def_property_readonly("roles", &Plan::roles, "number of written roles (params and state lists)");
-  m.def("sgd", &sgd, "params"_a, "grads"_a, "momentum_buffers"_a.none(true), "lr"_a,
-        "weight_decay"_a, "momentum"_a, "one_minus_dampening"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a,
-        "nesterov"_a, "maximize"_a, "first_step"_a,
-        "threads"_a, "plan"_a = py::none(), "counters"_a = py::none(), "SGD step over lists of arrays (momentum_buffers=None: no momentum). See fusedopt.functional.sgd.");
-  m.def("momentum", &momentum, "params"_a, "grads"_a, "velocities"_a, "step_size"_a, "beta"_a,
-        "one_minus_beta"_a, "weight_decay"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a, "threads"_a,
-        "plan"_a = py::none(), "counters"_a = py::none(), "EMA-momentum step over lists of arrays. See fusedopt.functional.momentum.");
-  m.def("rmsprop", &rmsprop, "params"_a, "grads"_a, "square_avgs"_a, "grad_avgs"_a.none(true),
-        "momentum_buffers"_a.none(true), "lr"_a, "buffer_lr"_a, "alpha"_a, "one_minus_alpha"_a, "eps_outside"_a,
-        "eps_inside"_a, "weight_decay"_a, "momentum"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a,
-        "maximize"_a, "threads"_a, "plan"_a = py::none(), "counters"_a = py::none(),
-        "RMSprop step over lists of arrays (grad_avgs=None: not centered; momentum_buffers=None: no momentum). "
-        "See fusedopt.functional.rmsprop.");
-  m.def("adam", &adam, "params"_a, "grads"_a, "exp_avgs"_a, "exp_avg_sqs"_a, "max_exp_avg_sqs"_a.none(true),
-        "neg_step_size"_a, "bias_correction2_sqrt"_a, "eps"_a, "eps_root"_a, "bias_correction2"_a, "beta1"_a,
-        "one_minus_beta1"_a, "beta2"_a, "one_minus_beta2"_a, "weight_decay"_a, "decay_factor"_a,
-        "weight_decay_mode"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a, "maximize"_a, "torch_exact"_a,
-        "threads"_a, "plan"_a = py::none(), "counters"_a = py::none(),
-        "Adam/AdamW step over lists of arrays (max_exp_avg_sqs=None: no amsgrad). See fusedopt.functional.adam.");
-  m.def("adagrad", &adagrad, "params"_a, "grads"_a, "state_sums"_a, "neg_clr"_a, "eps"_a,
-        "weight_decay"_a, "grad_scale"_a, "clip_coef"_a, "clip_value"_a, "maximize"_a, "threads"_a, "plan"_a = py::none(), "counters"_a = py::none(),
-        "Adagrad step over lists of arrays. See fusedopt.functional.adagrad.");
+  define_step<SgdBinding>(m);
+  define_step<MomentumBinding>(m);
+  define_step<RmspropBinding>(m);
+  define_step<AdamBinding>(m);
+  define_step<AdagradBinding>(m);
+  define_step<LionBinding>(m);
   m.def("_traffic_probe", &traffic_probe, "written"_a, "read"_a, "scale"_a, "threads"_a,
         "Benchmark probe: x += scale*r on every written stream (the bytes of an optimizer step).");
   m.def("ema", &ema, "averages"_a, "params"_a, "decay"_a, "one_minus_decay"_a, "threads"_a,

@@ -26,6 +26,7 @@ struct KernelTable {
   StepFn<RmspropScalars> rmsprop_f32, rmsprop_f64;
   StepFn<AdamScalars> adam_f32, adam_f64;
   StepFn<AdagradScalars> adagrad_f32, adagrad_f64;
+  StepFn<LionScalars> lion_f32, lion_f64;
   PassFn<EmaScalars> ema_f32, ema_f64;
   SumSqFn sumsq_f32, sumsq_f64;
   PassFn<ProbeScalars> probe_f32, probe_f64;  // benchmarks only

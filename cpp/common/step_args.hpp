@@ -45,9 +45,6 @@ struct GradScalars {
 constexpr std::int64_t kNormBlock = 2048;
 constexpr int kNormLanes = 8;
 
-// Weight-decay modes shared by the algorithms that support them.
-enum WeightDecay : int { kNoDecay = 0, kL2 = 1, kDecoupled = 2 };
-
 // SGD (torch.optim.SGD). Buffers: param, grad, momentum_buffer (only when has_momentum).
 struct SgdScalars {
   double lr;
@@ -91,25 +88,25 @@ struct RmspropScalars {
 };
 
 // Adam / AdamW. Buffers: param, grad, exp_avg, exp_avg_sq, [max_exp_avg_sq].
-// den = sqrt(s)/bias_correction2_sqrt + eps, or with eps_root != 0 (optax):
-// den = sqrt(s/bias_correction2 + eps_root) + eps. Keras/TF's epsilon-hat form is the first
-// formula with neg_step_size = -lr*sqrt(1-beta2^t)/(1-beta1^t) and bias_correction2_sqrt = 1.
+// p = p*decay_factor + (neg_step_size*m) / (sqrt(s + eps_root_scaled) + eps_scaled), the bias
+// corrections folded into the scalars (kernels/adam.inl lists the three conventions). The
+// torch_exact path uses torch's own order: p + (torch_neg_step_size*m) / (sqrt(s)/R + torch_eps).
 struct AdamScalars {
-  double neg_step_size;      // -lr/(1-beta1^t)
-  double bias_correction2_sqrt; // sqrt(1-beta2^t)
-  double eps;
-  double eps_root;           // optax eps_root (inside the sqrt of v-hat); 0: torch form
-  double bias_correction2;   // 1-beta2^t (used only with eps_root)
+  double neg_step_size;         // -lr*sqrt(1-beta2^t)/(1-beta1^t)
+  double eps_scaled;            // eps*sqrt(1-beta2^t)   (epsilon-hat: eps)
+  double eps_root_scaled;       // eps_root*(1-beta2^t)  (0 unless optax's eps_root)
   double beta1;
   double one_minus_beta1;
   double beta2;
   double one_minus_beta2;
-  double weight_decay;       // L2 coefficient (kL2)
-  double decay_factor;       // 1 - lr*weight_decay (kDecoupled)
-  int weight_decay_mode;     // WeightDecay
+  double weight_decay;          // L2 coefficient (0 with decoupled decay)
+  double decay_factor;          // 1 - lr*weight_decay with decoupled decay, else exactly 1
+  double torch_neg_step_size;   // -lr/(1-beta1^t)       (torch_exact only)
+  double bias_correction2_sqrt; // sqrt(1-beta2^t)       (torch_exact only)
+  double torch_eps;             // eps                    (torch_exact only)
   bool amsgrad;
   bool maximize;
-  bool torch_exact;          // float32 only: torch 2.13 fused Adam's rounding (kernels/torch_exact.inl)
+  bool torch_exact;             // float32 only: torch 2.13 fused Adam's rounding (kernels/torch_exact.inl)
 };
 
 // Adagrad (torch.optim.Adagrad). Buffers: param, grad, sum.
@@ -118,6 +115,17 @@ struct AdagradScalars {
   double eps;
   double weight_decay;
   bool has_weight_decay;
+  bool maximize;
+};
+
+// Lion (Chen et al. 2023), decoupled decay. Buffers: param, grad, exp_avg.
+struct LionScalars {
+  double lr;
+  double beta1;
+  double one_minus_beta1;
+  double beta2;
+  double one_minus_beta2;
+  double decay_factor;  // 1 - lr*weight_decay (exactly 1 without weight decay)
   bool maximize;
 };
 
@@ -130,6 +138,7 @@ struct EmaScalars {
 // The bandwidth probe of the benchmarks (kernels/probe.inl): x += scale*r on each written stream.
 struct ProbeScalars {
   double scale;
+  int written;  // written streams, 1..4 (the last buffer is the read stream)
 };
 
 }  // namespace fusedopt

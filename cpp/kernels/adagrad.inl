@@ -1,43 +1,36 @@
-// Adagrad, torch.optim.Adagrad semantics. Reads p, g, sum; writes p, sum.
-// Spec: python/fusedopt/reference.py::adagrad.
+// Adagrad, torch.optim.Adagrad semantics. Spec: reference.py::adagrad. Roles: param, grad, sum.
 //
-//   g = pre(grad) (grad.inl);  g = -g if maximize;   if wd: g = g + wd*p
+//   g = sign*pre(grad);   if wd: g = g + wd*p
 //   sum = sum + g*g
 //   p = p + (C*g) / (sqrt(sum) + eps)     C = -lr/(1 + (t-1)*lr_decay)
+//
+// One square root and one division per element; the lr decay is already folded into C.
 
-template <class T>
-struct AdagradCoef {
-  T neg_clr, eps, weight_decay;
-};
+struct Adagrad {
+  using Scalars = AdagradScalars;
+  static constexpr int kRoles = 3, kVariants = 1;
+  static constexpr bool kGrad = true;
+  static constexpr Role<0> param{};
+  static constexpr Role<2> sum{};
+  static int variant(const AdagradScalars&) { return 0; }
 
-template <class T, bool Pre, bool Wd, bool Maximize>
-void adagrad_span(T* FUSEDOPT_RESTRICT p, const T* FUSEDOPT_RESTRICT g, T* FUSEDOPT_RESTRICT sum,
-                  int64_t n, const AdagradCoef<T> c, const GradCoef<T> gc) {
-  const T C = c.neg_clr, eps = c.eps, wd = c.weight_decay;
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    T gi = load_grad<Pre>(g[i], gc);
-    if constexpr (Maximize) gi = -gi;
-    const T pi = p[i];
-    if constexpr (Wd) gi = gi + wd * pi;
-    const T si = sum[i] + gi * gi;
-    sum[i] = si;
-    p[i] = pi + (C * gi) / (std::sqrt(si) + eps);
+  template <class C>
+  struct Coef {
+    C neg_clr, eps, wd, sign;
+    bool has_wd;
+    explicit Coef(const AdagradScalars& s)
+        : neg_clr(C(s.neg_clr)), eps(C(s.eps)), wd(C(s.weight_decay)), sign(s.maximize ? C(-1) : C(1)),
+          has_wd(s.has_weight_decay) {}
+  };
+
+  template <int V, class C, class E>
+  static void element(const Coef<C>& c, const E& e, int64_t i) {
+    const C p = e.load(param, i);
+    C g = c.sign * e.grad(i);
+    const C g_wd = g + c.wd * p;  // computed always, then selected: no branch in the loop
+    g = c.has_wd ? g_wd : g;
+    const C s = e.load(sum, i) + g * g;
+    e.store(sum, i, s);
+    e.store(param, i, p + (c.neg_clr * g) / (std::sqrt(s) + c.eps));
   }
-}
-
-template <class T>
-void adagrad_step(const TensorList& list, const AdagradScalars& s, const GradScalars& gs, int threads) {
-  const GradCoef<T> gc = grad_coef<T>(gs);
-  const AdagradCoef<T> c{static_cast<T>(s.neg_clr), static_cast<T>(s.eps), static_cast<T>(s.weight_decay)};
-  with_flag(gs.active, [&](auto pre) {
-    with_flag(s.has_weight_decay, [&](auto wd) {
-      with_flag(s.maximize, [&](auto maximize) {
-        for_each_span<T>(list, threads, [&](int64_t k, int64_t b, int64_t e) {
-          adagrad_span<T, decltype(pre)::value, decltype(wd)::value, decltype(maximize)::value>(
-              buffer<T>(list, k, 0, b), buffer<T>(list, k, 1, b), buffer<T>(list, k, 2, b), e - b, c, gc);
-        });
-      });
-    });
-  });
-}
+};

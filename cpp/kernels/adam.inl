@@ -1,82 +1,70 @@
 // Adam / AdamW, one pass: reads p, g, m, v (and v_max), writes p, m, v (and v_max).
-// Spec: python/fusedopt/reference.py::adam — same operations, same order, same dtype.
+// Spec: reference.py::adam — same operations, same order, same dtype.
+// Roles: param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq (variant 1: amsgrad).
 //
-//   g  = pre(grad) (grad.inl);  g = -g if maximize
-//   L2:         g = g + wd*p                 decoupled:  p = p * (1 - lr*wd)
+// The Adam paper's "more efficient order" (Kingma & Ba, end of §2): the bias corrections are
+// folded into two scalars computed in float64 (python/fusedopt/_scalars.py::adam_scalars), so an
+// element costs one IEEE square root and one IEEE division:
+//
+//   g  = sign*pre(grad) (grad.inl);   L2: g = g + wd*p
+//   p  = p*decay_factor                (1 - lr*wd with decoupled decay; exactly 1 otherwise)
 //   m  = b1*m + (1-b1)*g
 //   v  = b2*v + ((1-b2)*g)*g
 //   s  = max(v_max, v) (amsgrad, stored back; NaN propagates) else v
-//   p  = p + (S*m) / den
-//   den = sqrt(s)/R + eps                          torch/Ng:  S = -lr/(1-b1^t), R = sqrt(1-b2^t)
-//                                                  Keras/TF epsilon-hat: S = -lr*sqrt(1-b2^t)/(1-b1^t), R = 1
-//   den = sqrt(s/B2 + eps_root) + eps  (EpsRoot)   optax:     S = -lr/(1-b1^t), B2 = 1-b2^t
+//   p  = p + (S*m) / (sqrt(s + R) + E)
+//
+//   torch/Ng/Kingma-Ba:  S = -lr*sqrt(bc2)/bc1,  E = eps*sqrt(bc2),  R = 0
+//   Keras/TF epsilon-hat: S = -lr*sqrt(bc2)/bc1,  E = eps,            R = 0
+//   optax eps_root:       S = -lr*sqrt(bc2)/bc1,  E = eps*sqrt(bc2),  R = eps_root*bc2
+//   (bc1 = 1-b1^t, bc2 = 1-b2^t). R = +0 adds exactly nothing (s >= +0 or NaN).
+// The torch_exact path (torch_exact.inl) keeps torch's own order.
 
-template <class T>
-struct AdamCoef {
-  T neg_step_size, bc2_sqrt, eps, eps_root, bc2, beta1, omb1, beta2, omb2, weight_decay, decay_factor;
-};
+struct Adam {
+  using Scalars = AdamScalars;
+  static constexpr int kRoles = 5, kVariants = 2;
+  static constexpr bool kGrad = true;
+  static constexpr Role<0> param{};
+  static constexpr Role<2> exp_avg{};
+  static constexpr Role<3> exp_avg_sq{};
+  static constexpr Role<4> max_exp_avg_sq{};
+  static int variant(const AdamScalars& s) { return s.amsgrad ? 1 : 0; }
 
-template <class T, bool Pre, int Wd, bool Amsgrad, bool Maximize, bool EpsRoot>
-void adam_span(T* FUSEDOPT_RESTRICT p, const T* FUSEDOPT_RESTRICT g, T* FUSEDOPT_RESTRICT m,
-               T* FUSEDOPT_RESTRICT v, T* FUSEDOPT_RESTRICT vmax, int64_t n, const AdamCoef<T> c,
-               const GradCoef<T> gc) {
-  const T S = c.neg_step_size, R = c.bc2_sqrt, eps = c.eps, er = c.eps_root, B2 = c.bc2;
-  const T b1 = c.beta1, omb1 = c.omb1, b2 = c.beta2, omb2 = c.omb2;
-  const T wd = c.weight_decay, decay = c.decay_factor;
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    T gi = load_grad<Pre>(g[i], gc);
-    if constexpr (Maximize) gi = -gi;
-    T pi = p[i];
-    if constexpr (Wd == kL2) gi = gi + wd * pi;
-    if constexpr (Wd == kDecoupled) pi = pi * decay;
-    const T mi = b1 * m[i] + omb1 * gi;
-    const T vi = b2 * v[i] + (omb2 * gi) * gi;
-    m[i] = mi;
-    v[i] = vi;
-    T si = vi;
-    if constexpr (Amsgrad) {
-      const T old = vmax[i];
-      si = (vi > old || vi != vi) ? vi : old;
-      vmax[i] = si;
+  template <class C>
+  struct Coef {
+    C S, E, R, beta1, omb1, beta2, omb2, wd, decay, sign;
+    bool has_wd;
+    explicit Coef(const AdamScalars& s)
+        : S(C(s.neg_step_size)), E(C(s.eps_scaled)), R(C(s.eps_root_scaled)), beta1(C(s.beta1)),
+          omb1(C(s.one_minus_beta1)), beta2(C(s.beta2)), omb2(C(s.one_minus_beta2)), wd(C(s.weight_decay)),
+          decay(C(s.decay_factor)), sign(s.maximize ? C(-1) : C(1)), has_wd(s.weight_decay != 0.0) {}
+  };
+
+  template <int V, class C, class E>
+  static void element(const Coef<C>& c, const E& e, int64_t i) {
+    C p = e.load(param, i);
+    C g = c.sign * e.grad(i);
+    const C g_wd = g + c.wd * p;  // computed always, then selected: no branch in the loop
+    g = c.has_wd ? g_wd : g;
+    p = p * c.decay;
+    const C m = c.beta1 * e.load(exp_avg, i) + c.omb1 * g;
+    const C v = c.beta2 * e.load(exp_avg_sq, i) + (c.omb2 * g) * g;
+    e.store(exp_avg, i, m);
+    e.store(exp_avg_sq, i, v);
+    C s = v;
+    if constexpr (V == 1) {
+      const C old = e.load(max_exp_avg_sq, i);
+      s = (v > old || v != v) ? v : old;
+      e.store(max_exp_avg_sq, i, s);
     }
-    T den;
-    if constexpr (EpsRoot) {
-      den = std::sqrt(si / B2 + er) + eps;
-    } else {
-      den = std::sqrt(si) / R + eps;
-    }
-    p[i] = pi + (S * mi) / den;
+    e.store(param, i, p + (c.S * m) / (std::sqrt(s + c.R) + c.E));
   }
-}
+};
 
 template <class T>
 void adam_step(const TensorList& list, const AdamScalars& s, const GradScalars& gs, int threads) {
   if (s.torch_exact) {
-    adam_torch_exact_step<T>(list, s, gs, threads);
-    return;
+    step<AdamTorchExact, T>(list, s, gs, threads);
+  } else {
+    step<Adam, T>(list, s, gs, threads);
   }
-  const GradCoef<T> gc = grad_coef<T>(gs);
-  const AdamCoef<T> c{static_cast<T>(s.neg_step_size),   static_cast<T>(s.bias_correction2_sqrt),
-                      static_cast<T>(s.eps),             static_cast<T>(s.eps_root),
-                      static_cast<T>(s.bias_correction2), static_cast<T>(s.beta1),
-                      static_cast<T>(s.one_minus_beta1), static_cast<T>(s.beta2),
-                      static_cast<T>(s.one_minus_beta2), static_cast<T>(s.weight_decay),
-                      static_cast<T>(s.decay_factor)};
-  with_flag(gs.active, [&](auto pre) {
-    with_weight_decay_mode(s.weight_decay_mode, [&](auto wd) {
-      with_flag(s.amsgrad, [&](auto amsgrad) {
-        with_flag(s.maximize, [&](auto maximize) {
-          with_flag(s.eps_root != 0.0, [&](auto eps_root) {
-            for_each_span<T>(list, threads, [&](int64_t k, int64_t b, int64_t e) {
-              adam_span<T, decltype(pre)::value, decltype(wd)::value, decltype(amsgrad)::value,
-                        decltype(maximize)::value, decltype(eps_root)::value>(
-                  buffer<T>(list, k, 0, b), buffer<T>(list, k, 1, b), buffer<T>(list, k, 2, b),
-                  buffer<T>(list, k, 3, b), buffer<T>(list, k, 4, b), e - b, c, gc);
-            });
-          });
-        });
-      });
-    });
-  });
 }

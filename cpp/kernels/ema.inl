@@ -1,19 +1,23 @@
-// EMA of weights (Polyak averaging). Reads param, writes average. Spec: reference.py::ema.
+// EMA of weights (Polyak averaging). Spec: reference.py::ema. Roles: average, param.
 //
 //   average = decay*average + (1-decay)*param
 
-template <class T>
-void ema_span(T* FUSEDOPT_RESTRICT avg, const T* FUSEDOPT_RESTRICT p, int64_t n, const T decay, const T omd) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    avg[i] = decay * avg[i] + omd * p[i];
-  }
-}
+struct Ema {
+  using Scalars = EmaScalars;
+  static constexpr int kRoles = 2, kVariants = 1;
+  static constexpr bool kGrad = false;
+  static constexpr Role<0> average{};
+  static constexpr Role<1> param{};
+  static int variant(const EmaScalars&) { return 0; }
 
-template <class T>
-void ema_step(const TensorList& list, const EmaScalars& s, int threads) {
-  const T decay = static_cast<T>(s.decay), omd = static_cast<T>(s.one_minus_decay);
-  for_each_span<T>(list, threads, [&](int64_t k, int64_t b, int64_t e) {
-    ema_span<T>(buffer<T>(list, k, 0, b), buffer<T>(list, k, 1, b), e - b, decay, omd);
-  });
-}
+  template <class C>
+  struct Coef {
+    C decay, omd;
+    explicit Coef(const EmaScalars& s) : decay(C(s.decay)), omd(C(s.one_minus_decay)) {}
+  };
+
+  template <int V, class C, class E>
+  static void element(const Coef<C>& c, const E& e, int64_t i) {
+    e.store(average, i, c.decay * e.load(average, i) + c.omd * e.load(param, i));
+  }
+};

@@ -34,29 +34,34 @@ using std::int64_t;
 
 #include "kernels/parallel.inl"
 #include "kernels/grad.inl"
-#include "kernels/torch_exact.inl"
+#include "kernels/engine.inl"
 
+// the algorithms: one element-wise description each (engine.inl says what one holds)
 #include "kernels/adagrad.inl"
+#include "kernels/torch_exact.inl"
 #include "kernels/adam.inl"
 #include "kernels/ema.inl"
+#include "kernels/lion.inl"
 #include "kernels/momentum.inl"
-#include "kernels/norm.inl"
 #include "kernels/probe.inl"
 #include "kernels/rmsprop.inl"
 #include "kernels/sgd.inl"
+
+#include "kernels/norm.inl"
 
 }  // namespace
 
 const KernelTable kernel_table = {
     FUSEDOPT_ISA_NAME,
-    &sgd_step<float>,     &sgd_step<double>,
-    &momentum_step<float>, &momentum_step<double>,
-    &rmsprop_step<float>, &rmsprop_step<double>,
-    &adam_step<float>,    &adam_step<double>,
-    &adagrad_step<float>, &adagrad_step<double>,
-    &ema_step<float>,     &ema_step<double>,
-    &sumsq<float>,        &sumsq<double>,
-    &probe_step<float>,   &probe_step<double>,
+    &step<Sgd, float>,      &step<Sgd, double>,
+    &step<Momentum, float>, &step<Momentum, double>,
+    &step<Rmsprop, float>,  &step<Rmsprop, double>,
+    &adam_step<float>,      &adam_step<double>,
+    &step<Adagrad, float>,  &step<Adagrad, double>,
+    &step<Lion, float>,     &step<Lion, double>,
+    &pass<Ema, float>,      &pass<Ema, double>,
+    &sumsq<float>,          &sumsq<double>,
+    &pass<Probe, float>,    &pass<Probe, double>,
 };
 
 }  // namespace FUSEDOPT_ISA

@@ -13,67 +13,29 @@
 // head or scalar tail handles it (kernels are compiled with -ffp-contract=off), so results are
 // bitwise independent of the thread count, of alignment and of how tensors are grouped into calls.
 
-// Own tiny tag types rather than std::integral_constant: nothing from the standard library gets
-// instantiated (and possibly emitted as a weak, ISA-flavoured symbol) in this translation unit.
-template <bool B>
-struct Bool {
-  static constexpr bool value = B;
-};
-
-template <int I>
-struct Int {
-  static constexpr int value = I;
-};
-
-// Turn a runtime flag into a compile-time one: f(Bool<true>{}) or f(Bool<false>{}).
-template <class F>
-inline void with_flag(bool flag, F&& f) {
-  if (flag) {
-    f(Bool<true>{});
-  } else {
-    f(Bool<false>{});
-  }
-}
-
-template <class F>
-inline void with_weight_decay_mode(int mode, F&& f) {
-  switch (mode) {
-    case kL2:
-      f(Int<kL2>{});
-      break;
-    case kDecoupled:
-      f(Int<kDecoupled>{});
-      break;
-    default:
-      f(Int<kNoDecay>{});
-      break;
-  }
-}
-
-// Buffer r of tensor k, offset by `begin` elements (nullptr stays nullptr).
-template <class T>
-inline T* buffer(const TensorList& list, int64_t k, int r, int64_t begin) {
-  void* base = list.ptrs[k * list.nbuf + r];
-  return base == nullptr ? nullptr : static_cast<T*>(base) + begin;
-}
+// A span function: runs one algorithm over elements [begin, end) of tensor k of `list`, with the
+// per-step values behind `ctx` (engine.inl makes one per algorithm variant). The driver below is
+// a plain function, compiled once per ISA whatever the number of algorithms: it only decides
+// which thread runs which range.
+using SpanFn = void (*)(const void* ctx, const TensorList& list, int64_t k, int64_t begin, int64_t end);
 
 // Elements from `begin` to the next 64-byte boundary of buffer 0 of tensor k (0 when it is on one,
 // or when the address is not even a multiple of the element size, which the bindings refuse).
-template <class T>
-inline int64_t to_boundary(const TensorList& list, int64_t k, int64_t begin) {
-  const auto addr = reinterpret_cast<std::uintptr_t>(buffer<T>(list, k, 0, begin));
+// `size`: bytes per element of buffer 0.
+inline int64_t to_boundary(const TensorList& list, int64_t k, int64_t begin, int64_t size) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(list.ptrs[k * list.nbuf]) + static_cast<std::uintptr_t>(begin * size);
   const auto mis = static_cast<int64_t>(addr % 64);
-  if (mis == 0 || mis % static_cast<int64_t>(sizeof(T)) != 0) return 0;
-  return (64 - mis) / static_cast<int64_t>(sizeof(T));
+  if (mis == 0 || mis % size != 0) return 0;
+  return (64 - mis) / size;
 }
 
-// span(k, begin, end) as a head up to buffer 0's next 64-byte boundary, then the aligned rest.
-template <class T, class Span>
-inline void aligned_span(const TensorList& list, int64_t k, int64_t begin, int64_t end, const Span& span) {
-  int64_t head = to_boundary<T>(list, k, begin);
+// fn(k, begin, end) as a head up to buffer 0's next 64-byte boundary, then the aligned rest.
+inline void aligned_span(const TensorList& list, int64_t k, int64_t begin, int64_t end, int64_t size, SpanFn fn,
+                         const void* ctx) {
+  int64_t head = to_boundary(list, k, begin, size);
   if (head > end - begin) head = end - begin;
-  if (head > 0) span(k, begin, begin + head);
-  if (end > begin + head) span(k, begin + head, end);
+  if (head > 0) fn(ctx, list, k, begin, begin + head);
+  if (end > begin + head) fn(ctx, list, k, begin + head, end);
 }
 
 struct Cut {
@@ -82,9 +44,9 @@ struct Cut {
 };
 
 // Position of the i-th of `parts` cuts of the concatenated tensors (cut 0 = start, cut parts = end),
-// moved down to a 64-byte boundary of the tensor's buffer 0 (`align` elements apart).
-template <class T>
-inline Cut cut_at(const TensorList& list, int64_t total, int64_t parts, int64_t i, int64_t align) {
+// moved down to a 64-byte boundary of the tensor's buffer 0 (64/size elements apart).
+inline Cut cut_at(const TensorList& list, int64_t total, int64_t parts, int64_t i, int64_t size) {
+  const int64_t align = 64 / size;
   if (i <= 0) return Cut{0, 0};
   if (i >= parts) return Cut{list.count, 0};
   const int64_t q = total / parts, r = total % parts;
@@ -94,7 +56,7 @@ inline Cut cut_at(const TensorList& list, int64_t total, int64_t parts, int64_t 
     const int64_t n = list.sizes[k];
     if (raw < acc + n) {
       const int64_t local = raw - acc;
-      const int64_t phase = to_boundary<T>(list, k, 0);  // first boundary, elements from the start
+      const int64_t phase = to_boundary(list, k, 0, size);  // first boundary, elements from the start
       return Cut{k, local < phase ? 0 : phase + (local - phase) / align * align};
     }
     acc += n;
@@ -123,10 +85,10 @@ class CallerFpControl {
   bool changed_;
 };
 
-// Calls span(k, begin, end) for disjoint element ranges covering every tensor once. Serial in a
-// process forked after fusedopt had started an OpenMP team (runtime::region_threads).
-template <class T, class Span>
-void for_each_span(const TensorList& list, int threads, const Span& span) {
+// Calls fn(ctx, list, k, begin, end) for disjoint element ranges covering every tensor once
+// (`size`: bytes per element of buffer 0, which the cuts align to). Serial in a process forked
+// after fusedopt had started an OpenMP team (runtime::region_threads).
+void for_each_span(const TensorList& list, int threads, int64_t size, SpanFn fn, const void* ctx) {
 #if defined(FUSEDOPT_HAVE_OPENMP)
   if (threads > 1) {
     int64_t total = 0;
@@ -134,19 +96,18 @@ void for_each_span(const TensorList& list, int threads, const Span& span) {
     if (total == 0) return;
     threads = runtime::region_threads(threads);
     if (threads > 1) {
-      constexpr int64_t kAlign = 64 / static_cast<int64_t>(sizeof(T));
       const std::uint64_t fp = runtime::fp_control();
 #pragma omp parallel num_threads(threads)
       {
         const CallerFpControl fp_scope(fp);
         const int64_t parts = omp_get_num_threads();
         const int64_t me = omp_get_thread_num();
-        const Cut lo = cut_at<T>(list, total, parts, me, kAlign);
-        const Cut hi = cut_at<T>(list, total, parts, me + 1, kAlign);
+        const Cut lo = cut_at(list, total, parts, me, size);
+        const Cut hi = cut_at(list, total, parts, me + 1, size);
         for (int64_t k = lo.tensor; k < list.count && k <= hi.tensor; ++k) {
           const int64_t begin = (k == lo.tensor) ? lo.offset : 0;
           const int64_t end = (k == hi.tensor) ? hi.offset : list.sizes[k];
-          if (end > begin) aligned_span<T>(list, k, begin, end, span);
+          if (end > begin) aligned_span(list, k, begin, end, size, fn, ctx);
         }
       }
       return;
@@ -156,6 +117,6 @@ void for_each_span(const TensorList& list, int threads, const Span& span) {
   (void)threads;
 #endif
   for (int64_t k = 0; k < list.count; ++k) {
-    if (list.sizes[k] > 0) aligned_span<T>(list, k, int64_t{0}, list.sizes[k], span);
+    if (list.sizes[k] > 0) aligned_span(list, k, int64_t{0}, list.sizes[k], size, fn, ctx);
   }
 }

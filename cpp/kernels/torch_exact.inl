@@ -10,12 +10,12 @@
 // rounding to odd in a format with >= 2 more bits than the target makes the final rounding
 // correct, so fma32(a, b, c) == the correctly rounded a*b + c (what a hardware FMA returns).
 //
-//   g = pre(grad); g = -g if maximize
-//   L2:  g = fma(p, W, g)                 decoupled:  p = p*D
+//   g = sign*pre(grad)
+//   L2:  g = fma(p, W, g)                 p = p*D (D = 1 - lr*wd decoupled, exactly 1 otherwise)
 //   m = fma(w1, g - m, m) if w1 < 0.5 else fma(w1 - 1, g - m, g)     (torch's lerp)
 //   v = fma(c2*g, g, v*b2)
 //   s = max(v_max, v) (amsgrad) else v
-//   p = p + (S*m) / (sqrt(s)/R + E)
+//   p = p + (S*m) / (sqrt(s)/R + E)     S = -lr/(1-b1^t), R = sqrt(1-b2^t), E = eps (torch's order)
 
 inline float fma32(float a, float b, float c) {
   const double p = static_cast<double>(a) * static_cast<double>(b);
@@ -38,56 +38,45 @@ inline float fma32(float a, float b, float c) {
 // float64 has no torch-exact mode (the Python layer refuses it); keep the table complete.
 inline double fma32(double a, double b, double c) { return a * b + c; }
 
-template <class T, bool Pre, int Wd, bool Amsgrad, bool Maximize, bool LerpFromM>
-void adam_torch_exact_span(T* FUSEDOPT_RESTRICT p, const T* FUSEDOPT_RESTRICT g, T* FUSEDOPT_RESTRICT m,
-                           T* FUSEDOPT_RESTRICT v, T* FUSEDOPT_RESTRICT vmax, int64_t n, const T S, const T R,
-                           const T E, const T w1, const T c2, const T b2, const T W, const T D,
-                           const GradCoef<T> gc) {
-  const T w1m1 = w1 - T(1);
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    T gi = load_grad<Pre>(g[i], gc);
-    if constexpr (Maximize) gi = -gi;
-    T pi = p[i];
-    if constexpr (Wd == kL2) gi = fma32(pi, W, gi);
-    if constexpr (Wd == kDecoupled) pi = pi * D;
-    const T mo = m[i];
-    const T mi = LerpFromM ? fma32(w1, gi - mo, mo) : fma32(w1m1, gi - mo, gi);
-    const T vi = fma32(c2 * gi, gi, v[i] * b2);
-    m[i] = mi;
-    v[i] = vi;
-    T si = vi;
-    if constexpr (Amsgrad) {
-      const T old = vmax[i];
-      si = (vi > old || vi != vi) ? vi : old;
-      vmax[i] = si;
-    }
-    const T den = std::sqrt(si) / R + E;
-    p[i] = pi + (S * mi) / den;
-  }
-}
+struct AdamTorchExact {
+  using Scalars = AdamScalars;
+  static constexpr int kRoles = 5, kVariants = 2;
+  static constexpr bool kGrad = true;
+  static constexpr Role<0> param{};
+  static constexpr Role<2> exp_avg{};
+  static constexpr Role<3> exp_avg_sq{};
+  static constexpr Role<4> max_exp_avg_sq{};
+  static int variant(const AdamScalars& s) { return s.amsgrad ? 1 : 0; }
 
-template <class T>
-void adam_torch_exact_step(const TensorList& list, const AdamScalars& s, const GradScalars& gs, int threads) {
-  const GradCoef<T> gc = grad_coef<T>(gs);
-  const T S = static_cast<T>(s.neg_step_size), R = static_cast<T>(s.bias_correction2_sqrt);
-  const T E = static_cast<T>(s.eps), w1 = static_cast<T>(s.one_minus_beta1);
-  const T c2 = static_cast<T>(s.one_minus_beta2), b2 = static_cast<T>(s.beta2);
-  const T W = static_cast<T>(s.weight_decay), D = static_cast<T>(s.decay_factor);
-  with_flag(gs.active, [&](auto pre) {
-    with_weight_decay_mode(s.weight_decay_mode, [&](auto wd) {
-      with_flag(s.amsgrad, [&](auto amsgrad) {
-        with_flag(s.maximize, [&](auto maximize) {
-          with_flag(w1 < T(0.5) && w1 > T(-0.5), [&](auto lerp_from_m) {
-            for_each_span<T>(list, threads, [&](int64_t k, int64_t b, int64_t e) {
-              adam_torch_exact_span<T, decltype(pre)::value, decltype(wd)::value, decltype(amsgrad)::value,
-                                    decltype(maximize)::value, decltype(lerp_from_m)::value>(
-                  buffer<T>(list, k, 0, b), buffer<T>(list, k, 1, b), buffer<T>(list, k, 2, b),
-                  buffer<T>(list, k, 3, b), buffer<T>(list, k, 4, b), e - b, S, R, E, w1, c2, b2, W, D, gc);
-            });
-          });
-        });
-      });
-    });
-  });
-}
+  template <class C>
+  struct Coef {
+    C S, R, E, w1, w1m1, c2, b2, W, D, sign;
+    bool has_wd, lerp_from_m;
+    explicit Coef(const AdamScalars& s)
+        : S(C(s.torch_neg_step_size)), R(C(s.bias_correction2_sqrt)), E(C(s.torch_eps)), w1(C(s.one_minus_beta1)),
+          w1m1(w1 - C(1)), c2(C(s.one_minus_beta2)), b2(C(s.beta2)), W(C(s.weight_decay)), D(C(s.decay_factor)),
+          sign(s.maximize ? C(-1) : C(1)), has_wd(s.weight_decay != 0.0), lerp_from_m(w1 < C(0.5) && w1 > C(-0.5)) {}
+  };
+
+  template <int V, class C, class E>
+  static void element(const Coef<C>& c, const E& e, int64_t i) {
+    C p = e.load(param, i);
+    C g = c.sign * e.grad(i);
+    const C g_wd = fma32(p, c.W, g);  // computed always, then selected: no branch in the loop
+    g = choose(c.has_wd, g_wd, g);
+    p = p * c.D;
+    const C mo = e.load(exp_avg, i);
+    // torch's lerp: one fma32 with the operands of the form in use (a select, exact)
+    const C m = fma32(c.lerp_from_m ? c.w1 : c.w1m1, g - mo, choose(c.lerp_from_m, mo, g));
+    const C v = fma32(c.c2 * g, g, e.load(exp_avg_sq, i) * c.b2);
+    e.store(exp_avg, i, m);
+    e.store(exp_avg_sq, i, v);
+    C s = v;
+    if constexpr (V == 1) {
+      const C old = e.load(max_exp_avg_sq, i);
+      s = (v > old || v != v) ? v : old;
+      e.store(max_exp_avg_sq, i, s);
+    }
+    e.store(param, i, p + (c.S * m) / (std::sqrt(s) / c.R + c.E));
+  }
+};

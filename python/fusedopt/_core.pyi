@@ -60,9 +60,9 @@ def rmsprop(
 ) -> None: ...
 def adam(
     params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_avg_sqs: _Arrays, max_exp_avg_sqs: Optional[_Arrays],
-    neg_step_size: float, bias_correction2_sqrt: float, eps: float, eps_root: float, bias_correction2: float,
-    beta1: float, one_minus_beta1: float, beta2: float, one_minus_beta2: float, weight_decay: float,
-    decay_factor: float, weight_decay_mode: int, grad_scale: float, clip_coef: float, clip_value: float,
+    neg_step_size: float, eps_scaled: float, eps_root_scaled: float, beta1: float, one_minus_beta1: float,
+    beta2: float, one_minus_beta2: float, weight_decay: float, decay_factor: float, torch_neg_step_size: float,
+    bias_correction2_sqrt: float, torch_eps: float, grad_scale: float, clip_coef: float, clip_value: float,
     maximize: bool, torch_exact: bool, threads: int, plan: Optional[Plan] = None,
     counters: _Counters = None,
 ) -> None: ...
@@ -70,6 +70,11 @@ def adagrad(
     params: _Arrays, grads: _Arrays, state_sums: _Arrays, neg_clr: float, eps: float, weight_decay: float,
     grad_scale: float, clip_coef: float, clip_value: float, maximize: bool, threads: int,
     plan: Optional[Plan] = None, counters: _Counters = None,
+) -> None: ...
+def lion(
+    params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, lr: float, beta1: float, one_minus_beta1: float,
+    beta2: float, one_minus_beta2: float, decay_factor: float, grad_scale: float, clip_coef: float,
+    clip_value: float, maximize: bool, threads: int, plan: Optional[Plan] = None, counters: _Counters = None,
 ) -> None: ...
 def ema(averages: _Arrays, params: _Arrays, decay: float, one_minus_decay: float, threads: int) -> None: ...
 def sum_of_squares(arrays: _Arrays, threads: int) -> float: ...

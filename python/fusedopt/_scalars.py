@@ -22,10 +22,6 @@ def _float_step(step: int) -> float:
     return float(step)
 
 
-#: weight-decay modes of :func:`adam_scalars` (must match ``fusedopt::WeightDecay`` in C++)
-NO_DECAY, L2, DECOUPLED = 0, 1, 2
-
-
 class SgdScalars(NamedTuple):
     lr: float
     weight_decay: float
@@ -87,18 +83,23 @@ def rmsprop_scalars(
 
 
 class AdamScalars(NamedTuple):
-    neg_step_size: float  # -lr / (1 - beta1**t)   (epsilon_hat: -lr*sqrt(1 - beta2**t)/(1 - beta1**t))
-    bias_correction2_sqrt: float  # sqrt(1 - beta2**t)   (epsilon_hat: 1)
-    eps: float
-    eps_root: float  # optax eps_root (inside the sqrt of v-hat); 0: not used
-    bias_correction2: float  # 1 - beta2**t (used only when eps_root != 0)
+    """Adam's per-step values. The kernels compute ``p = p*decay_factor + (S*m) / (sqrt(s + R) + E)``
+    with the bias corrections folded into ``S``, ``E``, ``R`` (the Adam paper's "more efficient
+    order": one square root and one division per element); the last three fields are for
+    ``torch_exact``, which keeps torch's order ``(-lr/bc1)*m / (sqrt(s)/sqrt(bc2) + eps)``."""
+
+    neg_step_size: float  # S = -lr*sqrt(bc2)/bc1
+    eps_scaled: float  # E = eps*sqrt(bc2)   (epsilon_hat: eps)
+    eps_root_scaled: float  # R = eps_root*bc2   (0.0 unless eps_root)
     beta1: float
     one_minus_beta1: float
     beta2: float
     one_minus_beta2: float
-    weight_decay: float  # the L2 coefficient (mode L2)
-    decay_factor: float  # 1 - lr*weight_decay (mode DECOUPLED)
-    weight_decay_mode: int
+    weight_decay: float  # the L2 coefficient (0.0 with decoupled decay)
+    decay_factor: float  # 1 - lr*weight_decay with decoupled decay, else 1.0
+    torch_neg_step_size: float  # -lr/bc1   (torch_exact)
+    bias_correction2_sqrt: float  # sqrt(bc2)   (torch_exact)
+    torch_eps: float  # eps   (torch_exact)
 
 
 def adam_scalars(
@@ -113,27 +114,30 @@ def adam_scalars(
     epsilon_hat: bool = False,
     eps_root: float = 0.0,
 ) -> AdamScalars:
-    """``epsilon_hat`` (Keras/TF): the step size ``lr*sqrt(1-beta2**t)/(1-beta1**t)`` is computed here
-    in float64 (Keras computes it in float32) and the root is not divided (``R = 1``)."""
+    """With ``bc1 = 1 - beta1**t`` and ``bc2 = 1 - beta2**t`` (float64), Kingma & Ba's update
+    ``lr * (m/bc1) / (sqrt(v/bc2) + eps)`` multiplied above and below by ``sqrt(bc2)``:
+
+    * torch/Ng/Kingma-Ba: ``S = -lr*sqrt(bc2)/bc1``, ``E = eps*sqrt(bc2)``, ``R = 0``;
+    * ``epsilon_hat`` (Keras/TF, eps added to the raw root): ``E = eps`` (Keras computes ``S`` in
+      float32, here it is float64);
+    * ``eps_root`` (optax, ``sqrt(v/bc2 + eps_root) + eps``): ``R = eps_root*bc2``, ``E = eps*sqrt(bc2)``.
+    """
     lr, beta1, beta2, wd = float(lr), float(beta1), float(beta2), float(weight_decay)
     if step >= _STEP_LIMIT:
         _float_step(step)  # raises naming step
     bias_correction1 = 1.0 - beta1**step
     bias_correction2 = 1.0 - beta2**step
-    if wd == 0.0:
-        mode = NO_DECAY
+    root = math.sqrt(bias_correction2)
+    eps = float(eps)
+    eps_scaled = eps if epsilon_hat else eps * root
+    if decoupled_weight_decay:
+        l2, decay_factor = 0.0, 1.0 - lr * wd
     else:
-        mode = DECOUPLED if decoupled_weight_decay else L2
-    if epsilon_hat:
-        neg_step_size = -lr * math.sqrt(bias_correction2) / bias_correction1
-        root_divisor = 1.0
-    else:
-        neg_step_size = -lr / bias_correction1
-        root_divisor = math.sqrt(bias_correction2)
+        l2, decay_factor = wd, 1.0
     # positional (a NamedTuple built from keywords costs about half a microsecond more)
     return AdamScalars(
-        neg_step_size, root_divisor, float(eps), float(eps_root), bias_correction2, beta1, 1.0 - beta1, beta2,
-        1.0 - beta2, wd, 1.0 - lr * wd, mode,
+        -lr * root / bias_correction1, eps_scaled, float(eps_root) * bias_correction2, beta1, 1.0 - beta1, beta2,
+        1.0 - beta2, l2, decay_factor, -lr / bias_correction1, root, eps,
     )  # fmt: skip
 
 
@@ -150,6 +154,20 @@ def adagrad_scalars(
         _float_step(step)  # raises naming step
     clr = float(lr) / (1.0 + (step - 1) * float(lr_decay))
     return AdagradScalars(-clr, float(eps), float(weight_decay))
+
+
+class LionScalars(NamedTuple):
+    lr: float
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    decay_factor: float  # 1 - lr*weight_decay (exactly 1.0 without weight decay)
+
+
+def lion_scalars(*, lr: float, beta1: float, beta2: float, weight_decay: float) -> LionScalars:
+    lr, beta1, beta2 = float(lr), float(beta1), float(beta2)
+    return LionScalars(lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - lr * float(weight_decay))
 
 
 class GradScalars(NamedTuple):

@@ -35,6 +35,7 @@ SERIAL_BELOW: dict[str, int] = {
     "rmsprop": 1 << 18,
     "adam": 1 << 18,
     "adagrad": 1 << 18,
+    "lion": 1 << 18,
 }
 
 #: The largest thread count accepted by ``threads=`` and :func:`set_num_threads` (the compiled core

@@ -21,7 +21,8 @@ import numpy as np
 from . import _scalars
 
 __all__ = [
-    "adagrad", "adam", "adamw", "ema", "fma32", "global_norm", "momentum", "rmsprop", "sgd", "sum_of_squares", "trace",
+    "adagrad", "adam", "adamw", "ema", "fma32", "global_norm", "lion", "momentum", "rmsprop", "sgd", "sum_of_squares",
+    "trace",
 ]  # fmt: skip
 
 #: block size and lane count of the deterministic sum of squares (cpp/common/step_args.hpp)
@@ -186,7 +187,19 @@ def adam(
     clip_value: Optional[float] = None,
 ) -> None:
     """torch.optim.Adam / AdamW, and the Keras/TF (epsilon_hat) and optax (eps_root) forms.
-    See :func:`fusedopt.functional.adam`."""
+    See :func:`fusedopt.functional.adam`.
+
+    The update is Kingma & Ba's ``p -= lr * (m/bc1) / (sqrt(v/bc2) + eps)`` in the paper's "more
+    efficient order" (end of its §2): the bias corrections are folded into float64 scalars
+    (:func:`fusedopt._scalars.adam_scalars`), so an element needs one square root and one division::
+
+        p = p + (S*m) / (sqrt(s + R) + E)     S = -lr*sqrt(bc2)/bc1
+        torch/Ng:     E = eps*sqrt(bc2), R = 0
+        epsilon_hat:  E = eps,           R = 0             (Keras/TF)
+        eps_root:     E = eps*sqrt(bc2), R = eps_root*bc2  (optax: sqrt(v/bc2 + eps_root) + eps)
+
+    ``R = 0`` adds exactly nothing (``s >= +0``). This rounds differently from torch's
+    ``sqrt(v)/sqrt(bc2) + eps`` by a few ulp; ``torch_exact=True`` reproduces torch's kernel."""
     T = param.dtype.type
     s = _scalars.adam_scalars(
         step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
@@ -196,10 +209,9 @@ def adam(
     if torch_exact:
         _adam_torch_exact(param, g, exp_avg, exp_avg_sq, max_exp_avg_sq, s, amsgrad)
         return
-    if s.weight_decay_mode == _scalars.L2:
+    if s.weight_decay != 0.0:  # L2 (Adam)
         g = g + T(s.weight_decay) * param
-    elif s.weight_decay_mode == _scalars.DECOUPLED:
-        param[...] = param * T(s.decay_factor)
+    param[...] = param * T(s.decay_factor)  # decoupled (AdamW); exactly 1 otherwise
     exp_avg[...] = T(s.beta1) * exp_avg + T(s.one_minus_beta1) * g
     exp_avg_sq[...] = T(s.beta2) * exp_avg_sq + (T(s.one_minus_beta2) * g) * g
     if amsgrad:
@@ -208,12 +220,7 @@ def adam(
         second = max_exp_avg_sq
     else:
         second = exp_avg_sq
-    if eps_root != 0.0:  # optax: sqrt(v_hat + eps_root) + eps
-        denom = np.sqrt(second / T(s.bias_correction2) + T(s.eps_root)) + T(s.eps)
-    elif epsilon_hat:  # Keras/TF: the step size carries sqrt(1-beta2^t); eps on the raw root
-        denom = np.sqrt(second) + T(s.eps)
-    else:  # torch, Ng, Kingma & Ba Algorithm 1
-        denom = np.sqrt(second) / T(s.bias_correction2_sqrt) + T(s.eps)
+    denom = np.sqrt(second + T(s.eps_root_scaled)) + T(s.eps_scaled)
     param[...] = param + (T(s.neg_step_size) * exp_avg) / denom
 
 
@@ -248,10 +255,9 @@ def _adam_torch_exact(
     if param.dtype != np.float32:
         raise TypeError("torch_exact is a float32 mode")
     T = np.float32
-    if s.weight_decay_mode == _scalars.L2:
+    if s.weight_decay != 0.0:  # L2
         g = fma32(param, T(s.weight_decay), g)
-    elif s.weight_decay_mode == _scalars.DECOUPLED:
-        param[...] = param * T(s.decay_factor)
+    param[...] = param * T(s.decay_factor)  # decoupled; exactly 1 otherwise
     w1 = T(s.one_minus_beta1)
     if -0.5 < w1 < 0.5:
         exp_avg[...] = fma32(w1, g - exp_avg, exp_avg)
@@ -264,8 +270,8 @@ def _adam_torch_exact(
         second = max_exp_avg_sq
     else:
         second = exp_avg_sq
-    denom = np.sqrt(second) / T(s.bias_correction2_sqrt) + T(s.eps)
-    param[...] = param + (T(s.neg_step_size) * exp_avg) / denom
+    denom = np.sqrt(second) / T(s.bias_correction2_sqrt) + T(s.torch_eps)
+    param[...] = param + (T(s.torch_neg_step_size) * exp_avg) / denom
 
 
 def adamw(
@@ -323,6 +329,47 @@ def adagrad(
         g = g + T(s.weight_decay) * param
     state_sum[...] = state_sum + g * g
     param[...] = param + (T(s.neg_clr) * g) / (np.sqrt(state_sum) + T(s.eps))
+
+
+def _sign(x: np.ndarray) -> np.ndarray:
+    """Lion's sign: +1, -1, and +0 for both zeros (the element does not move); NaN stays NaN."""
+    T = x.dtype.type
+    return np.where(x > 0, T(1), np.where(x < 0, T(-1), np.where(x == x, T(0), x)))
+
+
+def lion(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    *,
+    lr: float = 1e-4,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    grad_scale: Optional[float] = None,
+    clip_coef: Optional[float] = None,
+    clip_value: Optional[float] = None,
+) -> None:
+    """Lion (Chen et al. 2023, Alg. 2) with torch-style decoupled decay::
+
+        p = p*(1 - lr*wd)
+        c = beta1*m + (1-beta1)*g
+        p = p - lr*sign(c)
+        m = beta2*m + (1-beta2)*g        (the old m is used in c)
+
+    No bias correction and no step count. ``sign(+-0) = 0``: an element whose ``c`` is zero does
+    not move (beyond the decay). A NaN ``c`` gives a NaN parameter (as the paper's JAX code, optax
+    and fusedopt's other algorithms with a NaN gradient); lucidrains/lion-pytorch uses
+    ``torch.sign``, whose ``sign(NaN) = 0`` silently stops the parameter while ``m`` stays NaN.
+    ``1 - lr*wd`` is computed in float64; without weight decay it is exactly 1."""
+    T = param.dtype.type
+    s = _scalars.lion_scalars(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay)
+    g = _signed(_preprocess(grad, grad_scale, clip_coef, clip_value), maximize)
+    param[...] = param * T(s.decay_factor)
+    c = T(s.beta1) * exp_avg + T(s.one_minus_beta1) * g
+    param[...] = param - T(s.lr) * _sign(c)
+    exp_avg[...] = T(s.beta2) * exp_avg + T(s.one_minus_beta2) * g
 
 
 def trace(
