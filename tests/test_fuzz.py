@@ -216,6 +216,9 @@ ALGOS = [
          dict(step="step", lr="nonneg", lr_decay="nonneg", weight_decay="nonneg", eps="nonneg", maximize="flag",
               threads="threads"),
          {}),
+    Algo("lion", F.lion, R.lion, ("exp_avgs",),
+         dict(lr="nonneg", beta1="unit", beta2="unit", weight_decay="nonneg", maximize="flag", threads="threads"),
+         {}),
 ]  # fmt: skip
 
 # every state array is written; grads are only read

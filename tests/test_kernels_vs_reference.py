@@ -38,7 +38,7 @@ N_STEPS = 20
 # Configurations: an algorithm plus its (non-default) hyperparameters.
 # ---------------------------------------------------------------------------------------------
 
-BASE_LR = {"sgd": 0.05, "momentum": 0.1, "rmsprop": 0.01, "adam": 3e-3, "adamw": 3e-3, "adagrad": 0.05}
+BASE_LR = {"sgd": 0.05, "momentum": 0.1, "rmsprop": 0.01, "adam": 3e-3, "adamw": 3e-3, "adagrad": 0.05, "lion": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,15 @@ class Config:
             return ["exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs" if kw.get("amsgrad", False) else None]
         if self.algo == "adagrad":
             return ["state_sums"]
+        if self.algo == "lion":
+            return ["exp_avgs"]
         raise AssertionError(self.algo)
 
     def step_kwargs(self, t: int) -> Dict[str, Any]:
         """``step=t``; for SGD the first-step flag (True on the first call only); RMSprop: nothing."""
         if self.algo == "sgd":
             return {"first_step": t == 1}
-        return {} if self.algo == "rmsprop" else {"step": t}
+        return {} if self.algo in ("rmsprop", "lion") else {"step": t}
 
 
 def cfg(algo: str, **hyper: Any) -> Config:
@@ -134,7 +136,12 @@ def _adagrad_grid() -> List[Config]:
     ]
 
 
-FLAG_GRID = _sgd_grid() + _momentum_grid() + _rmsprop_grid() + _adam_grid() + _adagrad_grid()
+def _lion_grid() -> List[Config]:
+    return [cfg("lion", weight_decay=wd, maximize=mx, beta1=b1) for wd in (0.0, 0.1) for mx in (False, True)
+            for b1 in (0.9, 0.0)]  # fmt: skip
+
+
+FLAG_GRID = _sgd_grid() + _momentum_grid() + _rmsprop_grid() + _adam_grid() + _adagrad_grid() + _lion_grid()
 
 REPRESENTATIVE = [
     cfg("sgd"),
@@ -147,6 +154,7 @@ REPRESENTATIVE = [
     cfg("adam", weight_decay=0.05, amsgrad=True, maximize=True, beta2=0.99),
     cfg("adamw", amsgrad=True, weight_decay=0.1),
     cfg("adagrad", weight_decay=0.05, lr_decay=0.1, maximize=True),
+    cfg("lion", weight_decay=0.1, maximize=True),
 ]
 
 # one config per algorithm with most features on (multi-tensor, in-place and non-finite tests)
@@ -158,6 +166,7 @@ RICH = [
     cfg("adam", weight_decay=0.05, amsgrad=True, maximize=True),
     cfg("adamw", amsgrad=True),
     cfg("adagrad", weight_decay=0.05, lr_decay=0.1, maximize=True),
+    cfg("lion", weight_decay=0.1, beta2=0.9),
 ]
 
 FLAG_GRID_SHAPES = [(), (0,), (17,), (40, 25)]
@@ -554,4 +563,7 @@ def test_nonfinite_gradients(isa, dtype, threads, c):
             c, (n,), dtype, [threads], seed=_seed("nan", c.id, n), n_steps=8, grad_fn=nonfinite_gradient,
             compare=assert_nan_equal, quiet=True,
         )  # fmt: skip
-        assert not np.isfinite(p).all(), "the test should produce non-finite parameters"
+        if c.algo == "lion":  # sign(+-inf) is finite: an inf gradient leaves Lion's parameter finite
+            assert not all(np.isfinite(s).all() for s in states if s is not None), "no non-finite state"
+        else:
+            assert not np.isfinite(p).all(), "the test should produce non-finite parameters"

@@ -48,6 +48,7 @@ __all__ = [
     "clip_coef",
     "found_inf_set",
     "global_norm",
+    "lion",
     "momentum",
     "rmsprop",
     "sgd",
@@ -218,3 +219,4 @@ rmsprop: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["r
 adam: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adam"])
 adamw: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adamw"])
 adagrad: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adagrad"])
+lion: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lion"])

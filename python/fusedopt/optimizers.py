@@ -33,11 +33,11 @@ import numpy as np
 from . import _core, _engine, _threads
 from . import _validation as check
 from . import functional as F
-from .algorithms import ADAGRAD, ADAM, ADAMW, FIRST_STEP, MOMENTUM, RMSPROP, ZEROS, Algorithm
+from .algorithms import ADAGRAD, ADAM, ADAMW, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm
 from .algorithms import SGD as _SGD
 from .arena import FlatParams
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Optimizer"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Optimizer"]
 
 ParamsArg = Union[np.ndarray, FlatParams, Iterable[np.ndarray], Iterable[Mapping[str, Any]]]
 State = Dict[str, Any]
@@ -1000,3 +1000,19 @@ class Adagrad(Optimizer):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps,
                                       maximize=maximize))  # fmt: skip
+
+
+class Lion(Optimizer):
+    """Lion (Chen et al. 2023) with decoupled weight decay: see :func:`fusedopt.functional.lion`.
+
+    State per parameter: ``exp_avg`` (zeros). No step counter (no bias correction).
+    ``sign(0) = 0``; a NaN gradient makes the parameter NaN (``torch.sign`` would stop it).
+    """
+
+    _algo = LION
+
+    def __init__(
+        self, params: ParamsArg, lr: float = 1e-4, betas: Tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0, *, maximize: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize))

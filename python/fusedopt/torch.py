@@ -81,7 +81,7 @@ import numpy as np
 
 from . import _core, _engine, _threads
 from . import _validation as check
-from .algorithms import ADAGRAD, ADAM, ALGORITHMS, FIRST_STEP, MOMENTUM, RMSPROP, ZEROS, Algorithm
+from .algorithms import ADAGRAD, ADAM, ALGORITHMS, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm
 from .algorithms import SGD as _SGD
 
 # From now on the native core accepts CPU torch tensors wherever it accepts NumPy arrays
@@ -89,7 +89,7 @@ from .algorithms import SGD as _SGD
 # through torch's own methods, without NumPy views.
 _core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided)
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion"]
 
 _DTYPES = (torch.float32, torch.float64)
 _ONE = {torch.float32: np.float32(1.0), torch.float64: np.float64(1.0)}
@@ -915,3 +915,20 @@ class Adagrad(_FusedOptimizer):
         super().__init__(params, defaults)
 
 
+class Lion(_FusedOptimizer):
+    """Lion (Chen et al. 2023), torch-style: ``Lion(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
+    maximize=False)``, decoupled decay ``p *= 1 - lr*weight_decay`` (lucidrains/lion-pytorch's form):
+    :func:`fusedopt.functional.lion`. Not in torch.optim; checks and messages in torch's style.
+
+    State: ``'exp_avg'`` (zeros), created on the first step. No ``'step'`` counter.
+    ``sign(0) = 0``; a NaN gradient makes the parameter NaN (``torch.sign`` would silently stop it).
+    """
+
+    _algo = LION
+    _REQUIRED_GROUP_KEYS = ("lr", "betas", "weight_decay")
+
+    def __init__(
+        self, params: Any, lr: float = 1e-4, betas: Tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0,
+        maximize: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize))

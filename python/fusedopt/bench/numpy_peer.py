@@ -84,14 +84,14 @@ def textbook(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Runner:
 
     elif name in ("adam", "adamw"):
         m, v = st
-        decoupled = c.weight_decay_mode == _scalars.DECOUPLED
+        decoupled = c.decay_factor != 1.0  # (AdamW; the folded form of fusedopt._scalars.AdamScalars)
 
         def step() -> None:
             if decoupled:
                 p[...] = p * c.decay_factor
             m[...] = c.beta1 * m + c.one_minus_beta1 * g
             v[...] = c.beta2 * v + (c.one_minus_beta2 * g) * g
-            p[...] = p + (c.neg_step_size * m) / (np.sqrt(v) / c.bias_correction2_sqrt + c.eps)
+            p[...] = p + (c.neg_step_size * m) / (np.sqrt(v) + c.eps_scaled)
 
     elif name == "adagrad":
         (ssum,) = st
@@ -149,7 +149,7 @@ def inplace(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Runner:
 
     elif name in ("adam", "adamw"):
         m, v = st
-        decoupled = c.weight_decay_mode == _scalars.DECOUPLED
+        decoupled = c.decay_factor != 1.0  # (AdamW; the folded form of fusedopt._scalars.AdamScalars)
 
         def step() -> None:
             if decoupled:
@@ -162,8 +162,7 @@ def inplace(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Runner:
             mul(a, g, out=a)
             add(v, a, out=v)
             sqrt(v, out=a)
-            div(a, c.bias_correction2_sqrt, out=a)
-            add(a, c.eps, out=a)
+            add(a, c.eps_scaled, out=a)
             mul(m, c.neg_step_size, out=b)
             div(b, a, out=b)
             add(p, b, out=p)
