@@ -133,7 +133,7 @@ struct Args {
 };
 
 template <class A, class C, class Roles, bool Pre, int V>
-void span(const void* ctx, const TensorList& list, int64_t k, int64_t b, int64_t e) {
+void span(const void* ctx, const TensorList& list, int64_t k, int64_t b, int64_t e) noexcept {
   const Args<A, C>& args = *static_cast<const Args<A, C>*>(ctx);
   const typename A::template Coef<C> coef = args.coef;
   const Element<C, Pre, Roles> el{Roles(list.ptrs + k * list.nbuf, list.nbuf, b), args.gc};

@@ -16,8 +16,9 @@
 // A span function: runs one algorithm over elements [begin, end) of tensor k of `list`, with the
 // per-step values behind `ctx` (engine.inl makes one per algorithm variant). The driver below is
 // a plain function, compiled once per ISA whatever the number of algorithms: it only decides
-// which thread runs which range.
-using SpanFn = void (*)(const void* ctx, const TensorList& list, int64_t k, int64_t begin, int64_t end);
+// which thread runs which range. noexcept: a parallel region then needs no unwinding cleanup
+// (no EH personality, hence no weak DW.ref symbol, in the per-ISA objects: tests/test_build.py).
+using SpanFn = void (*)(const void* ctx, const TensorList& list, int64_t k, int64_t begin, int64_t end) noexcept;
 
 // Elements from `begin` to the next 64-byte boundary of buffer 0 of tensor k (0 when it is on one,
 // or when the address is not even a multiple of the element size, which the bindings refuse).

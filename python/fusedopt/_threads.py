@@ -21,14 +21,22 @@ from typing import Optional
 
 from . import _core
 
-#: Serial below this many elements per call (all tensors of the call together). Measured with
-#: ``python -m fusedopt.bench --threads-crossover`` (float32, threads=1 vs 2) on the 2-core
-#: development machine (AMD EPYC, AVX-512), 2026-11-22. Back to back, 2 threads win from 2^15-2^16
-#: elements (1.2-1.7x); but in a training loop the step follows milliseconds of other work, the
-#: OpenMP workers are asleep, and waking them costs tens of microseconds: "after idle" (5 ms sleep
-#: before each step) 2 threads lost up to 2^17 and won from 2^18-2^19 (Adam 1.4x at 2^19, 1.6x at
-#: 2^20). 2^18 = 256 Ki elements (1 MiB of float32 parameters) is where they break even after idle;
-#: PERFORMANCE.md §3 found 64-256 Ki on the Zen 3 machine. Pass ``threads=`` explicitly to override.
+#: Serial below this many elements per call (all tensors of the call together). Re-measured for
+#: issue 12 (one-sqrt-one-division Adam, engine kernels) on the 2-core development VM (AMD EPYC,
+#: AVX2 active), F.adam float32, threads=1 vs threads=2, default OMP_WAIT_POLICY:
+#:
+#: * hot (back to back, best of 5): 2 threads win from 2^14 (1.2x) to 2^19 (1.4-1.9x), 1.3x at 2^20-2^21;
+#: * after 5 ms idle (libgomp's workers still spinning; median of 15 single calls): even up to 2^18
+#:   (0.97-1.05x), 1.1x at 2^19, 1.3x from 2^20;
+#: * after 50 ms idle (workers asleep): waking the worker cost ~5.9 ms (median) on this VM at every
+#:   size, so 2 threads lost below ~2^22; the best of 15 calls still won 1.25-1.4x from 2^18.
+#:
+#: 2^18 = 256 Ki elements stays the threshold: break-even after a short idle, 1.5x hot; the
+#: sleeping-worker wake-up on this VM is a scheduler cost no threshold below 2^22 avoids (pass
+#: ``threads=1`` if steps are rare and small). Earlier measurement (2026-11-22, two-division Adam):
+#: 2 threads won from 2^15-2^16 back to back and from 2^18-2^19 after a 5 ms sleep; PERFORMANCE.md §3
+#: found 64-256 Ki on the Zen 3 machine. Lion (element-wise like SGD) uses the same threshold.
+#: Pass ``threads=`` explicitly to override.
 SERIAL_BELOW: dict[str, int] = {
     "sgd": 1 << 18,
     "momentum": 1 << 18,
