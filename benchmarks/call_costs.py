@@ -100,14 +100,15 @@ def main() -> None:
             topt2.step()
 
         model_step()
-        np_params = [np.random.standard_normal(s).astype(np.float32) for s in shapes]
-        np_grads = [np.random.standard_normal(s).astype(np.float32) for s in shapes]
+        rng = np.random.default_rng(0)
+        np_params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        np_grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
         nopt = fusedopt.Adam(np_params, lr=1e-3)
         nopt.step(np_grads)
         t_torch = best_us(model_step, 20, rounds)
         t_np = best_us(lambda: nopt.step(np_grads), 20, rounds)
         rows[f"fusedopt.torch.Adam.step, transformer ({len(shapes)} tensors, fresh grads)"] = t_torch
-        rows[f"fusedopt.Adam.step (NumPy list), same shapes"] = t_np
+        rows["fusedopt.Adam.step (NumPy list), same shapes"] = t_np
         rows["  per-tensor cost of torch tensors over NumPy arrays"] = (t_torch - t_np) / len(shapes)
 
         if not args.no_deepspeed:
@@ -116,7 +117,7 @@ def main() -> None:
                 from fusedopt.bench import ds_adam
 
                 op = ds_adam.load()
-            except Exception as exc:  # noqa: BLE001 - an optional peer
+            except Exception as exc:
                 op = None
                 print(f"# DeepSpeed skipped: {exc}", file=sys.stderr)
             if op is None:

@@ -363,7 +363,7 @@ def test_grids_cover_every_flag_combination():
     counts: Dict[str, int] = {}
     for c in FLAG_GRID:
         counts[c.algo] = counts.get(c.algo, 0) + 1
-    assert counts == {"sgd": 20, "momentum": 4, "rmsprop": 16, "adam": 12, "adamw": 4, "adagrad": 8}
+    assert counts == {"sgd": 20, "momentum": 4, "rmsprop": 16, "adam": 12, "adamw": 4, "adagrad": 8, "lion": 8}
     assert len({c.id for c in FLAG_GRID}) == len(FLAG_GRID)
 
 
