@@ -13,6 +13,7 @@ import inspect
 import sys
 from typing import Any
 
+import numpy as np
 import pytest
 
 import fusedopt
@@ -68,6 +69,42 @@ def test_kernel_grid_covers_every_algorithm() -> None:
     assert set(ALGORITHMS) - {"trace"} <= covered, sorted(set(ALGORITHMS) - covered)
 
 
+# -- every class steps exactly like its functional form (derived from the descriptions) ------------
+def _class_kwargs(cls: Any) -> dict:
+    return {"lr": 0.01} if "lr" in inspect.signature(cls).parameters else {}
+
+
+@pytest.mark.parametrize("cls_name", sorted(NUMPY_CLASSES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_class_steps_like_its_functional(cls_name: str, dtype: Any) -> None:
+    cls: Any = NUMPY_CLASSES[cls_name]
+    algo = cls._algo
+    rng = np.random.default_rng(7)
+    shapes = [(5,), (3, 4), (33,)]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    mine = [p.copy() for p in params]
+    opt = cls(params, **_class_kwargs(cls))
+    h = opt._group_view(opt.param_groups[0])
+    states = [[np.zeros_like(p) for p in mine] if r.present(h) else None for r in algo.states]
+    for r, lst in zip(algo.states, states):
+        if lst is not None and r.init not in ("zeros", "first_step"):
+            for a in lst:
+                a.fill(h[r.init] if r.init in h else opt.param_groups[0][r.init])
+    fn = getattr(functional, algo.name)
+    kw = {x.name: h[x.name] for x in algo.arguments}
+    for t in range(1, 5):
+        grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        opt.step(grads)
+        call = dict(kw)
+        if "first_step" in call:
+            call["first_step"] = t == 1
+        if algo.step_arg:
+            call["step"] = t
+        fn(mine, grads, *states, **call)
+        for a, b in zip(params, mine):
+            assert a.tobytes() == b.tobytes(), (cls_name, t)
+
+
 torch = pytest.importorskip("torch", reason="torch is an optional dependency (pip install fusedopt[torch])")
 
 
@@ -109,3 +146,33 @@ def test_channels_last_parameters_step_in_place_like_c_order(make: Any) -> None:
             continue
         assert st_cl[k].stride() == w_cl.stride(), k  # state made with the parameter's strides
         assert torch.equal(st_cl[k], v), k
+
+
+def test_lion_classes_step_like_the_reference() -> None:
+    import fusedopt.torch as ft
+
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal(40).astype(np.float32)
+    ref_p, ref_m = p0.copy(), np.zeros_like(p0)
+    p_np = p0.copy()
+    opt_np = fusedopt.Lion([p_np], lr=0.01, betas=(0.8, 0.95), weight_decay=0.1)
+    w = torch.nn.Parameter(torch.from_numpy(p0.copy()))
+    opt_t = ft.Lion([w], lr=0.01, betas=(0.8, 0.95), weight_decay=0.1)
+    for _ in range(5):
+        g = rng.standard_normal(40).astype(np.float32)
+        g[::7] = 0.0
+        reference.lion(ref_p, g, ref_m, lr=0.01, beta1=0.8, beta2=0.95, weight_decay=0.1)
+        opt_np.step([g])
+        w.grad = torch.from_numpy(g.copy())
+        opt_t.step()
+    assert ref_p.tobytes() == p_np.tobytes() == w.detach().numpy().tobytes()
+    assert ref_m.tobytes() == opt_np.state[0]["exp_avg"].tobytes() == opt_t.state[w]["exp_avg"].numpy().tobytes()
+    assert "step" not in opt_t.state[w]
+    sd = opt_t.state_dict()
+    twin = ft.Lion([torch.nn.Parameter(w.detach().clone())], lr=0.01)
+    twin.load_state_dict(sd)
+    assert twin.param_groups[0]["betas"] == (0.8, 0.95)
+    with pytest.raises(ValueError, match="Invalid beta parameter at index 1"):
+        ft.Lion([w], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match=r"betas\[0\] must be in \[0, 1\)"):
+        fusedopt.Lion([p_np], betas=(1.5, 0.9))
