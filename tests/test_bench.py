@@ -233,6 +233,8 @@ def test_deepspeed_adam_is_not_adamw():
 def test_example_imports_the_model_shapes():
     pytest.importorskip("torch")
     path = ROOT / "examples" / "bench_torch_models.py"
+    if not path.exists():  # (the installed-wheel stage of .ci/run copies tests/ only)
+        pytest.skip("examples/ is not next to the tests")
     mod_spec = importlib.util.spec_from_file_location("bench_torch_models", path)
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)
