@@ -342,3 +342,17 @@ def test_disabled_switch_means_no_stepper(monkeypatch: pytest.MonkeyPatch) -> No
         opt.step(_grads(opt.params, np.random.default_rng(10)))
     assert opt._stepper is None
     assert math.isfinite(float(opt.params[0][0]))
+
+
+def test_torch_exact_trajectory() -> None:
+    fast, ref = fusedopt.AdamW(_params(np.float32)), _general_only(fusedopt.AdamW(_params(np.float32)))
+    for o in (fast, ref):
+        o.set_conventions(torch_exact=True)
+    count = _Counting(fast)
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        g = _grads(fast.params, rng)
+        fast.step(g)
+        ref.step(g)
+        _state_equal(fast, ref)
+    assert fast._stepper is not None and count.calls == 1  # the first step made the plan

@@ -19,6 +19,12 @@ lists from ``opt.state`` (so a replaced state array is honoured) and calls ``_co
 native side re-checks only that the same, unchanged arrays came back and validates the gradients.
 Anything else (a ``None`` gradient, a new param group, loaded state, non-torch conventions, gradient
 options) takes the general path through :mod:`fusedopt.functional`.
+
+Fast path (``_make_stepper``): when the plan is a single native call over every parameter (one param
+group, one dtype, one step count) and no hyperparameter can change in place, a
+:class:`fusedopt._core.Stepper` does all of the above in C++ (identity checks, the step counts,
+the per-step scalars, bitwise those of :mod:`fusedopt._scalars`, the kernel and the count update);
+whenever anything it cached differs it steps nothing and the Python path runs.
 """
 
 from __future__ import annotations
