@@ -356,3 +356,19 @@ def test_torch_exact_trajectory() -> None:
         ref.step(g)
         _state_equal(fast, ref)
     assert fast._stepper is not None and count.calls == 1  # the first step made the plan
+
+
+def test_gradient_options_never_take_the_fast_path() -> None:
+    fast, ref = _fresh_pair()
+    rng = np.random.default_rng(12)
+    for k in range(4):
+        g = _grads(fast.params, rng)
+        for o in (fast, ref):
+            if k % 2:
+                o.param_groups[0]["lr"] = o.param_groups[0]["lr"] * 0.5  # revalidated inside the options path
+            o.step(g, clip_value=0.05, grad_scale=2.0)
+        _state_equal(fast, ref)
+        g = _grads(fast.params, rng)
+        fast.step(g)
+        ref.step(g)
+        _state_equal(fast, ref)

@@ -433,6 +433,7 @@ class Optimizer:
             if g is None:
                 return False
         keys = plan.keys
+        revalidated = False
         for gi, group in enumerate(self.param_groups):
             # Every group is checked before any array is written. Identity, not equality: True == 1
             # and 0.0 == False, and an edited value must be validated like a constructor argument
@@ -451,6 +452,7 @@ class Optimizer:
                 return False
             plan.snapshots[gi], plan.hypers[gi], plan.watched[gi] = snapshot, hyper, _watch(keys, snapshot)
             # the fast path follows the newly validated values (a schedule's new lr)
+            revalidated = True
             if plan.watched[gi]:
                 self._stepper = None
             elif self._stepper is not None:
@@ -458,6 +460,10 @@ class Optimizer:
             else:
                 self._stepper = self._make_stepper(plan)
         direct = not self._call_kw  # no gradient options: straight into _core
+        stepper = self._stepper
+        if revalidated and direct and stepper is not None and stepper.step(
+                grads, self.param_groups, self.state, 1 if self._stepper_serial else _threads.get_num_threads()):  # fmt: skip
+            return True  # the values were new, the rest is the fast path's (it did the whole step)
         calls = []
         for gi, idx, params, core_plan, n in plan.buckets:
             states = [self.state[i] for i in idx]
