@@ -39,6 +39,23 @@ class Plan:
     @property
     def roles(self) -> int: ...
 
+class Stepper:
+    """The optimizer classes' fast path for their common planned step (cpp/bindings/stepper.hpp)."""
+
+    def __init__(
+        self, kernel: str, plan: Plan, params: List[np.ndarray], lists: Sequence[Optional[List[np.ndarray]]],
+        role_keys: Sequence[Optional[str]], group: dict[str, Any], keys: Tuple[str, ...], snapshot: Tuple[Any, ...],
+        states: List[dict[str, Any]], view: Any, has_step: bool,
+    ) -> None: ...
+    def step(self, grads: Sequence[Any], param_groups: List[Any], state: List[Any], threads: int) -> bool: ...
+    def refresh(self, snapshot: Tuple[Any, ...], view: Any) -> None: ...
+    @property
+    def count(self) -> int: ...
+
+_stepper_kernels: Tuple[str, ...]
+
+def _stepper_scalars(kernel: str, view: Any, t: int) -> Tuple[Any, ...]: ...
+
 def sgd(
     params: _Arrays, grads: _Arrays, momentum_buffers: Optional[_Arrays], lr: float, weight_decay: float,
     momentum: float, one_minus_dampening: float, grad_scale: float, clip_coef: float, clip_value: float,

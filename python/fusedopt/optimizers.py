@@ -19,6 +19,12 @@ lists from ``opt.state`` (so a replaced state array is honoured) and calls ``_co
 native side re-checks only that the same, unchanged arrays came back and validates the gradients.
 Anything else (a ``None`` gradient, a new param group, loaded state, non-torch conventions, gradient
 options) takes the general path through :mod:`fusedopt.functional`.
+
+Fast path (``_make_stepper``): when the plan is a single native call over every parameter (one param
+group, one dtype, one step count) and no hyperparameter can change in place, a
+:class:`fusedopt._core.Stepper` does all of the above in C++ (identity checks, the step counts,
+the per-step scalars, bitwise those of :mod:`fusedopt._scalars`, the kernel and the count update);
+whenever anything it cached differs it steps nothing and the Python path runs.
 """
 
 from __future__ import annotations
@@ -81,6 +87,9 @@ class Optimizer:
         self._lock = threading.Lock()
         self._version = 0  # bumped whenever params or state layout change
         self._plan: Optional[_Plan] = None
+        #: the C++ fast path of the planned step (see _make_stepper); dropped with the plan
+        self._stepper: Optional[_core.Stepper] = None
+        self._stepper_serial = True  # the Stepper's bucket is below the serial threshold (threads=1)
         self._arena: Optional[FlatParams] = None
         self._conventions: Dict[str, Any] = self._check_conventions(dict(self._CONVENTIONS))
         self.defaults: Dict[str, Any] = self._check_hyper(dict(defaults))
@@ -169,6 +178,7 @@ class Optimizer:
         with self._lock:
             self._conventions = self._check_conventions({**self._conventions, **options})
             self._version += 1  # the planned steps hold the old conventions
+            self._stepper = None
 
     def _new_state(self, param: np.ndarray, group: Mapping[str, Any]) -> State:
         """State of a parameter before its first step: the step count, and the arrays that start
@@ -287,6 +297,7 @@ class Optimizer:
         self.state.extend(states)
         self._version += 1
         self._plan = None  # (it holds the arrays of the old layout alive)
+        self._stepper = None
 
     @property
     def params(self) -> List[np.ndarray]:
@@ -346,6 +357,10 @@ class Optimizer:
         if grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None \
                 and skip_if_nonfinite is False:  # fmt: skip
             with self._lock:
+                stepper = self._stepper
+                if stepper is not None and stepper.step(grads, self.param_groups, self.state,
+                                                        1 if self._stepper_serial else _threads.get_num_threads()):  # fmt: skip
+                    return None  # the C++ fast path (_make_stepper) did the whole step
                 if not self._step_planned(grads):
                     with _core.defer_interrupts:  # all or nothing under Ctrl-C (see _step_planned)
                         self._step_general(grads)
@@ -418,6 +433,7 @@ class Optimizer:
             if g is None:
                 return False
         keys = plan.keys
+        revalidated = False
         for gi, group in enumerate(self.param_groups):
             # Every group is checked before any array is written. Identity, not equality: True == 1
             # and 0.0 == False, and an edited value must be validated like a constructor argument
@@ -435,7 +451,19 @@ class Optimizer:
             if self._structure(hyper) != plan.structures[gi]:
                 return False
             plan.snapshots[gi], plan.hypers[gi], plan.watched[gi] = snapshot, hyper, _watch(keys, snapshot)
+            # the fast path follows the newly validated values (a schedule's new lr)
+            revalidated = True
+            if plan.watched[gi]:
+                self._stepper = None
+            elif self._stepper is not None:
+                self._stepper.refresh(snapshot, hyper)
+            else:
+                self._stepper = self._make_stepper(plan)
         direct = not self._call_kw  # no gradient options: straight into _core
+        stepper = self._stepper
+        if revalidated and direct and stepper is not None and stepper.step(
+                grads, self.param_groups, self.state, 1 if self._stepper_serial else _threads.get_num_threads()):  # fmt: skip
+            return True  # the values were new, the rest is the fast path's (it did the whole step)
         calls = []
         for gi, idx, params, core_plan, n in plan.buckets:
             states = [self.state[i] for i in idx]
@@ -514,8 +542,34 @@ class Optimizer:
             self.state[i] = st
         self._version += 1
         self._plan = None
+        self._stepper = None
         if len(staged) == len(self._params):
             self._plan = self._make_plan(hypers)
+            self._stepper = self._make_stepper(self._plan)
+
+    def _make_stepper(self, plan: "_Plan") -> Optional[_core.Stepper]:
+        """The C++ fast path of the planned step (cpp/bindings/stepper.hpp) when the plan is one
+        native call over every parameter (one param group, one dtype, one step count) whose
+        hyperparameters cannot change in place; None otherwise. It holds what the plan validated
+        and re-checks it by identity at every step (``Stepper.step`` returns False, having changed
+        nothing, when anything differs: the Python path then runs)."""
+        algo = self._algo
+        if not _USE_STEPPER or algo.name not in _STEPPER_ALGORITHMS or len(plan.buckets) != 1 \
+                or len(self.param_groups) != 1 or plan.watched[0]:  # fmt: skip
+            return None
+        gi, idx, params, core_plan, n = plan.buckets[0]
+        if len(idx) != len(self._params) or idx != list(range(len(self._params))):
+            return None
+        hyper = plan.hypers[gi]
+        states = [self.state[i] for i in idx]
+        try:
+            lists = self._state_lists(hyper, states)
+        except KeyError:
+            return None
+        role_keys = [r.key if r.present(hyper) else None for r in algo.states]
+        self._stepper_serial = n < _threads.SERIAL_BELOW[algo.threads]
+        return _core.Stepper(algo.kernel, core_plan, list(params), lists, role_keys, self.param_groups[gi],
+                             plan.keys, plan.snapshots[gi], states, hyper, self._HAS_STEP)  # fmt: skip
 
     def _make_plan(self, hypers: List[Dict[str, Any]]) -> "_Plan":
         keys = tuple(self.defaults)
@@ -641,6 +695,7 @@ class Optimizer:
         self.state = new_state
         self._version += 1
         self._plan = None  # (it holds the replaced state arrays alive)
+        self._stepper = None
 
     def _group_of(self, i: int) -> int:
         for gi, g in enumerate(self.param_groups):
@@ -684,7 +739,7 @@ class Optimizer:
     # The lock and the cached plan (native objects holding the arrays) are not copied: a copy gets
     # its own lock and makes its plan at its first step, through the general path (which computes
     # bitwise the same update).
-    _NOT_COPIED = ("_lock", "_plan")
+    _NOT_COPIED = ("_lock", "_plan", "_stepper")
 
     def __getstate__(self) -> Dict[str, Any]:
         """For pickle: every attribute but the lock and the plan, taken under the lock (the arrays
@@ -697,6 +752,7 @@ class Optimizer:
         self.__dict__.update(state)
         self._lock = threading.Lock()
         self._plan = None
+        self._stepper = None
         self._version += 1
         self._place_state()
 
@@ -709,6 +765,7 @@ class Optimizer:
             new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in self._NOT_COPIED})
         new._lock = threading.Lock()
         new._plan = None
+        new._stepper = None
         return new
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> "Optimizer":
@@ -774,6 +831,11 @@ def _zeros_in_phase(param: np.ndarray) -> np.ndarray:
 _IMMUTABLE = frozenset({float, int, bool, str, type(None), np.float64, np.float32, np.float16, np.int64, np.int32,
                         np.bool_})  # fmt: skip
 _MAX_STEP = check.MAX_STEP
+
+#: the algorithms whose per-step scalars the Stepper derives in C++ (tests/test_stepper.py checks
+#: them bitwise against fusedopt._scalars); a private switch for measurements and tests
+_STEPPER_ALGORITHMS = frozenset({"sgd", "momentum", "rmsprop", "adam", "adamw", "adagrad", "lion"})
+_USE_STEPPER = True
 
 
 def _immutable(v: Any) -> bool:

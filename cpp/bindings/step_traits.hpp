@@ -1,0 +1,248 @@
+// The step bindings' per-algorithm traits (names, roles, kernel entries, how the C++ Scalars struct
+// is made) and the shared pieces of a step call (gather the buffers, run the kernel), used by the
+// step bindings (register_optimizers.cpp) and by the optimizer classes' fast path (stepper.hpp).
+//
+// `derive` is the C++ twin of python/fusedopt/_scalars.py for the Stepper: from the functional
+// hyperparameters (kValues as doubles, kBools) and the step count t it computes the positional
+// scalars and flags of the step binding with the SAME float64 operations in the same order
+// (`beta**t` is pow(beta, (double)t), as CPython's float power); tests/test_stepper.py compares
+// the two bitwise.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "bindings/arrays.hpp"
+#include "bindings/plan.hpp"
+#include "common/step_args.hpp"
+#include "dispatch/dispatch.hpp"
+
+namespace fusedopt {
+namespace bindings {
+
+// Runs fn_f32 or fn_f64 of the active table on the collected buffers, without the GIL.
+template <class Scalars>
+inline void run(const Buffers& buffers, StepFn<Scalars> KernelTable::*f32, StepFn<Scalars> KernelTable::*f64,
+         const Scalars& scalars, const GradScalars& grad, int threads, py::handle counters) {
+  const Counters c = collect_counters(counters);
+  const TensorList list = buffers.list();
+  if (list.count > 0) {
+    const KernelTable& table = active_table();
+    const StepFn<Scalars> fn = buffers.dtype() == DType::f32 ? table.*f32 : table.*f64;
+    // Everything the kernel reads is now in `list` and `scalars` (plain C++ values); the arrays
+    // stay alive because `buffers` holds a reference to each (not the caller's lists: another
+    // thread may replace their items meanwhile). No Python object is touched in this block.
+    py::gil_scoped_release release;
+    fn(list, scalars, grad, threads);
+  }
+  c.commit();  // GIL held again; runs no Python code (see Counters)
+}
+
+// The buffers of a step: from the plan when it still matches (plan.hpp), else fully collected.
+inline Buffers gather(const std::vector<Role>& roles, py::handle plan) {
+  if (!plan.is_none()) {
+    if (!py::isinstance<Plan>(plan)) {
+      throw py::type_error("plan must be a fusedopt._core.Plan or None, got " +
+                           py::str(py::type::of(plan).attr("__name__")).cast<std::string>());
+    }
+    Buffers b;
+    if (plan.cast<const Plan&>().fill(roles, &b)) return b;
+  }
+  return collect(roles);
+}
+
+// The gradient pre-processing scalars (fusedopt._scalars.GradScalars), validated by the Python
+// layer; `active` unless all three are their exact identities.
+inline GradScalars grad_scalars(double grad_scale, double clip_coef, double clip_value) {
+  const bool identity = grad_scale == 1.0 && clip_coef == 1.0 && std::isinf(clip_value) && clip_value > 0;
+  return GradScalars{grad_scale, clip_coef, clip_value, !identity};
+}
+
+// ---- the step bindings: one template, one small traits struct per algorithm ------------------
+//
+// A step binding takes, positionally: the role lists (params, grads, states; optional states may
+// be None), the algorithm's scalars (the fields of its NamedTuple in fusedopt/_scalars.py), the
+// three GradScalars, the algorithm's flags, then threads and the optional plan and counters.
+// Traits give the names (tests/test_bindings.py compares them with the NamedTuples), which roles
+// may be None, the kernel table entries and how the C++ Scalars struct is made; Step<> below
+// generates a pybind11 function with exactly those parameters (typed like a hand-written one,
+// so the call costs the same).
+
+template <class T, std::size_t>
+using As = T;  // As<double, I>... : one double parameter per index
+
+struct SgdBinding {
+  using Scalars = SgdScalars;
+  static constexpr const char* kName = "sgd";
+  static constexpr const char* kDoc = "SGD step over lists of arrays (momentum_buffers=None: no momentum). See fusedopt.functional.sgd.";
+  static constexpr const char* kRoles[] = {"params", "grads", "momentum_buffers"};
+  static constexpr bool kOptional[] = {false, false, true};
+  static constexpr const char* kScalars[] = {"lr", "weight_decay", "momentum", "one_minus_dampening"};
+  static constexpr const char* kFlags[] = {"nesterov", "maximize", "first_step"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::sgd_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::sgd_f64;
+  static Scalars make(const double* d, const bool* f, const Buffers& b) {
+    return Scalars{d[0], d[1], d[2], d[3], d[1] != 0.0, b.present(2), f[0], f[1], f[2]};
+  }
+  // The hyperparameters (a checked functional view's values) the scalars derive from, and how
+  // (python/fusedopt/_scalars.py, the same float64 operations in the same order).
+  static constexpr const char* kValues[] = {"lr", "weight_decay", "momentum", "dampening"};
+  static constexpr const char* kBools[] = {"nesterov", "maximize", "first_step"};
+  static void derive(const double* v, const bool* b, std::int64_t, double* d, bool* f) {
+    d[0] = v[0], d[1] = v[1], d[2] = v[2], d[3] = 1.0 - v[3];
+    f[0] = b[0], f[1] = b[1], f[2] = b[2];
+  }
+};
+
+struct MomentumBinding {
+  using Scalars = MomentumScalars;
+  static constexpr const char* kName = "momentum";
+  static constexpr const char* kDoc = "EMA-momentum step over lists of arrays. See fusedopt.functional.momentum.";
+  static constexpr const char* kRoles[] = {"params", "grads", "velocities"};
+  static constexpr bool kOptional[] = {false, false, false};
+  static constexpr const char* kScalars[] = {"step_size", "beta", "one_minus_beta", "weight_decay"};
+  static constexpr const char* const* kFlags = nullptr;  // no flags
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::momentum_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::momentum_f64;
+  static Scalars make(const double* d, const bool*, const Buffers&) {
+    return Scalars{d[0], d[1], d[2], d[3], d[3] != 0.0};
+  }
+  static constexpr const char* kValues[] = {"lr", "beta", "weight_decay"};
+  static constexpr const char* kBools[] = {"bias_correction"};
+  static void derive(const double* v, const bool* b, std::int64_t t, double* d, bool*) {
+    d[0] = b[0] ? v[0] / (1.0 - std::pow(v[1], static_cast<double>(t))) : v[0];
+    d[1] = v[1], d[2] = 1.0 - v[1], d[3] = v[2];
+  }
+};
+
+struct RmspropBinding {
+  using Scalars = RmspropScalars;
+  static constexpr const char* kName = "rmsprop";
+  static constexpr const char* kDoc =
+      "RMSprop step over lists of arrays (grad_avgs=None: not centered; momentum_buffers=None: no momentum). "
+      "See fusedopt.functional.rmsprop.";
+  static constexpr const char* kRoles[] = {"params", "grads", "square_avgs", "grad_avgs", "momentum_buffers"};
+  static constexpr bool kOptional[] = {false, false, false, true, true};
+  static constexpr const char* kScalars[] = {"lr", "buffer_lr", "alpha", "one_minus_alpha", "eps_outside",
+                                             "eps_inside", "weight_decay", "momentum"};
+  static constexpr const char* kFlags[] = {"maximize"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::rmsprop_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::rmsprop_f64;
+  static Scalars make(const double* d, const bool* f, const Buffers& b) {
+    return Scalars{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[6] != 0.0, b.present(3), b.present(4), f[0]};
+  }
+  static constexpr const char* kValues[] = {"lr", "alpha", "eps", "weight_decay", "momentum"};
+  static constexpr const char* kBools[] = {"eps_in_sqrt", "lr_in_momentum", "maximize"};
+  static void derive(const double* v, const bool* b, std::int64_t, double* d, bool* f) {
+    double lr = v[0], buffer_lr = 1.0;
+    const double eps = v[2], mu = v[4];
+    if (b[1] && mu > 0.0) lr = 1.0, buffer_lr = v[0];
+    d[0] = lr, d[1] = buffer_lr, d[2] = v[1], d[3] = 1.0 - v[1];
+    d[4] = b[0] ? 0.0 : eps, d[5] = b[0] ? eps : 0.0, d[6] = v[3], d[7] = mu;
+    f[0] = b[2];
+  }
+};
+
+struct AdamBinding {
+  using Scalars = AdamScalars;
+  static constexpr const char* kName = "adam";
+  static constexpr const char* kDoc =
+      "Adam/AdamW step over lists of arrays (max_exp_avg_sqs=None: no amsgrad). See fusedopt.functional.adam.";
+  static constexpr const char* kRoles[] = {"params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"};
+  static constexpr bool kOptional[] = {false, false, false, false, true};
+  static constexpr const char* kScalars[] = {
+      "neg_step_size", "eps_scaled",       "eps_root_scaled",     "beta1",
+      "one_minus_beta1", "beta2",          "one_minus_beta2",     "weight_decay",
+      "decay_factor",  "torch_neg_step_size", "bias_correction2_sqrt", "torch_eps"};
+  static constexpr const char* kFlags[] = {"maximize", "torch_exact"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::adam_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::adam_f64;
+  static Scalars make(const double* d, const bool* f, const Buffers& b) {
+    return Scalars{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11],
+                   b.present(4), f[0], f[1]};
+  }
+  static constexpr const char* kValues[] = {"lr", "beta1", "beta2", "eps", "weight_decay", "eps_root"};
+  static constexpr const char* kBools[] = {"decoupled_weight_decay", "epsilon_hat", "maximize", "torch_exact"};
+  static void derive(const double* v, const bool* b, std::int64_t t, double* d, bool* f) {
+    const double lr = v[0], beta1 = v[1], beta2 = v[2], eps = v[3], wd = v[4];
+    const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(t));
+    const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(t));
+    const double root = std::sqrt(bias_correction2);
+    d[0] = -lr * root / bias_correction1;
+    d[1] = b[1] ? eps : eps * root;
+    d[2] = v[5] * bias_correction2;
+    d[3] = beta1, d[4] = 1.0 - beta1, d[5] = beta2, d[6] = 1.0 - beta2;
+    d[7] = b[0] ? 0.0 : wd;
+    d[8] = b[0] ? 1.0 - lr * wd : 1.0;
+    d[9] = -lr / bias_correction1, d[10] = root, d[11] = eps;
+    f[0] = b[2], f[1] = b[3];
+  }
+};
+
+struct AdagradBinding {
+  using Scalars = AdagradScalars;
+  static constexpr const char* kName = "adagrad";
+  static constexpr const char* kDoc = "Adagrad step over lists of arrays. See fusedopt.functional.adagrad.";
+  static constexpr const char* kRoles[] = {"params", "grads", "state_sums"};
+  static constexpr bool kOptional[] = {false, false, false};
+  static constexpr const char* kScalars[] = {"neg_clr", "eps", "weight_decay"};
+  static constexpr const char* kFlags[] = {"maximize"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::adagrad_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::adagrad_f64;
+  static Scalars make(const double* d, const bool* f, const Buffers&) {
+    return Scalars{d[0], d[1], d[2], d[2] != 0.0, f[0]};
+  }
+  static constexpr const char* kValues[] = {"lr", "lr_decay", "eps", "weight_decay"};
+  static constexpr const char* kBools[] = {"maximize"};
+  static void derive(const double* v, const bool* b, std::int64_t t, double* d, bool* f) {
+    const double clr = v[0] / (1.0 + static_cast<double>(t - 1) * v[1]);
+    d[0] = -clr, d[1] = v[2], d[2] = v[3];
+    f[0] = b[0];
+  }
+};
+
+struct LionBinding {
+  using Scalars = LionScalars;
+  static constexpr const char* kName = "lion";
+  static constexpr const char* kDoc = "Lion step over lists of arrays. See fusedopt.reference.lion.";
+  static constexpr const char* kRoles[] = {"params", "grads", "exp_avgs"};
+  static constexpr bool kOptional[] = {false, false, false};
+  static constexpr const char* kScalars[] = {"lr", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2",
+                                             "decay_factor"};
+  static constexpr const char* kFlags[] = {"maximize"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::lion_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::lion_f64;
+  static Scalars make(const double* d, const bool* f, const Buffers&) {
+    return Scalars{d[0], d[1], d[2], d[3], d[4], d[5], f[0]};
+  }
+  static constexpr const char* kValues[] = {"lr", "beta1", "beta2", "weight_decay"};
+  static constexpr const char* kBools[] = {"maximize"};
+  static void derive(const double* v, const bool* b, std::int64_t, double* d, bool* f) {
+    d[0] = v[0], d[1] = v[1], d[2] = 1.0 - v[1], d[3] = v[2], d[4] = 1.0 - v[2], d[5] = 1.0 - v[0] * v[3];
+    f[0] = b[0];
+  }
+};
+
+template <class Tr>
+constexpr std::size_t num_flags() {
+  if constexpr (std::is_array_v<decltype(Tr::kFlags)>) {
+    return std::extent_v<decltype(Tr::kFlags)>;
+  } else {
+    return 0;
+  }
+}
+
+inline constexpr const char* kGradNames[] = {"grad_scale", "clip_coef", "clip_value"};
+
+template <class Tr>
+constexpr std::size_t num_scalars() {
+  return std::extent_v<decltype(Tr::kScalars)>;
+}
+
+}  // namespace bindings
+}  // namespace fusedopt
