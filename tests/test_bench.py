@@ -74,6 +74,9 @@ def test_allocator_places_arrays_in_distinct_slots():
 def test_contenders_pass_the_guard(name, dtype, form):
     spec, arrays, alloc = _arrays(name, dtype)
     runner = FACTORIES[form](spec, arrays, alloc)
+    if runner is None:
+        assert form.startswith("numpy") and name not in numpy_peer.PEERS  # no NumPy peer: the others run
+        return
     assert verify(spec, arrays, runner) is None
 
 
@@ -171,7 +174,7 @@ def test_parse_errors():
     with pytest.raises(argparse.ArgumentTypeError):
         bench.parse_sizes(",")
     with pytest.raises(argparse.ArgumentTypeError):
-        bench.parse_list(bench.ALGORITHMS)("adam,lion")
+        bench.parse_list(bench.ALGORITHMS)("adam,nadam")
     assert bench.parse_list(bench.ALGORITHMS)("all") == list(bench.ALGORITHMS)
 
 

@@ -137,6 +137,8 @@ class StateRole:
     when: Optional[Callable[[Hypers], bool]] = None
     when_text: str = ""
     init: str = ZEROS
+    #: holds squares (never negative: a second moment, an accumulator)
+    nonneg: bool = False
 
     def present(self, h: Hypers) -> bool:
         return self.when is None or bool(self.when(h))
@@ -185,6 +187,8 @@ class Algorithm:
     check_params: Callable[[Hypers, Sequence[Any]], None] = lambda h, p: None
     #: the order in which torch checks the hyperparameters (the first bad one is reported)
     torch_order: Tuple[str, ...] = ()
+    #: the torch.optim class with this update and these state keys ("" when torch has none)
+    torch_optim: str = ""
     #: torch-style constructor arguments that bundle functional hyperparameters
     torch_pairs: Tuple[TorchName, ...] = ()
     #: hyperparameters of the torch-style classes that the kernel does not read (Adagrad's

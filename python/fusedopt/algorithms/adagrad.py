@@ -29,11 +29,12 @@ ADAGRAD = Algorithm(
         real("initial_accumulator_value", 0.0, torch_msg="Invalid initial_accumulator_value value: {}",
              doc="the start value of ``S``"),
     ),
-    states=(StateRole("state_sums", "sum", init="initial_accumulator_value"),),
+    states=(StateRole("state_sums", "sum", init="initial_accumulator_value", nonneg=True),),
     scalars=lambda h, t: _scalars.adagrad_scalars(step=t, lr=h["lr"], lr_decay=h["lr_decay"], eps=h["eps"],
                                                   weight_decay=h["weight_decay"]),  # fmt: skip
     flags=lambda h: (h["maximize"],),
     reference=reference.adagrad,
     uses_step=lambda h: h["lr_decay"] != 0.0,
     torch_order=("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"),
+    torch_optim="Adagrad",
 )

@@ -73,8 +73,8 @@ ADAM = Algorithm(
     ),
     states=(
         StateRole("exp_avgs", "exp_avg"),
-        StateRole("exp_avg_sqs", "exp_avg_sq"),
-        StateRole("max_exp_avg_sqs", "max_exp_avg_sq", lambda h: h["amsgrad"], "amsgrad=True"),
+        StateRole("exp_avg_sqs", "exp_avg_sq", nonneg=True),
+        StateRole("max_exp_avg_sqs", "max_exp_avg_sq", lambda h: h["amsgrad"], "amsgrad=True", nonneg=True),
     ),
     scalars=_scalars_of,
     flags=lambda h: (h["maximize"], h["torch_exact"]),
@@ -83,6 +83,7 @@ ADAM = Algorithm(
     check_params=_check_params,
     torch_pairs=(TorchName("betas", ("beta1", "beta2")),),
     torch_order=("lr", "eps", "beta1", "beta2", "weight_decay"),
+    torch_optim="Adam",
 )
 
 ADAMW = ADAM.variant(
@@ -90,6 +91,7 @@ ADAMW = ADAM.variant(
     defaults={"weight_decay": 1e-2},
     fixed={"decoupled_weight_decay": True},
     reference=reference.adamw,
+    torch_optim="AdamW",
     doc=":func:`adam` with ``decoupled_weight_decay=True`` and torch's AdamW default ``weight_decay=1e-2``.\n\n"
     ":math:`\\theta \\leftarrow \\theta(1-\\eta\\lambda)` before the Adam step. (optax ``adamw`` defaults "
     "to ``1e-4``, Keras ``AdamW`` to ``4e-3``.)",

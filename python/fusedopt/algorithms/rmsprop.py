@@ -46,7 +46,7 @@ RMSPROP = Algorithm(
                  "Without momentum it changes nothing"),
     ),
     states=(
-        StateRole("square_avgs", "square_avg"),
+        StateRole("square_avgs", "square_avg", nonneg=True),
         StateRole("grad_avgs", "grad_avg", lambda h: h["centered"], "centered=True"),
         StateRole("momentum_buffers", "momentum_buffer", lambda h: h["momentum"] > 0.0, "momentum > 0"),
     ),
@@ -59,4 +59,5 @@ RMSPROP = Algorithm(
     step_arg=False,
     uses_step=lambda h: False,
     torch_order=("lr", "eps", "momentum", "weight_decay", "alpha"),
+    torch_optim="RMSprop",
 )

@@ -55,6 +55,7 @@ SGD = Algorithm(
     relations=_relations,
     torch_relation_msg="Nesterov momentum requires a momentum and zero dampening",
     torch_order=("lr", "momentum", "weight_decay"),
+    torch_optim="SGD",
 )
 
 

@@ -13,11 +13,10 @@ per-step scalars are the package's own (:func:`peer_scalars`), rounded once to t
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, List
+from typing import Any, List, Optional
 
 import numpy as np
 
-from .. import _scalars
 from .arrays import Allocator
 from .runner import Runner
 from .specs import STEP, Spec
@@ -30,33 +29,19 @@ def peer_scalars(spec: Spec, dtype: Any, step: int = STEP) -> Any:
     the functional API derives them) and rounded once to ``dtype``, as attributes named like the
     fields of the ``_scalars`` tuples."""
     T = np.dtype(dtype).type
-    h = spec.hyperparameters()
-    name = spec.name
-    s: Any
-    if name == "sgd":
-        s = _scalars.sgd_scalars(lr=h["lr"], weight_decay=h["weight_decay"], momentum=h["momentum"],
-                                 dampening=h["dampening"])  # fmt: skip
-    elif name == "momentum":
-        s = _scalars.momentum_scalars(step=step, lr=h["lr"], beta=h["beta"], weight_decay=h["weight_decay"],
-                                      bias_correction=h["bias_correction"])  # fmt: skip
-    elif name == "rmsprop":
-        s = _scalars.rmsprop_scalars(lr=h["lr"], alpha=h["alpha"], eps=h["eps"], weight_decay=h["weight_decay"],
-                                     momentum=h["momentum"])  # fmt: skip
-    elif name in ("adam", "adamw"):
-        s = _scalars.adam_scalars(
-            step=step, lr=h["lr"], beta1=h["beta1"], beta2=h["beta2"], eps=h["eps"], weight_decay=h["weight_decay"],
-            decoupled_weight_decay=h.get("decoupled_weight_decay", name == "adamw"),
-        )  # fmt: skip
-    elif name == "adagrad":
-        s = _scalars.adagrad_scalars(step=step, lr=h["lr"], lr_decay=h["lr_decay"], eps=h["eps"],
-                                     weight_decay=h["weight_decay"])  # fmt: skip
-    else:
-        raise KeyError(f"no NumPy peer for {name!r}")
+    algo = spec.algorithm
+    s: Any = algo.scalars(algo.check(spec.hyperparameters()), step)  # the description's derivation
     return SimpleNamespace(**{k: T(v) if isinstance(v, float) else v for k, v in s._asdict().items()})
 
 
-def textbook(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Runner:
+#: the algorithms with NumPy peers (the other contenders still run for the rest)
+PEERS = ("sgd", "momentum", "rmsprop", "adam", "adamw", "adagrad")
+
+
+def textbook(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Optional[Runner]:
     """The update as plain NumPy expressions (a temporary per operation), in the reference's order."""
+    if spec.name not in PEERS:
+        return None
     p, g, *st = arrays
     c = peer_scalars(spec, p.dtype)
     name = spec.name
@@ -105,8 +90,10 @@ def textbook(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Runner:
     return Runner(step, "ulp")
 
 
-def inplace(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Runner:
+def inplace(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Optional[Runner]:
     """Careful NumPy: two preallocated scratch arrays, out= on every ufunc, state updated in place."""
+    if spec.name not in PEERS:
+        return None
     p, g, *st = arrays
     n = p.size
     a, b = alloc.empty(n, p.dtype), alloc.empty(n, p.dtype)

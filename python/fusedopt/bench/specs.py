@@ -5,8 +5,8 @@ contender (fusedopt, the NumPy peers, torch, DeepSpeed, the ceiling) is built fr
 What a Spec does not say is read from the functional API: the function to call is
 ``fusedopt.functional.<name>`` (and ``fusedopt.reference.<name>`` for the correctness guard),
 whether it takes ``step`` and every hyperparameter not benchmarked explicitly (its default) come
-from that function's signature. When the package describes its algorithms in one place, ``SPECS``
-is the table to derive from it.
+from that function's signature. ``SPECS`` is derived from the algorithm
+descriptions (:mod:`fusedopt.algorithms`); only the benchmarked hyperparameters are chosen here.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, Tuple
 import numpy as np
 
 from .. import functional, reference
+from ..algorithms import ALGORITHMS as _ALGORITHMS
+from ..algorithms import Algorithm
 
 __all__ = ["ALGORITHMS", "DEFAULT_ALGORITHMS", "SPECS", "STEP", "Spec", "bytes_per_element"]
 
@@ -54,6 +56,10 @@ class Spec:
         return fn
 
     @property
+    def algorithm(self) -> Algorithm:
+        return _ALGORITHMS[self.name]
+
+    @property
     def uses_step(self) -> bool:
         return "step" in inspect.signature(self.functional).parameters
 
@@ -84,16 +90,31 @@ class Spec:
         return out
 
 
-SPECS: Dict[str, Spec] = {
-    "sgd": Spec("sgd", ("momentum_buffers",), (False,), {"lr": 1e-2, "momentum": 0.9}, ("momentum_buffer",)),
-    "momentum": Spec("momentum", ("velocities",), (False,), {"lr": 1e-2, "beta": 0.9}),
-    "rmsprop": Spec("rmsprop", ("square_avgs",), (True,), {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8}, ("square_avg",)),
-    "adam": Spec("adam", ("exp_avgs", "exp_avg_sqs"), (False, True), {"lr": 1e-3}, ("exp_avg", "exp_avg_sq")),
-    "adamw": Spec(
-        "adamw", ("exp_avgs", "exp_avg_sqs"), (False, True), {"lr": 1e-3, "weight_decay": 1e-2}, ("exp_avg", "exp_avg_sq")
-    ),
-    "adagrad": Spec("adagrad", ("state_sums",), (True,), {"lr": 1e-2}, ("sum",)),
+#: the hyperparameters benchmarked per algorithm (the rest keep the functional's defaults)
+BENCHMARKED: Dict[str, Dict[str, Any]] = {
+    "sgd": {"lr": 1e-2, "momentum": 0.9},
+    "trace": {"lr": 1e-2},
+    "momentum": {"lr": 1e-2, "beta": 0.9},
+    "rmsprop": {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8},
+    "adam": {"lr": 1e-3},
+    "adamw": {"lr": 1e-3, "weight_decay": 1e-2},
+    "adagrad": {"lr": 1e-2},
+    "lion": {"lr": 1e-4},
 }
+
+
+def _spec(algo: Algorithm) -> Spec:
+    """The benchmark's view of a description: the state arrays this configuration uses, which hold
+    squares, and torch's keys for them when torch.optim has the algorithm."""
+    hyper = BENCHMARKED.get(algo.name, {})
+    h = algo.check(hyper)
+    roles = algo.present_states(h)
+    torch_state = tuple(r.key for r in roles) if algo.torch_optim else ()
+    return Spec(algo.name, tuple(r.arg for r in roles), tuple(r.nonneg for r in roles), hyper, torch_state)
+
+
+#: derived from the algorithm descriptions (fusedopt.algorithms), one per functional form
+SPECS: Dict[str, Spec] = {name: _spec(algo) for name, algo in _ALGORITHMS.items()}
 
 ALGORITHMS: Tuple[str, ...] = tuple(SPECS)
 DEFAULT_ALGORITHMS: Tuple[str, ...] = ("momentum", "rmsprop", "adam", "adagrad")
