@@ -371,3 +371,135 @@ def test_sgd_channels_last_parameter_with_matching_grad_steps_in_place():
     fusedopt.torch.SGD([q], lr=0.1).step()
     assert p.data_ptr() == ptr and p.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(_bits(p), _bits(q))
+
+
+# --- what torch's DLPack exchange export does not check (why the fast path still asks torch) -----
+
+
+def _exchange_export(t: torch.Tensor):
+    """torch's own C exchange export of t (managed and non-owning): (rc, flags, data) of each."""
+    import ctypes
+
+    class Dev(ctypes.Structure):
+        _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+    class DType(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+    class DLTensor(ctypes.Structure):
+        _fields_ = [("data", ctypes.c_void_p), ("device", Dev), ("ndim", ctypes.c_int32), ("dtype", DType),
+                    ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p), ("byte_offset", ctypes.c_uint64)]  # fmt: skip
+
+    class Version(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32)]
+
+    class Managed(ctypes.Structure):
+        pass
+
+    Managed._fields_ = [("version", Version), ("manager_ctx", ctypes.c_void_p),
+                        ("deleter", ctypes.CFUNCTYPE(None, ctypes.POINTER(Managed))), ("flags", ctypes.c_uint64),
+                        ("dl_tensor", DLTensor)]  # fmt: skip
+
+    class Api(ctypes.Structure):
+        _fields_ = [("version", Version), ("prev_api", ctypes.c_void_p), ("allocator", ctypes.c_void_p),
+                    ("managed_from", ctypes.c_void_p), ("to_py", ctypes.c_void_p), ("dltensor_from", ctypes.c_void_p),
+                    ("stream", ctypes.c_void_p)]  # fmt: skip
+
+    capsule = getattr(torch.Tensor, "__dlpack_c_exchange_api__", None)
+    if capsule is None:
+        pytest.skip("torch has no DLPack C exchange table")
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    api = Api.from_address(get(capsule, b"dlpack_exchange_api"))
+    if api.version.major != 1 or not api.managed_from or not api.dltensor_from:
+        pytest.skip("unknown exchange table version")
+    managed_from = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.POINTER(ctypes.POINTER(Managed)))(
+        api.managed_from
+    )
+    dltensor_from = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.py_object, ctypes.POINTER(DLTensor))(api.dltensor_from)
+    out = ctypes.POINTER(Managed)()
+    assert managed_from(t, ctypes.byref(out)) == 0
+    flags, managed_data = out.contents.flags, out.contents.dl_tensor.data or 0
+    out.contents.deleter(out)
+    d = DLTensor()
+    assert dltensor_from(t, ctypes.byref(d)) == 0
+    return flags, managed_data, d.data or 0
+
+
+def _shrunk_view() -> torch.Tensor:
+    base = torch.zeros(100)
+    v = base[50:]  # needs bytes [200, 400) of a storage that then holds 160 bytes
+    base.untyped_storage().resize_(160)
+    return v
+
+
+def _emptied_view() -> torch.Tensor:
+    base = torch.zeros(100)
+    v = base[10:20]
+    base.untyped_storage().resize_(0)
+    return v
+
+
+@pytest.mark.parametrize(
+    "case, make, match",
+    [
+        ("neg_view", lambda: torch._neg_view(torch.ones(6)), "lazily negated"),
+        ("storage_shrunk", _shrunk_view, "which holds 160 bytes"),
+        ("storage_resized_to_0", _emptied_view, "which holds 0 bytes"),
+    ],
+)
+@pytest.mark.parametrize("role", [0, 1])
+def test_what_torchs_export_hands_out_unflagged_is_still_refused(case, make, match, role):
+    # torch's exchange export (managed and non-owning) accepts these tensors, sets no DLPack flag and,
+    # for a shrunk or emptied storage, hands out a pointer outside the storage; the core must
+    # therefore keep asking torch for the neg bit and the storage bounds on its fast path.
+    bad = make()
+    flags, managed_data, data = _exchange_export(bad)
+    assert flags == 0 and managed_data == data
+    if case == "storage_resized_to_0":
+        assert data == 10 * 4  # null storage + offset: a dangling pointer
+    ts = [torch.ones(bad.shape) for _ in range(4)]
+    ts[role] = bad
+    keep = [t.clone() for t in ts if t is not bad]
+    with pytest.raises(ValueError, match=match) as info:
+        adam([ts[0]], [ts[1]], [ts[2]], [ts[3]])
+    assert f"{['params', 'grads'][role]}[0]" in str(info.value)
+    for got, want in zip([t for t in ts if t is not bad], keep):
+        assert torch.equal(got, want)
+
+
+def test_torchs_export_never_flags_read_only_or_copied():
+    # DLPack 1.x flags (READ_ONLY = 1, IS_COPIED = 2) are 0 for every CPU tensor torch exports, even
+    # one made from a read-only NumPy array: torch's own in-place ops write to such a tensor too, so
+    # the core treats tensors as writeable (inference tensors are refused by fusedopt.torch).
+    a = np.zeros(4, np.float32)
+    a.flags.writeable = False
+    with pytest.warns(UserWarning):
+        from_ro = torch.from_numpy(a)
+    with torch.inference_mode():
+        inference = torch.zeros(4)
+    for t in [torch.zeros(4), from_ro, inference, torch.zeros(4, 3).t()]:
+        flags, managed_data, data = _exchange_export(t)
+        assert flags == 0 and managed_data == data == t.data_ptr()
+
+
+@pytest.mark.parametrize("kind", ["fast", "subclass"])
+def test_lazily_cloned_tensors_are_materialized_before_the_write(kind):
+    lazy_clone = getattr(torch, "_lazy_clone", None)
+    if lazy_clone is None:
+        pytest.skip("torch has no copy-on-write lazy clone")
+    p0, g, m0, v0 = _values((5, 3))
+    before = [p0.clone(), m0.clone(), v0.clone()]
+    p, m, v = lazy_clone(p0), lazy_clone(m0), lazy_clone(v0)  # share p0's/m0's/v0's memory until written
+    is_cow = getattr(torch._C, "_is_cow_tensor", None)
+    if is_cow is not None:
+        assert all(is_cow(t) for t in [p, m, v, p0])
+    want = [t.clone() for t in before]
+    adam([want[0]], [g], [want[1]], [want[2]])
+    if kind == "subclass":
+        p = p.as_subclass(Sub)
+    adam([p], [g], [m], [v])
+    for orig, b in zip([p0, m0, v0], before):
+        assert torch.equal(orig, b)  # the sharers are untouched
+    for got, w in zip([p, m, v], want):
+        assert torch.equal(got.as_subclass(torch.Tensor), w)

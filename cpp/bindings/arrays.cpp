@@ -215,7 +215,13 @@ bool inside_storage(const Item& it, const std::vector<std::int64_t>& dims, std::
 // in one C call, without allocating and without going through torch's Python method machinery.
 // The structs below are the ABI as the DLPack standard defines it (nothing of torch's own C++
 // structs is read). Everything the DLTensor does not tell (the neg bit, the storage and its
-// bounds) is asked through torch's Python methods, as on the slow path.
+// bounds) is asked through torch's own C methods (is_neg, untyped_storage, and the storage's
+// data_ptr/nbytes), as on the slow path. What torch 2.13's export does NOT tell, checked against
+// its source (DLConvertor.cpp: toDLPackNonOwning fills data/device/ndim/dtype/shape/strides only)
+// and by tests/test_torch_tensors.py: a neg- or conj-view is exported as if plain; a tensor whose
+// storage was resized to 0 or shrunk under it is exported with a dangling data pointer (no bounds
+// check); inference tensors and tensors made from read-only NumPy arrays are exported alike (the
+// owning export's flags are always 0, never READ_ONLY). So none of those checks can be dropped.
 namespace dl {
 struct Device {
   std::int32_t device_type, device_id;
@@ -252,29 +258,56 @@ constexpr std::int32_t kCPU = 1;
 constexpr std::uint8_t kFloat = 2;
 }  // namespace dl
 
+// A no-argument C method of a built-in type (a method descriptor of a METH_NOARGS entry): its C
+// function, called as CPython's own descriptor call does, fn(self, NULL), once the descriptor's
+// argument checks are known to hold (no arguments; self of the descriptor's type: the callers pass
+// only objects of the exact types checked in init_fast_path). Skips the generic call machinery.
+struct NoArgs {
+  PyObject* descr = nullptr;
+  PyCFunction fn = nullptr;
+  // fn for a METH_NOARGS method descriptor defined on a base of self_type (or self_type), else null.
+  static NoArgs of(PyObject* descr, PyTypeObject* self_type) {
+    NoArgs m;
+    m.descr = descr;
+    if (descr == nullptr || Py_TYPE(descr) != &PyMethodDescr_Type) return m;
+    const auto* d = reinterpret_cast<PyMethodDescrObject*>(descr);
+    const int kinds = METH_VARARGS | METH_KEYWORDS | METH_NOARGS | METH_O | METH_FASTCALL | METH_METHOD |
+                      METH_CLASS | METH_STATIC;
+    if (d->d_method == nullptr || (d->d_method->ml_flags & kinds) != METH_NOARGS ||
+        PyType_IsSubtype(self_type, PyDescr_TYPE(descr)) == 0) {
+      return m;
+    }
+    m.fn = d->d_method->ml_meth;
+    return m;
+  }
+  // New reference, or nullptr with the error cleared (also when the function broke the C-API
+  // contract: a result with an error set, or no result and no error).
+  PyObject* operator()(PyObject* self) const {
+    PyObject* r = fn(self, nullptr);
+    if (r == nullptr || PyErr_Occurred() != nullptr) {
+      Py_XDECREF(r);
+      PyErr_Clear();
+      return nullptr;
+    }
+    return r;
+  }
+};
+
 struct FastPath {
   int (*from)(void*, dl::Tensor*) = nullptr;
   PyTypeObject* plain[2] = {nullptr, nullptr};  // torch.Tensor, torch.nn.Parameter (exact types)
-  PyObject* is_neg = nullptr;                   // method descriptors of torch.Tensor
-  PyObject* untyped_storage = nullptr;
+  NoArgs is_neg;                                // methods of torch.Tensor
+  NoArgs untyped_storage;
   PyTypeObject* storage_type = nullptr;  // torch.UntypedStorage, and its methods
-  PyObject* nbytes = nullptr;
-  PyObject* storage_data_ptr = nullptr;
+  NoArgs nbytes;
+  NoArgs storage_data_ptr;
 };
 FastPath g_fast;
 
-PyObject* call0(PyObject* descr, PyObject* self) {
-  PyObject* args[1] = {self};
-  return PyObject_Vectorcall(descr, args, 1, nullptr);
-}
-
 // The value of a no-argument method returning an int, or false (error cleared).
-bool call_uintptr(PyObject* descr, PyObject* self, std::uintptr_t* out) {
-  PyObject* r = call0(descr, self);
-  if (r == nullptr) {
-    PyErr_Clear();
-    return false;
-  }
+bool call_uintptr(const NoArgs& method, PyObject* self, std::uintptr_t* out) {
+  PyObject* r = method(self);
+  if (r == nullptr) return false;
   const unsigned long long v = PyLong_AsUnsignedLongLong(r);
   Py_DECREF(r);
   if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred() != nullptr) {
@@ -308,12 +341,10 @@ bool describe_tensor_fast(py::handle t, Item* it, std::vector<std::int64_t>& dim
   it->nd = d.ndim;
   push_tensor_dims(it, d.shape, d.strides, dims);  // copied now: d's arrays are torch's, valid until Python runs
   it->data = d.data;
-  PyObject* neg = call0(g_fast.is_neg, t.ptr());
-  if (neg == nullptr) PyErr_Clear();
+  PyObject* neg = g_fast.is_neg(t.ptr());
   const bool plain = neg == Py_False;
   Py_XDECREF(neg);
-  PyObject* st = plain ? call0(g_fast.untyped_storage, t.ptr()) : nullptr;
-  if (plain && st == nullptr) PyErr_Clear();
+  PyObject* st = plain ? g_fast.untyped_storage(t.ptr()) : nullptr;
   py::object storage = py::reinterpret_steal<py::object>(st);
   std::uintptr_t base = 0, nbytes = 0, need = 0;
   if (st == nullptr || Py_TYPE(st) != g_fast.storage_type || !call_uintptr(g_fast.storage_data_ptr, st, &base) ||
@@ -495,18 +526,19 @@ void init_fast_path(py::handle tensor_type) {
     FastPath f;
     f.from = api->dltensor_from_py_object_no_sync;
     f.plain[0] = reinterpret_cast<PyTypeObject*>(tensor_type.ptr());
-    f.is_neg = py::object(tensor_type.attr("is_neg")).release().ptr();
-    f.untyped_storage = py::object(tensor_type.attr("untyped_storage")).release().ptr();
+    if (!PyType_Check(storage_type.ptr())) return;
     f.storage_type = reinterpret_cast<PyTypeObject*>(storage_type.ptr());
-    f.nbytes = py::object(storage_type.attr("nbytes")).release().ptr();
-    f.storage_data_ptr = py::object(storage_type.attr("data_ptr")).release().ptr();
-    const auto c_method = [](PyObject* o) { return Py_TYPE(o) == &PyMethodDescr_Type; };
-    if (!c_method(f.is_neg) || !c_method(f.untyped_storage) || !c_method(f.nbytes) || !c_method(f.storage_data_ptr)) {
+    f.is_neg = NoArgs::of(py::object(tensor_type.attr("is_neg")).release().ptr(), f.plain[0]);
+    f.untyped_storage = NoArgs::of(py::object(tensor_type.attr("untyped_storage")).release().ptr(), f.plain[0]);
+    f.nbytes = NoArgs::of(py::object(storage_type.attr("nbytes")).release().ptr(), f.storage_type);
+    f.storage_data_ptr = NoArgs::of(py::object(storage_type.attr("data_ptr")).release().ptr(), f.storage_type);
+    if (f.is_neg.fn == nullptr || f.untyped_storage.fn == nullptr || f.nbytes.fn == nullptr ||
+        f.storage_data_ptr.fn == nullptr) {
       return;
     }
     // Parameter takes the fast path only while it inherits these methods unchanged.
-    if (parameter.attr("is_neg").ptr() == f.is_neg && parameter.attr("untyped_storage").ptr() == f.untyped_storage &&
-        PyType_Check(parameter.ptr())) {
+    if (parameter.attr("is_neg").ptr() == f.is_neg.descr &&
+        parameter.attr("untyped_storage").ptr() == f.untyped_storage.descr && PyType_Check(parameter.ptr())) {
       f.plain[1] = reinterpret_cast<PyTypeObject*>(parameter.ptr());
     }
     storage_type.inc_ref();
