@@ -107,10 +107,15 @@ def set_num_threads(n: Optional[int]) -> int:
     return old
 
 
+def serial(n_elements: int, algorithm: str) -> bool:
+    """Whether a call with ``threads=None`` updating ``n_elements`` elements runs on one thread."""
+    return n_elements < SERIAL_BELOW[algorithm]
+
+
 def resolve(threads: Optional[int], n_elements: int, algorithm: str) -> int:
     """The thread count for one native call updating ``n_elements`` elements in total."""
     if threads is None:
-        if n_elements < SERIAL_BELOW[algorithm]:
+        if n_elements < SERIAL_BELOW[algorithm]:  # serial(), inlined: every functional call passes here
             return 1
         return get_num_threads()
     return _check_count("threads", threads)

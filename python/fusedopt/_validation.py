@@ -131,14 +131,6 @@ def _short(n: int) -> str:
     return s or f"an int of {n.bit_length()} bits"
 
 
-def betas(name: str, value: Any) -> tuple[float, float]:
-    try:
-        b1, b2 = value
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a pair (beta1, beta2), got {value!r}") from None
-    return unit_interval(f"{name}[0]", b1), unit_interval(f"{name}[1]", b2)
-
-
 def param_array(name: str, a: Any) -> np.ndarray:
     """An array fusedopt can update in place (checked at optimizer construction)."""
     if not isinstance(a, np.ndarray):

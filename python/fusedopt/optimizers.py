@@ -39,7 +39,7 @@ import numpy as np
 from . import _core, _engine, _threads
 from . import _validation as check
 from . import functional as F
-from .algorithms import ADAGRAD, ADAM, ADAMW, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm
+from .algorithms import ADAGRAD, ADAM, ADAMW, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm, TorchName
 from .algorithms import SGD as _SGD
 from .arena import FlatParams
 
@@ -74,11 +74,11 @@ class Optimizer:
             cls._STATE_ARRAYS = tuple(r.key for r in algo.states)
             cls._HAS_STEP = algo.has_step
             cls._CONVENTIONS = {h.name: h.default for h in algo.conventions}
-            cls._PAIRS = {p.name: p.parts for p in algo.torch_pairs}
+            cls._PAIRS = {p.name: p for p in algo.torch_pairs}
 
     _STATE_ARRAYS: Tuple[str, ...] = ()
     _HAS_STEP = True
-    _PAIRS: Dict[str, Tuple[str, str]] = {}
+    _PAIRS: Dict[str, TorchName] = {}
 
     def __init__(self, params: ParamsArg, defaults: Mapping[str, Any]) -> None:
         self.param_groups: List[Dict[str, Any]] = []
@@ -89,7 +89,7 @@ class Optimizer:
         self._plan: Optional[_Plan] = None
         #: the C++ fast path of the planned step (see _make_stepper); dropped with the plan
         self._stepper: Optional[_core.Stepper] = None
-        self._stepper_serial = True  # the Stepper's bucket is below the serial threshold (threads=1)
+        self._stepper_serial = True  # the Stepper's call runs on one thread (_threads.serial)
         self._arena: Optional[FlatParams] = None
         self._conventions: Dict[str, Any] = self._check_conventions(dict(self._CONVENTIONS))
         self.defaults: Dict[str, Any] = self._check_hyper(dict(defaults))
@@ -119,13 +119,10 @@ class Optimizer:
         ``betas``), then their relations; raise ValueError/TypeError naming them."""
         algo = self._algo
         for k, v in hyper.items():
-            parts = self._PAIRS.get(k)
-            if parts is not None:
-                try:
-                    a, b = v
-                except (TypeError, ValueError):
-                    raise TypeError(f"{k} must be a pair ({parts[0]}, {parts[1]}), got {v!r}") from None
-                hyper[k] = (algo.hyper(parts[0]).check(a, f"{k}[0]"), algo.hyper(parts[1]).check(b, f"{k}[1]"))
+            pair = self._PAIRS.get(k)
+            if pair is not None:
+                a, b = pair.unpack(v)
+                hyper[k] = (algo.hyper(pair.parts[0]).check(a, f"{k}[0]"), algo.hyper(pair.parts[1]).check(b, f"{k}[1]"))
             else:
                 hyper[k] = algo.hyper(k).check(v)
         for name, value in algo.fixed:
@@ -139,11 +136,11 @@ class Optimizer:
         values added): what the description's scalars, flags and roles read."""
         out = {h.name: h.default for h in self._algo.hypers}
         for k, v in hyper.items():
-            parts = self._PAIRS.get(k)
-            if parts is None:
+            pair = self._PAIRS.get(k)
+            if pair is None:
                 out[k] = v
             else:
-                out[parts[0]], out[parts[1]] = v
+                out[pair.parts[0]], out[pair.parts[1]] = v
         out.update(self._conventions)
         out.update(self._algo.fixed)
         return out
@@ -185,11 +182,11 @@ class Optimizer:
         at a hyperparameter's value (made with the parameter, as torch makes them)."""
         st: State = {"step": 0} if self._HAS_STEP else {}
         for r in self._algo.states:
-            if r.init not in (ZEROS, FIRST_STEP):
-                value = group[r.init]
+            if r.init_hyper is not None:
+                value = group[r.init_hyper]
                 with np.errstate(over="ignore"):
                     if not np.isfinite(param.dtype.type(value)):
-                        raise ValueError(f"{r.init}={value} overflows the parameters' dtype {param.dtype}")
+                        raise ValueError(f"{r.init_hyper}={value} overflows the parameters' dtype {param.dtype}")
                 a = self._zeros(param)
                 a.fill(value)
                 st[r.key] = a
@@ -216,7 +213,7 @@ class Optimizer:
     def _check_required_state(self, i: int, st: State) -> None:
         """Refuse a loaded state that lacks arrays this optimizer needs: after its first step, and
         from the start for arrays made with the parameter (Adagrad's ``sum``)."""
-        missing = [r.key for r in self._algo.states if r.init not in (ZEROS, FIRST_STEP) and r.key not in st]
+        missing = [r.key for r in self._algo.states if r.init_hyper is not None and r.key not in st]
         if not missing and st.get("step", 1) > 0:
             missing = [k for k in self._required_arrays() if k not in st]
         if missing:
@@ -554,7 +551,7 @@ class Optimizer:
         and re-checks it by identity at every step (``Stepper.step`` returns False, having changed
         nothing, when anything differs: the Python path then runs)."""
         algo = self._algo
-        if not _USE_STEPPER or algo.name not in _STEPPER_ALGORITHMS or len(plan.buckets) != 1 \
+        if not _USE_STEPPER or algo.kernel not in _core._stepper_kernels or len(plan.buckets) != 1 \
                 or len(self.param_groups) != 1 or plan.watched[0]:  # fmt: skip
             return None
         gi, idx, params, core_plan, n = plan.buckets[0]
@@ -567,7 +564,7 @@ class Optimizer:
         except KeyError:
             return None
         role_keys = [r.key if r.present(hyper) else None for r in algo.states]
-        self._stepper_serial = n < _threads.SERIAL_BELOW[algo.threads]
+        self._stepper_serial = _threads.serial(n, algo.threads)
         return _core.Stepper(algo.kernel, core_plan, list(params), lists, role_keys, self.param_groups[gi],
                              plan.keys, plan.snapshots[gi], states, hyper, self._HAS_STEP)  # fmt: skip
 
@@ -832,9 +829,8 @@ _IMMUTABLE = frozenset({float, int, bool, str, type(None), np.float64, np.float3
                         np.bool_})  # fmt: skip
 _MAX_STEP = check.MAX_STEP
 
-#: the algorithms whose per-step scalars the Stepper derives in C++ (tests/test_stepper.py checks
-#: them bitwise against fusedopt._scalars); a private switch for measurements and tests
-_STEPPER_ALGORITHMS = frozenset({"sgd", "momentum", "rmsprop", "adam", "adamw", "adagrad", "lion"})
+#: a private switch for measurements and tests (the kernels whose scalars the Stepper derives in
+#: C++, checked bitwise against fusedopt._scalars by tests/test_stepper.py: _core._stepper_kernels)
 _USE_STEPPER = True
 
 

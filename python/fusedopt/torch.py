@@ -81,7 +81,19 @@ import numpy as np
 
 from . import _core, _engine, _threads
 from . import _validation as check
-from .algorithms import ADAGRAD, ADAM, ALGORITHMS, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm
+from .algorithms import (
+    ADAGRAD,
+    ADAM,
+    ALGORITHMS,
+    FIRST_STEP,
+    LION,
+    MOMENTUM,
+    RMSPROP,
+    ZEROS,
+    Algorithm,
+    StateRole,
+    TorchName,
+)
 from .algorithms import SGD as _SGD
 
 # From now on the native core accepts CPU torch tensors wherever it accepts NumPy arrays
@@ -364,12 +376,12 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         algo = cls.__dict__.get("_algo")
         if algo is not None:
             cls._HAS_STEP = algo.has_step
-            cls._PAIRS = {p.name: p.parts for p in algo.torch_pairs}
-            cls._PART_OF = {part: (p.name, k) for p in algo.torch_pairs for k, part in enumerate(p.parts)}
+            cls._PAIRS = {p.name: p for p in algo.torch_pairs}
+            cls._ROLES = {r.key: r for r in algo.states}
 
     _algo: Algorithm
-    _PAIRS: Dict[str, Tuple[str, str]] = {}
-    _PART_OF: Dict[str, Tuple[str, int]] = {}
+    _PAIRS: Dict[str, TorchName] = {}
+    _ROLES: Dict[str, StateRole] = {}  # torch state key -> role
     #: torch.optim's own check of a Tensor ``lr``/``betas`` with ``foreach`` (Adam and AdamW)
     _TENSOR_FOREACH_CHECK = False
 
@@ -387,13 +399,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             msg = "lr as a Tensor is not supported for capturable=False and foreach=True"
             raise ValueError(msg) if construction else RuntimeError(msg)
         raw: Dict[str, Any] = {}  # functional name -> (display name, value as given)
-        for name, parts in self._PAIRS.items():
-            pair = group[name]
-            try:
-                a, b = pair
-            except (TypeError, ValueError):
-                raise TypeError(f"{name} must be a pair ({parts[0]}, {parts[1]}), got {pair!r}") from None
-            raw[parts[0]], raw[parts[1]] = (f"{name}[0]", a), (f"{name}[1]", b)
+        for name, pair in self._PAIRS.items():
+            a, b = pair.unpack(group[name])
+            raw[pair.parts[0]], raw[pair.parts[1]] = (f"{name}[0]", a), (f"{name}[1]", b)
         fixed = dict(algo.fixed)
         hypers = [h for h in algo.group_hypers if h.name not in fixed]
         for h in hypers:
@@ -443,16 +451,12 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     def _new_state(self, key: str, p: torch.Tensor, group: Dict[str, Any]) -> torch.Tensor:
         """A state tensor for ``p`` with ``p``'s strides (a parameter is one dense block, C order or
         not, e.g. channels_last: the state is stepped as the same flat memory), as torch makes it."""
-        init = self._roles_by_key()[key].init
+        init = self._ROLES[key].init
         if init == ZEROS:
             return torch.zeros_like(p, memory_format=torch.preserve_format)
         if init == FIRST_STEP:  # written (b = g) by the first step, as torch's fused SGD does
             return torch.empty_like(p, memory_format=torch.preserve_format)
         return torch.full_like(p, float(group[init]), memory_format=torch.preserve_format)
-
-    @classmethod
-    def _roles_by_key(cls) -> Dict[str, Any]:
-        return {r.key: r for r in cls._algo.states}
 
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
         """Whether the update depends on the step number (else all step counts share one call)."""
@@ -508,7 +512,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         self._hyper(merged)
         param_group["params"] = raw
         super().add_param_group(param_group)
-        eager = [r.key for r in self._algo.states if r.init not in (ZEROS, FIRST_STEP)]
+        eager = [r.key for r in self._algo.states if r.init_hyper is not None]
         if eager:  # state that starts at a hyperparameter's value is made with the parameter, as torch does
             group = self.param_groups[-1]
             with torch.no_grad():

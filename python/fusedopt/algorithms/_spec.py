@@ -143,6 +143,11 @@ class StateRole:
     def present(self, h: Hypers) -> bool:
         return self.when is None or bool(self.when(h))
 
+    @property
+    def init_hyper(self) -> Optional[str]:
+        """The hyperparameter whose value fills this array (made with the parameter), or None."""
+        return None if self.init in (ZEROS, FIRST_STEP) else self.init
+
 
 # -- the description ---------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -152,6 +157,14 @@ class TorchName:
 
     name: str
     parts: Tuple[str, str]
+
+    def unpack(self, value: Any) -> Tuple[Any, Any]:
+        """The two values of the pair, or TypeError naming it."""
+        try:
+            a, b = value
+        except (TypeError, ValueError):
+            raise TypeError(f"{self.name} must be a pair ({self.parts[0]}, {self.parts[1]}), got {value!r}") from None
+        return a, b
 
 
 @dataclass(frozen=True)
