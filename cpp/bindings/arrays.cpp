@@ -29,6 +29,43 @@ bool float_dtype(const py::array& a, DType* out) {
   return true;
 }
 
+// bfloat16 (ml_dtypes.bfloat16: a 2-byte dtype whose scalar type is ml_dtypes' `bfloat16`; ml_dtypes
+// is never imported here), float16, uint16 in native byte order, or false.
+PyObject* g_bf16_descr = nullptr;  // the ml_dtypes.bfloat16 descriptor once seen (a singleton)
+
+bool lowp_dtype(const py::array& a, DType* out) {
+  const py::dtype dt = a.dtype();
+  if (dt.itemsize() != 2) return false;
+  if (dt.ptr() == g_bf16_descr) {
+    *out = DType::bf16;
+    return true;
+  }
+  const char kind = dt.kind();
+  const char bo = dt.byteorder();
+  const bool native = bo == '=' || bo == '|' || bo == (host_is_little_endian() ? '<' : '>');
+  if (!native) return false;
+  if (kind == 'f') {
+    *out = DType::f16;
+    return true;
+  }
+  if (kind == 'u') {
+    *out = DType::u16;
+    return true;
+  }
+  if (kind == 'V') {
+    const py::object type = dt.attr("type");
+    const py::object mod = py::getattr(type, "__module__", py::none());
+    const py::object name = py::getattr(type, "__name__", py::none());
+    if (py::isinstance<py::str>(mod) && py::isinstance<py::str>(name) && name.cast<std::string>() == "bfloat16" &&
+        mod.cast<std::string>().rfind("ml_dtypes", 0) == 0) {
+      if (g_bf16_descr == nullptr) g_bf16_descr = dt.inc_ref().ptr();  // kept for the process' life
+      *out = DType::bf16;
+      return true;
+    }
+  }
+  return false;
+}
+
 std::string label(const char* name, std::size_t k) { return std::string(name) + "[" + std::to_string(k) + "]"; }
 
 std::string type_name(py::handle h) { return py::str(py::type::of(h).attr("__name__")).cast<std::string>(); }
@@ -46,6 +83,8 @@ struct TorchTypes {
   PyObject* float32 = nullptr;
   PyObject* float64 = nullptr;
   PyObject* strided = nullptr;
+  PyObject* bfloat16 = nullptr;  // None when not registered
+  PyObject* float16 = nullptr;
 };
 TorchTypes g_torch;
 
@@ -59,6 +98,7 @@ struct Item {
   void* data = nullptr;
   std::int64_t size = 0;  // elements
   bool float_ok = false;  // float32/float64 in native byte order
+  bool lowp_ok = false;   // bfloat16/float16/uint16 (only collect(roles, true) accepts them)
   DType dtype = DType::f32;
   bool c_contiguous = false;
   bool dense = false;  // its elements fill one block of `size` elements without overlap (any dim order)
@@ -123,7 +163,7 @@ std::pair<std::uintptr_t, std::uintptr_t> span_of(const Item& a, const std::vect
   return {data - static_cast<std::uintptr_t>(-lo), data + static_cast<std::uintptr_t>(hi + itemsize)};
 }
 
-std::int64_t itemsize_of(DType d) { return d == DType::f32 ? 4 : 8; }
+std::int64_t itemsize_of(DType d) { return d == DType::f32 ? 4 : (d == DType::f64 ? 8 : 2); }
 
 // Attribute and method names used on tensors, interned once (no string is made per call).
 struct Names {
@@ -175,6 +215,7 @@ int tuple_ints(py::handle tup, std::vector<std::int64_t>& dims) {
 void describe_array(py::handle h, Item* it, std::vector<std::int64_t>& dims) {
   const py::array a = py::reinterpret_borrow<py::array>(h);
   it->float_ok = float_dtype(a, &it->dtype);
+  if (!it->float_ok) it->lowp_ok = lowp_dtype(a, &it->dtype);
   const int flags = a.flags();
   it->c_contiguous = (flags & py::array::c_style) != 0;
   it->dense = it->c_contiguous;  // NumPy arrays: C order only (README, "Arrays")
@@ -256,6 +297,7 @@ struct Api {  // DLPackExchangeAPI, DLPack major version 1
 };
 constexpr std::int32_t kCPU = 1;
 constexpr std::uint8_t kFloat = 2;
+constexpr std::uint8_t kBfloat = 4;
 }  // namespace dl
 
 // A no-argument C method of a built-in type (a method descriptor of a METH_NOARGS entry): its C
@@ -330,14 +372,17 @@ bool describe_tensor_fast(py::handle t, Item* it, std::vector<std::int64_t>& dim
     PyErr_Clear();
     return false;
   }
-  if (d.device.device_type != dl::kCPU || d.dtype.code != dl::kFloat || d.dtype.lanes != 1 ||
-      (d.dtype.bits != 32 && d.dtype.bits != 64) || d.byte_offset != 0 || d.ndim < 0 ||
-      (d.ndim > 0 && (d.shape == nullptr || d.strides == nullptr))) {
+  const bool wide = d.dtype.code == dl::kFloat && (d.dtype.bits == 32 || d.dtype.bits == 64);
+  const bool half = d.dtype.bits == 16 && (d.dtype.code == dl::kFloat || d.dtype.code == dl::kBfloat);
+  if (d.device.device_type != dl::kCPU || !(wide || half) || d.dtype.lanes != 1 || d.byte_offset != 0 ||
+      d.ndim < 0 || (d.ndim > 0 && (d.shape == nullptr || d.strides == nullptr))) {
     return false;
   }
   const std::size_t dims_before = dims.size();
-  it->float_ok = true;
-  it->dtype = d.dtype.bits == 32 ? DType::f32 : DType::f64;
+  it->float_ok = wide;
+  it->lowp_ok = half;
+  it->dtype = half ? (d.dtype.code == dl::kBfloat ? DType::bf16 : DType::f16)
+                   : (d.dtype.bits == 32 ? DType::f32 : DType::f64);
   it->nd = d.ndim;
   push_tensor_dims(it, d.shape, d.strides, dims);  // copied now: d's arrays are torch's, valid until Python runs
   it->data = d.data;
@@ -383,6 +428,10 @@ py::object describe_tensor(py::handle t, const char* name, std::size_t k, Item* 
   const py::object dt = query(t, n.dtype, false, name, k);
   it->float_ok = dt.ptr() == g_torch.float32 || dt.ptr() == g_torch.float64;
   it->dtype = dt.ptr() == g_torch.float64 ? DType::f64 : DType::f32;
+  if (!it->float_ok && (dt.ptr() == g_torch.bfloat16 || dt.ptr() == g_torch.float16) && dt.ptr() != Py_None) {
+    it->lowp_ok = true;
+    it->dtype = dt.ptr() == g_torch.bfloat16 ? DType::bf16 : DType::f16;
+  }
   if (query(t, n.is_neg, true, name, k).ptr() != Py_False) {
     throw py::value_error(label(name, k) + " is a lazily negated view (is_neg()); fusedopt cannot use it in "
                                            "place without a copy (call .resolve_neg() on a tensor you keep)");
@@ -400,7 +449,7 @@ py::object describe_tensor(py::handle t, const char* name, std::size_t k, Item* 
   it->writeable = true;  // (inference tensors outside inference mode: refused by fusedopt.torch)
   it->tensor = true;
   py::object storage = query(t, n.untyped_storage, true, name, k);
-  if (it->size > 0 && it->float_ok) {
+  if (it->size > 0 && (it->float_ok || it->lowp_ok)) {
     const auto base = static_cast<std::uintptr_t>(query_int(storage, n.data_ptr, name, k));
     const auto nbytes = static_cast<std::uintptr_t>(query_int(storage, n.nbytes, name, k));
     std::uintptr_t need = 0;
@@ -564,9 +613,12 @@ int check_threads(py::handle threads) {
   return static_cast<int>(n);
 }
 
-void register_torch(py::handle tensor_type, py::handle float32, py::handle float64, py::handle strided) {
+void register_torch(py::handle tensor_type, py::handle float32, py::handle float64, py::handle strided,
+                    py::handle bfloat16, py::handle float16) {
   if (!PyType_Check(tensor_type.ptr())) throw py::type_error("tensor_type must be a type");
   // References kept for the life of the process (see TorchTypes).
+  g_torch.bfloat16 = bfloat16.inc_ref().ptr();
+  g_torch.float16 = float16.inc_ref().ptr();
   g_torch.float32 = float32.inc_ref().ptr();
   g_torch.float64 = float64.inc_ref().ptr();
   g_torch.strided = strided.inc_ref().ptr();
@@ -623,7 +675,18 @@ void Counters::commit() const {
   for (double* p : f64_) *p = *p + 1.0;
 }
 
-Buffers collect(const std::vector<Role>& roles) {
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::f32: return "float32";
+    case DType::f64: return "float64";
+    case DType::bf16: return "bfloat16";
+    case DType::f16: return "float16";
+    case DType::u16: return "uint16";
+  }
+  return "?";
+}
+
+Buffers collect(const std::vector<Role>& roles, bool mixed) {
   // The success path builds no strings and copies no list: messages are made only when raising.
   Buffers out;
   const std::size_t nroles = roles.size();
@@ -649,7 +712,12 @@ Buffers collect(const std::vector<Role>& roles) {
   for (std::size_t k = 0; k < count; ++k) {
     const py::handle h = lists[0][k];
     Item p = describe(h, roles[0].name, k, dims, out.keep_);
-    if (!p.float_ok) {
+    if (mixed && !p.float_ok && (!p.lowp_ok || p.dtype == DType::u16)) {
+      throw py::type_error(label(roles[0].name, k) + " has dtype " + dtype_str(h) +
+                           "; fusedopt updates float32, float64, float16 and bfloat16 arrays (native byte order; "
+                           "NumPy bfloat16 is ml_dtypes.bfloat16)");
+    }
+    if (!mixed && !p.float_ok) {
       throw py::type_error(label(roles[0].name, k) + " has dtype " + dtype_str(h) +
                            "; fusedopt updates float32 and float64 arrays (native byte order)");
     }
@@ -663,7 +731,8 @@ Buffers collect(const std::vector<Role>& roles) {
     params.push_back(p);
   }
 
-  const std::int64_t itemsize = itemsize_of(out.dtype_);
+  out.role_dtype_.assign(nroles, out.dtype_);
+  std::vector<bool> free_role(nroles, false);
   out.ptrs_.assign(count * nroles, nullptr);
   out.sizes_.resize(count);
   std::vector<Extent> extents;
@@ -675,15 +744,32 @@ Buffers collect(const std::vector<Role>& roles) {
       const char* name = roles[r].name;
       const py::handle h = lists[r][k];
       const Item a = r == 0 ? params[k] : describe(h, name, k, dims, out.keep_);
-      if (r > 0) {
+      if (r > 0 && k == 0) {
+        // mixed calls: a role has a dtype of its own when the params are low-precision, when its
+        // first array is, or for the masters; anything else is the plain rule (the params' dtype)
+        free_role[r] = mixed && (out.dtype_ != DType::f32 && out.dtype_ != DType::f64 ? true
+                                                                                   : (a.lowp_ok || roles[r].any_dtype));
+      }
+      if (r > 0 && free_role[r]) {
+        if (!a.float_ok && !a.lowp_ok) {
+          throw py::type_error(label(name, k) + " has dtype " + dtype_str(h) +
+                               "; expected float32, float64, float16, bfloat16 (ml_dtypes.bfloat16) or uint16");
+        }
+        if (k == 0) {
+          out.role_dtype_[r] = a.dtype;
+        } else if (a.dtype != out.role_dtype_[r]) {
+          throw py::type_error(label(name, k) + " has dtype " + dtype_str(h) + " but " + label(name, 0) + " has " +
+                               dtype_name(out.role_dtype_[r]) + "; every array of a list has one dtype");
+        }
+      } else if (r > 0) {
         if (!a.float_ok || a.dtype != out.dtype_) {
           throw py::type_error(label(name, k) + " has dtype " + dtype_str(h) + " but " + label(roles[0].name, k) +
                                " has " + dtype_str(lists[0][k]) + "; they must match exactly (no conversion is made)");
         }
-        if (!same_shape(a, params[k], dims)) {
-          throw py::value_error(label(name, k) + " has shape " + shape_str(h) + " but " + label(roles[0].name, k) +
-                                " has shape " + shape_str(lists[0][k]));
-        }
+      }
+      if (r > 0 && !same_shape(a, params[k], dims)) {
+        throw py::value_error(label(name, k) + " has shape " + shape_str(h) + " but " + label(roles[0].name, k) +
+                              " has shape " + shape_str(lists[0][k]));
       }
       if (!a.dense) {
         if (a.tensor) {
@@ -712,7 +798,7 @@ Buffers collect(const std::vector<Role>& roles) {
         throw py::value_error(label(name, k) + " is read-only, but it is updated in place");
       }
       // The kernel sees the block from its lowest address (for C order: the data pointer).
-      const auto [begin, end] = span_of(a, dims, itemsize);
+      const auto [begin, end] = span_of(a, dims, itemsize_of(a.dtype));
       out.ptrs_[k * nroles + r] = reinterpret_cast<void*>(begin);
       if (a.size > 0) extents.push_back(Extent{begin, end, roles[r].written, r, k});
     }

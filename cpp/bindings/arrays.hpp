@@ -33,7 +33,12 @@ namespace bindings {
 
 namespace py = pybind11;
 
-enum class DType { f32, f64 };
+// f32/f64: what every plain step takes. bf16 (ml_dtypes.bfloat16 / torch.bfloat16), f16 (IEEE half)
+// and u16 (the "split" master's trail): accepted only by collect(roles, /*mixed=*/true).
+enum class DType { f32, f64, bf16, f16, u16 };
+
+// "bfloat16", "float16", ...: the name used in error messages.
+const char* dtype_name(DType d);
 
 // One role of an algorithm's buffers, e.g. {"exp_avgs", list, written=true}.
 // A role whose list is None is absent: its pointers are nullptr (optional state such as
@@ -42,6 +47,7 @@ struct Role {
   const char* name;
   py::handle list;
   bool written;
+  bool any_dtype = false;  // collect(roles, true): this role's dtype is not compared with the params'
 };
 
 // Owns the pointer and size arrays a TensorList refers to.
@@ -51,6 +57,8 @@ class Buffers {
     return TensorList{ptrs_.data(), sizes_.data(), static_cast<std::int64_t>(sizes_.size()), nbuf_};
   }
   DType dtype() const { return dtype_; }
+  // The dtype of role r (collect(roles, true): every item of a role has it; else all are dtype()).
+  DType role_dtype(std::size_t r) const { return r < role_dtype_.size() ? role_dtype_[r] : dtype_; }
   // Whether role r was given (a list, not None): e.g. amsgrad's max_exp_avg_sqs.
   bool present(std::size_t r) const { return r < present_.size() && present_[r]; }
   std::int64_t total_elements() const {
@@ -60,13 +68,14 @@ class Buffers {
   }
 
  private:
-  friend Buffers collect(const std::vector<Role>& roles);
+  friend Buffers collect(const std::vector<Role>& roles, bool mixed);
   friend class Plan;
   std::vector<void*> ptrs_;
   std::vector<std::int64_t> sizes_;
   int nbuf_ = 0;
   DType dtype_ = DType::f32;
   std::vector<bool> present_;
+  std::vector<DType> role_dtype_;  // collect(roles, true) only
   std::vector<py::object> keep_;  // every array (tensor: its storage), alive until the call ends
 };
 
@@ -95,8 +104,10 @@ class Counters {
 Counters collect_counters(py::handle counters);
 
 // Validates roles[0] (params) and every other role against it; throws py::type_error /
-// py::value_error naming the offending argument, e.g. "grads[2]".
-Buffers collect(const std::vector<Role>& roles);
+// py::value_error naming the offending argument, e.g. "grads[2]". Every array has the params' dtype
+// (float32 or float64) unless `mixed`: then each role has one dtype of its own (its first item's:
+// float32, float64, bfloat16, float16 or uint16), which the caller checks (Buffers::role_dtype).
+Buffers collect(const std::vector<Role>& roles, bool mixed = false);
 
 // No array of `written` (a list of arrays/tensors of any shapes, float32/float64) overlaps any other
 // array of `written` or `read`; ValueError naming written[i] / read[j] otherwise. (Steps that need
@@ -113,7 +124,9 @@ int check_threads(py::handle threads);
 
 // fusedopt.torch calls this once (fusedopt._core._register_torch): from then on collect() accepts
 // CPU torch tensors of dtype float32/float64 wherever it accepts NumPy arrays.
-void register_torch(py::handle tensor_type, py::handle float32, py::handle float64, py::handle strided);
+// bfloat16/float16: torch's dtypes of those names (None: tensors of them are refused).
+void register_torch(py::handle tensor_type, py::handle float32, py::handle float64, py::handle strided,
+                    py::handle bfloat16, py::handle float16);
 
 }  // namespace bindings
 }  // namespace fusedopt

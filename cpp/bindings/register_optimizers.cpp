@@ -28,17 +28,33 @@ struct Step;
 template <class Tr, std::size_t... R, std::size_t... D, std::size_t... F>
 struct Step<Tr, std::index_sequence<R...>, std::index_sequence<D...>, std::index_sequence<F...>> {
   static void call(As<py::handle, R>... lists, As<double, D>... scalars, double grad_scale, double clip_coef,
-                   double clip_value, As<bool, F>... flags, py::handle threads, py::handle plan, py::handle counters) {
-    const Buffers b = gather({Role{Tr::kRoles[R], lists, R != 1}...}, plan);  // role 1: grads (read)
+                   double clip_value, As<bool, F>... flags, py::handle threads, py::handle plan, py::handle counters,
+                   py::handle masters, bool stochastic_rounding, std::uint64_t seed, std::uint64_t sr_step) {
+    constexpr std::size_t nroles = sizeof...(R);
+    const bool has_masters = !masters.is_none();
+    // role 1: grads (read); masters (float32 or uint16 trails) after the algorithm's roles
+    std::vector<Role> roles{Role{Tr::kRoles[R], lists, R != 1}...};
+    if (has_masters) roles.push_back(Role{"masters", masters, true, true});
+    const Buffers b = gather(roles, has_masters || stochastic_rounding ? py::none() : plan, /*mixed=*/true);
     const double d[] = {scalars...};
     const bool f[] = {flags..., false};  // (one extra: no zero-length array)
-    run(b, Tr::kF32, Tr::kF64, Tr::make(d, f, b), grad_scalars(grad_scale, clip_coef, clip_value),
-        check_threads(threads), counters);
+    const int t = check_threads(threads);
+    LowpArgs lowp{};
+    if (check_lowp(b, Tr::kRoles, nroles, has_masters, stochastic_rounding, seed, sr_step, &lowp)) {
+      if constexpr (std::is_same_v<typename Tr::Scalars, AdamScalars>) {
+        if (f[1]) throw py::value_error("torch_exact=True steps float32 params only (no low-precision storage)");
+      }
+      run_lowp(b, Tr::kLowp, Tr::make(d, f, b), grad_scalars(grad_scale, clip_coef, clip_value), lowp, t, counters);
+      return;
+    }
+    run(b, Tr::kF32, Tr::kF64, Tr::make(d, f, b), grad_scalars(grad_scale, clip_coef, clip_value), t, counters);
   }
   static void define(py::module_& m) {
     m.def(Tr::kName, &call, py::arg(Tr::kRoles[R]).none(Tr::kOptional[R])..., py::arg(Tr::kScalars[D])...,
           py::arg(kGradNames[0]), py::arg(kGradNames[1]), py::arg(kGradNames[2]), py::arg(flag_name<F>())...,
-          py::arg("threads"), py::arg("plan") = py::none(), py::arg("counters") = py::none(), Tr::kDoc);
+          py::arg("threads"), py::arg("plan") = py::none(), py::arg("counters") = py::none(),
+          py::arg("masters") = py::none(), py::arg("stochastic_rounding") = false, py::arg("seed") = 0,
+          py::arg("sr_step") = 0, Tr::kDoc);
   }
   template <std::size_t I>
   static const char* flag_name() {
@@ -110,6 +126,7 @@ double sum_of_squares(py::handle arrays, py::handle threads) {
 // tests/test_bindings.py checks that the names here and the NamedTuple fields agree.
 void register_optimizers(py::module_& m) {
   m.def("_register_torch", &register_torch, "tensor_type"_a, "float32"_a, "float64"_a, "strided"_a,
+        "bfloat16"_a = py::none(), "float16"_a = py::none(),
         "Called once by fusedopt.torch: accept CPU torch tensors (float32/float64) wherever arrays are accepted.");
   m.attr("max_threads") = kMaxThreads;
   m.def(

@@ -43,8 +43,103 @@ inline void run(const Buffers& buffers, StepFn<Scalars> KernelTable::*f32, StepF
   c.commit();  // GIL held again; runs no Python code (see Counters)
 }
 
+// Runs a low-precision step (LowpArgs checked by check_lowp) without the GIL.
+template <class Scalars>
+inline void run_lowp(const Buffers& buffers, LowpFn<Scalars> KernelTable::*fn, const Scalars& scalars,
+                     const GradScalars& grad, const LowpArgs& lowp, int threads, py::handle counters) {
+  const Counters c = collect_counters(counters);
+  const TensorList list = buffers.list();
+  if (list.count > 0) {
+    const LowpFn<Scalars> f = active_table().*fn;
+    py::gil_scoped_release release;
+    f(list, scalars, grad, lowp, threads);
+  }
+  c.commit();
+}
+
+// The kStore* code of a dtype (-1: none).
+inline int store_code(DType d) {
+  return d == DType::f32 ? kStoreF32 : (d == DType::bf16 ? kStoreBf16 : (d == DType::f16 ? kStoreF16 : -1));
+}
+
+// Whether a collected step (roles 0..nroles-1, then the masters role if `masters`) is a plain
+// float32/float64 step (false) or a low-precision one (true, *out filled); raises TypeError /
+// ValueError naming the argument for a combination the kernels do not have. Nothing is written.
+inline bool check_lowp(const Buffers& b, const char* const* names, std::size_t nroles, bool masters, bool sr,
+                       std::uint64_t seed, std::uint64_t step, LowpArgs* out) {
+  const DType p = b.role_dtype(0);
+  bool uniform = !masters && !sr;
+  for (std::size_t r = 1; r < nroles; ++r) {
+    if (b.present(r) && b.role_dtype(r) != p) uniform = false;
+  }
+  if (uniform && (p == DType::f32 || p == DType::f64)) return false;
+  const std::string pname = std::string(names[0]) + "[0]";
+  const std::string pdt = dtype_name(p);
+  if (b.list().count == 0) {  // nothing to step; the options must still make sense
+    if (sr && masters) throw py::value_error("stochastic_rounding applies to parameters without masters; give one of the two");
+  }
+  if (p == DType::f64) {
+    throw py::type_error(std::string(names[1]) + "/state dtypes other than float64 (or masters, stochastic rounding) "
+                         "need float32, bfloat16 or float16 params; " + pname + " is float64");
+  }
+  const DType g = b.role_dtype(1);
+  if (g != p && g != DType::f32) {
+    throw py::type_error(std::string(names[1]) + "[0] has dtype " + dtype_name(g) + " but " + pname + " has " + pdt +
+                         "; gradients must have the params' dtype or float32");
+  }
+  DType st = p == DType::f32 ? DType::bf16 : p;
+  bool first = true;
+  for (std::size_t r = 2; r < nroles; ++r) {
+    if (!b.present(r)) continue;
+    const DType d = b.role_dtype(r);
+    const bool ok = first ? (d == DType::f32 || d == p || (p == DType::f32 && d == DType::bf16)) : d == st;
+    if (!ok) {
+      throw py::type_error(std::string(names[r]) + "[0] has dtype " + dtype_name(d) + "; with " + pdt +
+                           " params the states must be float32 or " + (p == DType::f32 ? "bfloat16" : pdt) +
+                           ", all of one dtype" + (first ? "" : std::string(" (") + names[2] + "[0] is " + dtype_name(st) + ")"));
+    }
+    if (first) st = d, first = false;
+  }
+  int write = kWriteRne;
+  if (masters) {
+    const DType m = b.role_dtype(nroles);
+    if (p == DType::f32) {
+      throw py::type_error("masters are for bfloat16/float16 params; " + pname + " is float32");
+    }
+    if (m == DType::f32) {
+      write = kWriteMaster;
+    } else if (m == DType::u16) {
+      if (p != DType::bf16) {
+        throw py::value_error("masters[0] has dtype uint16 (a split master, the low 16 bits of a float32 master); "
+                              "split masters need bfloat16 params, " + pname + " is " + pdt);
+      }
+      write = kWriteSplit;
+    } else {
+      throw py::type_error("masters[0] has dtype " + std::string(dtype_name(m)) +
+                           "; masters must be float32 (an fp32 master) or uint16 (a split master's trail)");
+    }
+  }
+  if (sr) {
+    if (masters) throw py::value_error("stochastic_rounding applies to parameters without masters; give one of the two");
+    if (p != DType::bf16) {
+      throw py::value_error("stochastic_rounding needs bfloat16 params; " + pname + " is " + pdt);
+    }
+    write = kWriteSr;
+  }
+  if (p == DType::f32 && g != DType::f32) {
+    throw py::type_error(std::string(names[1]) + "[0] has dtype " + dtype_name(g) + " but " + pname +
+                         " is float32; gradients must have the params' dtype");
+  }
+  if (p == DType::f32 && first) {  // no state list at all: nothing low-precision
+    throw py::type_error(pname + " is float32 and no array is low-precision");
+  }
+  *out = LowpArgs{store_code(p), store_code(g), first ? store_code(p == DType::f32 ? DType::f32 : p) : store_code(st),
+                  write, seed, step};
+  return true;
+}
+
 // The buffers of a step: from the plan when it still matches (plan.hpp), else fully collected.
-inline Buffers gather(const std::vector<Role>& roles, py::handle plan) {
+inline Buffers gather(const std::vector<Role>& roles, py::handle plan, bool mixed = false) {
   if (!plan.is_none()) {
     if (!py::isinstance<Plan>(plan)) {
       throw py::type_error("plan must be a fusedopt._core.Plan or None, got " +
@@ -53,7 +148,7 @@ inline Buffers gather(const std::vector<Role>& roles, py::handle plan) {
     Buffers b;
     if (plan.cast<const Plan&>().fill(roles, &b)) return b;
   }
-  return collect(roles);
+  return collect(roles, mixed);
 }
 
 // The gradient pre-processing scalars (fusedopt._scalars.GradScalars), validated by the Python
@@ -86,6 +181,7 @@ struct SgdBinding {
   static constexpr const char* kFlags[] = {"nesterov", "maximize", "first_step"};
   static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::sgd_f32;
   static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::sgd_f64;
+  static constexpr LowpFn<Scalars> KernelTable::*kLowp = &KernelTable::sgd_lowp;
   static Scalars make(const double* d, const bool* f, const Buffers& b) {
     return Scalars{d[0], d[1], d[2], d[3], d[1] != 0.0, b.present(2), f[0], f[1], f[2]};
   }
@@ -109,6 +205,7 @@ struct MomentumBinding {
   static constexpr const char* const* kFlags = nullptr;  // no flags
   static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::momentum_f32;
   static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::momentum_f64;
+  static constexpr LowpFn<Scalars> KernelTable::*kLowp = &KernelTable::momentum_lowp;
   static Scalars make(const double* d, const bool*, const Buffers&) {
     return Scalars{d[0], d[1], d[2], d[3], d[3] != 0.0};
   }
@@ -133,6 +230,7 @@ struct RmspropBinding {
   static constexpr const char* kFlags[] = {"maximize"};
   static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::rmsprop_f32;
   static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::rmsprop_f64;
+  static constexpr LowpFn<Scalars> KernelTable::*kLowp = &KernelTable::rmsprop_lowp;
   static Scalars make(const double* d, const bool* f, const Buffers& b) {
     return Scalars{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[6] != 0.0, b.present(3), b.present(4), f[0]};
   }
@@ -162,6 +260,7 @@ struct AdamBinding {
   static constexpr const char* kFlags[] = {"maximize", "torch_exact"};
   static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::adam_f32;
   static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::adam_f64;
+  static constexpr LowpFn<Scalars> KernelTable::*kLowp = &KernelTable::adam_lowp;
   static Scalars make(const double* d, const bool* f, const Buffers& b) {
     return Scalars{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11],
                    b.present(4), f[0], f[1]};
@@ -194,6 +293,7 @@ struct AdagradBinding {
   static constexpr const char* kFlags[] = {"maximize"};
   static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::adagrad_f32;
   static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::adagrad_f64;
+  static constexpr LowpFn<Scalars> KernelTable::*kLowp = &KernelTable::adagrad_lowp;
   static Scalars make(const double* d, const bool* f, const Buffers&) {
     return Scalars{d[0], d[1], d[2], d[2] != 0.0, f[0]};
   }
@@ -217,6 +317,7 @@ struct LionBinding {
   static constexpr const char* kFlags[] = {"maximize"};
   static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::lion_f32;
   static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::lion_f64;
+  static constexpr LowpFn<Scalars> KernelTable::*kLowp = &KernelTable::lion_lowp;
   static Scalars make(const double* d, const bool* f, const Buffers&) {
     return Scalars{d[0], d[1], d[2], d[3], d[4], d[5], f[0]};
   }

@@ -11,6 +11,11 @@ namespace fusedopt {
 template <class Scalars>
 using StepFn = void (*)(const TensorList&, const Scalars&, const GradScalars&, int threads);
 
+// A step over low-precision storage (issue 13): the dtype of each role and how the parameter is
+// written are in LowpArgs; arithmetic in float32.
+template <class Scalars>
+using LowpFn = void (*)(const TensorList&, const Scalars&, const GradScalars&, const LowpArgs&, int threads);
+
 // Element-wise pass without gradient pre-processing (EMA of weights).
 template <class Scalars>
 using PassFn = void (*)(const TensorList&, const Scalars&, int threads);
@@ -30,6 +35,12 @@ struct KernelTable {
   PassFn<EmaScalars> ema_f32, ema_f64;
   SumSqFn sumsq_f32, sumsq_f64;
   PassFn<ProbeScalars> probe_f32, probe_f64;  // benchmarks only
+  LowpFn<SgdScalars> sgd_lowp;
+  LowpFn<MomentumScalars> momentum_lowp;
+  LowpFn<RmspropScalars> rmsprop_lowp;
+  LowpFn<AdamScalars> adam_lowp;  // the Adam order only (torch_exact is float32-only)
+  LowpFn<AdagradScalars> adagrad_lowp;
+  LowpFn<LionScalars> lion_lowp;
 };
 
 }  // namespace fusedopt

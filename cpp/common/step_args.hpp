@@ -22,6 +22,24 @@ struct TensorList {
   int nbuf;
 };
 
+// Low-precision storage of one step call (issue 13; kernels/engine.inl, kernels/lowp.inl): the
+// storage of the parameters, gradients and states (kStore*), how the parameter is written
+// (kWrite*), and the stochastic-rounding key. Supported combinations (others are refused by the
+// bindings): param bf16 with write rne/sr/master/split, param f16 with write rne/master, each
+// with grads in the param's dtype or f32 and states f32 or the param's dtype; param f32 with f32
+// grads and bf16 states (write rne). master/split: the master (float32) or trail (uint16) is
+// buffer kRoles of each tensor, after the algorithm's roles.
+constexpr int kStoreF32 = 0, kStoreBf16 = 1, kStoreF16 = 2;
+constexpr int kWriteRne = 0, kWriteSr = 1, kWriteMaster = 2, kWriteSplit = 3;
+struct LowpArgs {
+  int param;  // kStore*
+  int grad;
+  int state;
+  int write;  // kWrite*
+  std::uint64_t seed;  // stochastic rounding: Philox key
+  std::uint64_t step;  // stochastic rounding: counter words 2-3
+};
+
 // Gradient pre-processing shared by every algorithm, applied to each gradient element as it is
 // loaded, before `maximize` and weight decay (python/fusedopt/reference.py::_preprocess):
 //

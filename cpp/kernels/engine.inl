@@ -60,13 +60,87 @@ inline C choose(bool cond, C a, C b) {
 
 // ---- storage policies --------------------------------------------------------------------------
 
-// Storage type T, loaded and stored as is (float32 and float64 today).
+// Where a span's policies find their buffers: tensor k's nbuf buffer addresses, the span's first
+// element, and the stochastic-rounding key of the call (zero when unused).
+struct Where {
+  void* const* bufs;
+  int nbuf;
+  int64_t begin;
+  const SrKey* sr;
+};
+
+template <class T>
+inline T* buffer_at(const Where& w, int r) {
+  return (r < w.nbuf && w.bufs[r] != nullptr) ? static_cast<T*>(w.bufs[r]) + w.begin : nullptr;
+}
+
+// Storage T, loaded and stored as is (float32 and float64).
 template <class T>
 struct Plain {
   T* ptr;
-  static Plain at(void* base, int64_t begin) { return Plain{base == nullptr ? nullptr : static_cast<T*>(base) + begin}; }
+  static Plain at(const Where& w, int r) { return Plain{buffer_at<T>(w, r)}; }
   T load(int64_t i) const { return ptr[i]; }
   void store(int64_t i, T x) const { ptr[i] = x; }
+};
+
+// bfloat16 storage (uint16 bits), computed in float32, stored with round-to-nearest-even.
+struct Bf16 {
+  using Own = Bf16;
+  u16* ptr;
+  static Bf16 at(const Where& w, int r) { return Bf16{buffer_at<u16>(w, r)}; }
+  float load(int64_t i) const { return bf16_to_f32(ptr[i]); }
+  void store(int64_t i, float x) const { ptr[i] = bf16_rne(x); }
+};
+
+// float16 storage (IEEE binary16 bits), computed in float32, stored with round-to-nearest-even.
+struct F16 {
+  using Own = F16;
+  u16* ptr;
+  static F16 at(const Where& w, int r) { return F16{buffer_at<u16>(w, r)}; }
+  float load(int64_t i) const { return f16_to_f32(ptr[i]); }
+  void store(int64_t i, float x) const { ptr[i] = f16_rne(x); }
+};
+
+// bfloat16 parameter written with stochastic rounding: the random bits of element i are those of
+// its index inside its parameter (span begin + i), so any split of the work gives the same bits.
+struct Bf16Sr {
+  using Own = Bf16;
+  u16* ptr;
+  SrKey key;
+  u64 base;
+  static Bf16Sr at(const Where& w, int r) { return Bf16Sr{buffer_at<u16>(w, r), *w.sr, static_cast<u64>(w.begin)}; }
+  float load(int64_t i) const { return bf16_to_f32(ptr[i]); }
+  void store(int64_t i, float x) const { ptr[i] = bf16_sr(x, sr_bits(key, base + static_cast<u64>(i))); }
+};
+
+// A low-precision parameter P with a float32 master in buffer X (after the algorithm's roles): the
+// algorithm reads and updates the master; the parameter is written as its round-to-nearest-even.
+template <class P, int X>
+struct MasterF32 {
+  using Own = typename P::Own;
+  P param;
+  float* master;
+  static MasterF32 at(const Where& w, int r) { return MasterF32{P::at(w, r), buffer_at<float>(w, X)}; }
+  float load(int64_t i) const { return master[i]; }
+  void store(int64_t i, float x) const {
+    master[i] = x;
+    param.store(i, x);
+  }
+};
+
+// The "split" master: a bfloat16 parameter and a uint16 trail in buffer X (lowp.inl's rule).
+template <int X>
+struct SplitBf16 {
+  using Own = Bf16;
+  u16* param;
+  u16* trail;
+  static SplitBf16 at(const Where& w, int r) { return SplitBf16{buffer_at<u16>(w, r), buffer_at<u16>(w, X)}; }
+  float load(int64_t i) const { return split_decode(param[i], trail[i]); }
+  void store(int64_t i, float x) const {
+    const u32 u = split_master_bits(x);
+    param[i] = bf16_rne(bits_f32(u));
+    trail[i] = static_cast<u16>(u);
+  }
 };
 
 // ---- the roles of one span: a typed pack of policies (no std::tuple in this translation unit) ----
@@ -76,15 +150,15 @@ struct Pack;
 
 template <int R>
 struct Pack<R> {
-  Pack(void* const*, int, int64_t) {}
+  explicit Pack(const Where&) {}
 };
 
 template <int R, class H, class... T>
 struct Pack<R, H, T...> {
   H head;
   Pack<R + 1, T...> tail;
-  // bufs: the tensor's nbuf buffer addresses; roles beyond nbuf (probe) get nullptr
-  Pack(void* const* bufs, int nbuf, int64_t begin) : head(H::at(R < nbuf ? bufs[R] : nullptr, begin)), tail(bufs, nbuf, begin) {}
+  // roles beyond the tensor's nbuf buffers (probe) get nullptr
+  explicit Pack(const Where& w) : head(H::at(w, R)), tail(w) {}
 };
 
 template <int K, int R, class H, class... T>
@@ -130,13 +204,14 @@ template <class A, class C>
 struct Args {
   typename A::template Coef<C> coef;
   GradCoef<C> gc;
+  SrKey sr;
 };
 
 template <class A, class C, class Roles, bool Pre, int V>
 void span(const void* ctx, const TensorList& list, int64_t k, int64_t b, int64_t e) noexcept {
   const Args<A, C>& args = *static_cast<const Args<A, C>*>(ctx);
   const typename A::template Coef<C> coef = args.coef;
-  const Element<C, Pre, Roles> el{Roles(list.ptrs + k * list.nbuf, list.nbuf, b), args.gc};
+  const Element<C, Pre, Roles> el{Roles(Where{list.ptrs + k * list.nbuf, list.nbuf, b, &args.sr}), args.gc};
   const int64_t n = e - b;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
@@ -163,7 +238,7 @@ SpanFn pick_span(int variant, bool pre) {
 template <class A, class T>
 void step(const TensorList& list, const typename A::Scalars& s, const GradScalars& gs, int threads) {
   using Roles = typename Uniform<Plain<T>, A::kRoles>::type;
-  const Args<A, T> args{typename A::template Coef<T>(s), grad_coef<T>(gs)};
+  const Args<A, T> args{typename A::template Coef<T>(s), grad_coef<T>(gs), SrKey{0, 0, 0, 0}};
   const SpanFn fn = pick_span<A, T, Roles, A::kVariants - 1>(A::variant(s), gs.active);
   for_each_span(list, threads, static_cast<int64_t>(sizeof(T)), fn, &args);
 }
@@ -172,4 +247,67 @@ void step(const TensorList& list, const typename A::Scalars& s, const GradScalar
 template <class A, class T>
 void pass(const TensorList& list, const typename A::Scalars& s, int threads) {
   step<A, T>(list, s, GradScalars{1.0, 1.0, 1.0, false}, threads);
+}
+
+// ---- low-precision storage (issue 13): float32 arithmetic, roles stored as the call says ---------
+//
+// The layouts (LowpArgs, common/step_args.hpp): a bfloat16 parameter written with round-to-nearest-
+// even, stochastic rounding, an fp32 master or the split master; a float16 parameter written with
+// round-to-nearest-even or an fp32 master; gradients in the parameter's own dtype or float32,
+// states float32 or the parameter's own dtype; and float32 parameters and gradients with bfloat16
+// states. Each is one instance per algorithm variant (what changes memory traffic); the bindings
+// refuse any other combination before calling (an unknown one does nothing here).
+
+// Pack<0, P, G, S, S, ...>: the parameter, the gradient and kRoles-2 states.
+template <class S, int N, class... Acc>
+struct StatesAfter {
+  using type = typename StatesAfter<S, N - 1, Acc..., S>::type;
+};
+template <class S, class... Acc>
+struct StatesAfter<S, 0, Acc...> {
+  using type = Pack<0, Acc...>;
+};
+
+template <class A, class P, class G, class S>
+void lowp_run(const TensorList& list, const typename A::Scalars& s, const GradScalars& gs, const SrKey& key,
+              int threads) {
+  using Roles = typename StatesAfter<S, A::kRoles - 2, P, G>::type;
+  const Args<A, float> args{typename A::template Coef<float>(s), grad_coef<float>(gs), key};
+  // The gradient pre-processing is always applied here (its identity values are exact: one instance
+  // per layout instead of two).
+  const SpanFn fn = pick_span<A, float, Roles, A::kVariants - 1>(A::variant(s), true);
+  for_each_span(list, threads, 2, fn, &args);  // buffer 0 (the parameter) holds 2-byte elements
+}
+
+template <class A, class P>
+void lowp_gs(const TensorList& list, const typename A::Scalars& s, const GradScalars& gs, const LowpArgs& a,
+             const SrKey& key, int threads) {
+  using O = typename P::Own;
+  if (a.grad == kStoreF32) {
+    if (a.state == kStoreF32) return lowp_run<A, P, Plain<float>, Plain<float>>(list, s, gs, key, threads);
+    return lowp_run<A, P, Plain<float>, O>(list, s, gs, key, threads);
+  }
+  if (a.state == kStoreF32) return lowp_run<A, P, O, Plain<float>>(list, s, gs, key, threads);
+  return lowp_run<A, P, O, O>(list, s, gs, key, threads);
+}
+
+template <class A>
+void lowp_step(const TensorList& list, const typename A::Scalars& s, const GradScalars& gs, const LowpArgs& a,
+               int threads) {
+  const SrKey key{static_cast<u32>(a.seed), static_cast<u32>(a.seed >> 32), static_cast<u32>(a.step),
+                  static_cast<u32>(a.step >> 32)};
+  if (a.param == kStoreBf16) {
+    if (a.write == kWriteRne) return lowp_gs<A, Bf16>(list, s, gs, a, key, threads);
+    if (a.write == kWriteSr) return lowp_gs<A, Bf16Sr>(list, s, gs, a, key, threads);
+    if (a.write == kWriteMaster) return lowp_gs<A, MasterF32<Bf16, A::kRoles>>(list, s, gs, a, key, threads);
+    if (a.write == kWriteSplit) return lowp_gs<A, SplitBf16<A::kRoles>>(list, s, gs, a, key, threads);
+  } else if (a.param == kStoreF16) {
+    if (a.write == kWriteRne) return lowp_gs<A, F16>(list, s, gs, a, key, threads);
+    if (a.write == kWriteMaster) return lowp_gs<A, MasterF32<F16, A::kRoles>>(list, s, gs, a, key, threads);
+  } else if (a.param == kStoreF32 && a.grad == kStoreF32 && a.state == kStoreBf16 && a.write == kWriteRne) {
+    using Roles = typename StatesAfter<Bf16, A::kRoles - 2, Plain<float>, Plain<float>>::type;
+    const Args<A, float> args{typename A::template Coef<float>(s), grad_coef<float>(gs), key};
+    const SpanFn fn = pick_span<A, float, Roles, A::kVariants - 1>(A::variant(s), true);
+    for_each_span(list, threads, 4, fn, &args);
+  }
 }

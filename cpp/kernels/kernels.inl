@@ -34,6 +34,7 @@ using std::int64_t;
 
 #include "kernels/parallel.inl"
 #include "kernels/grad.inl"
+#include "kernels/lowp.inl"
 #include "kernels/engine.inl"
 
 // the algorithms: one element-wise description each (engine.inl says what one holds)
@@ -62,6 +63,9 @@ const KernelTable kernel_table = {
     &pass<Ema, float>,      &pass<Ema, double>,
     &sumsq<float>,          &sumsq<double>,
     &pass<Probe, float>,    &pass<Probe, double>,
+    &lowp_step<Sgd>,        &lowp_step<Momentum>,
+    &lowp_step<Rmsprop>,    &lowp_step<Adam>,
+    &lowp_step<Adagrad>,    &lowp_step<Lion>,
 };
 
 }  // namespace FUSEDOPT_ISA

@@ -21,8 +21,9 @@ import numpy as np
 from . import _scalars
 
 __all__ = [
-    "adagrad", "adam", "adamw", "ema", "fma32", "global_norm", "lion", "momentum", "rmsprop", "sgd", "sum_of_squares",
-    "trace",
+    "adagrad", "adam", "adamw", "bf16_rne", "bf16_sr", "bf16_to_f32", "ema", "f16_rne", "f16_to_f32", "fma32",
+    "global_norm", "lion", "lowp_step", "momentum", "philox4x32_10", "rmsprop", "sgd", "split_decode", "split_encode",
+    "sr_bits", "sum_of_squares", "trace",
 ]  # fmt: skip
 
 #: block size and lane count of the deterministic sum of squares (cpp/common/step_args.hpp)
@@ -451,3 +452,199 @@ def global_norm(arrays: Sequence[np.ndarray]) -> float:
     else:
         total = sum_of_squares(arrays)
     return math.sqrt(total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Low-precision storage (issue 13): the specification of cpp/kernels/lowp.inl and engine.inl's
+# low-precision policies. Storage is handled as raw uint16 bit patterns (a bfloat16 array of
+# ml_dtypes or torch is viewed as uint16), so this needs NumPy only; arithmetic is float32.
+# ---------------------------------------------------------------------------------------------
+
+_U32 = np.uint32
+
+
+def _bits32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+
+
+def bf16_to_f32(h: np.ndarray) -> np.ndarray:
+    """bfloat16 bits -> float32, exact (every bit kept, NaN payloads too)."""
+    return (np.asarray(h, dtype=np.uint16).astype(np.uint32) << _U32(16)).view(np.float32)
+
+
+def _bf16_nan(u: np.ndarray) -> np.ndarray:
+    return ((u >> _U32(16)) & _U32(0x8000)) | _U32(0x7FC0)
+
+
+def _is_nan_bits(u: np.ndarray) -> np.ndarray:
+    return (u & _U32(0x7FFFFFFF)) > _U32(0x7F800000)
+
+
+def bf16_rne(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits, round to nearest, ties to even (equal to ml_dtypes and torch on
+    every finite value and +-inf); a NaN becomes ml_dtypes' quiet NaN of its sign, ``0x7FC0 | sign``."""
+    u = _bits32(x)
+    r = (u + _U32(0x7FFF) + ((u >> _U32(16)) & _U32(1))) >> _U32(16)
+    return np.where(_is_nan_bits(u), _bf16_nan(u), r).astype(np.uint16)
+
+
+def bf16_sr(x: np.ndarray, random16: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits with stochastic rounding: ``(bits + r) >> 16`` with 16 random bits
+    ``r`` (rounds away from zero with probability dropped/2^16); NaN as :func:`bf16_rne`."""
+    u = _bits32(x)
+    r = (u + np.asarray(random16, dtype=np.uint32)) >> _U32(16)
+    return np.where(_is_nan_bits(u), _bf16_nan(u), r).astype(np.uint16)
+
+
+def f16_rne(x: np.ndarray) -> np.ndarray:
+    """float32 -> float16 bits, round to nearest, ties to even, subnormals exact (NumPy's
+    conversion); a NaN becomes ``sign | 0x7E00 | (top 10 payload bits)`` (quiet, as x86 F16C)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    u = x.view(np.uint32)
+    with np.errstate(over="ignore"):
+        h = x.astype(np.float16).view(np.uint16).astype(np.uint32)
+    nan = ((u >> _U32(16)) & _U32(0x8000)) | _U32(0x7E00) | ((u >> _U32(13)) & _U32(0x3FF))
+    return np.where(_is_nan_bits(u), nan, h).astype(np.uint16)
+
+
+def f16_to_f32(h: np.ndarray) -> np.ndarray:
+    """float16 bits -> float32, exact; a NaN is quieted: ``sign | 0x7FC00000 | (payload << 13)``."""
+    h = np.asarray(h, dtype=np.uint16)
+    u = h.view(np.float16).astype(np.float32).view(np.uint32)
+    nan = ((h.astype(np.uint32) & _U32(0x8000)) << _U32(16)) | _U32(0x7FC00000) | ((h.astype(np.uint32) & _U32(0x3FF)) << _U32(13))
+    is_nan = (h & np.uint16(0x7FFF)) > np.uint16(0x7C00)
+    return np.where(is_nan, nan, u).astype(np.uint32).view(np.float32)
+
+
+_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+
+
+def philox4x32_10(counter: Sequence[np.ndarray], key: Sequence[int]) -> List[np.ndarray]:
+    """Philox4x32-10 (Salmon et al., SC'11): four uint32 counter words (arrays), a two-word key;
+    returns the four output words."""
+    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) & 0xFFFFFFFF for c in counter)
+    k0, k1 = int(key[0]) & 0xFFFFFFFF, int(key[1]) & 0xFFFFFFFF
+    mask = np.uint64(0xFFFFFFFF)
+    for _ in range(10):
+        p0 = np.uint64(_PHILOX_M0) * c0
+        p1 = np.uint64(_PHILOX_M1) * c2
+        c0, c1, c2, c3 = (
+            (p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0),
+            p1 & mask,
+            (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1),
+            p0 & mask,
+        )
+        k0 = (k0 + _PHILOX_W0) & 0xFFFFFFFF
+        k1 = (k1 + _PHILOX_W1) & 0xFFFFFFFF
+    return [w.astype(np.uint32) for w in (c0, c1, c2, c3)]
+
+
+def sr_bits(seed: int, step: int, index: np.ndarray) -> np.ndarray:
+    """The 16 random bits of the elements ``index`` of a parameter at (seed, step).
+
+    One Philox4x32-10 block serves 8 consecutive elements: counter = (j low 32 bits, j high 32
+    bits, step low, step high) with ``j = index >> 3``, key = (seed low 32 bits, seed high); element
+    ``index`` takes the low (index even) or high (odd) 16 bits of output word ``(index & 7) >> 1``."""
+    index = np.asarray(index, dtype=np.uint64)
+    j = index >> np.uint64(3)
+    step, seed = int(step), int(seed)
+    words = philox4x32_10(
+        [j & np.uint64(0xFFFFFFFF), j >> np.uint64(32), np.full_like(j, step & 0xFFFFFFFF), np.full_like(j, step >> 32)],
+        [seed & 0xFFFFFFFF, seed >> 32],
+    )
+    w = (index & np.uint64(7)) >> np.uint64(1)
+    word = np.choose(w.astype(np.intp), words)
+    return np.where((index & np.uint64(1)) != 0, word >> _U32(16), word & _U32(0xFFFF)).astype(np.uint32)
+
+
+def split_encode(master: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":
+    """An fp32 master as a ("split") bfloat16 parameter and uint16 trail. The parameter is the
+    round-to-nearest-even of the stored master, the trail its low 16 bits; a master whose high half
+    is odd and low half exactly 0x8000 (where RNE makes two masters give one pair) is stored as the
+    next float32 away from zero (low half 0x8001): same parameter, master one float32 ulp away."""
+    u = _bits32(master)
+    u = u + ((u & _U32(0x1FFFF)) == _U32(0x18000)).astype(np.uint32)
+    return bf16_rne(u.view(np.float32)), (u & _U32(0xFFFF)).astype(np.uint16)
+
+
+def split_decode(param: np.ndarray, trail: np.ndarray) -> np.ndarray:
+    """The fp32 master of a split pair: high half = parameter bits, minus 1 when trail > 0x8000."""
+    p = np.asarray(param, dtype=np.uint16).astype(np.uint32)
+    t = np.asarray(trail, dtype=np.uint16).astype(np.uint32)
+    hi = p - (t > _U32(0x8000)).astype(np.uint32)
+    return ((hi << _U32(16)) | t).view(np.float32)
+
+
+def _storage_kind(a: np.ndarray) -> str:
+    """'float32', 'bfloat16' or 'float16' (a bfloat16 array: ml_dtypes', or a uint16 view of one)."""
+    if a.dtype == np.float32:
+        return "float32"
+    if a.dtype == np.float16:
+        return "float16"
+    if a.dtype.itemsize == 2 and a.dtype.name == "bfloat16":
+        return "bfloat16"
+    raise TypeError(f"unsupported storage dtype {a.dtype}")
+
+
+def _load(a: np.ndarray) -> np.ndarray:
+    kind = _storage_kind(a)
+    if kind == "float32":
+        return a.astype(np.float32, copy=True)
+    bits = a.view(np.uint16)
+    return bf16_to_f32(bits) if kind == "bfloat16" else f16_to_f32(bits)
+
+
+def _store_rne(a: np.ndarray, x: np.ndarray) -> None:
+    kind = _storage_kind(a)
+    if kind == "float32":
+        a[...] = x
+    else:
+        a.view(np.uint16)[...] = (bf16_rne(x) if kind == "bfloat16" else f16_rne(x)).reshape(a.shape)
+
+
+def lowp_step(
+    update,
+    param: np.ndarray,
+    grad: np.ndarray,
+    states: Sequence[Optional[np.ndarray]],
+    master: Optional[np.ndarray] = None,
+    *,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
+    sr_step: int = 0,
+) -> None:
+    """One step over low-precision storage: every buffer is loaded as float32 (the parameter from
+    its master when there is one: a float32 master, or a uint16 trail = the "split" master of a
+    bfloat16 parameter), ``update(p, g, *states)`` (an fp32 reference step, e.g.
+    ``lambda *a: adam(*a, step=t)``) runs in place on those float32 copies, then every buffer is
+    stored back: states and master-less parameters with round-to-nearest-even (parameters with
+    :func:`bf16_sr` and :func:`sr_bits` under ``stochastic_rounding``), a float32 master as is
+    with the parameter as its RNE, a split master with :func:`split_encode`."""
+    kind = _storage_kind(param)
+    if master is not None and master.dtype == np.uint16:
+        p32 = split_decode(param.view(np.uint16), master).reshape(param.shape)
+    elif master is not None:
+        p32 = master.astype(np.float32, copy=True)
+    else:
+        p32 = _load(param)
+    g32 = _load(grad)
+    s32 = [None if s is None else _load(s) for s in states]
+    update(p32, g32, *s32)
+    for s, x in zip(states, s32):
+        if s is not None:
+            _store_rne(s, x)
+    if master is not None and master.dtype == np.uint16:
+        hi, lo = split_encode(p32)
+        param.view(np.uint16)[...] = hi.reshape(param.shape)
+        master[...] = lo.reshape(master.shape)
+    elif master is not None:
+        master[...] = p32
+        _store_rne(param, p32)
+    elif stochastic_rounding:
+        if kind != "bfloat16":
+            raise ValueError("stochastic rounding is for bfloat16 parameters")
+        r = sr_bits(seed, sr_step, np.arange(param.size, dtype=np.uint64))
+        param.view(np.uint16)[...] = bf16_sr(p32.ravel(), r).reshape(param.shape)
+    else:
+        _store_rne(param, p32)

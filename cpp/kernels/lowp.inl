@@ -1,0 +1,133 @@
+// Low-precision storage (issue 13), included inside fusedopt::<isa>::(anonymous) before engine.inl:
+// exact conversions between float32 and bfloat16 / float16, the counter-based generator
+// (Philox4x32-10) and stochastic rounding. Spec: python/fusedopt/reference.py (bf16_rne, f16_rne,
+// f16_to_f32, philox4x32, sr_bits, bf16_sr, split_encode/split_decode).
+//
+// Every conversion here is integer arithmetic on the bit patterns (plus one exact int->float
+// conversion and one exact multiplication by a power of two for float16 subnormals), written as
+// per-element selects so `omp simd` vectorizes it on every ISA and every ISA gives the same bits.
+// Nothing depends on the floating-point control state: no rounding by the FPU, no flush of
+// subnormals (an fp16 subnormal is converted exactly whatever MXCSR's FTZ/DAZ say).
+//
+// NaN: float32 -> bfloat16 gives ml_dtypes' quiet NaN of the same sign (0x7FC0 | sign), float32 ->
+// float16 gives sign | 0x7E00 | (the top 10 payload bits) (a quiet NaN, as x86's F16C
+// VCVTPS2PH), float16 -> float32 gives sign | 0x7FC00000 | (payload << 13) (quieted, as F16C's
+// VCVTPH2PS); bfloat16 -> float32 keeps every bit.
+
+using u16 = std::uint16_t;
+using u32 = std::uint32_t;
+using u64 = std::uint64_t;
+
+inline u32 f32_bits(float x) { return __builtin_bit_cast(u32, x); }
+inline float bits_f32(u32 u) { return __builtin_bit_cast(float, u); }
+
+inline float bf16_to_f32(u16 h) { return bits_f32(static_cast<u32>(h) << 16); }
+
+// The bfloat16 NaN of a float32 NaN's sign (ml_dtypes): 0x7FC0 | sign.
+inline u32 bf16_nan(u32 u) { return ((u >> 16) & 0x8000u) | 0x7FC0u; }
+inline bool f32_is_nan(u32 u) { return (u & 0x7FFFFFFFu) > 0x7F800000u; }
+
+// Round to nearest, ties to even: add 0x7FFF plus the kept part's lowest bit, truncate. Exact for
+// every finite value and +-inf (the largest finite values round to inf, as IEEE says).
+inline u16 bf16_rne(float x) {
+  const u32 u = f32_bits(x);
+  const u32 r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<u16>(f32_is_nan(u) ? bf16_nan(u) : r);
+}
+
+// Stochastic rounding with 16 random bits r: add r to the 16 bits that are dropped, truncate.
+// The result rounds away from zero with probability (dropped bits)/2^16: unbiased.
+inline u16 bf16_sr(float x, u32 r16) {
+  const u32 u = f32_bits(x);
+  const u32 r = (u + r16) >> 16;
+  return static_cast<u16>(f32_is_nan(u) ? bf16_nan(u) : r);
+}
+
+// float32 -> float16, round to nearest, ties to even; subnormal results exact (no flush).
+inline u16 f16_rne(float x) {
+  const u32 u = f32_bits(x);
+  const u32 sign = (u >> 16) & 0x8000u;
+  const u32 a = u & 0x7FFFFFFFu;
+  // normal results (|x| >= 2^-14): drop 13 mantissa bits, re-bias the exponent (127-15 = 112)
+  const u32 normal = ((a + 0xFFFu + ((a >> 13) & 1u)) >> 13) - (112u << 10);
+  // subnormal results: m * 2^(e-126) units of 2^-24, rounded to nearest even
+  const u32 e = a >> 23;
+  const u32 m = (a & 0x7FFFFFu) | 0x800000u;
+  u32 s = e > 112u ? 14u : 126u - e;  // 14..126 where used (a < 2^-14); shifts stay in 1..31
+  s = s > 31u ? 31u : s;
+  const u32 q = m >> s;
+  const u32 rem = m & ((1u << s) - 1u);
+  const u32 half = 1u << (s - 1u);
+  const u32 sub = q + ((rem > half || (rem == half && (q & 1u) != 0u)) ? 1u : 0u);
+  const u32 nan = 0x7E00u | ((a >> 13) & 0x3FFu);
+  u32 h = a < 0x38800000u ? sub : normal;
+  h = a >= 0x477FF000u ? 0x7C00u : h;  // 65520 and above round to inf
+  h = a > 0x7F800000u ? nan : h;
+  return static_cast<u16>(sign | h);
+}
+
+// float16 -> float32, exact.
+inline float f16_to_f32(u16 h16) {
+  const u32 h = h16;
+  const u32 sign = (h & 0x8000u) << 16;
+  const u32 e = (h >> 10) & 0x1Fu;
+  const u32 m = h & 0x3FFu;
+  const u32 normal = ((e + 112u) << 23) | (m << 13);
+  const u32 special = 0x7F800000u | (m << 13) | (m != 0u ? 0x400000u : 0u);
+  // subnormal (and zero): m * 2^-24, exact (m < 2^10; the product is a normal float32 or 0)
+  const u32 sub = f32_bits(static_cast<float>(static_cast<std::int32_t>(m)) * 0x1p-24f);
+  const u32 mag = e == 0u ? sub : (e == 31u ? special : normal);
+  return bits_f32(sign | mag);
+}
+
+// ---- Philox4x32-10 (Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3",
+// SC'11): 10 rounds on a 128-bit counter with a 64-bit key. ---------------------------------------
+
+inline void philox4x32_10(u32& c0, u32& c1, u32& c2, u32& c3, u32 k0, u32 k1) {
+  for (int r = 0; r < 10; ++r) {
+    const u64 p0 = static_cast<u64>(0xD2511F53u) * c0;
+    const u64 p1 = static_cast<u64>(0xCD9E8D57u) * c2;
+    const u32 hi0 = static_cast<u32>(p0 >> 32), lo0 = static_cast<u32>(p0);
+    const u32 hi1 = static_cast<u32>(p1 >> 32), lo1 = static_cast<u32>(p1);
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+// The 16 random bits of element `index` of a parameter at (seed, step): one Philox block serves 8
+// consecutive elements. Counter = (index>>3 low 32 bits, index>>3 high 32 bits, step low, step
+// high), key = (seed low, seed high); element index takes 16-bit half (index & 1) (0: low half) of
+// output word (index & 7) >> 1.
+struct SrKey {
+  u32 k0, k1, s0, s1;
+};
+
+inline u32 sr_bits(const SrKey& key, u64 index) {
+  const u64 j = index >> 3;
+  u32 c0 = static_cast<u32>(j), c1 = static_cast<u32>(j >> 32), c2 = key.s0, c3 = key.s1;
+  philox4x32_10(c0, c1, c2, c3, key.k0, key.k1);
+  const u32 w = static_cast<u32>(index) & 7u;
+  const u32 word = (w >> 1) == 0u ? c0 : ((w >> 1) == 1u ? c1 : ((w >> 1) == 2u ? c2 : c3));
+  return (w & 1u) != 0u ? (word >> 16) : (word & 0xFFFFu);
+}
+
+// ---- the "split" master: bf16 parameter + uint16 trail ------------------------------------------
+// The parameter is always round-to-nearest-even of the stored master; the trail is the master's low
+// 16 bits. Decoding: the master's high half is the parameter, minus 1 when the trail is above
+// 0x8000 (RNE rounded the high half up). A tie (trail exactly 0x8000) decodes to "not rounded up",
+// which is right when the high half is even; a master with an odd high half and low half 0x8000 is
+// therefore stored as the next float32 away from zero (low half 0x8001): its parameter is the same
+// (RNE rounds it up either way), and the master moves by one float32 ulp (2^-24 relative).
+inline float split_decode(u16 param, u16 trail) {
+  const u32 hi = static_cast<u32>(param) - (trail > 0x8000u ? 1u : 0u);
+  return bits_f32((hi << 16) | trail);
+}
+
+inline u32 split_master_bits(float x) {
+  const u32 u = f32_bits(x);
+  return u + (((u & 0x1FFFFu) == 0x18000u) ? 1u : 0u);  // odd high half, low half 0x8000
+}
