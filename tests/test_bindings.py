@@ -16,13 +16,16 @@ from fusedopt import _core, _scalars
 
 _GRAD = list(_scalars.GradScalars._fields)  # every optimizer step takes them right after its own scalars
 
+# the low-precision options (issue 13) end every optimizer step
+_LOWP = ["masters", "stochastic_rounding", "seed", "sr_step"]
+
 CASES = [
-    ("sgd", 3, _scalars.SgdScalars, _GRAD + ["nesterov", "maximize", "first_step", "threads", "plan", "counters"]),
-    ("momentum", 3, _scalars.MomentumScalars, _GRAD + ["threads", "plan", "counters"]),
-    ("rmsprop", 5, _scalars.RmspropScalars, _GRAD + ["maximize", "threads", "plan", "counters"]),
-    ("adam", 5, _scalars.AdamScalars, _GRAD + ["maximize", "torch_exact", "threads", "plan", "counters"]),
-    ("adagrad", 3, _scalars.AdagradScalars, _GRAD + ["maximize", "threads", "plan", "counters"]),
-    ("lion", 3, _scalars.LionScalars, _GRAD + ["maximize", "threads", "plan", "counters"]),
+    ("sgd", 3, _scalars.SgdScalars, _GRAD + ["nesterov", "maximize", "first_step", "threads", "plan", "counters"] + _LOWP),
+    ("momentum", 3, _scalars.MomentumScalars, _GRAD + ["threads", "plan", "counters"] + _LOWP),
+    ("rmsprop", 5, _scalars.RmspropScalars, _GRAD + ["maximize", "threads", "plan", "counters"] + _LOWP),
+    ("adam", 5, _scalars.AdamScalars, _GRAD + ["maximize", "torch_exact", "threads", "plan", "counters"] + _LOWP),
+    ("adagrad", 3, _scalars.AdagradScalars, _GRAD + ["maximize", "threads", "plan", "counters"] + _LOWP),
+    ("lion", 3, _scalars.LionScalars, _GRAD + ["maximize", "threads", "plan", "counters"] + _LOWP),
     ("ema", 2, _scalars.EmaScalars, ["threads"]),
 ]
 

@@ -15,7 +15,6 @@ dtype of each role is that of its arrays (bfloat16 = ``ml_dtypes.bfloat16`` or `
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -39,38 +38,38 @@ INF = math.inf
 def _sgd(t: int) -> Tuple[Callable[..., None], Tuple[Any, ...], Tuple[Any, ...], Callable[..., None]]:
     kw = dict(lr=0.05, momentum=0.9, dampening=0.1, nesterov=True, weight_decay=0.01)
     s = _scalars.sgd_scalars(lr=kw["lr"], weight_decay=kw["weight_decay"], momentum=kw["momentum"], dampening=kw["dampening"])
-    return _core.sgd, tuple(s), (True, False, t == 1), lambda p, g, *st: reference.sgd(p, g, *st, first_step=t == 1, **kw)
+    return _core.sgd, tuple(s), (True, False, t == 1), lambda p, g, *st, **x: reference.sgd(p, g, *st, first_step=t == 1, **kw, **x)
 
 
 def _momentum(t: int):
     kw = dict(lr=0.02, beta=0.9, weight_decay=0.01, bias_correction=True)
     s = _scalars.momentum_scalars(step=t, **kw)
-    return _core.momentum, tuple(s), (), lambda p, g, *st: reference.momentum(p, g, *st, step=t, **kw)
+    return _core.momentum, tuple(s), (), lambda p, g, *st, **x: reference.momentum(p, g, *st, step=t, **kw, **x)
 
 
 def _rmsprop(t: int):
     kw = dict(lr=0.01, alpha=0.9, eps=1e-6, weight_decay=0.01, momentum=0.5)
     s = _scalars.rmsprop_scalars(**kw)
-    return _core.rmsprop, tuple(s), (False,), lambda p, g, *st: reference.rmsprop(p, g, *st, centered=True, **kw)
+    return _core.rmsprop, tuple(s), (False,), lambda p, g, *st, **x: reference.rmsprop(p, g, *st, centered=True, **kw, **x)
 
 
 def _adam(t: int):
     kw = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
     s = _scalars.adam_scalars(step=t, decoupled_weight_decay=True, **kw)
-    ref = lambda p, g, *st: reference.adam(p, g, *st, step=t, amsgrad=True, decoupled_weight_decay=True, **kw)  # noqa: E731
+    ref = lambda p, g, *st, **x: reference.adam(p, g, *st, step=t, amsgrad=True, decoupled_weight_decay=True, **kw, **x)  # noqa: E731
     return _core.adam, tuple(s), (False, False), ref
 
 
 def _adagrad(t: int):
     kw = dict(lr=0.05, lr_decay=0.01, eps=1e-10, weight_decay=0.01)
     s = _scalars.adagrad_scalars(step=t, **kw)
-    return _core.adagrad, tuple(s), (False,), lambda p, g, *st: reference.adagrad(p, g, *st, step=t, **kw)
+    return _core.adagrad, tuple(s), (False,), lambda p, g, *st, **x: reference.adagrad(p, g, *st, step=t, **kw, **x)
 
 
 def _lion(t: int):
     kw = dict(lr=0.01, beta1=0.9, beta2=0.99, weight_decay=0.1)
     s = _scalars.lion_scalars(**kw)
-    return _core.lion, tuple(s), (False,), lambda p, g, *st: reference.lion(p, g, *st, **kw)
+    return _core.lion, tuple(s), (False,), lambda p, g, *st, **x: reference.lion(p, g, *st, **kw, **x)
 
 
 #: name -> (step maker, number of state roles)

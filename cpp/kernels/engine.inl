@@ -66,7 +66,7 @@ struct Where {
   void* const* bufs;
   int nbuf;
   int64_t begin;
-  const SrKey* sr;
+  const u16* rnd;  // stochastic rounding: the random bits of element begin (else nullptr)
 };
 
 template <class T>
@@ -102,15 +102,15 @@ struct F16 {
 };
 
 // bfloat16 parameter written with stochastic rounding: the random bits of element i are those of
-// its index inside its parameter (span begin + i), so any split of the work gives the same bits.
+// its index inside its parameter, generated for the span's piece by fill_sr_bits (lowp.inl) before
+// the loop (span() below), so any split of the work gives the same bits.
 struct Bf16Sr {
   using Own = Bf16;
   u16* ptr;
-  SrKey key;
-  u64 base;
-  static Bf16Sr at(const Where& w, int r) { return Bf16Sr{buffer_at<u16>(w, r), *w.sr, static_cast<u64>(w.begin)}; }
+  const u16* rnd;
+  static Bf16Sr at(const Where& w, int r) { return Bf16Sr{buffer_at<u16>(w, r), w.rnd}; }
   float load(int64_t i) const { return bf16_to_f32(ptr[i]); }
-  void store(int64_t i, float x) const { ptr[i] = bf16_sr(x, sr_bits(key, base + static_cast<u64>(i))); }
+  void store(int64_t i, float x) const { ptr[i] = bf16_sr(x, rnd[i]); }
 };
 
 // A low-precision parameter P with a float32 master in buffer X (after the algorithm's roles): the
@@ -207,15 +207,51 @@ struct Args {
   SrKey sr;
 };
 
+// Everything a span calls is inlined into it (GCC/Clang `flatten`): with the low-precision layouts
+// the translation unit is large enough that GCC's unit-growth limit would otherwise leave the
+// policies' constructors and conversions as calls, and a loop with a call is not vectorized.
+#if defined(__GNUC__)
+#define FUSEDOPT_FLATTEN __attribute__((flatten))
+#else
+#define FUSEDOPT_FLATTEN
+#endif
+
+// Whether a span's parameter is written with stochastic rounding (role 0 is Bf16Sr).
+template <class R>
+struct SrParam {
+  static constexpr bool value = false;
+};
+template <class... T>
+struct SrParam<Pack<0, Bf16Sr, T...>> {
+  static constexpr bool value = true;
+};
+
+// Stochastic rounding: random bits are generated for pieces of kSrPiece elements at a time.
+constexpr int64_t kSrPiece = 1024;
+
 template <class A, class C, class Roles, bool Pre, int V>
-void span(const void* ctx, const TensorList& list, int64_t k, int64_t b, int64_t e) noexcept {
+FUSEDOPT_FLATTEN void span(const void* ctx, const TensorList& list, int64_t k, int64_t b, int64_t e) noexcept {
   const Args<A, C>& args = *static_cast<const Args<A, C>*>(ctx);
   const typename A::template Coef<C> coef = args.coef;
-  const Element<C, Pre, Roles> el{Roles(Where{list.ptrs + k * list.nbuf, list.nbuf, b, &args.sr}), args.gc};
-  const int64_t n = e - b;
+  void* const* bufs = list.ptrs + k * list.nbuf;
+  if constexpr (SrParam<Roles>::value) {
+    alignas(64) u16 rnd[kSrPiece + 16];
+    for (int64_t c = b; c < e; c += kSrPiece) {
+      const int64_t n = e - c < kSrPiece ? e - c : kSrPiece;
+      fill_sr_bits(args.sr, static_cast<u64>(c), n, rnd);
+      const Element<C, Pre, Roles> el{Roles(Where{bufs, list.nbuf, c, rnd + (c & 7)}), args.gc};
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    A::template element<V>(coef, el, i);
+      for (int64_t i = 0; i < n; ++i) {
+        A::template element<V>(coef, el, i);
+      }
+    }
+  } else {
+    const Element<C, Pre, Roles> el{Roles(Where{bufs, list.nbuf, b, nullptr}), args.gc};
+    const int64_t n = e - b;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      A::template element<V>(coef, el, i);
+    }
   }
 }
 
@@ -273,9 +309,7 @@ void lowp_run(const TensorList& list, const typename A::Scalars& s, const GradSc
               int threads) {
   using Roles = typename StatesAfter<S, A::kRoles - 2, P, G>::type;
   const Args<A, float> args{typename A::template Coef<float>(s), grad_coef<float>(gs), key};
-  // The gradient pre-processing is always applied here (its identity values are exact: one instance
-  // per layout instead of two).
-  const SpanFn fn = pick_span<A, float, Roles, A::kVariants - 1>(A::variant(s), true);
+  const SpanFn fn = pick_span<A, float, Roles, A::kVariants - 1>(A::variant(s), gs.active);
   for_each_span(list, threads, 2, fn, &args);  // buffer 0 (the parameter) holds 2-byte elements
 }
 
@@ -307,7 +341,7 @@ void lowp_step(const TensorList& list, const typename A::Scalars& s, const GradS
   } else if (a.param == kStoreF32 && a.grad == kStoreF32 && a.state == kStoreBf16 && a.write == kWriteRne) {
     using Roles = typename StatesAfter<Bf16, A::kRoles - 2, Plain<float>, Plain<float>>::type;
     const Args<A, float> args{typename A::template Coef<float>(s), grad_coef<float>(gs), key};
-    const SpanFn fn = pick_span<A, float, Roles, A::kVariants - 1>(A::variant(s), true);
+    const SpanFn fn = pick_span<A, float, Roles, A::kVariants - 1>(A::variant(s), gs.active);
     for_each_span(list, threads, 4, fn, &args);
   }
 }

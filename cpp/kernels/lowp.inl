@@ -19,6 +19,13 @@ using u32 = std::uint32_t;
 using u64 = std::uint64_t;
 
 inline u32 f32_bits(float x) { return __builtin_bit_cast(u32, x); }
+
+// cond ? a : b on bit patterns, by masks (GCC may otherwise sink a floating-point operand into a
+// branch that it then cannot if-convert, and the loop stays scalar).
+inline u32 sel(bool cond, u32 a, u32 b) {
+  const u32 mask = 0u - static_cast<u32>(cond);
+  return (a & mask) | (b & ~mask);
+}
 inline float bits_f32(u32 u) { return __builtin_bit_cast(float, u); }
 
 inline float bf16_to_f32(u16 h) { return bits_f32(static_cast<u32>(h) << 16); }
@@ -32,7 +39,7 @@ inline bool f32_is_nan(u32 u) { return (u & 0x7FFFFFFFu) > 0x7F800000u; }
 inline u16 bf16_rne(float x) {
   const u32 u = f32_bits(x);
   const u32 r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  return static_cast<u16>(f32_is_nan(u) ? bf16_nan(u) : r);
+  return static_cast<u16>(sel(f32_is_nan(u), bf16_nan(u), r));
 }
 
 // Stochastic rounding with 16 random bits r: add r to the 16 bits that are dropped, truncate.
@@ -40,7 +47,7 @@ inline u16 bf16_rne(float x) {
 inline u16 bf16_sr(float x, u32 r16) {
   const u32 u = f32_bits(x);
   const u32 r = (u + r16) >> 16;
-  return static_cast<u16>(f32_is_nan(u) ? bf16_nan(u) : r);
+  return static_cast<u16>(sel(f32_is_nan(u), bf16_nan(u), r));
 }
 
 // float32 -> float16, round to nearest, ties to even; subnormal results exact (no flush).
@@ -58,11 +65,12 @@ inline u16 f16_rne(float x) {
   const u32 q = m >> s;
   const u32 rem = m & ((1u << s) - 1u);
   const u32 half = 1u << (s - 1u);
-  const u32 sub = q + ((rem > half || (rem == half && (q & 1u) != 0u)) ? 1u : 0u);
+  const u32 up = static_cast<u32>(rem > half) | (static_cast<u32>(rem == half) & q);  // no short-circuit
+  const u32 sub = q + (up & 1u);
   const u32 nan = 0x7E00u | ((a >> 13) & 0x3FFu);
-  u32 h = a < 0x38800000u ? sub : normal;
-  h = a >= 0x477FF000u ? 0x7C00u : h;  // 65520 and above round to inf
-  h = a > 0x7F800000u ? nan : h;
+  u32 h = sel(a < 0x38800000u, sub, normal);
+  h = sel(a >= 0x477FF000u, 0x7C00u, h);  // 65520 and above round to inf
+  h = sel(a > 0x7F800000u, nan, h);
   return static_cast<u16>(sign | h);
 }
 
@@ -73,10 +81,10 @@ inline float f16_to_f32(u16 h16) {
   const u32 e = (h >> 10) & 0x1Fu;
   const u32 m = h & 0x3FFu;
   const u32 normal = ((e + 112u) << 23) | (m << 13);
-  const u32 special = 0x7F800000u | (m << 13) | (m != 0u ? 0x400000u : 0u);
+  const u32 special = 0x7F800000u | (m << 13) | sel(m != 0u, 0x400000u, 0u);
   // subnormal (and zero): m * 2^-24, exact (m < 2^10; the product is a normal float32 or 0)
   const u32 sub = f32_bits(static_cast<float>(static_cast<std::int32_t>(m)) * 0x1p-24f);
-  const u32 mag = e == 0u ? sub : (e == 31u ? special : normal);
+  const u32 mag = sel(e == 0u, sub, sel(e == 31u, special, normal));
   return bits_f32(sign | mag);
 }
 
@@ -84,6 +92,7 @@ inline float f16_to_f32(u16 h16) {
 // SC'11): 10 rounds on a 128-bit counter with a 64-bit key. ---------------------------------------
 
 inline void philox4x32_10(u32& c0, u32& c1, u32& c2, u32& c3, u32 k0, u32 k1) {
+#pragma GCC unroll 10
   for (int r = 0; r < 10; ++r) {
     const u64 p0 = static_cast<u64>(0xD2511F53u) * c0;
     const u64 p1 = static_cast<u64>(0xCD9E8D57u) * c2;
@@ -106,13 +115,26 @@ struct SrKey {
   u32 k0, k1, s0, s1;
 };
 
-inline u32 sr_bits(const SrKey& key, u64 index) {
-  const u64 j = index >> 3;
-  u32 c0 = static_cast<u32>(j), c1 = static_cast<u32>(j >> 32), c2 = key.s0, c3 = key.s1;
-  philox4x32_10(c0, c1, c2, c3, key.k0, key.k1);
-  const u32 w = static_cast<u32>(index) & 7u;
-  const u32 word = (w >> 1) == 0u ? c0 : ((w >> 1) == 1u ? c1 : ((w >> 1) == 2u ? c2 : c3));
-  return (w & 1u) != 0u ? (word >> 16) : (word & 0xFFFFu);
+// The random bits of elements [begin, begin + n) of a parameter, written from out[begin & 7] on
+// (out holds n + 16 values: whole Philox blocks are generated, one per 8 elements).
+#if defined(__GNUC__)
+__attribute__((noinline))  // one copy per ISA, called once per piece (not flattened into spans)
+#endif
+void fill_sr_bits(const SrKey& key, u64 begin, int64_t n, u16* out) noexcept {
+  const u64 j0 = begin >> 3;
+  const int64_t blocks = static_cast<int64_t>(((begin + static_cast<u64>(n) + 7) >> 3) - j0);
+  const u32 j0_lo = static_cast<u32>(j0), j0_hi = static_cast<u32>(j0 >> 32);
+#pragma omp simd
+  for (int64_t b = 0; b < blocks; ++b) {
+    const u32 lo = j0_lo + static_cast<u32>(b);
+    u32 c0 = lo, c1 = j0_hi + static_cast<u32>(lo < j0_lo), c2 = key.s0, c3 = key.s1;
+    philox4x32_10(c0, c1, c2, c3, key.k0, key.k1);
+    u16* o = out + 8 * b;
+    o[0] = static_cast<u16>(c0), o[1] = static_cast<u16>(c0 >> 16);
+    o[2] = static_cast<u16>(c1), o[3] = static_cast<u16>(c1 >> 16);
+    o[4] = static_cast<u16>(c2), o[5] = static_cast<u16>(c2 >> 16);
+    o[6] = static_cast<u16>(c3), o[7] = static_cast<u16>(c3 >> 16);
+  }
 }
 
 // ---- the "split" master: bf16 parameter + uint16 trail ------------------------------------------
@@ -123,11 +145,11 @@ inline u32 sr_bits(const SrKey& key, u64 index) {
 // therefore stored as the next float32 away from zero (low half 0x8001): its parameter is the same
 // (RNE rounds it up either way), and the master moves by one float32 ulp (2^-24 relative).
 inline float split_decode(u16 param, u16 trail) {
-  const u32 hi = static_cast<u32>(param) - (trail > 0x8000u ? 1u : 0u);
+  const u32 hi = static_cast<u32>(param) - static_cast<u32>(trail > 0x8000u);
   return bits_f32((hi << 16) | trail);
 }
 
 inline u32 split_master_bits(float x) {
   const u32 u = f32_bits(x);
-  return u + (((u & 0x1FFFFu) == 0x18000u) ? 1u : 0u);  // odd high half, low half 0x8000
+  return u + static_cast<u32>((u & 0x1FFFFu) == 0x18000u);  // odd high half, low half 0x8000
 }

@@ -28,7 +28,9 @@ defer_interrupts: _DeferInterrupts
 
 def check(roles: Sequence[Tuple[str, Optional[Sequence[Any]], bool]]) -> None: ...
 def check_overlap(written: Sequence[Any], read: Sequence[Any]) -> None: ...
-def _register_torch(tensor_type: Any, float32: Any, float64: Any, strided: Any) -> None: ...
+def _register_torch(
+    tensor_type: Any, float32: Any, float64: Any, strided: Any, bfloat16: Any = None, float16: Any = None
+) -> None: ...
 
 class Plan:
     """The validation of a step's written arrays, done once (cpp/bindings/plan.hpp)."""
@@ -60,20 +62,23 @@ def sgd(
     params: _Arrays, grads: _Arrays, momentum_buffers: Optional[_Arrays], lr: float, weight_decay: float,
     momentum: float, one_minus_dampening: float, grad_scale: float, clip_coef: float, clip_value: float,
     nesterov: bool, maximize: bool, first_step: bool, threads: int, plan: Optional[Plan] = None,
-    counters: _Counters = None,
+    counters: _Counters = None, masters: Optional[_Arrays] = None,
+    stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
 ) -> None: ...
 def momentum(
     params: _Arrays, grads: _Arrays, velocities: _Arrays, step_size: float, beta: float,
     one_minus_beta: float, weight_decay: float, grad_scale: float, clip_coef: float, clip_value: float,
     threads: int, plan: Optional[Plan] = None,
-    counters: _Counters = None,
+    counters: _Counters = None, masters: Optional[_Arrays] = None,
+    stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
 ) -> None: ...
 def rmsprop(
     params: _Arrays, grads: _Arrays, square_avgs: _Arrays, grad_avgs: Optional[_Arrays],
     momentum_buffers: Optional[_Arrays], lr: float, buffer_lr: float, alpha: float, one_minus_alpha: float,
     eps_outside: float, eps_inside: float, weight_decay: float, momentum: float, grad_scale: float,
     clip_coef: float, clip_value: float, maximize: bool, threads: int, plan: Optional[Plan] = None,
-    counters: _Counters = None,
+    counters: _Counters = None, masters: Optional[_Arrays] = None,
+    stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
 ) -> None: ...
 def adam(
     params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_avg_sqs: _Arrays, max_exp_avg_sqs: Optional[_Arrays],
@@ -81,17 +86,21 @@ def adam(
     beta2: float, one_minus_beta2: float, weight_decay: float, decay_factor: float, torch_neg_step_size: float,
     bias_correction2_sqrt: float, torch_eps: float, grad_scale: float, clip_coef: float, clip_value: float,
     maximize: bool, torch_exact: bool, threads: int, plan: Optional[Plan] = None,
-    counters: _Counters = None,
+    counters: _Counters = None, masters: Optional[_Arrays] = None,
+    stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
 ) -> None: ...
 def adagrad(
     params: _Arrays, grads: _Arrays, state_sums: _Arrays, neg_clr: float, eps: float, weight_decay: float,
     grad_scale: float, clip_coef: float, clip_value: float, maximize: bool, threads: int,
-    plan: Optional[Plan] = None, counters: _Counters = None,
+    plan: Optional[Plan] = None, counters: _Counters = None, masters: Optional[_Arrays] = None,
+    stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
 ) -> None: ...
 def lion(
     params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, lr: float, beta1: float, one_minus_beta1: float,
     beta2: float, one_minus_beta2: float, decay_factor: float, grad_scale: float, clip_coef: float,
     clip_value: float, maximize: bool, threads: int, plan: Optional[Plan] = None, counters: _Counters = None,
+    masters: Optional[_Arrays] = None,
+    stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
 ) -> None: ...
 def ema(averages: _Arrays, params: _Arrays, decay: float, one_minus_decay: float, threads: int) -> None: ...
 def sum_of_squares(arrays: _Arrays, threads: int) -> float: ...

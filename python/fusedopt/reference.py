@@ -14,7 +14,7 @@ memory and temporaries) and are not meant for training. Signatures mirror
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -464,20 +464,24 @@ _U32 = np.uint32
 
 
 def _bits32(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    out: np.ndarray = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return out
 
 
 def bf16_to_f32(h: np.ndarray) -> np.ndarray:
     """bfloat16 bits -> float32, exact (every bit kept, NaN payloads too)."""
-    return (np.asarray(h, dtype=np.uint16).astype(np.uint32) << _U32(16)).view(np.float32)
+    out: np.ndarray = (np.asarray(h, dtype=np.uint16).astype(np.uint32) << _U32(16)).view(np.float32)
+    return out
 
 
 def _bf16_nan(u: np.ndarray) -> np.ndarray:
-    return ((u >> _U32(16)) & _U32(0x8000)) | _U32(0x7FC0)
+    out: np.ndarray = ((u >> _U32(16)) & _U32(0x8000)) | _U32(0x7FC0)
+    return out
 
 
 def _is_nan_bits(u: np.ndarray) -> np.ndarray:
-    return (u & _U32(0x7FFFFFFF)) > _U32(0x7F800000)
+    out: np.ndarray = (u & _U32(0x7FFFFFFF)) > _U32(0x7F800000)
+    return out
 
 
 def bf16_rne(x: np.ndarray) -> np.ndarray:
@@ -555,7 +559,8 @@ def sr_bits(seed: int, step: int, index: np.ndarray) -> np.ndarray:
     )
     w = (index & np.uint64(7)) >> np.uint64(1)
     word = np.choose(w.astype(np.intp), words)
-    return np.where((index & np.uint64(1)) != 0, word >> _U32(16), word & _U32(0xFFFF)).astype(np.uint32)
+    out: np.ndarray = np.where((index & np.uint64(1)) != 0, word >> _U32(16), word & _U32(0xFFFF)).astype(np.uint32)
+    return out
 
 
 def split_encode(master: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":
@@ -573,7 +578,8 @@ def split_decode(param: np.ndarray, trail: np.ndarray) -> np.ndarray:
     p = np.asarray(param, dtype=np.uint16).astype(np.uint32)
     t = np.asarray(trail, dtype=np.uint16).astype(np.uint32)
     hi = p - (t > _U32(0x8000)).astype(np.uint32)
-    return ((hi << _U32(16)) | t).view(np.float32)
+    out: np.ndarray = ((hi << _U32(16)) | t).view(np.float32)
+    return out
 
 
 def _storage_kind(a: np.ndarray) -> str:
@@ -604,7 +610,7 @@ def _store_rne(a: np.ndarray, x: np.ndarray) -> None:
 
 
 def lowp_step(
-    update,
+    update: Callable[..., None],
     param: np.ndarray,
     grad: np.ndarray,
     states: Sequence[Optional[np.ndarray]],
@@ -632,7 +638,7 @@ def lowp_step(
     s32 = [None if s is None else _load(s) for s in states]
     update(p32, g32, *s32)
     for s, x in zip(states, s32):
-        if s is not None:
+        if s is not None and x is not None:
             _store_rne(s, x)
     if master is not None and master.dtype == np.uint16:
         hi, lo = split_encode(p32)
