@@ -745,10 +745,11 @@ Buffers collect(const std::vector<Role>& roles, bool mixed) {
       const py::handle h = lists[r][k];
       const Item a = r == 0 ? params[k] : describe(h, name, k, dims, out.keep_);
       if (r > 0 && k == 0) {
-        // mixed calls: a role has a dtype of its own when the params are low-precision, when its
-        // first array is, or for the masters; anything else is the plain rule (the params' dtype)
-        free_role[r] = mixed && (out.dtype_ != DType::f32 && out.dtype_ != DType::f64 ? true
-                                                                                   : (a.lowp_ok || roles[r].any_dtype));
+        // mixed calls: a role has a dtype of its own when the params are low-precision, when it is
+        // a state (role >= 2) whose first array is, or for the masters; anything else (e.g. the
+        // gradients of float32/float64 params) keeps the plain rule and its message
+        const bool lowp_params = out.dtype_ != DType::f32 && out.dtype_ != DType::f64;
+        free_role[r] = mixed && (lowp_params || (r >= 2 && a.lowp_ok) || roles[r].any_dtype);
       }
       if (r > 0 && free_role[r]) {
         if (!a.float_ok && !a.lowp_ok) {
