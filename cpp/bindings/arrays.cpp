@@ -88,6 +88,8 @@ struct TorchTypes {
 };
 TorchTypes g_torch;
 
+bool registered(PyObject* dtype) { return dtype != nullptr && dtype != Py_None; }
+
 bool is_tensor(py::handle h) {
   return g_torch.tensor_type != nullptr &&
          PyObject_TypeCheck(h.ptr(), reinterpret_cast<PyTypeObject*>(g_torch.tensor_type)) != 0;
@@ -373,7 +375,9 @@ bool describe_tensor_fast(py::handle t, Item* it, std::vector<std::int64_t>& dim
     return false;
   }
   const bool wide = d.dtype.code == dl::kFloat && (d.dtype.bits == 32 || d.dtype.bits == 64);
-  const bool half = d.dtype.bits == 16 && (d.dtype.code == dl::kFloat || d.dtype.code == dl::kBfloat);
+  // float16/bfloat16 only once fusedopt.torch registered them (as the slow path)
+  const bool half = d.dtype.bits == 16 && ((d.dtype.code == dl::kFloat && registered(g_torch.float16)) ||
+                                           (d.dtype.code == dl::kBfloat && registered(g_torch.bfloat16)));
   if (d.device.device_type != dl::kCPU || !(wide || half) || d.dtype.lanes != 1 || d.byte_offset != 0 ||
       d.ndim < 0 || (d.ndim > 0 && (d.shape == nullptr || d.strides == nullptr))) {
     return false;
@@ -712,14 +716,10 @@ Buffers collect(const std::vector<Role>& roles, bool mixed) {
   for (std::size_t k = 0; k < count; ++k) {
     const py::handle h = lists[0][k];
     Item p = describe(h, roles[0].name, k, dims, out.keep_);
-    if (mixed && !p.float_ok && (!p.lowp_ok || p.dtype == DType::u16)) {
+    if (!p.float_ok && (!mixed || !p.lowp_ok || p.dtype == DType::u16)) {  // one message for both
       throw py::type_error(label(roles[0].name, k) + " has dtype " + dtype_str(h) +
-                           "; fusedopt updates float32, float64, float16 and bfloat16 arrays (native byte order; "
-                           "NumPy bfloat16 is ml_dtypes.bfloat16)");
-    }
-    if (!mixed && !p.float_ok) {
-      throw py::type_error(label(roles[0].name, k) + " has dtype " + dtype_str(h) +
-                           "; fusedopt updates float32 and float64 arrays (native byte order)");
+                           "; fusedopt updates float32 and float64 arrays (native byte order; the optimizer steps "
+                           "also take float16 and bfloat16, NumPy's bfloat16 being ml_dtypes.bfloat16)");
     }
     if (k == 0) {
       out.dtype_ = p.dtype;
