@@ -295,6 +295,16 @@ def _torch_names(message: str, entries: List[_Entry]) -> str:
 _PLAIN = frozenset({float, int, bool, str, type(None), np.float64, np.float32, np.int64, np.int32, np.bool_})
 _PLAIN_OR_TUPLE = _PLAIN | {tuple}
 
+def _immutable(vals: Tuple[Any, ...]) -> bool:
+    """Whether a group's hyperparameter values are all immutable (see ``_group_plan``): then the same
+    value objects are the values validated."""
+    for v in vals:
+        t = type(v)
+        if t not in _PLAIN and not (t is tuple and _PLAIN.issuperset(map(type, v))):
+            return False
+    return True
+
+
 #: every live optimizer, for the child side of ``fork()`` (weak: the set keeps none alive)
 _LIVE: "weakref.WeakSet[_FusedOptimizer]" = weakref.WeakSet()
 
@@ -742,10 +752,10 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                 return False
             group = self.param_groups[r]
             hyper, keys, uses_step = self._group_plan(group)
-            c = self._plans.get(id(group))
-            if c is None or c[0] is not group or (keys, uses_step) != self._tplan_groups[r]:
-                return False  # not cacheable (a Tensor lr, a list betas) or another state layout
-            tp.refresh(r, cast(Callable[[Dict[str, Any]], Tuple[Any, ...]], self._hget)(group), self._view(hyper))
+            vals = cast(Callable[[Dict[str, Any]], Tuple[Any, ...]], self._hget)(group)
+            if not _immutable(vals) or (keys, uses_step) != self._tplan_groups[r]:
+                return False  # a value that can change in place (a Tensor lr, a list betas), another state layout
+            tp.refresh(r, vals, self._view(hyper))
         return False
 
     def _view(self, hyper: Dict[str, Any]) -> Dict[str, Any]:
@@ -765,11 +775,11 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         get = cast(Callable[[Dict[str, Any]], Tuple[Any, ...]], self._hget)
         specs, layouts = [], []
         for group, (hyper, keys, uses_step, _, _) in zip(self.param_groups, groups):
-            c = self._plans.get(id(group))
-            if c is None or c[0] is not group:
+            vals = get(group)
+            if not _immutable(vals):
                 return None
             role_keys = [r.key if r.present(hyper) else None for r in self._algo.states]
-            specs.append((tuple(self.defaults), get(group), self._view(hyper), role_keys, uses_step))
+            specs.append((tuple(self.defaults), vals, self._view(hyper), role_keys, uses_step))
             layouts.append((keys, uses_step))
         try:
             tp = _core.TorchPlan(self._algo.kernel, self._HAS_STEP, self.param_groups, self.state, specs,
