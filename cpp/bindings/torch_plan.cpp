@@ -242,12 +242,14 @@ TorchPlan::TorchPlan(const std::string& kernel, bool has_step, py::list param_gr
       Entry e;
       e.group = gi;
       e.p = cache(p, "a parameter");
+      bool stateless = !has_step_;
+      for (const py::object& k : g.role_keys) stateless = stateless && k.is_none();
       PyObject* d = PyDict_GetItemWithError(state.ptr(), p.ptr());
-      if (d == nullptr || !PyDict_Check(d)) {
-        if (PyErr_Occurred() != nullptr) throw py::error_already_set();
-        throw py::value_error("TorchPlan: a stepped parameter has no state dict");
-      }
-      e.state_dict = py::reinterpret_borrow<py::object>(d);
+      if (d == nullptr && PyErr_Occurred() != nullptr) throw py::error_already_set();
+      if (d != nullptr && !PyDict_Check(d)) throw py::value_error("TorchPlan: a state that is not a dict");
+      if (d == nullptr && !stateless) throw py::value_error("TorchPlan: a stepped parameter has no state dict");
+      // (no state at all, as SGD without momentum: a state added later changes the optimizer's state dict)
+      if (d != nullptr) e.state_dict = py::reinterpret_borrow<py::object>(d);
       add_written(e.p);
       for (std::size_t r = 0; r < algo_->nstates; ++r) {
         if (g.role_keys[r].is_none()) {
@@ -403,7 +405,7 @@ int TorchPlan::step(py::handle param_groups, py::handle state, int threads) {
         return -2;
       }
       const Entry& e = entries_[static_cast<std::size_t>(ei)];
-      PyObject* d = e.state_dict.ptr();
+      PyObject* d = e.state_dict.ptr();  // (nullptr: stateless, no role and no step below)
       for (std::size_t r = 0; r < nstates; ++r) {
         if (g.role_keys[r].is_none()) continue;
         PyObject* t = PyDict_GetItemWithError(d, g.role_keys[r].ptr());
