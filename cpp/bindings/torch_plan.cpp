@@ -145,7 +145,7 @@ bool inside(PyObject* storage, const void* data, std::uintptr_t span) {
 // A written tensor read and validated once, when the plan is made (ValueError otherwise: no plan).
 TorchPlan::Cached cache(py::handle t, const char* what) {
   TorchPlan::Cached c;
-  c.obj = py::reinterpret_borrow<py::object>(t);
+  c.obj = t.ptr();
   c.type = Py_TYPE(t.ptr());
   if (!torch_view(t.ptr(), &c.view) || !torch_not_neg(t.ptr())) {
     throw py::value_error(std::string("TorchPlan: ") + what + " is not a plain dense CPU float tensor");
@@ -157,32 +157,40 @@ TorchPlan::Cached cache(py::handle t, const char* what) {
   if (reinterpret_cast<std::uintptr_t>(c.view.data) % itemsize(c.view.dtype) != 0) {
     throw py::value_error(std::string("TorchPlan: ") + what + " is not aligned");
   }
-  PyObject* st = torch_storage(t.ptr());
-  if (st == nullptr) throw py::value_error(std::string("TorchPlan: ") + what + ": no storage");
-  c.storage = py::reinterpret_steal<py::object>(st);
-  if (!inside(st, c.view.data, c.span)) throw py::value_error(std::string("TorchPlan: ") + what + " outside its storage");
+  const py::object st = py::reinterpret_steal<py::object>(torch_storage(t.ptr()));
+  if (!st) throw py::value_error(std::string("TorchPlan: ") + what + ": no storage");
+  if (!inside(st.ptr(), c.view.data, c.span)) throw py::value_error(std::string("TorchPlan: ") + what + " outside its storage");
+  c.storage = py::reinterpret_steal<py::object>(PyWeakref_NewRef(st.ptr(), nullptr));
+  if (!c.storage) throw py::error_already_set();
   return c;
 }
 
-// The cached tensor is still what it was: same type, same DLPack description, not neg, inside the
-// cached storage (which keeps the memory alive while the plan exists).
-bool unchanged(const TorchPlan::Cached& c) {
-  PyObject* t = c.obj.ptr();
-  if (Py_TYPE(t) != c.type) return false;
+// The tensor t found where the cached one was is still what it was: the same object and type,
+// the same DLPack description, not neg, inside the cached storage (alive: its weak reference;
+// kept alive by `keep` until the kernels returned).
+bool unchanged(PyObject* t, const TorchPlan::Cached& c, std::vector<py::object>& keep) {
+  if (t != c.obj || Py_TYPE(t) != c.type) return false;
   TorchView v;
   if (!torch_view(t, &v)) return false;
   if (v.data != c.view.data || v.dtype != c.view.dtype || !same_shape(v, c.view) ||
       std::memcmp(v.strides, c.view.strides, sizeof(std::int64_t) * static_cast<std::size_t>(v.nd)) != 0) {
     return false;
   }
-  return torch_not_neg(t) && inside(c.storage.ptr(), c.view.data, c.span);
+  if (!torch_not_neg(t)) return false;
+  PyObject* st = PyWeakref_GetObject(c.storage.ptr());  // borrowed; None once the storage was freed
+  if (st == nullptr || st == Py_None) {
+    PyErr_Clear();
+    return false;
+  }
+  keep.push_back(py::reinterpret_borrow<py::object>(st));
+  return inside(st, c.view.data, c.span);
 }
 
 PyObject* interned(const char* s) { return PyUnicode_InternFromString(s); }
 
 }  // namespace
 
-TorchPlan::TorchPlan(const std::string& kernel, bool has_step, py::list param_groups, py::dict state,
+TorchPlan::TorchPlan(const std::string& kernel, bool has_step, const py::list& param_groups, const py::dict& state,
                      const py::list& groups, py::object increment_version, long long serial_below)
     : algo_(&find_algo(kernel)), has_step_(has_step), serial_below_(serial_below) {
   if (!torch_fast_ready()) throw py::value_error("TorchPlan: torch's DLPack exchange table is not available");
@@ -190,21 +198,20 @@ TorchPlan::TorchPlan(const std::string& kernel, bool has_step, py::list param_gr
   static PyObject* const params_key = interned("params");
   static PyObject* const grad_name = interned("grad");
   static PyObject* const step_key = interned("step");
-  param_groups_ = param_groups;
-  state_ = state;
+  param_groups_ = param_groups.ptr();
+  state_ = state.ptr();
   increment_version_ = std::move(increment_version);
   {
     PyObject *k = nullptr, *v = nullptr;
     Py_ssize_t pos = 0;
     while (PyDict_Next(state.ptr(), &pos, &k, &v)) {
-      state_keys_.push_back(py::reinterpret_borrow<py::object>(k));
-      state_values_.push_back(py::reinterpret_borrow<py::object>(v));
+      state_keys_.push_back(k);
+      state_values_.push_back(v);
     }
   }
-  py::list written;
   std::vector<std::pair<std::uintptr_t, std::uintptr_t>> extents;
   auto add_written = [&](const Cached& c) {
-    written.append(c.obj);
+    ++nwritten_;
     const auto b = reinterpret_cast<std::uintptr_t>(c.view.data);
     if (c.span > 0) extents.emplace_back(b, b + c.span);
   };
@@ -212,11 +219,12 @@ TorchPlan::TorchPlan(const std::string& kernel, bool has_step, py::list param_gr
     const py::tuple spec = groups[gi].cast<py::tuple>();
     if (spec.size() != 5) throw py::value_error("TorchPlan: a group spec is (keys, snapshot, view, role_keys, uses_step)");
     Group g;
-    g.dict = param_groups[gi];
-    if (!PyDict_Check(g.dict.ptr())) throw py::type_error("TorchPlan: param groups must be dicts");
-    PyObject* params = PyDict_GetItemWithError(g.dict.ptr(), params_key);
+    PyObject* dict = PyList_GET_ITEM(param_groups.ptr(), static_cast<Py_ssize_t>(gi));
+    if (!PyDict_Check(dict)) throw py::type_error("TorchPlan: param groups must be dicts");
+    g.dict = dict;
+    PyObject* params = PyDict_GetItemWithError(dict, params_key);
     if (params == nullptr || !PyList_CheckExact(params)) throw py::value_error("TorchPlan: group['params'] must be a list");
-    g.params = py::reinterpret_borrow<py::object>(params);
+    g.params = params;
     const py::tuple keys = spec[0].cast<py::tuple>(), snapshot = spec[1].cast<py::tuple>();
     if (keys.size() != snapshot.size()) throw py::value_error("TorchPlan: keys and snapshot differ in length");
     for (std::size_t i = 0; i < keys.size(); ++i) {
@@ -228,10 +236,12 @@ TorchPlan::TorchPlan(const std::string& kernel, bool has_step, py::list param_gr
     if (role_keys.size() != algo_->nstates) throw py::value_error("TorchPlan: one role key per state role");
     for (std::size_t r = 0; r < algo_->nstates; ++r) g.role_keys.push_back(role_keys[r]);
     g.uses_step = spec[4].cast<bool>();
+    bool stateless = !has_step_;
+    for (const py::object& k : g.role_keys) stateless = stateless && k.is_none();
     const Py_ssize_t n = PyList_GET_SIZE(params);
     for (Py_ssize_t i = 0; i < n; ++i) {
       py::handle p = PyList_GET_ITEM(params, i);
-      g.slots.push_back(py::reinterpret_borrow<py::object>(p));
+      g.slots.push_back(p.ptr());
       py::object grad = py::reinterpret_steal<py::object>(PyObject_GetAttr(p.ptr(), grad_name));
       if (!grad) throw py::error_already_set();
       if (grad.is_none()) {
@@ -240,17 +250,17 @@ TorchPlan::TorchPlan(const std::string& kernel, bool has_step, py::list param_gr
       }
       g.entry_of.push_back(static_cast<int>(entries_.size()));
       Entry e;
-      e.group = gi;
       e.p = cache(p, "a parameter");
-      bool stateless = !has_step_;
-      for (const py::object& k : g.role_keys) stateless = stateless && k.is_none();
+      add_written(e.p);
       PyObject* d = PyDict_GetItemWithError(state.ptr(), p.ptr());
       if (d == nullptr && PyErr_Occurred() != nullptr) throw py::error_already_set();
       if (d != nullptr && !PyDict_Check(d)) throw py::value_error("TorchPlan: a state that is not a dict");
       if (d == nullptr && !stateless) throw py::value_error("TorchPlan: a stepped parameter has no state dict");
       // (no state at all, as SGD without momentum: a state added later changes the optimizer's state dict)
-      if (d != nullptr) e.state_dict = py::reinterpret_borrow<py::object>(d);
-      add_written(e.p);
+      if (d != nullptr) {
+        const auto at = std::find(state_values_.begin(), state_values_.end(), d);
+        e.state_at = static_cast<long>(at - state_values_.begin());
+      }
       for (std::size_t r = 0; r < algo_->nstates; ++r) {
         if (g.role_keys[r].is_none()) {
           e.states.emplace_back();
@@ -300,7 +310,6 @@ TorchPlan::TorchPlan(const std::string& kernel, bool has_step, py::list param_gr
     }
     extents_.push_back(Extent{extents[i].first, extents[i].second});
   }
-  written_ = written;
 }
 
 void TorchPlan::refresh(std::size_t k, const py::tuple& snapshot, const py::dict& view) {
@@ -348,16 +357,17 @@ int TorchPlan::step(py::handle param_groups, py::handle state, int threads) {
   static PyObject* const grad_name = interned("grad");
   static PyObject* const step_key = interned("step");
   PyObject* pg = param_groups.ptr();
-  if (pg != param_groups_.ptr() || !PyList_Check(pg) || static_cast<std::size_t>(PyList_GET_SIZE(pg)) != groups_.size()) {
+  if (pg != param_groups_ || !PyList_Check(pg) || static_cast<std::size_t>(PyList_GET_SIZE(pg)) != groups_.size()) {
     return -2;
   }
   for (std::size_t gi = 0; gi < groups_.size(); ++gi) {
-    if (PyList_GET_ITEM(pg, static_cast<Py_ssize_t>(gi)) != groups_[gi].dict.ptr()) return -2;
+    if (PyList_GET_ITEM(pg, static_cast<Py_ssize_t>(gi)) != groups_[gi].dict) return -2;
   }
   for (std::size_t gi = 0; gi < groups_.size(); ++gi) {  // hyperparameters: the snapshot's value objects
     const Group& g = groups_[gi];
+    PyObject* dict = PyList_GET_ITEM(pg, static_cast<Py_ssize_t>(gi));
     for (std::size_t i = 0; i < g.keys.size(); ++i) {
-      PyObject* v = PyDict_GetItemWithError(g.dict.ptr(), g.keys[i].ptr());
+      PyObject* v = PyDict_GetItemWithError(dict, g.keys[i].ptr());
       if (v != g.snapshot[i].ptr()) {
         if (v == nullptr && PyErr_Occurred() != nullptr) PyErr_Clear();
         return static_cast<int>(gi);
@@ -366,14 +376,15 @@ int TorchPlan::step(py::handle param_groups, py::handle state, int threads) {
   }
   // the optimizer's state dict: the same entries in the same order (no hashing of tensors)
   PyObject* st = state.ptr();
-  if (st != state_.ptr() || static_cast<std::size_t>(PyDict_Size(st)) != state_keys_.size()) return -2;
+  if (st != state_ || !PyDict_Check(st) || static_cast<std::size_t>(PyDict_Size(st)) != state_keys_.size()) return -2;
+  std::vector<PyObject*> dicts(state_values_.size());
   {
     PyObject *k = nullptr, *v = nullptr;
     Py_ssize_t pos = 0;
     std::size_t i = 0;
     while (PyDict_Next(st, &pos, &k, &v)) {
-      if (i >= state_keys_.size() || k != state_keys_[i].ptr() || v != state_values_[i].ptr()) return -2;
-      ++i;
+      if (i >= state_keys_.size() || k != state_keys_[i] || v != state_values_[i]) return -2;
+      dicts[i++] = v;
     }
     if (i != state_keys_.size()) return -2;
   }
@@ -382,18 +393,25 @@ int TorchPlan::step(py::handle param_groups, py::handle state, int threads) {
   for (std::size_t c = 0; c < calls_.size(); ++c) ptrs[c].assign(calls_[c].entries.size() * nroles, nullptr);
   std::vector<std::size_t> pos_in_call(calls_.size(), 0);
   std::vector<double> next_count(calls_.size(), -1.0);
-  std::vector<py::object> keep;  // the gradients and their storages, alive until the kernels returned
-  keep.reserve(entries_.size() * 2);
+  // the written tensors, their storages and the gradients with theirs, alive until the kernels returned
+  std::vector<py::object> keep;
+  keep.reserve(nwritten_ * 2 + entries_.size() * 2);
+  py::list written(static_cast<Py_ssize_t>(nwritten_));
+  std::size_t nw = 0;
+  auto add_written = [&](PyObject* t) {
+    Py_INCREF(t);
+    PyList_SET_ITEM(written.ptr(), static_cast<Py_ssize_t>(nw++), t);
+  };
   for (std::size_t gi = 0; gi < groups_.size(); ++gi) {
     const Group& g = groups_[gi];
-    PyObject* params = PyDict_GetItemWithError(g.dict.ptr(), params_key);
-    if (params != g.params.ptr() || static_cast<std::size_t>(PyList_GET_SIZE(params)) != g.slots.size()) {
+    PyObject* params = PyDict_GetItemWithError(PyList_GET_ITEM(pg, static_cast<Py_ssize_t>(gi)), params_key);
+    if (params != g.params || static_cast<std::size_t>(PyList_GET_SIZE(params)) != g.slots.size()) {
       if (params == nullptr && PyErr_Occurred() != nullptr) PyErr_Clear();
       return -2;
     }
     for (std::size_t i = 0; i < g.slots.size(); ++i) {
       PyObject* p = PyList_GET_ITEM(params, static_cast<Py_ssize_t>(i));
-      if (p != g.slots[i].ptr()) return -2;
+      if (p != g.slots[i]) return -2;
       py::object grad = py::reinterpret_steal<py::object>(PyObject_GetAttr(p, grad_name));
       if (!grad) {
         PyErr_Clear();
@@ -405,31 +423,30 @@ int TorchPlan::step(py::handle param_groups, py::handle state, int threads) {
         return -2;
       }
       const Entry& e = entries_[static_cast<std::size_t>(ei)];
-      PyObject* d = e.state_dict.ptr();  // (nullptr: stateless, no role and no step below)
+      if (!unchanged(p, e.p, keep)) return -2;
+      add_written(p);
+      PyObject* d = e.state_at < 0 ? nullptr : dicts[static_cast<std::size_t>(e.state_at)];
       for (std::size_t r = 0; r < nstates; ++r) {
         if (g.role_keys[r].is_none()) continue;
         PyObject* t = PyDict_GetItemWithError(d, g.role_keys[r].ptr());
-        if (t != e.states[r].obj.ptr()) {
-          if (t == nullptr && PyErr_Occurred() != nullptr) PyErr_Clear();
+        if (t == nullptr) {
+          PyErr_Clear();
           return -2;
         }
-      }
-      if (has_step_) {
-        PyObject* s = PyDict_GetItemWithError(d, step_key);
-        if (s != e.step.obj.ptr()) {
-          if (s == nullptr && PyErr_Occurred() != nullptr) PyErr_Clear();
-          return -2;
-        }
-      }
-      if (!unchanged(e.p)) return -2;
-      for (std::size_t r = 0; r < nstates; ++r) {
-        if (!g.role_keys[r].is_none() && !unchanged(e.states[r])) return -2;
+        if (!unchanged(t, e.states[r], keep)) return -2;
+        add_written(t);
       }
       void* gptr = nullptr;
       if (!read_grad(grad.ptr(), e, keep, &gptr)) return -2;
       keep.push_back(std::move(grad));
       if (has_step_) {
-        if (!unchanged(e.step)) return -2;
+        PyObject* s = PyDict_GetItemWithError(d, step_key);
+        if (s == nullptr) {
+          PyErr_Clear();
+          return -2;
+        }
+        if (!unchanged(s, e.step, keep)) return -2;
+        add_written(s);
         const bool f32 = e.step.view.dtype == DType::f32;
         const double v = f32 ? static_cast<double>(*static_cast<const float*>(e.step.view.data))
                              : *static_cast<const double*>(e.step.view.data);
@@ -451,6 +468,7 @@ int TorchPlan::step(py::handle param_groups, py::handle state, int threads) {
       for (std::size_t r = 0; r < nstates; ++r) row[2 + r] = g.role_keys[r].is_none() ? nullptr : e.states[r].view.data;
     }
   }
+  if (nw != nwritten_) return -2;  // (cannot happen: every entry was visited once)
   // Everything is checked: nothing below fails before the kernels ran.
   std::vector<Buffers> buffers(calls_.size());
   for (std::size_t c = 0; c < calls_.size(); ++c) {
@@ -491,36 +509,30 @@ int TorchPlan::step(py::handle param_groups, py::handle state, int threads) {
       }
     }
   }
-  PyObject* r = PyObject_CallOneArg(increment_version_.ptr(), written_.ptr());
+  PyObject* r = PyObject_CallOneArg(increment_version_.ptr(), written.ptr());
   if (r == nullptr) throw py::error_already_set();
   Py_DECREF(r);
   return -1;
 }
 
 int TorchPlan::traverse(visitproc visit, void* arg) const {
-  auto v = [&](const py::object& o) { return o ? visit(o.ptr(), arg) : 0; };
   int r = 0;
   auto all = [&](const std::vector<py::object>& xs) {
     for (const py::object& o : xs) {
-      if ((r = v(o)) != 0) return r;
+      if (o && (r = visit(o.ptr(), arg)) != 0) return r;
     }
     return 0;
   };
-  if ((r = v(param_groups_)) || (r = v(state_)) || (r = v(increment_version_)) || (r = v(written_))) return r;
-  if ((r = all(state_keys_)) || (r = all(state_values_))) return r;
+  if (increment_version_ && (r = visit(increment_version_.ptr(), arg)) != 0) return r;
   for (const Group& g : groups_) {
-    if ((r = v(g.dict)) || (r = v(g.params)) || (r = all(g.slots)) || (r = all(g.keys)) || (r = all(g.snapshot)) ||
-        (r = all(g.role_keys))) {
-      return r;
-    }
+    if ((r = all(g.keys)) || (r = all(g.snapshot)) || (r = all(g.role_keys))) return r;
   }
   for (const Entry& e : entries_) {
-    if ((r = v(e.state_dict)) || (r = v(e.p.obj)) || (r = v(e.p.storage)) || (r = v(e.step.obj)) ||
-        (r = v(e.step.storage))) {
+    if ((e.p.storage && (r = visit(e.p.storage.ptr(), arg))) || (e.step.storage && (r = visit(e.step.storage.ptr(), arg)))) {
       return r;
     }
     for (const Cached& c : e.states) {
-      if ((r = v(c.obj)) || (r = v(c.storage))) return r;
+      if (c.storage && (r = visit(c.storage.ptr(), arg))) return r;
     }
   }
   return 0;
@@ -529,11 +541,11 @@ int TorchPlan::traverse(visitproc visit, void* arg) const {
 void TorchPlan::clear() {
   cleared_ = true;
   // moved out first, released after: a destructor that runs Python code sees a consistent plan
-  py::object a = std::move(param_groups_), b = std::move(state_), c = std::move(increment_version_),
-             d = std::move(written_);
-  std::vector<py::object> k = std::move(state_keys_), v = std::move(state_values_);
+  py::object f = std::move(increment_version_);
   std::vector<Group> g = std::move(groups_);
   std::vector<Entry> e = std::move(entries_);
+  groups_.clear();
+  entries_.clear();
   calls_.clear();
   extents_.clear();
 }

@@ -5,7 +5,7 @@
 // (identity snapshot) and checked functional view; the optimizer's state dict (its entries, in
 // order); per stepped parameter its state dict, its state tensors and 'step' tensor. Each written
 // tensor (parameter, state, step) is cached with its exact type, what torch's DLPack export tells
-// (data pointer, dtype, shape, strides, CPU) and its storage object.
+// (data pointer, dtype, shape, strides, CPU) and a weak reference to its storage object.
 //
 // step() then re-checks all of it before anything is written, and returns -2 ("run the Python
 // path", nothing done) on any difference:
@@ -19,8 +19,9 @@
 //   - every cached written tensor: same exact type; DLPack export with the same data pointer,
 //     dtype, shape and strides on the CPU; is_neg() False; its cached storage object still holds
 //     the elements (data_ptr/nbytes: a storage resized under the tensor, as FSDP's resize_(0),
-//     fails here). A tensor moved to another storage (p.data = ..., set_) has another data pointer
-//     or, at the same address, memory the cached storage still owns;
+//     fails here; a storage freed kills the weak reference). A tensor moved to another storage
+//     (p.data = ..., set_) has another data pointer or, at the same address, memory that the cached
+//     storage (alive, held by the step until the kernels returned) still holds;
 //   - each fresh gradient, read in full: exact torch.Tensor/Parameter, DLPack (CPU, the parameter's
 //     dtype and shape; dense; C-contiguous or the parameter's strides), aligned, not neg, inside
 //     its own storage, and overlapping no written tensor (binary search over the sorted extents);
@@ -32,8 +33,10 @@
 // (torch._C._increment_version over the cached list). The Python side wraps the call in
 // _core.defer_interrupts and holds the optimizer's lock.
 //
-// The plan takes part in cyclic garbage collection (tp_traverse / tp_clear): a group dict that
-// refers back to the optimizer does not leak it.
+// The plan holds no reference to any tensor, storage, dict or list of the optimizer (identities are
+// compared, never dereferenced; storages are weakly referenced), so nothing it cached stays alive
+// because of it and it makes no reference cycle; it still takes part in cyclic garbage collection
+// (tp_traverse / tp_clear) for the values it does hold (hyperparameter snapshots).
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -53,8 +56,8 @@ class TorchPlan {
   // hyperparameter keys and the value objects validated, the checked functional view, the state key
   // per state role (None: absent), whether the update depends on the step count. serial_below: the
   // element count under which a call runs on one thread (fusedopt._threads.SERIAL_BELOW).
-  TorchPlan(const std::string& kernel, bool has_step, py::list param_groups, py::dict state, const py::list& groups,
-            py::object increment_version, long long serial_below);
+  TorchPlan(const std::string& kernel, bool has_step, const py::list& param_groups, const py::dict& state,
+            const py::list& groups, py::object increment_version, long long serial_below);
 
   // -1: stepped. k >= 0: group k's hyperparameters are not the snapshot's (nothing done). -2: anything
   // else differs (nothing done: run the Python path). threads: fusedopt's thread count for large calls.
@@ -69,8 +72,13 @@ class TorchPlan {
   void clear();
 
   struct Algo;
+  // What a written tensor was when the plan was made. `obj` is only compared with the object found
+  // in the optimizer's containers (never dereferenced: the plan keeps no tensor, dict or list alive,
+  // so replaced memory is released at once, as on the Python path); `storage` is a weak reference
+  // to its storage object (torch keeps a storage's Python object as long as the storage lives).
   struct Cached {
-    py::object obj, storage;
+    const PyObject* obj = nullptr;
+    py::object storage;
     PyTypeObject* type = nullptr;
     TorchView view;
     std::uintptr_t span = 0;  // bytes from view.data
@@ -79,19 +87,19 @@ class TorchPlan {
 
  private:
   struct Group {
-    py::object dict, params;
-    std::vector<py::object> slots;  // the tensors of group['params']
-    std::vector<int> entry_of;      // per slot: its entry, or -1 (no .grad when planned)
+    const PyObject *dict = nullptr, *params = nullptr;
+    std::vector<const PyObject*> slots;  // the tensors of group['params']
+    std::vector<int> entry_of;           // per slot: its entry, or -1 (no .grad when planned)
     std::vector<py::object> keys, snapshot, role_keys;
     std::vector<double> values;
     std::vector<char> bools;
     bool uses_step = true;
   };
   struct Entry {
-    std::size_t group = 0, call = 0;
-    py::object state_dict;
+    std::size_t call = 0;
+    long state_at = -1;  // its state dict's position in the optimizer's state dict (-1: no state)
     Cached p, step;
-    std::vector<Cached> states;  // per state role (obj None: absent)
+    std::vector<Cached> states;  // per state role (absent: obj nullptr)
   };
   struct Call {
     std::size_t group = 0;
@@ -108,8 +116,10 @@ class TorchPlan {
   const Algo* algo_ = nullptr;
   bool has_step_ = true, cleared_ = false;
   long long serial_below_ = 0;
-  py::object param_groups_, state_, increment_version_, written_;
-  std::vector<py::object> state_keys_, state_values_;  // the optimizer's state dict entries, in order
+  std::size_t nwritten_ = 0;
+  const PyObject *param_groups_ = nullptr, *state_ = nullptr;
+  py::object increment_version_;
+  std::vector<const PyObject*> state_keys_, state_values_;  // the optimizer's state dict entries, in order
   std::vector<Group> groups_;
   std::vector<Entry> entries_;
   std::vector<Call> calls_;

@@ -373,6 +373,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     #: ``__setstate__`` fills in the others from the defaults)
     _REQUIRED_GROUP_KEYS: Tuple[str, ...] = ("lr",)
     _lock: Any  # threading.RLock, or _ForkedMidStep in a forked child (see _after_fork_in_child)
+    #: the C++ steady-state step (see _make_tplan) and, per group, (state keys, uses_step) it was made for
+    _tplan: Optional[_core.TorchPlan]
+    _tplan_groups: List[Tuple[Tuple[str, ...], bool]]
 
     def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
         self._lock = threading.RLock()
@@ -561,9 +564,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         self._plans: Dict[int, Tuple[Any, ...]] = {}
         #: the group's hyperparameter values, in the order of self.defaults
         self._hget: Optional[Callable[[Dict[str, Any]], Tuple[Any, ...]]] = None
-        #: the C++ steady-state step (see _make_tplan) and, per group, (state keys, uses_step) it was made for
-        self._tplan: Optional[_core.TorchPlan] = None
-        self._tplan_groups: List[Tuple[Tuple[str, ...], bool]] = []
+        self._tplan = None
+        self._tplan_groups = []
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """torch's ``load_state_dict`` (state is cast to each parameter's dtype; steps stay as saved).
