@@ -6,9 +6,12 @@
 updates CPU float32/float64 parameters **in place** (never a copy) with one native fusedopt call
 per (param group, dtype, step count) bucket — normally a single call for the whole model. The
 tensors themselves go to the native core, which reads each one's data pointer, dtype, shape,
-strides, device and storage bounds through torch's own methods at every step (no NumPy view is
-made, so storages stay resizable; nothing about a tensor is cached between steps, so a replaced
-parameter's memory is released at once) and keeps each storage alive while the kernel runs.
+strides, device and storage bounds through torch's DLPack export and C methods at every step (no
+NumPy view is made, so storages stay resizable) and keeps each storage alive while the kernel runs.
+After a full step, a C++ plan (``_core.TorchPlan``, cpp/bindings/torch_plan.hpp) does the next
+steps: it re-checks every parameter, state and step tensor against what the full step validated,
+reads each fresh gradient in full, and hands anything that changed to the full step. It keeps no
+tensor alive (storages only weakly), so a replaced parameter's memory is released at once.
 After the update the autograd version counters of the parameters, state tensors and step
 counters advance, as with torch.optim's in-place updates; inference tensors are stepped only
 inside ``torch.inference_mode()`` (torch's own error otherwise). A KeyboardInterrupt arriving
