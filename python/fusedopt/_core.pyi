@@ -39,6 +39,19 @@ class Plan:
     @property
     def roles(self) -> int: ...
 
+class TorchPlan:
+    """fusedopt.torch's steady-state step (cpp/bindings/torch_plan.hpp)."""
+
+    def __init__(
+        self, kernel: str, has_step: bool, param_groups: List[Any], state: dict[Any, Any],
+        groups: List[Tuple[Tuple[str, ...], Tuple[Any, ...], dict[str, Any], List[Optional[str]], bool]],
+        increment_version: Any, serial_below: int,
+    ) -> None: ...
+    def step(self, param_groups: List[Any], state: dict[Any, Any], threads: int) -> int: ...
+    def refresh(self, k: int, snapshot: Tuple[Any, ...], view: dict[str, Any]) -> None: ...
+    @property
+    def count(self) -> int: ...
+
 class Stepper:
     """The optimizer classes' fast path for their common planned step (cpp/bindings/stepper.hpp)."""
 
