@@ -73,16 +73,13 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by t
 
 import math
 import numbers
-import os
 import re
-import threading
-import weakref
 from operator import attrgetter, itemgetter
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import numpy as np
 
-from . import _core, _engine, _threads
+from . import _core, _engine, _fork, _threads
 from . import _validation as check
 from .algorithms import (
     ADAGRAD,
@@ -308,44 +305,10 @@ def _immutable(vals: Tuple[Any, ...]) -> bool:
     return True
 
 
-#: every live optimizer, for the child side of ``fork()`` (weak: the set keeps none alive)
-_LIVE: "weakref.WeakSet[_FusedOptimizer]" = weakref.WeakSet()
+
 
 #: a private switch for measurements and tests: the C++ steady-state step (_make_tplan)
 _USE_TPLAN = True
-
-
-class _ForkedMidStep:
-    """Stands in for the lock of an optimizer that another thread held (inside ``step()``,
-    ``load_state_dict()`` or ``add_param_group()``) when the process forked: in the child that call
-    never finishes, so the lock would never be released and the state may be half updated. Stepping
-    raises instead of hanging; ``load_state_dict()`` replaces the state and makes a new lock."""
-
-    def __enter__(self) -> None:
-        raise RuntimeError(
-            "this fusedopt.torch optimizer was being stepped (or loaded) by another thread when the process "
-            "forked; in this child process that call never completed, so its state may be half updated. "
-            "Load a state dict (load_state_dict) or make a new optimizer"
-        )
-
-    def __exit__(self, *exc: Any) -> None:  # pragma: no cover - __enter__ always raises
-        return None
-
-
-def _after_fork_in_child() -> None:
-    """A lock held by a thread that does not exist in the child is never released: mark it."""
-    for opt in list(_LIVE):
-        lock = opt.__dict__.get("_lock")
-        if lock is None or isinstance(lock, _ForkedMidStep):
-            continue
-        if lock.acquire(blocking=False):  # free, or held by the forking thread itself (re-entrant)
-            lock.release()
-        else:
-            opt._lock = _ForkedMidStep()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _key_error(key: str, note: str) -> KeyError:
@@ -375,14 +338,13 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     #: the group keys a loaded state dict must have (torch's step reads them; torch's
     #: ``__setstate__`` fills in the others from the defaults)
     _REQUIRED_GROUP_KEYS: Tuple[str, ...] = ("lr",)
-    _lock: Any  # threading.RLock, or _ForkedMidStep in a forked child (see _after_fork_in_child)
+    _lock: Any  # threading.RLock, or _fork.ForkedMidCall in a forked child (see fusedopt._fork)
     #: the C++ steady-state step (see _make_tplan) and, per group, (state keys, uses_step) it was made for
     _tplan: Optional[_core.TorchPlan]
     _tplan_groups: List[Tuple[Tuple[str, ...], bool]]
 
     def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
-        self._lock = threading.RLock()
-        _LIVE.add(self)
+        self._lock = _fork.new_lock(self)
         self._forget_caches()
         # torch's constructor checks (its order, types and messages), then fusedopt's own, before
         # any group is made; the implementation flags are checked per group, after its parameters
@@ -548,8 +510,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         self._check_loaded(state)
         super().__setstate__(state)
         if "_lock" not in self.__dict__:  # unpickled or deep-copied: a lock of its own
-            self._lock = threading.RLock()
-            _LIVE.add(self)
+            self._lock = _fork.new_lock(self)
         self._forget_caches()
         for group in self.param_groups:
             for k, v in self.defaults.items():
@@ -579,8 +540,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         ``'step'`` that is not a whole number >= 0 (``-5``, ``2.5``, ``inf``, ``nan``) or not a
         one-element float32/float64 tensor (or a number) raises ValueError/TypeError naming it.
         """
-        if isinstance(self._lock, _ForkedMidStep):
-            self._lock = threading.RLock()  # (forked child) loading replaces the half-updated state
+        if _fork.forked_mid_call(self):
+            self._lock = _fork.new_lock(self)  # (forked child) loading replaces the half-updated state
         with self._lock:
             self._forget_caches()
             super().load_state_dict(state_dict)
