@@ -443,13 +443,6 @@ PyObject* functional_fast_calls(PyObject* self, void*) {
   return PyLong_FromUnsignedLongLong(reinterpret_cast<FunctionalObject*>(self)->impl->fast_calls.load());
 }
 
-PyObject* functional_fallback(PyObject* self, void*) {
-  PyObject* f = reinterpret_cast<FunctionalObject*>(self)->fallback;
-  if (f == nullptr) Py_RETURN_NONE;
-  Py_INCREF(f);
-  return f;
-}
-
 PyMethodDef functional_methods[] = {
     {"__reduce__", functional_reduce, METH_NOARGS, "Pickled by reference (its __module__ and __qualname__)."},
     {nullptr, nullptr, 0, nullptr}};
@@ -457,13 +450,13 @@ PyMethodDef functional_methods[] = {
 PyGetSetDef functional_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, nullptr, nullptr},
     {"_fast_calls", functional_fast_calls, nullptr, "Calls that took the C++ fast path (test hook).", nullptr},
-    {"_fallback", functional_fallback, nullptr, "The generated Python function (every other call).", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
-PyTypeObject g_functional_type = {PyVarObject_HEAD_INIT(nullptr, 0)};
+PyTypeObject g_functional_type{};  // (static type; value-initialized, then filled and readied once)
 
 bool init_type() {
   PyTypeObject& t = g_functional_type;
+  Py_SET_REFCNT(reinterpret_cast<PyObject*>(&t), 1);  // as PyVarObject_HEAD_INIT(nullptr, 0)
   t.tp_name = "fusedopt._core.Functional";
   t.tp_basicsize = sizeof(FunctionalObject);
   t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL;
