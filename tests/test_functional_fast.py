@@ -413,3 +413,32 @@ def test_twins_must_cover_every_hyperparameter() -> None:
                           _threads, "lion")  # fmt: skip
     with pytest.raises(ValueError, match="steps with _core.sgd"):
         _core._functional("trace", "adam", fn, [], [], [], _threads, "sgd")
+
+
+def test_keywords_matched_by_equality_too() -> None:
+    """Keyword names that are not the interned strings (built at run time) are matched by equality."""
+    p, g, m, v = (np.full(5, 0.5, np.float32) for _ in range(4))
+    q, h, n, w = (a.copy() for a in (p, g, m, v))
+    kw = {"".join(["s", "tep"]): 2, "".join(["l", "r"]): 0.1, "".join(["beta", "2"]): 0.9}
+    n0 = functional.adam._fast_calls
+    functional.adam(p, g, m, v, **kw)
+    assert functional.adam._fast_calls == n0 + 1
+    functional.adam.__wrapped__(q, h, n, w, step=2, lr=0.1, beta2=0.9)
+    assert p.tobytes() == q.tobytes() and m.tobytes() == n.tobytes() and v.tobytes() == w.tobytes()
+
+
+def test_torch_tensors_are_left_to_the_python_function() -> None:
+    """Lists of torch tensors are the Python function's business (whatever it does with them)."""
+    torch = pytest.importorskip("torch")
+    import fusedopt.torch  # noqa: F401  (registers torch's types with the core)
+
+    ts = [[torch.zeros(4)] for _ in range(4)]
+    n0 = functional.adam._fast_calls
+    outcomes = []
+    for fn in (functional.adam, functional.adam.__wrapped__):
+        try:
+            outcomes.append(("returned", fn(*ts, step=1)))
+        except Exception as exc:
+            outcomes.append(("raised", type(exc), str(exc)))
+    assert outcomes[0] == outcomes[1]
+    assert functional.adam._fast_calls == n0
