@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -147,6 +148,14 @@ struct Impl {
   PyObject* threads_module = nullptr;
   PyObject* threads_key = nullptr;
   std::atomic<std::uint64_t> fast_calls{0};
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl() {  // (with the GIL held: the object's dealloc, or a failed construction)
+    for (Slot& sl : slots) Py_CLEAR(sl.name);
+    Py_CLEAR(threads_key);
+    Py_CLEAR(threads_module);
+  }
 };
 
 struct FunctionalObject {
@@ -409,12 +418,8 @@ void functional_dealloc(PyObject* o) {
   PyObject_GC_UnTrack(o);
   if (self->weakrefs != nullptr) PyObject_ClearWeakRefs(o);
   functional_clear(o);
-  if (self->impl != nullptr) {
-    for (Slot& sl : self->impl->slots) Py_CLEAR(sl.name);
-    Py_CLEAR(self->impl->threads_key);
-    delete self->impl;
-    self->impl = nullptr;
-  }
+  delete self->impl;
+  self->impl = nullptr;
   Py_TYPE(o)->tp_free(o);
 }
 
@@ -524,9 +529,9 @@ py::object make_functional(const std::string& key, const std::string& kernel_nam
   };
   impl->npos = npos;
   auto add_slot = [&](Slot sl, const std::string& name) {
-    sl.name = intern(name);
-    if (sl.name == nullptr) throw py::error_already_set();
     impl->slots.push_back(sl);
+    impl->slots.back().name = intern(name);  // (owned by impl from here)
+    if (impl->slots.back().name == nullptr) throw py::error_already_set();
   };
   for (std::size_t r = 0; r < npos; ++r) {
     const py::tuple p = positional[r].cast<py::tuple>();  // (name, optional)
@@ -601,10 +606,7 @@ py::object make_functional(const std::string& key, const std::string& kernel_nam
   impl->threads_key = threads_key.inc_ref().ptr();
   impl->threads_module = threads_module.release().ptr();
   auto* self = PyObject_GC_New(FunctionalObject, &g_functional_type);
-  if (self == nullptr) {
-    Py_CLEAR(impl->threads_module);
-    throw py::error_already_set();
-  }
+  if (self == nullptr) throw py::error_already_set();
   self->vectorcall = functional_vectorcall;
   self->dict = nullptr;
   self->weakrefs = nullptr;
