@@ -256,11 +256,24 @@ def test_plain_call_takes_the_fast_path_and_equals_the_function(name: str) -> No
         assert fast.__wrapped__(*copies, **kw) is None
         for a, b in zip(arrays, copies):
             assert a.tobytes() == b.tobytes()
-        # an int where a float is expected: the Python function converts it; same result
-        if "lr" in kw or any(h.name == "lr" for h in algo.arguments):
-            fast(*arrays, **{**kw, "lr": 0})
-            fast.__wrapped__(*copies, **{**kw, "lr": 0})
-            assert fast._fast_calls == n0 + 1
+        # an int or a numpy.float64 for a float: converted as float() does, in the fast path too
+        for i, value in enumerate([0, 1, np.float64(0.25), 10**30]):
+            fast(*arrays, **{**kw, "lr": value})
+            fast.__wrapped__(*copies, **{**kw, "lr": value})
+            assert fast._fast_calls == n0 + 2 + i
+            for a, b in zip(arrays, copies):
+                assert a.tobytes() == b.tobytes()
+        # a float subclass (its float() may differ), an int beyond the float range, a NumPy
+        # float32: the Python function decides
+        for value in [FloatSub(0.5), 10**400, np.float32(0.5), IntSub(1)]:
+            outcomes = []
+            for fn, xs in ((fast, arrays), (fast.__wrapped__, copies)):
+                try:
+                    outcomes.append(fn(*xs, **{**kw, "lr": value}))
+                except ValueError as exc:
+                    outcomes.append(str(exc))
+            assert outcomes[0] == outcomes[1]
+            assert fast._fast_calls == n0 + 5
             for a, b in zip(arrays, copies):
                 assert a.tobytes() == b.tobytes()
 

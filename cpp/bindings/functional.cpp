@@ -6,8 +6,9 @@
 // positional arrays and keyword arguments matched to the functional's parameters by interned-name
 // identity (then equality). The fast path takes only the plain case, where the generated function
 // would certainly not raise and would not convert anything:
-//   * every float hyperparameter an exact float, finite, inside its range; every flag exactly True
-//     or False; `step` an exact int >= 1 (within int64); `threads` None or an exact int in
+//   * every float hyperparameter a float, numpy.float64 or int (exact types: what the generated
+//     function converts with float() without running Python code), finite, inside its range; every
+//     flag exactly True or False; `step` an exact int >= 1 (within int64); `threads` None or an exact int in
 //     [1, 1024]; no gradient pre-processing (grad_scale & co. None, skip_if_nonfinite False);
 //   * every array argument one exact numpy.ndarray or a list/tuple; the params items exact
 //     numpy.ndarrays (their element count decides threads=None, as fusedopt._threads.resolve does);
@@ -170,11 +171,34 @@ struct FunctionalObject {
 PyObject* g_serial_below = nullptr;     // "SERIAL_BELOW" (interned)
 PyObject* g_get_num_threads = nullptr;  // "get_num_threads"
 PyTypeObject* g_ndarray = nullptr;      // numpy.ndarray
+PyTypeObject* g_float64 = nullptr;      // numpy.float64
 
 bool in_range(const Slot& s, double x) {
   if (!(x - x == 0.0)) return false;  // NaN, inf
   if (s.open_low ? !(x > s.low) : !(x >= s.low)) return false;
   return s.closed_high ? x <= s.high : x < s.high;
+}
+
+// A float hyperparameter's value as the generated function's check converts it (float(x)), for
+// the types whose conversion is known without running Python code: float, numpy.float64 (a float
+// subclass whose float() is its value) and int (not bool; float(int) rounds to nearest, as
+// PyLong_AsDouble). false: anything else, or an int beyond the float range (the fallback decides).
+bool real_value(PyObject* x, double* out) {
+  PyTypeObject* tp = Py_TYPE(x);
+  if (tp == &PyFloat_Type || tp == g_float64) {
+    *out = PyFloat_AS_DOUBLE(x);
+    return true;
+  }
+  if (tp == &PyLong_Type) {
+    const double d = PyLong_AsDouble(x);
+    if (d == -1.0 && PyErr_Occurred() != nullptr) {
+      PyErr_Clear();  // OverflowError
+      return false;
+    }
+    *out = d;
+    return true;
+  }
+  return false;
 }
 
 // The slot named `name`, searching by identity from `hint` (keywords usually come in signature
@@ -310,10 +334,8 @@ int fast_call(FunctionalObject* self, PyObject* const* args, std::size_t nargs, 
         if (x == nullptr) {
           if (!sl.default_ok) return 0;
           value = sl.default_value;
-        } else {
-          if (!PyFloat_CheckExact(x)) return 0;
-          value = PyFloat_AS_DOUBLE(x);
-          if (!in_range(sl, value)) return 0;
+        } else if (!real_value(x, &value) || !in_range(sl, value)) {
+          return 0;
         }
         v[sl.index] = value;
         break;
@@ -624,6 +646,11 @@ void register_functional(py::module_& m) {
   g_serial_below = PyUnicode_InternFromString("SERIAL_BELOW");
   g_get_num_threads = PyUnicode_InternFromString("get_num_threads");
   g_ndarray = reinterpret_cast<PyTypeObject*>(py::detail::npy_api::get().PyArray_Type_);
+  const py::object float64 = py::module_::import("numpy").attr("float64");
+  if (!PyType_Check(float64.ptr()) || !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(float64.ptr()), &PyFloat_Type)) {
+    throw py::type_error("numpy.float64 is not a float subclass");
+  }
+  g_float64 = reinterpret_cast<PyTypeObject*>(float64.inc_ref().ptr());  // (kept for the life of the process)
   Py_INCREF(&g_functional_type);
   m.attr("Functional") = py::handle(reinterpret_cast<PyObject*>(&g_functional_type));
   m.def("_functional", &make_functional, "traits"_a, "kernel"_a, "fallback"_a, "positional"_a, "keywords"_a,
