@@ -81,27 +81,27 @@ def _env_threads() -> Optional[int]:
     return MAX_THREADS if len(digits) > len(str(MAX_THREADS)) else min(int(digits), MAX_THREADS)
 
 
-#: (OMP_NUM_THREADS as read, process id, the default it gave): the default is recomputed when the
-#: variable changes or in a new (forked) process, not at every step (reading the CPU affinity is a
-#: system call)
-_default_cache: Tuple[Optional[str], int, int] = (None, -1, 1)
+#: (process id, its CPU count): the affinity is read once per process (a system call), not at every step
+_cpus_of_process: Tuple[int, int] = (-1, 1)
+
+
+def _process_cpu_count() -> int:
+    global _cpus_of_process
+    pid = os.getpid()
+    if _cpus_of_process[0] != pid:  # first call, or a forked child
+        _cpus_of_process = (pid, _cpu_count())
+    return _cpus_of_process[1]
 
 
 def default_num_threads() -> int:
-    """The thread count used when :func:`set_num_threads` was not called (the CPU affinity is read
-    when ``OMP_NUM_THREADS`` changes and once per process)."""
-    global _default_cache
+    """The thread count used when :func:`set_num_threads` was not called (``OMP_NUM_THREADS`` and
+    OpenMP's limit, e.g. threadpoolctl's, are read at every call; the CPU affinity once per process)."""
     if not _core.openmp_enabled:
         return 1
-    raw = os.environ.get("OMP_NUM_THREADS")
-    pid = os.getpid()
-    cached = _default_cache
-    if cached[1] == pid and cached[0] == raw:
-        return cached[2]
     env = _env_threads()
-    n = env if env is not None else max(1, min(_core.omp_max_threads(), _cpu_count(), MAX_THREADS))
-    _default_cache = (raw, pid, n)
-    return n
+    if env is not None:
+        return env
+    return max(1, min(_core.omp_max_threads(), _process_cpu_count(), MAX_THREADS))
 
 
 def get_num_threads() -> int:
