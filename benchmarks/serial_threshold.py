@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-loop", action="store_true", help="skip the torch training loop")
+    ap.add_argument("--algorithm", default="adam", choices=("adam", "sgd", "lion"),
+                    help="adam (Adam), sgd (SGD with momentum 0.9) or lion")
     args = ap.parse_args()
     lo, hi = map(int, args.sizes.split(":"))
     saved = dict(_threads.SERIAL_BELOW)
@@ -65,7 +67,7 @@ def main() -> None:
                 torch.set_num_threads(args.threads)
             except ImportError:
                 torch = None
-        print(f"threads={args.threads}; median of {args.steps} steps, us; ratio = serial / parallel (>1: threads win)")
+        print(f"{args.algorithm}, threads={args.threads}; median of {args.steps} steps, us; ratio = serial / parallel (>1: threads win)")
         print(f"{'N':>6} | {'hot 1t':>8} {'hot Nt':>8} {'ratio':>5} | {'idle 1t':>8} {'idle Nt':>8} {'ratio':>5} | "
               f"{'loop 1t':>8} {'loop Nt':>8} {'ratio':>5}")  # fmt: skip
         rng = np.random.default_rng(0)
@@ -73,9 +75,15 @@ def main() -> None:
             n = 1 << k
             p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
             m, v = np.zeros_like(p), np.zeros_like(p)
+            algo = args.algorithm
 
             def step(p: np.ndarray = p, g: np.ndarray = g, m: np.ndarray = m, v: np.ndarray = v) -> None:
-                functional.adam([p], [g], [m], [v], step=1, lr=1e-3)
+                if algo == "adam":
+                    functional.adam([p], [g], [m], [v], step=1, lr=1e-3)
+                elif algo == "sgd":
+                    functional.sgd([p], [g], [m], lr=1e-3, momentum=0.9)
+                else:
+                    functional.lion([p], [g], [m], lr=1e-4)
 
             row = {}
             for mode, pause in (("hot", 0.0), ("idle", 0.05)):
@@ -90,14 +98,20 @@ def main() -> None:
                 row[mode] = (_median_us(s[True]), _median_us(s[False]))
             if torch is not None:
                 d = max(8, int(round((n / 2) ** 0.5)))  # two d x d layers ~ n elements
-                model = torch.nn.Sequential(torch.nn.Linear(d, d, bias=False), torch.nn.Tanh(),
-                                            torch.nn.Linear(d, d, bias=False))  # fmt: skip
-                opt = fot.Adam(model.parameters(), lr=1e-4)
+                runs = {}
+                for serial in (True, False):  # each optimizer's plan keeps the rule it was made with
+                    _force(serial)
+                    model = torch.nn.Sequential(torch.nn.Linear(d, d, bias=False), torch.nn.Tanh(),
+                                                torch.nn.Linear(d, d, bias=False))  # fmt: skip
+                    cls = {"adam": fot.Adam, "sgd": fot.SGD, "lion": fot.Lion}[algo]
+                    opt = cls(model.parameters(), lr=1e-4, **({"momentum": 0.9} if algo == "sgd" else {}))
+                    runs[serial] = (model, opt)
                 x = torch.randn(64, d)
                 s = {True: [], False: []}
                 for i in range(args.steps + 2):
                     for serial in (i % 2 == 0, i % 2 != 0):
                         _force(serial)
+                        model, opt = runs[serial]
                         opt.zero_grad(set_to_none=True)
                         model(x).square().mean().backward()
                         dt = _time(opt.step)
