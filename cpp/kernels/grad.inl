@@ -20,8 +20,11 @@ inline T load_grad(T g, const GradCoef<T>& c) {
   if constexpr (Pre) {
     g = g / c.scale;
     g = g * c.coef;
-    const T lo = -c.clip;
-    g = g < lo ? lo : (g > c.clip ? c.clip : g);  // NaN compares false: stays NaN
+    // clamp to [-clip, clip]; NaN compares false: stays NaN. Both comparisons are made and the
+    // result selected by bit masks: a nested `?:` on floating-point compares (which may trap) is
+    // not if-converted by GCC, and the loop would stay scalar.
+    g = choose(g < -c.clip, -c.clip, g);
+    g = choose(g > c.clip, c.clip, g);
   }
   return g;
 }
