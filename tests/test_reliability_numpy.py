@@ -637,3 +637,66 @@ def test_copy_during_concurrent_steps_is_never_half_a_step(how: str) -> None:
         if how == "deepcopy":  # (state_dict copies the parameters after the state: they may be ahead)
             assert [float(p[0]) for p in c.params] == history[t][1]
             assert all(bool((p == p[0]).all()) for p in c.params)
+
+
+NUMPY_FORK_CHILD = """
+import os, threading
+from collections.abc import Mapping
+import numpy as np
+import fusedopt
+
+p = np.zeros(4, np.float32)
+opt = fusedopt.Adam([p], lr=0.1)
+opt.step([np.ones(4, np.float32)])
+saved = opt.state_dict()
+inside, release = threading.Event(), threading.Event()
+
+class Blocking(Mapping):  # load_state_dict reads it under the optimizer's lock
+    def __contains__(self, key):
+        inside.set()
+        release.wait(30)
+        return False
+    def __getitem__(self, key):
+        raise KeyError(key)
+    def __iter__(self):
+        return iter(())
+    def __len__(self):
+        return 0
+
+def load():
+    try:
+        opt.load_state_dict(Blocking())
+    except ValueError:
+        pass
+
+t = threading.Thread(target=load)
+t.start()
+inside.wait(30)
+pid = os.fork()  # another thread holds the optimizer's lock
+if pid == 0:
+    try:
+        opt.step([np.ones(4, np.float32)])
+        code = 3  # stepped past a call that never finishes in this process
+    except RuntimeError as exc:
+        code = 0 if "forked" in str(exc) else 4
+    if code == 0:  # loading a state dict recovers
+        opt.load_state_dict(saved)
+        opt.step([np.ones(4, np.float32)])
+        code = 0 if opt.state[0]["step"] == 2 else 5
+    os._exit(code)
+release.set()
+t.join()
+_, status = os.waitpid(pid, 0)
+opt.step([np.ones(4, np.float32)])
+print("child", os.waitstatus_to_exitcode(status), "parent", opt.state[0]["step"])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_another_thread_holds_the_lock_raises_instead_of_hanging() -> None:
+    """A child forked while another thread was inside load_state_dict (holding the optimizer's
+    lock, which no thread of the child will release) raises at its next step instead of waiting
+    forever; loading a state dict recovers. The parent is unaffected."""
+    out = subprocess.run([sys.executable, "-c", NUMPY_FORK_CHILD], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["child", "0", "parent", "2"], out.stdout + out.stderr

@@ -372,3 +372,24 @@ def test_gradient_options_never_take_the_fast_path() -> None:
         fast.step(g)
         ref.step(g)
         _state_equal(fast, ref)
+
+
+def test_an_optimizer_in_a_cycle_through_its_stepper_is_collected() -> None:
+    """The Stepper holds the group dict; a group that refers back to its optimizer makes a cycle
+    through the Stepper, which the garbage collector must see (the Stepper is GC-tracked)."""
+    import gc
+    import weakref
+
+    p = np.zeros(8, np.float32)
+    opt = fusedopt.Adam([p], lr=0.1)
+    for _ in range(3):
+        opt.step([np.ones(8, np.float32)])
+    assert opt._stepper is not None  # the fast path was built
+    assert gc.is_tracked(opt._stepper)
+    opt.param_groups[0]["owner"] = opt  # the cycle: opt -> stepper -> group -> opt
+    opt.step([np.ones(8, np.float32)])  # (an extra group key does not stop the fast path)
+    assert opt.state[0]["step"] == 4
+    ref = weakref.ref(opt)
+    del opt
+    gc.collect()
+    assert ref() is None, "the optimizer was not collected: its Stepper hides references from the collector"

@@ -337,6 +337,7 @@ def test_param_groups_with_different_lr(digits, monkeypatch):
         real(params, *args, **kwargs)
 
     monkeypatch.setattr(fusedopt._core, "adam", counting)
+    monkeypatch.setattr(ft, "_USE_TPLAN", False)  # the full path's native calls (the plan's: test_torch_plan.py)
 
     def groups(m: torch.nn.Module) -> List[Dict[str, Any]]:
         return [
@@ -376,6 +377,7 @@ def test_one_native_call_per_step_zero_copy(monkeypatch):
         real(params, grads, exp_avgs, exp_avg_sqs, *args, **kwargs)
 
     monkeypatch.setattr(fusedopt._core, "adam", spy)
+    monkeypatch.setattr(ft, "_USE_TPLAN", False)  # the full path's native calls (the plan's: test_torch_plan.py)
     model = make_mlp(torch.float32)
     params = list(model.parameters())
     opt = ft.Adam(params)

@@ -410,6 +410,56 @@ bool describe_tensor_fast(py::handle t, Item* it, std::vector<std::int64_t>& dim
   return true;
 }
 
+}  // namespace
+
+bool torch_fast_ready() { return g_fast.from != nullptr; }
+
+bool torch_view(PyObject* t, TorchView* out) {
+  if (g_fast.from == nullptr) return false;
+  PyTypeObject* tp = Py_TYPE(t);
+  if (tp != g_fast.plain[0] && tp != g_fast.plain[1]) return false;
+  dl::Tensor d{};
+  if (g_fast.from(t, &d) != 0) {
+    PyErr_Clear();
+    return false;
+  }
+  if (d.device.device_type != dl::kCPU || d.dtype.code != dl::kFloat || d.dtype.lanes != 1 ||
+      (d.dtype.bits != 32 && d.dtype.bits != 64) || d.byte_offset != 0 || d.ndim < 0 || d.ndim > kMaxTorchDims ||
+      (d.ndim > 0 && (d.shape == nullptr || d.strides == nullptr))) {
+    return false;
+  }
+  out->data = d.data;
+  out->dtype = d.dtype.bits == 32 ? DType::f32 : DType::f64;
+  out->nd = d.ndim;
+  for (int i = 0; i < d.ndim; ++i) {
+    out->shape[i] = d.shape[i];
+    out->strides[i] = d.strides[i];
+  }
+  return true;
+}
+
+bool torch_not_neg(PyObject* t) {
+  PyObject* neg = g_fast.is_neg(t);
+  Py_XDECREF(neg);
+  return neg == Py_False;
+}
+
+PyObject* torch_storage(PyObject* t) {
+  PyObject* st = g_fast.untyped_storage(t);
+  if (st != nullptr && Py_TYPE(st) != g_fast.storage_type) {
+    Py_DECREF(st);
+    return nullptr;
+  }
+  return st;
+}
+
+bool torch_storage_bounds(PyObject* storage, std::uintptr_t* base, std::uintptr_t* nbytes) {
+  return Py_TYPE(storage) == g_fast.storage_type && call_uintptr(g_fast.storage_data_ptr, storage, base) &&
+         call_uintptr(g_fast.nbytes, storage, nbytes);
+}
+
+namespace {
+
 // A torch tensor: dense, on the CPU, not a lazily negated view, inside its storage. The storage
 // object is returned (the call keeps it alive).
 py::object describe_tensor(py::handle t, const char* name, std::size_t k, Item* it, std::vector<std::int64_t>& dims) {

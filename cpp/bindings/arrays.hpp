@@ -70,6 +70,7 @@ class Buffers {
  private:
   friend Buffers collect(const std::vector<Role>& roles, bool mixed);
   friend class Plan;
+  friend class TorchPlan;
   std::vector<void*> ptrs_;
   std::vector<std::int64_t> sizes_;
   int nbuf_ = 0;
@@ -121,6 +122,32 @@ constexpr long long kMaxThreads = 1024;
 // A thread count argument: a Python int (not bool) with 1 <= threads <= kMaxThreads, else
 // TypeError / ValueError naming `threads`.
 int check_threads(py::handle threads);
+
+// ---- torch tensors read directly, for TorchPlan (torch_plan.hpp) -------------------------------
+// The fast reader collect() uses for plain tensors, in pieces: each a C call (torch's DLPack
+// exchange table, or a METH_NOARGS C method of torch.Tensor / torch.UntypedStorage), no Python
+// method machinery, nothing of torch's C++ structs read. Every function returns false (or nullptr)
+// with the Python error state unchanged for anything it cannot tell or does not accept.
+constexpr int kMaxTorchDims = 8;
+struct TorchView {
+  void* data = nullptr;  // the first element (torch's strides are >= 0)
+  DType dtype = DType::f32;
+  int nd = 0;
+  std::int64_t shape[kMaxTorchDims] = {};
+  std::int64_t strides[kMaxTorchDims] = {};  // in elements
+};
+// Whether the DLPack exchange table and the C methods are available (torch registered).
+bool torch_fast_ready();
+// An exact torch.Tensor / torch.nn.Parameter on the CPU with dtype float32/float64 and at most
+// kMaxTorchDims dimensions, as torch's DLPack export describes it (which does not tell the neg bit
+// nor whether the storage still holds the elements: ask torch_not_neg and torch_storage_bounds).
+bool torch_view(PyObject* t, TorchView* out);
+// t.is_neg() is False (true), or True / failed (false).
+bool torch_not_neg(PyObject* t);
+// t.untyped_storage(): a new reference, or nullptr.
+PyObject* torch_storage(PyObject* t);
+// storage.data_ptr() and storage.nbytes() of a torch.UntypedStorage.
+bool torch_storage_bounds(PyObject* storage, std::uintptr_t* base, std::uintptr_t* nbytes);
 
 // fusedopt.torch calls this once (fusedopt._core._register_torch): from then on collect() accepts
 // CPU torch tensors of dtype float32/float64 wherever it accepts NumPy arrays.

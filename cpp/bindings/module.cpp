@@ -7,6 +7,8 @@ void register_optimizers(pybind11::module_& m);
 void register_runtime(pybind11::module_& m);
 void register_signals(pybind11::module_& m);
 void register_stepper(pybind11::module_& m);
+void register_torch_plan(pybind11::module_& m);
+void register_functional(pybind11::module_& m);
 }  // namespace bindings
 }  // namespace fusedopt
 
@@ -19,4 +21,6 @@ PYBIND11_MODULE(_core, m, pybind11::mod_gil_not_used()) {
   fusedopt::bindings::register_runtime(m);
   fusedopt::bindings::register_signals(m);
   fusedopt::bindings::register_stepper(m);
+  fusedopt::bindings::register_torch_plan(m);
+  fusedopt::bindings::register_functional(m);
 }

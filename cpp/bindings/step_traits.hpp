@@ -193,6 +193,13 @@ struct SgdBinding {
     d[0] = v[0], d[1] = v[1], d[2] = v[2], d[3] = 1.0 - v[3];
     f[0] = b[0], f[1] = b[1], f[2] = b[2];
   }
+  // The functional's twins of the description (python/fusedopt/algorithms/sgd.py; see "Functional
+  // twins" below): momentum_buffers exist when momentum != 0; nesterov needs momentum > 0 and no dampening.
+  static constexpr const char* const* kSwitches = nullptr;
+  static bool present(std::size_t, const double* v, const bool*, const bool*) { return v[2] != 0.0; }
+  static bool fast_ok(const double* v, const bool* b, const bool*, DType) {
+    return !(b[0] && (v[2] <= 0.0 || v[3] != 0.0));
+  }
 };
 
 struct MomentumBinding {
@@ -215,6 +222,9 @@ struct MomentumBinding {
     d[0] = b[0] ? v[0] / (1.0 - std::pow(v[1], static_cast<double>(t))) : v[0];
     d[1] = v[1], d[2] = 1.0 - v[1], d[3] = v[2];
   }
+  static constexpr const char* const* kSwitches = nullptr;
+  static bool present(std::size_t, const double*, const bool*, const bool*) { return true; }
+  static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
 };
 
 struct RmspropBinding {
@@ -244,6 +254,12 @@ struct RmspropBinding {
     d[4] = b[0] ? 0.0 : eps, d[5] = b[0] ? eps : 0.0, d[6] = v[3], d[7] = mu;
     f[0] = b[2];
   }
+  // twins: grad_avgs exist when centered, momentum_buffers when momentum > 0; no relations
+  static constexpr const char* kSwitches[] = {"centered"};
+  static bool present(std::size_t r, const double* v, const bool*, const bool* s) {
+    return r == 3 ? s[0] : v[4] > 0.0;
+  }
+  static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
 };
 
 struct AdamBinding {
@@ -281,6 +297,14 @@ struct AdamBinding {
     d[9] = -lr / bias_correction1, d[10] = root, d[11] = eps;
     f[0] = b[2], f[1] = b[3];
   }
+  // twins: max_exp_avg_sqs exist when amsgrad; at most one of epsilon_hat, eps_root != 0 and
+  // torch_exact; torch_exact steps float32 only (the description's relations and check_params)
+  static constexpr const char* kSwitches[] = {"amsgrad"};
+  static bool present(std::size_t, const double*, const bool*, const bool* s) { return s[0]; }
+  static bool fast_ok(const double* v, const bool* b, const bool*, DType dtype) {
+    return static_cast<int>(b[1]) + static_cast<int>(v[5] != 0.0) + static_cast<int>(b[3]) <= 1 &&
+           (!b[3] || dtype == DType::f32);
+  }
 };
 
 struct AdagradBinding {
@@ -304,6 +328,9 @@ struct AdagradBinding {
     d[0] = -clr, d[1] = v[2], d[2] = v[3];
     f[0] = b[0];
   }
+  static constexpr const char* const* kSwitches = nullptr;
+  static bool present(std::size_t, const double*, const bool*, const bool*) { return true; }
+  static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
 };
 
 struct LionBinding {
@@ -327,7 +354,42 @@ struct LionBinding {
     d[0] = v[0], d[1] = v[1], d[2] = 1.0 - v[1], d[3] = v[2], d[4] = 1.0 - v[2], d[5] = 1.0 - v[0] * v[3];
     f[0] = b[0];
   }
+  static constexpr const char* const* kSwitches = nullptr;
+  static bool present(std::size_t, const double*, const bool*, const bool*) { return true; }
+  static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
 };
+
+// optax's trace (python/fusedopt/algorithms/sgd.py, TRACE): the SGD kernel under other names
+// (decay = momentum, no dampening, no first step; the traces always exist). Not a binding of its
+// own: only the functional (functional.cpp) uses it.
+struct TraceBinding : SgdBinding {
+  static constexpr const char* kName = "trace";
+  static constexpr const char* kValues[] = {"lr", "decay", "weight_decay"};
+  static constexpr const char* kBools[] = {"nesterov", "maximize"};
+  static void derive(const double* v, const bool* b, std::int64_t, double* d, bool* f) {
+    d[0] = v[0], d[1] = v[2], d[2] = v[1], d[3] = 1.0 - 0.0;
+    f[0] = b[0], f[1] = b[1], f[2] = false;
+  }
+  static constexpr const char* const* kSwitches = nullptr;
+  static bool present(std::size_t, const double*, const bool*, const bool*) { return true; }
+  static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
+};
+
+// ---- Functional twins ----------------------------------------------------------------------------
+// The functional API's C++ fast path (functional.cpp) reads, besides kValues/kBools (what `derive`
+// needs), kSwitches: the bool hyperparameters only these twins read (amsgrad, centered). present(r,
+// v, b, s) is the description's StateRole.when of optional role r (kRoles index); fast_ok(v, b, s,
+// dtype) is true only when the description's relations and check_params certainly pass (false: the
+// generated Python function runs instead and raises its own error). tests/test_functional_fast.py
+// checks the twins against the descriptions over a grid of hyperparameters.
+template <class Tr>
+constexpr std::size_t num_switches() {
+  if constexpr (std::is_array_v<decltype(Tr::kSwitches)>) {
+    return std::extent_v<decltype(Tr::kSwitches)>;
+  } else {
+    return 0;
+  }
+}
 
 template <class Tr>
 constexpr std::size_t num_flags() {

@@ -174,6 +174,7 @@ bool Stepper::step(py::handle grads, py::handle param_groups, py::handle state, 
     throw py::value_error("threads must be between 1 and " + std::to_string(kMaxThreads) + ", got " +
                           std::to_string(threads));
   }
+  if (plan_.is_none()) return false;  // cleared by the garbage collector (clear())
   // the same (only) group dict, holding the very value objects Python validated
   PyObject* groups = param_groups.ptr();
   if (!PyList_CheckExact(groups) || PyList_GET_SIZE(groups) != 1 || PyList_GET_ITEM(groups, 0) != group_.ptr()) {
@@ -233,6 +234,29 @@ bool Stepper::step(py::handle grads, py::handle param_groups, py::handle state, 
                     has_step_ ? next_obj.ptr() : nullptr);
 }
 
+int Stepper::traverse(visitproc visit, void* arg) const {
+  Py_VISIT(plan_.ptr());
+  Py_VISIT(group_.ptr());
+  Py_VISIT(states_.ptr());
+  for (const py::object& o : lists_) Py_VISIT(o.ptr());
+  for (const py::object& o : role_keys_) Py_VISIT(o.ptr());
+  for (const py::object& o : keys_) Py_VISIT(o.ptr());
+  for (const py::object& o : snapshot_) Py_VISIT(o.ptr());
+  return 0;
+}
+
+void Stepper::clear() {
+  // Moved out first, released after: a destructor run by a release may look at this Stepper.
+  std::vector<py::object> drop{std::move(plan_), std::move(group_), std::move(states_)};
+  for (auto* v : {&lists_, &role_keys_, &keys_, &snapshot_}) {
+    for (py::object& o : *v) drop.push_back(std::move(o));
+    v->clear();
+  }
+  plan_ = py::none();
+  group_ = py::dict();
+  states_ = py::list();
+}
+
 std::vector<std::string> Stepper::supported_algorithms() {
   std::vector<std::string> out;
   for (const Algo& a : algos()) out.emplace_back(a.name);
@@ -258,7 +282,20 @@ void register_stepper(py::module_& m) {
   py::class_<Stepper>(m, "Stepper",
                       "The optimizer classes' fast path for their common planned step (one param group, one dtype, "
                       "every parameter with a gradient): caches what Python validated and re-checks it by identity "
-                      "at every step. See cpp/bindings/stepper.hpp.")
+                      "at every step. See cpp/bindings/stepper.hpp.",
+                      py::custom_type_setup([](PyHeapTypeObject* heap_type) {
+                        PyTypeObject* type = &heap_type->ht_type;
+                        type->tp_flags |= Py_TPFLAGS_HAVE_GC;
+                        type->tp_traverse = [](PyObject* self, visitproc visit, void* arg) -> int {
+                          Py_VISIT(Py_TYPE(self));  // a heap type's instances own a reference to it
+                          if (!py::detail::is_holder_constructed(self)) return 0;
+                          return py::cast<const Stepper&>(py::handle(self)).traverse(visit, arg);
+                        };
+                        type->tp_clear = [](PyObject* self) -> int {
+                          if (py::detail::is_holder_constructed(self)) py::cast<Stepper&>(py::handle(self)).clear();
+                          return 0;
+                        };
+                      }))
       .def(py::init<const std::string&, py::object, const py::list&, const py::sequence&, const py::sequence&,
                     py::dict, const py::tuple&, const py::tuple&, const py::list&, const py::dict&, bool>(),
            "kernel"_a, "plan"_a, "params"_a, "lists"_a, "role_keys"_a, "group"_a, "keys"_a, "snapshot"_a, "states"_a,

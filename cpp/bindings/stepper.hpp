@@ -45,6 +45,12 @@ class Stepper {
 
   std::size_t count() const { return count_; }
 
+  // Garbage collection (the Stepper is GC-tracked: a group dict may refer back to the optimizer
+  // that holds its Stepper, a cycle only the collector can free): visit / drop every object held.
+  // A cleared Stepper never steps again (step() returns False).
+  int traverse(visitproc visit, void* arg) const;
+  void clear();
+
   static std::vector<std::string> supported_algorithms();
   // The per-step scalars and flags `derive` makes for this view and step count (test hook).
   static py::tuple scalars(const std::string& algorithm, const py::dict& view, std::int64_t t);

@@ -15,15 +15,6 @@ inline GradCoef<T> grad_coef(const GradScalars& s) {
   return GradCoef<T>{static_cast<T>(s.grad_scale), static_cast<T>(s.clip_coef), static_cast<T>(s.clip_value)};
 }
 
-inline float clamp_select(bool cond, float a, float b) {
-  const std::uint32_t mask = 0u - static_cast<std::uint32_t>(cond);
-  return __builtin_bit_cast(float, (__builtin_bit_cast(std::uint32_t, a) & mask) | (__builtin_bit_cast(std::uint32_t, b) & ~mask));
-}
-inline double clamp_select(bool cond, double a, double b) {
-  const std::uint64_t mask = std::uint64_t{0} - static_cast<std::uint64_t>(cond);
-  return __builtin_bit_cast(double, (__builtin_bit_cast(std::uint64_t, a) & mask) | (__builtin_bit_cast(std::uint64_t, b) & ~mask));
-}
-
 template <bool Pre, class T>
 inline T load_grad(T g, const GradCoef<T>& c) {
   if constexpr (Pre) {
@@ -32,8 +23,8 @@ inline T load_grad(T g, const GradCoef<T>& c) {
     // clamp to [-clip, clip]; NaN compares false: stays NaN. Both comparisons are made and the
     // result selected by bit masks: a nested `?:` on floating-point compares (which may trap) is
     // not if-converted by GCC, and the loop would stay scalar.
-    g = clamp_select(g < -c.clip, -c.clip, g);
-    g = clamp_select(g > c.clip, c.clip, g);
+    g = choose(g < -c.clip, -c.clip, g);
+    g = choose(g > c.clip, c.clip, g);
   }
   return g;
 }

@@ -33,6 +33,7 @@ namespace {
 using std::int64_t;
 
 #include "kernels/parallel.inl"
+#include "kernels/select.inl"
 #include "kernels/grad.inl"
 #include "kernels/lowp.inl"
 #include "kernels/engine.inl"

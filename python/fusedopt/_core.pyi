@@ -1,7 +1,7 @@
 """Stub of the compiled module fusedopt._core (cpp/bindings). Private: use fusedopt.functional."""
 
 from types import TracebackType
-from typing import Any, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
@@ -41,6 +41,19 @@ class Plan:
     @property
     def roles(self) -> int: ...
 
+class TorchPlan:
+    """fusedopt.torch's steady-state step (cpp/bindings/torch_plan.hpp)."""
+
+    def __init__(
+        self, kernel: str, has_step: bool, param_groups: List[Any], state: dict[Any, Any],
+        groups: List[Tuple[Tuple[str, ...], Tuple[Any, ...], dict[str, Any], List[Optional[str]], bool]],
+        increment_version: Any, serial_below: int,
+    ) -> None: ...
+    def step(self, param_groups: List[Any], state: dict[Any, Any], threads: int) -> int: ...
+    def refresh(self, k: int, snapshot: Tuple[Any, ...], view: dict[str, Any]) -> None: ...
+    @property
+    def count(self) -> int: ...
+
 class Stepper:
     """The optimizer classes' fast path for their common planned step (cpp/bindings/stepper.hpp)."""
 
@@ -57,6 +70,25 @@ class Stepper:
 _stepper_kernels: Tuple[str, ...]
 
 def _stepper_scalars(kernel: str, view: Any, t: int) -> Tuple[Any, ...]: ...
+
+class Functional:
+    """A function of fusedopt.functional with its C++ fast path (cpp/bindings/functional.cpp)."""
+
+    __wrapped__: Callable[..., Optional[float]]
+    __signature__: Any
+    __source__: str
+    __name__: str
+    __qualname__: str
+    def __call__(self, *args: Any, **kwargs: Any) -> Optional[float]: ...
+    @property
+    def _fast_calls(self) -> int: ...
+
+def _functional(
+    traits: str, kernel: str, fallback: Callable[..., Optional[float]], positional: Sequence[Tuple[str, bool]],
+    keywords: Sequence[Tuple[Any, ...]], fixed: Sequence[Tuple[str, Any]], threads_module: Any, threads_key: str,
+) -> Functional: ...
+
+_functional_traits: Tuple[str, ...]
 
 def sgd(
     params: _Arrays, grads: _Arrays, momentum_buffers: Optional[_Arrays], lr: float, weight_decay: float,

@@ -5,7 +5,10 @@ writes ``__init__``): its signature is the description's (state arrays positiona
 order, hyperparameters keyword-only with their defaults), its body checks every argument with
 the description's ranges, derives the per-step scalars and makes one native call. Generating
 the code keeps the call as cheap as a hand-written function (no loops over hyperparameters at
-run time) while no check, role order or native call is written per algorithm.
+run time) while no check, role order or native call is written per algorithm. The function is
+then wrapped in its C++ fast path (:func:`fast_functional`, cpp/bindings/functional.cpp): the
+plain call (exact floats in range, bools, no gradient options) is parsed, checked, derived and
+run in C++; every other call runs the generated function unchanged.
 
 :func:`native_call` is the same call for the optimizer classes (validated hyperparameters
 already at hand).
@@ -13,8 +16,9 @@ already at hand).
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _core, _scalars, _threads
 from . import _validation as check
@@ -39,7 +43,45 @@ def _range_test(name: str, rng: Any) -> str:
 
 
 def make_functional(algo: Algorithm, module: str = "fusedopt.functional") -> Callable[..., Optional[float]]:
-    """The functional form of ``algo`` (see the module docstring)."""
+    """The functional form of ``algo`` (see the module docstring): the generated Python function,
+    wrapped in its C++ fast path (:func:`fast_functional`) when the kernel's traits have twins for it."""
+    fn = python_functional(algo, module)
+    key = algo.name if algo.name in _core._functional_traits else algo.kernel
+    if key not in _core._functional_traits:
+        return fn
+    return fast_functional(algo, key, fn)
+
+
+def fast_functional(algo: Algorithm, key: str, fn: Callable[..., Optional[float]]) -> Callable[..., Optional[float]]:
+    """``fn`` (the generated function of ``algo``) behind the C++ fast path (cpp/bindings/functional.cpp):
+    a :class:`fusedopt._core.Functional` that parses the call itself and, for the plain case (exact
+    floats inside their ranges, bools, an int step, no gradient options, arrays that pass every
+    check), derives the scalars and runs the kernel in C++; any other call runs ``fn`` with the
+    same arguments (so every error and conversion is ``fn``'s). It looks like ``fn`` to ``inspect``,
+    ``help`` and ``pickle`` (``__wrapped__``, ``__signature__``, ``__doc__``, names)."""
+    positional = [("params", False), ("grads", False)] + [(r.arg, r.when is not None) for r in algo.states]
+    keywords: List[Tuple[Any, ...]] = [("step", "step", None)] if algo.step_arg else []
+    for h in algo.arguments:
+        default = None if h.default is REQUIRED else h.default
+        if h.is_flag:
+            keywords.append((h.name, "flag", default))
+        else:
+            rng = h.rng
+            assert rng is not None
+            keywords.append((h.name, "real", default, float(rng.low), float(rng.high), rng.open_low, rng.closed_high))
+    keywords += [(o, "none", None) for o in GRAD_OPTIONS if o != "skip_if_nonfinite"]
+    keywords += [("skip_if_nonfinite", "false", False), ("threads", "threads", None)]
+    fast: Any = _core._functional(key, algo.kernel, fn, positional, keywords, list(algo.fixed), _threads, algo.threads)
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__", "__source__"):
+        setattr(fast, attr, getattr(fn, attr))
+    fast.__wrapped__ = fn
+    fast.__signature__ = inspect.signature(fn)
+    out: Callable[..., Optional[float]] = fast
+    return out
+
+
+def python_functional(algo: Algorithm, module: str = "fusedopt.functional") -> Callable[..., Optional[float]]:
+    """The generated Python function of ``algo`` (every check, the scalars, one native call)."""
     ns: Dict[str, Any] = {
         "_core": _core, "_inf": math.inf, "_threads": _threads, "_NO_GRAD": _NO_GRAD, "_algo": algo,
         "_step_count": check.step_count, "_scalars_of": algo.scalars, "_flags_of": algo.flags,

@@ -17,33 +17,34 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 from . import _core
 
-#: Serial below this many elements per call (all tensors of the call together). Re-measured for
-#: issue 12 (one-sqrt-one-division Adam, engine kernels) on the 2-core development VM (AMD EPYC,
-#: AVX2 active), F.adam float32, threads=1 vs threads=2, default OMP_WAIT_POLICY:
+#: Serial below this many elements per call (all tensors of the call together). Chosen for issue 12
+#: from ``benchmarks/serial_threshold.py`` on the 2-core development VM (AMD EPYC, AVX2), 2
+#: threads against 1, medians, 2026-12-06, in three situations:
 #:
-#: * hot (back to back, best of 5): 2 threads win from 2^14 (1.2x) to 2^19 (1.4-1.9x), 1.3x at 2^20-2^21;
-#: * after 5 ms idle (libgomp's workers still spinning; median of 15 single calls): even up to 2^18
-#:   (0.97-1.05x), 1.1x at 2^19, 1.3x from 2^20;
-#: * after 50 ms idle (workers asleep): waking the worker cost ~5.9 ms (median) on this VM at every
-#:   size, so 2 threads lost below ~2^22; the best of 15 calls still won 1.25-1.4x from 2^18.
+#: * in a real training loop (torch forward and backward of an MLP between ``fusedopt.torch``
+#:   steps, the common case): Adam's 2 threads win from 2^13-2^14 (1.05x, 1.14x; 1.5x at 2^16,
+#:   1.8x from 2^18), Lion's from 2^13-2^14 (1.07x, 1.21x), SGD with momentum's from 2^15 (1.57x);
+#: * back to back (``hot``): Adam from 2^13 (1.3x; 1.8x at 2^16), Lion from 2^14 (1.17x), SGD from
+#:   2^16 (1.42x; 0.83x at 2^15);
+#: * after a 50 ms pause with the machine otherwise idle: waking the sleeping worker cost ~5.5 ms on
+#:   this VM at every size (the hypervisor had descheduled the idle vCPU), so 2 threads lost below
+#:   2^21 whatever the threshold; inside a training loop the CPUs stay busy and no such cost shows.
 #:
-#: 2^18 = 256 Ki elements stays the threshold: break-even after a short idle, 1.5x hot; the
-#: sleeping-worker wake-up on this VM is a scheduler cost no threshold below 2^22 avoids (pass
-#: ``threads=1`` if steps are rare and small). Earlier measurement (2026-11-22, two-division Adam):
-#: 2 threads won from 2^15-2^16 back to back and from 2^18-2^19 after a 5 ms sleep; PERFORMANCE.md §3
-#: found 64-256 Ki on the Zen 3 machine. Lion (element-wise like SGD) uses the same threshold.
-#: Pass ``threads=`` explicitly to override.
+#: So 2^14 for the algorithms with a square root or a division per element (and Lion), 2^16 for
+#: SGD and momentum (pure multiply-adds). The earlier 2^18 (issue 9) was chosen from the after-idle
+#: measurement, which protects nothing below 2^21 and costs 1.1-1.8x in training loops. Pass
+#: ``threads=1`` for rare, isolated small steps; ``threads=`` overrides this policy.
 SERIAL_BELOW: dict[str, int] = {
-    "sgd": 1 << 18,
-    "momentum": 1 << 18,
-    "rmsprop": 1 << 18,
-    "adam": 1 << 18,
-    "adagrad": 1 << 18,
-    "lion": 1 << 18,
+    "sgd": 1 << 16,
+    "momentum": 1 << 16,
+    "rmsprop": 1 << 14,
+    "adam": 1 << 14,
+    "adagrad": 1 << 14,
+    "lion": 1 << 14,
 }
 
 #: The largest thread count accepted by ``threads=`` and :func:`set_num_threads` (the compiled core
@@ -81,14 +82,27 @@ def _env_threads() -> Optional[int]:
     return MAX_THREADS if len(digits) > len(str(MAX_THREADS)) else min(int(digits), MAX_THREADS)
 
 
+#: (process id, its CPU count): the affinity is read once per process (a system call), not at every step
+_cpus_of_process: Tuple[int, int] = (-1, 1)
+
+
+def _process_cpu_count() -> int:
+    global _cpus_of_process
+    pid = os.getpid()
+    if _cpus_of_process[0] != pid:  # first call, or a forked child
+        _cpus_of_process = (pid, _cpu_count())
+    return _cpus_of_process[1]
+
+
 def default_num_threads() -> int:
-    """The thread count used when :func:`set_num_threads` was not called."""
+    """The thread count used when :func:`set_num_threads` was not called (``OMP_NUM_THREADS`` and
+    OpenMP's limit, e.g. threadpoolctl's, are read at every call; the CPU affinity once per process)."""
     if not _core.openmp_enabled:
         return 1
     env = _env_threads()
     if env is not None:
         return env
-    return max(1, min(_core.omp_max_threads(), _cpu_count(), MAX_THREADS))
+    return max(1, min(_core.omp_max_threads(), _process_cpu_count(), MAX_THREADS))
 
 
 def get_num_threads() -> int:

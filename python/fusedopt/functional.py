@@ -65,11 +65,20 @@ def _as_list(name: str, x: ArrayOrList) -> Sequence[np.ndarray]:
 
 
 def _n_elements(params: Sequence[np.ndarray]) -> int:
-    """Total elements of a call (for the thread policy); non-arrays count 0 (the core rejects them)."""
+    """Total elements of a call (for the thread policy); torch tensors count their ``numel()``,
+    other non-arrays 0 (the core rejects them)."""
     try:
         return sum([p.size for p in params])
-    except AttributeError:
-        return sum(int(getattr(p, "size", 0)) for p in params)
+    except (AttributeError, TypeError):  # (a torch tensor's .size is a method)
+        return sum(_size(p) for p in params)
+
+
+def _size(a: Any) -> int:
+    size = getattr(a, "size", 0)
+    if isinstance(size, int):
+        return size
+    numel = getattr(a, "numel", None)
+    return int(numel()) if callable(numel) else 0
 
 
 def _scalar(name: str, value: Any) -> float:

@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import copy
 import math
-import threading
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union, cast
 
 import numpy as np
 
-from . import _core, _engine, _threads
+from . import _core, _engine, _fork, _threads
 from . import _validation as check
 from . import functional as F
 from .algorithms import ADAGRAD, ADAM, ADAMW, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm, TorchName
@@ -59,7 +58,9 @@ class Optimizer:
     ``copy.deepcopy`` and ``pickle`` give an independent optimizer (its own lock, copies of the
     parameters and state) equal to this one, which steps bitwise like it; objects copied in the
     same call keep sharing what they shared (an arena, an EMA's parameters, a scheduler's
-    optimizer).
+    optimizer). In a child forked while another thread was inside ``step()`` or
+    ``load_state_dict()``, ``step()`` raises ``RuntimeError`` instead of waiting forever, until
+    ``load_state_dict()`` replaces the half-updated state (:mod:`fusedopt._fork`).
     """
 
     #: the algorithm's description (fusedopt.algorithms): everything below is derived from it
@@ -84,7 +85,7 @@ class Optimizer:
         self.param_groups: List[Dict[str, Any]] = []
         self._params: List[np.ndarray] = []
         self.state: List[State] = []
-        self._lock = threading.Lock()
+        self._lock = _fork.new_lock(self)  # re-entrant; replaced after a fork mid-call (_fork)
         self._version = 0  # bumped whenever params or state layout change
         self._plan: Optional[_Plan] = None
         #: the C++ fast path of the planned step (see _make_stepper); dropped with the plan
@@ -647,8 +648,12 @@ class Optimizer:
 
         Everything is checked first (group and parameter counts, hyperparameters, state keys,
         array shapes and dtypes, step counts); a state dict that does not fit raises and leaves
-        the optimizer unchanged. Arrays are copied in. Serialized with steps by the lock.
+        the optimizer unchanged. Arrays are copied in. Serialized with steps by the lock. (In a
+        child forked while another thread was inside a step or load, loading replaces the
+        half-updated state and the lock lost with that thread: see fusedopt._fork.)
         """
+        if _fork.forked_mid_call(self):
+            self._lock = _fork.new_lock(self)
         with self._lock:
             self._load_state_dict(state_dict)
 
@@ -747,7 +752,7 @@ class Optimizer:
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._lock = _fork.new_lock(self)
         self._plan = None
         self._stepper = None
         self._version += 1
@@ -760,7 +765,7 @@ class Optimizer:
         new = cls.__new__(cls)
         with self._lock:
             new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in self._NOT_COPIED})
-        new._lock = threading.Lock()
+        new._lock = _fork.new_lock(new)
         new._plan = None
         new._stepper = None
         return new

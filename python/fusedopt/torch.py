@@ -6,9 +6,12 @@
 updates CPU float32/float64 parameters **in place** (never a copy) with one native fusedopt call
 per (param group, dtype, step count) bucket — normally a single call for the whole model. The
 tensors themselves go to the native core, which reads each one's data pointer, dtype, shape,
-strides, device and storage bounds through torch's own methods at every step (no NumPy view is
-made, so storages stay resizable; nothing about a tensor is cached between steps, so a replaced
-parameter's memory is released at once) and keeps each storage alive while the kernel runs.
+strides, device and storage bounds through torch's DLPack export and C methods at every step (no
+NumPy view is made, so storages stay resizable) and keeps each storage alive while the kernel runs.
+After a full step, a C++ plan (``_core.TorchPlan``, cpp/bindings/torch_plan.hpp) does the next
+steps: it re-checks every parameter, state and step tensor against what the full step validated,
+reads each fresh gradient in full, and hands anything that changed to the full step. It keeps no
+tensor alive (storages only weakly), so a replaced parameter's memory is released at once.
 After the update the autograd version counters of the parameters, state tensors and step
 counters advance, as with torch.optim's in-place updates; inference tensors are stepped only
 inside ``torch.inference_mode()`` (torch's own error otherwise). A KeyboardInterrupt arriving
@@ -68,18 +71,17 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by t
         "`pip install fusedopt[torch]` (or `pip install torch`)."
     ) from _exc
 
+import importlib
+import inspect
 import math
 import numbers
-import os
 import re
-import threading
-import weakref
 from operator import attrgetter, itemgetter
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import numpy as np
 
-from . import _core, _engine, _threads
+from . import _core, _engine, _fork, _threads
 from . import _validation as check
 from .algorithms import (
     ADAGRAD,
@@ -295,41 +297,25 @@ def _torch_names(message: str, entries: List[_Entry]) -> str:
 _PLAIN = frozenset({float, int, bool, str, type(None), np.float64, np.float32, np.int64, np.int32, np.bool_})
 _PLAIN_OR_TUPLE = _PLAIN | {tuple}
 
-#: every live optimizer, for the child side of ``fork()`` (weak: the set keeps none alive)
-_LIVE: "weakref.WeakSet[_FusedOptimizer]" = weakref.WeakSet()
+def _immutable(vals: Tuple[Any, ...]) -> bool:
+    """Whether a group's hyperparameter values are all immutable (see ``_group_plan``): then the same
+    value objects are the values validated."""
+    for v in vals:
+        t = type(v)
+        if t not in _PLAIN and not (t is tuple and _PLAIN.issuperset(map(type, v))):
+            return False
+    return True
 
 
-class _ForkedMidStep:
-    """Stands in for the lock of an optimizer that another thread held (inside ``step()``,
-    ``load_state_dict()`` or ``add_param_group()``) when the process forked: in the child that call
-    never finishes, so the lock would never be released and the state may be half updated. Stepping
-    raises instead of hanging; ``load_state_dict()`` replaces the state and makes a new lock."""
-
-    def __enter__(self) -> None:
-        raise RuntimeError(
-            "this fusedopt.torch optimizer was being stepped (or loaded) by another thread when the process "
-            "forked; in this child process that call never completed, so its state may be half updated. "
-            "Load a state dict (load_state_dict) or make a new optimizer"
-        )
-
-    def __exit__(self, *exc: Any) -> None:  # pragma: no cover - __enter__ always raises
-        return None
 
 
-def _after_fork_in_child() -> None:
-    """A lock held by a thread that does not exist in the child is never released: mark it."""
-    for opt in list(_LIVE):
-        lock = opt.__dict__.get("_lock")
-        if lock is None or isinstance(lock, _ForkedMidStep):
-            continue
-        if lock.acquire(blocking=False):  # free, or held by the forking thread itself (re-entrant)
-            lock.release()
-        else:
-            opt._lock = _ForkedMidStep()
+#: a private switch for measurements and tests: the C++ steady-state step (_make_tplan)
+_USE_TPLAN = True
 
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# torch's step hooks and profiler range (see _FusedOptimizer.step)
+_GLOBAL_PRE_HOOKS = importlib.import_module("torch.optim.optimizer")._global_optimizer_pre_hooks
+_GLOBAL_POST_HOOKS = importlib.import_module("torch.optim.optimizer")._global_optimizer_post_hooks
+_profiler_enabled = torch._C._autograd._profiler_enabled
 
 
 def _key_error(key: str, note: str) -> KeyError:
@@ -359,11 +345,13 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     #: the group keys a loaded state dict must have (torch's step reads them; torch's
     #: ``__setstate__`` fills in the others from the defaults)
     _REQUIRED_GROUP_KEYS: Tuple[str, ...] = ("lr",)
-    _lock: Any  # threading.RLock, or _ForkedMidStep in a forked child (see _after_fork_in_child)
+    _lock: Any  # threading.RLock, or _fork.ForkedMidCall in a forked child (see fusedopt._fork)
+    #: the C++ steady-state step (see _make_tplan) and, per group, (state keys, uses_step) it was made for
+    _tplan: Optional[_core.TorchPlan]
+    _tplan_groups: List[Tuple[Tuple[str, ...], bool]]
 
     def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
-        self._lock = threading.RLock()
-        _LIVE.add(self)
+        self._lock = _fork.new_lock(self)
         self._forget_caches()
         # torch's constructor checks (its order, types and messages), then fusedopt's own, before
         # any group is made; the implementation flags are checked per group, after its parameters
@@ -484,6 +472,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             self._add_param_group(param_group)
 
     def _add_param_group(self, param_group: Dict[str, Any]) -> None:
+        self._tplan = None
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         param_group = dict(param_group)
@@ -528,8 +517,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         self._check_loaded(state)
         super().__setstate__(state)
         if "_lock" not in self.__dict__:  # unpickled or deep-copied: a lock of its own
-            self._lock = threading.RLock()
-            _LIVE.add(self)
+            self._lock = _fork.new_lock(self)
         self._forget_caches()
         for group in self.param_groups:
             for k, v in self.defaults.items():
@@ -547,6 +535,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         self._plans: Dict[int, Tuple[Any, ...]] = {}
         #: the group's hyperparameter values, in the order of self.defaults
         self._hget: Optional[Callable[[Dict[str, Any]], Tuple[Any, ...]]] = None
+        self._tplan = None
+        self._tplan_groups = []
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """torch's ``load_state_dict`` (state is cast to each parameter's dtype; steps stay as saved).
@@ -557,8 +547,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         ``'step'`` that is not a whole number >= 0 (``-5``, ``2.5``, ``inf``, ``nan``) or not a
         one-element float32/float64 tensor (or a number) raises ValueError/TypeError naming it.
         """
-        if isinstance(self._lock, _ForkedMidStep):
-            self._lock = threading.RLock()  # (forked child) loading replaces the half-updated state
+        if _fork.forked_mid_call(self):
+            self._lock = _fork.new_lock(self)  # (forked child) loading replaces the half-updated state
         with self._lock:
             self._forget_caches()
             super().load_state_dict(state_dict)
@@ -645,14 +635,31 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             t = 1
         _engine.native_call(algo, hyper, t if t is not None else 1, P, G, lists, threads, None, counters)
 
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override,unused-ignore]
-        """Perform one optimization step (``closure`` re-evaluates the model and returns the loss).
+    def step(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override,unused-ignore]
+        """Perform one optimization step (``step(closure=None)``: ``closure`` re-evaluates the model
+        and returns the loss).
 
         Everything is checked before the first write; state created by this step (lazy
         initialization), the step counters and the autograd version counters are committed only
         after the update succeeded, and a KeyboardInterrupt arriving meanwhile is delivered after
         the step completed (all or nothing).
+
+        Step hooks (``register_step_pre_hook``/``register_step_post_hook``, and the global ones)
+        and the profiler's ``Optimizer.step#<class>.step`` range behave as torch's: when any hook
+        is registered or the autograd profiler is on, the step runs inside torch's own wrapper
+        (``Optimizer.profile_hook_step``); otherwise that wrapper, whose profiler range alone costs
+        tens of microseconds, is skipped.
         """
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _GLOBAL_PRE_HOOKS
+                or _GLOBAL_POST_HOOKS or _profiler_enabled()):  # fmt: skip
+            return _HOOKED_STEP(self, *args, **kwargs)
+        out = self._locked_step(*args, **kwargs)
+        self._optimizer_step_code()
+        return out
+
+    step.hooked = True  # type: ignore[attr-defined]  # torch.optim.Optimizer does not wrap it again
+
+    def _locked_step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         with self._lock:  # concurrent steps of one optimizer are serialized (closure included)
             loss = None
             if closure is not None:
@@ -713,6 +720,66 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         return new
 
     def _step(self) -> None:
+        """The C++ plan's step when everything it cached still holds (:meth:`_fast_step`), else the
+        full step (:meth:`_full_step`), after which a new plan is made."""
+        tp = self._tplan
+        if tp is not None:
+            if self._fast_step(tp):
+                return
+            self._tplan = None
+        self._full_step()
+
+    def _fast_step(self, tp: "_core.TorchPlan") -> bool:
+        """One step by the plan (True), or False having changed nothing. A group whose
+        hyperparameters changed (a schedule's new ``lr``) is validated here, as the full step would
+        (raising its errors), and given to the plan when its state layout is unchanged."""
+        for _ in range(len(self.param_groups) + 1):
+            with _core.defer_interrupts:  # a KeyboardInterrupt waits until the step is complete
+                r = tp.step(self.param_groups, self.state, _threads.get_num_threads())
+            if r == -1:
+                return True
+            if r < 0:
+                return False
+            group = self.param_groups[r]
+            hyper, keys, uses_step = self._group_plan(group)
+            vals = cast(Callable[[Dict[str, Any]], Tuple[Any, ...]], self._hget)(group)
+            if not _immutable(vals) or (keys, uses_step) != self._tplan_groups[r]:
+                return False  # a value that can change in place (a Tensor lr, a list betas), another state layout
+            tp.refresh(r, vals, self._view(hyper))
+        return False
+
+    def _view(self, hyper: Dict[str, Any]) -> Dict[str, Any]:
+        """The plan's functional hyperparameters: a planned step never makes FIRST_STEP buffers."""
+        return hyper if self._algo.has_step else {**hyper, "first_step": False}
+
+    def _make_tplan(self, calls: List[Tuple[Tuple[str, ...], "_Call"]], groups: List[Tuple[Any, ...]],
+                    written: List[torch.Tensor]) -> Optional["_core.TorchPlan"]:  # fmt: skip
+        """The C++ steady-state step (cpp/bindings/torch_plan.hpp) after a full step that made one
+        native call per (group, dtype), whose groups' hyperparameters are all immutable values and
+        whose written tensors are not inference tensors; None otherwise (every step then takes the
+        full path)."""
+        if not _USE_TPLAN or not calls or any(map(_is_inference, written)):
+            return None
+        if len({(id(c.hyper), e.p.dtype) for _, c in calls for e in c.entries}) != len(calls):
+            return None  # a group with several step counts
+        get = cast(Callable[[Dict[str, Any]], Tuple[Any, ...]], self._hget)
+        specs, layouts = [], []
+        for group, (hyper, keys, uses_step, _, _) in zip(self.param_groups, groups):
+            vals = get(group)
+            if not _immutable(vals):
+                return None
+            role_keys = [r.key if r.present(hyper) else None for r in self._algo.states]
+            specs.append((tuple(self.defaults), vals, self._view(hyper), role_keys, uses_step))
+            layouts.append((keys, uses_step))
+        try:
+            tp = _core.TorchPlan(self._algo.kernel, self._HAS_STEP, self.param_groups, self.state, specs,
+                                 torch._C._increment_version, _threads.SERIAL_BELOW[self._algo.threads])  # fmt: skip
+        except (TypeError, ValueError):
+            return None
+        self._tplan_groups = layouts
+        return tp
+
+    def _full_step(self) -> None:
         """Check everything (naming the culprit), stage missing state, step, commit."""
         has_step = self._HAS_STEP
         entries: List[_Entry] = []
@@ -762,6 +829,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                 self.state[e.p].update(e.staged)
             # as torch.optim's in-place updates do (a no-op for inference tensors, which have none)
             torch._C._increment_version(written + [e.step for e in entries if e.step is not None])
+        self._tplan = self._make_tplan(calls, groups, written)
 
     def _precheck(self, calls: List[Tuple[Tuple[str, ...], _Call]]) -> None:
         """A step of several native calls: everything any call would refuse is found before the
@@ -793,6 +861,11 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             msg = re.sub(r"\bwritten\[(\d+)\]", lambda m: names[int(m.group(1))], str(exc))
             msg = re.sub(r"\bread\[(\d+)\]", lambda m: read_names[int(m.group(1))], msg)
             raise ValueError(msg) from None
+
+
+#: the step inside torch's wrapper (step hooks, profiler range), when hooks or the profiler are on
+_HOOKED_STEP = torch.optim.Optimizer.profile_hook_step(_FusedOptimizer._locked_step)
+_FusedOptimizer.step.__signature__ = inspect.signature(_FusedOptimizer._locked_step)  # type: ignore[attr-defined]
 
 
 def _bool(name: str, v: Any) -> bool:
