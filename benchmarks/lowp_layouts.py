@@ -5,8 +5,7 @@ Usage: python benchmarks/lowp_layouts.py [--threads 2] [--sizes 16,24] [--reps 1
 For every layout: best-of-reps time of one ``_core.adam`` step (AdamW, no amsgrad), its speed as a
 ratio to the float32 step (fp32 time / layout time; > 1 is faster), and the ratio of the layout's
 byte ceiling to its time. The ceiling is ``_core._traffic_probe`` on float32 arrays sized so that it
-moves the layout's bytes: ``rw`` bytes per element read and written (three arrays) and ``r`` bytes
-per element only read (one array), interleaved with the steps in the same run.
+moves the layout's bytes (LAYOUTS below), interleaved with the steps in the same run.
 """
 
 from __future__ import annotations
@@ -25,17 +24,23 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
 F32 = np.dtype(np.float32)
 
-#: name -> (param dtype, grad dtype, state dtype, write: rne|sr|master|split, rw bytes, read bytes)
+#: name -> (param dtype, grad dtype, state dtype, write: rne|sr|master|split, probe unit u, probe W)
+#: The probe moves u * (2 W + 1) bytes per element: W arrays read and written and one array read,
+#: each of u bytes per element (float32 arrays of n * u / 4 elements); u and W are chosen so that
+#: this equals the layout's bytes per element (the fp32 master's parameter, written only, is
+#: counted as read). BYTES: the layout's own bytes per element; the probe time is scaled by
+#: BYTES / probe bytes where they differ (split).
 LAYOUTS: Dict[str, Tuple[np.dtype, np.dtype, np.dtype, str, int, int]] = {
-    "fp32": (F32, F32, F32, "rne", 24, 4),
-    "bf16-all RNE": (BF16, BF16, BF16, "rne", 12, 2),
-    "bf16-all SR": (BF16, BF16, BF16, "sr", 12, 2),
-    "bf16 p+g, fp32 master+states": (BF16, BF16, F32, "master", 24, 4),  # param written only: 2 B
-    "bf16 p+g, split, fp32 states": (BF16, BF16, F32, "split", 24, 2),
-    "bf16 p, fp32 g+states RNE": (BF16, F32, F32, "rne", 20, 4),
-    "fp16-all RNE": (F16, F16, F16, "rne", 12, 2),
-    "fp32 p+g, bf16 states": (F32, F32, BF16, "rne", 16, 4),
+    "fp32": (F32, F32, F32, "rne", 4, 3),  # 28 B
+    "bf16-all RNE": (BF16, BF16, BF16, "rne", 2, 3),  # 14 B
+    "bf16-all SR": (BF16, BF16, BF16, "sr", 2, 3),  # 14 B
+    "bf16 p+g, fp32 master+states": (BF16, BF16, F32, "master", 4, 3),  # 28 B
+    "bf16 p+g, split, fp32 states": (BF16, BF16, F32, "split", 4, 3),  # 26 B (probe 28 B, scaled)
+    "bf16 p, fp32 g+states RNE": (BF16, F32, F32, "rne", 8, 1),  # 24 B
+    "fp16-all RNE": (F16, F16, F16, "rne", 2, 3),  # 14 B
+    "fp32 p+g, bf16 states": (F32, F32, BF16, "rne", 4, 2),  # 20 B
 }
+BYTES = {"bf16 p+g, split, fp32 states": 26}
 
 
 def _layout_step(name: str, n: int, threads: int) -> Callable[[], None]:
@@ -61,9 +66,9 @@ def _layout_step(name: str, n: int, threads: int) -> Callable[[], None]:
 
 
 def _probe(name: str, n: int, threads: int) -> Callable[[], None]:
-    rw, r = LAYOUTS[name][4], LAYOUTS[name][5]
-    written = [np.zeros(max(1, n * rw // 24), np.float32) for _ in range(3)]
-    read = np.zeros(max(1, n * r // 4), np.float32)
+    u, w = LAYOUTS[name][4], LAYOUTS[name][5]
+    written = [np.zeros(n * u // 4, np.float32) for _ in range(w)]
+    read = np.zeros(n * u // 4, np.float32)
     w_lists = [[a] for a in written]
 
     def step() -> None:
@@ -106,7 +111,9 @@ def main() -> None:
         print(f"\n2^{e}: {'layout':32s} {'B/el':>4s} {'time':>10s} {'vs fp32':>8s} {'ceiling':>10s} {'of ceil':>8s}")
         for k, name in enumerate(names):
             step_t, probe_t = t[2 * k], t[2 * k + 1]
-            b = LAYOUTS[name][4] + LAYOUTS[name][5]
+            probe_b = LAYOUTS[name][4] * (2 * LAYOUTS[name][5] + 1)
+            b = BYTES.get(name, probe_b)
+            probe_t *= b / probe_b
             print(f"      {name:32s} {b:4d} {step_t * 1e6:8.0f}us {fp32 / step_t:7.2f}x {probe_t * 1e6:8.0f}us "
                   f"{probe_t / step_t:7.0%}")  # fmt: skip
 

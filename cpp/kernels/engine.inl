@@ -151,6 +151,20 @@ inline const auto& role_at(const Pack<R, H, T...>& p) {
   }
 }
 
+// Whether every role of a pack is Plain<T> storage (the float32/float64 spans).
+template <class P>
+struct AllPlain {
+  static constexpr bool value = false;
+};
+template <int R>
+struct AllPlain<Pack<R>> {
+  static constexpr bool value = true;
+};
+template <int R, class T, class... Rest>
+struct AllPlain<Pack<R, Plain<T>, Rest...>> {
+  static constexpr bool value = AllPlain<Pack<R + 1, Rest...>>::value;
+};
+
 // N roles of the same storage S.
 template <class S, int N, class... Acc>
 struct Uniform {
@@ -168,6 +182,19 @@ template <class C, bool Pre, class Roles>
 struct Element {
   Roles roles;
   GradCoef<C> gc;
+  // cond ? a : b for the algorithms' selects (weight decay and SGD's first step, loop-invariant;
+  // the amsgrad max, per element). Plain spans (float32/float64 storage) keep `?:`: GCC unswitches
+  // the loop-invariant flags there, and the bit-mask select would cost the fp32 step up to 2x
+  // (SGD with momentum). The low-precision spans' loop bodies are too large to be unswitched: there
+  // a `?:` leaves a branch per element and the loop scalar, so they use the bit-mask choose().
+  template <class T>
+  static T pick(bool cond, T a, T b) {
+    if constexpr (AllPlain<Roles>::value) {
+      return cond ? a : b;
+    } else {
+      return choose(cond, a, b);
+    }
+  }
   template <int K>
   C load(Role<K>, int64_t i) const {
     return static_cast<C>(role_at<K>(roles).load(i));
