@@ -18,6 +18,10 @@
 #include <omp.h>
 #endif
 
+#if defined(__AVX2__)
+#include <immintrin.h>  // lowp.inl: the stochastic-rounding bits, 8 Philox blocks per AVX2 vector
+#endif
+
 #include "common/config.hpp"
 #include "common/kernel_table.hpp"
 #include "common/runtime.hpp"

@@ -36,10 +36,14 @@ inline bool f32_is_nan(u32 u) { return (u & 0x7FFFFFFFu) > 0x7F800000u; }
 
 // Round to nearest, ties to even: add 0x7FFF plus the kept part's lowest bit, truncate. Exact for
 // every finite value and +-inf (the largest finite values round to inf, as IEEE says).
+// Written on 32-bit lanes up to one narrowing at the end, the NaN mask from an integer compare
+// (selecting after the narrowing, GCC packed three vectors per store instead of one).
 inline u16 bf16_rne(float x) {
   const u32 u = f32_bits(x);
-  const u32 r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  return static_cast<u16>(sel(f32_is_nan(u), bf16_nan(u), r));
+  const u32 t = u >> 16;
+  const u32 r = (u + 0x7FFFu + (t & 1u)) >> 16;
+  const u32 m = 0u - static_cast<u32>(f32_is_nan(u));
+  return static_cast<u16>((((t & 0x8000u) | 0x7FC0u) & m) | (r & ~m));
 }
 
 // Stochastic rounding with 16 random bits r: add r to the 16 bits that are dropped, truncate.
@@ -47,7 +51,8 @@ inline u16 bf16_rne(float x) {
 inline u16 bf16_sr(float x, u32 r16) {
   const u32 u = f32_bits(x);
   const u32 r = (u + r16) >> 16;
-  return static_cast<u16>(sel(f32_is_nan(u), bf16_nan(u), r));
+  const u32 m = 0u - static_cast<u32>(f32_is_nan(u));
+  return static_cast<u16>((bf16_nan(u) & m) | (r & ~m));
 }
 
 // float32 -> float16, round to nearest, ties to even; subnormal results exact (no flush).
@@ -117,6 +122,16 @@ struct SrKey {
 
 // The random bits of elements [begin, begin + n) of a parameter, written from out[begin & 7] on
 // (out holds n + 16 values: whole Philox blocks are generated, one per 8 elements).
+#if defined(__AVX2__)
+// The 32x32 -> 64-bit products of 8 lanes as their high and low words.
+inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+  const __m256i pe = _mm256_mul_epu32(a, m);                         // lanes 0, 2, 4, 6
+  const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);  // lanes 1, 3, 5, 7
+  lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+}
+#endif
+
 #if defined(__GNUC__)
 __attribute__((noinline))  // one copy per ISA, called once per piece (not flattened into spans)
 #endif
@@ -124,8 +139,48 @@ void fill_sr_bits(const SrKey& key, u64 begin, int64_t n, u16* out) noexcept {
   const u64 j0 = begin >> 3;
   const int64_t blocks = static_cast<int64_t>(((begin + static_cast<u64>(n) + 7) >> 3) - j0);
   const u32 j0_lo = static_cast<u32>(j0), j0_hi = static_cast<u32>(j0 >> 32);
-#pragma omp simd
-  for (int64_t b = 0; b < blocks; ++b) {
+  int64_t b = 0;
+#if defined(__AVX2__)
+  // 8 blocks at a time in 32-bit lanes (GCC's own vectorization of the loop below widens to 64-bit
+  // lanes and extracts the 16-bit outputs one by one: 2.5x slower). Same bits.
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m256i lo0 = _mm256_set1_epi32(static_cast<int>(j0_lo));
+  for (; b + 8 <= blocks; b += 8) {
+    __m256i c0 = _mm256_add_epi32(lo0, _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(b))));
+    // the counter's high word gets the carry where the low word wrapped (c0 < j0_lo, unsigned)
+    const __m256i wrapped = _mm256_cmpgt_epi32(_mm256_xor_si256(lo0, sign), _mm256_xor_si256(c0, sign));
+    __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(j0_hi)), wrapped);
+    __m256i c2 = _mm256_set1_epi32(static_cast<int>(key.s0));
+    __m256i c3 = _mm256_set1_epi32(static_cast<int>(key.s1));
+    u32 k0 = key.k0, k1 = key.k1;
+    for (int r = 0; r < 10; ++r) {
+      __m256i hi0, lw0, hi1, lw1;
+      mulhilo8(c0, m0, hi0, lw0);
+      mulhilo8(c2, m1, hi1, lw1);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+      c1 = lw1;
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+      c3 = lw0;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    // transpose: block b + j's words (c0[j], c1[j], c2[j], c3[j]) go to out + 8 (b + j)
+    const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
+    const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);  // blocks 0|4, 1|5
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);  // blocks 2|6, 3|7
+    u16* o = out + 8 * b;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_permute2x128_si256(u0, u1, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16), _mm256_permute2x128_si256(u2, u3, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 32), _mm256_permute2x128_si256(u0, u1, 0x31));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 48), _mm256_permute2x128_si256(u2, u3, 0x31));
+  }
+#endif
+  // (scalar: on SSE2 faster than GCC's vectorization of it, 2480 vs 3240 cycles per 1024 elements)
+  for (; b < blocks; ++b) {
     const u32 lo = j0_lo + static_cast<u32>(b);
     u32 c0 = lo, c1 = j0_hi + static_cast<u32>(lo < j0_lo), c2 = key.s0, c3 = key.s1;
     philox4x32_10(c0, c1, c2, c3, key.k0, key.k1);
