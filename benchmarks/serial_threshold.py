@@ -1,8 +1,8 @@
 """Where should a step with ``threads=None`` stop running serially? Measured three ways.
 
-    python benchmarks/serial_threshold.py [--sizes 12:23] [--steps 30] [--threads 2]
+    python benchmarks/serial_threshold.py [--sizes 12:23] [--steps 30] [--threads 2] [--algorithm adam]
 
-For each total size N = 2**k (float32 Adam), the same step is timed forced serial (1 thread) and
+For each total size N = 2**k (float32 Adam; ``--algorithm sgd`` or ``lion`` for those), the same step is timed forced serial (1 thread) and
 forced parallel (``--threads``), interleaved, in three situations:
 
 * ``hot``: steps back to back (the OpenMP team is awake);
@@ -12,8 +12,9 @@ forced parallel (``--threads``), interleaved, in three situations:
   on the MLP's parameters (N elements in total), only the step timed.
 
 Prints the median step time of each and the ratio serial / parallel (> 1: threads win). The
-threshold in ``fusedopt/_threads.py`` (``SERIAL_BELOW``) is chosen from the ``loop`` and
-``idle`` columns: a training loop is the common case, back-to-back steps the rare one.
+threshold in ``fusedopt/_threads.py`` (``SERIAL_BELOW``) is chosen from the ``loop`` and ``hot``
+columns (see the table there); on a VM the ``idle`` column measures the hypervisor waking an idle
+vCPU, which a training loop does not pay.
 """
 
 from __future__ import annotations
