@@ -2,13 +2,14 @@
 
     python benchmarks/serial_threshold.py [--sizes 12:23] [--steps 30] [--threads 2] [--algorithm adam]
 
-For each total size N = 2**k (float32 Adam; ``--algorithm sgd`` or ``lion`` for those), the same step is timed forced serial (1 thread) and
-forced parallel (``--threads``), interleaved, in three situations:
+For each total size N = 2**k (float32 Adam; ``--algorithm sgd`` or ``lion`` for those), the same
+step is timed forced serial (1 thread) and forced parallel (``--threads``), interleaved, in three
+situations:
 
 * ``hot``: steps back to back (the OpenMP team is awake);
 * ``idle 50ms``: a 50 ms sleep before each step (libgomp's workers have gone to sleep);
 * ``loop``: a real training loop — torch forward and backward of an MLP between steps (torch's own
-  OpenMP threads busy, ours idle for the length of the backward), ``fusedopt.torch.Adam.step()``
+  OpenMP threads busy, ours idle for the length of the backward), the ``fusedopt.torch`` step
   on the MLP's parameters (N elements in total), only the step timed.
 
 Prints the median step time of each and the ratio serial / parallel (> 1: threads win). The
