@@ -73,11 +73,11 @@ def main() -> None:
         print(f"{'N':>6} | {'hot 1t':>8} {'hot Nt':>8} {'ratio':>5} | {'idle 1t':>8} {'idle Nt':>8} {'ratio':>5} | "
               f"{'loop 1t':>8} {'loop Nt':>8} {'ratio':>5}")  # fmt: skip
         rng = np.random.default_rng(0)
+        algo = args.algorithm
         for k in range(lo, hi):
             n = 1 << k
             p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
             m, v = np.zeros_like(p), np.zeros_like(p)
-            algo = args.algorithm
 
             def step(p: np.ndarray = p, g: np.ndarray = g, m: np.ndarray = m, v: np.ndarray = v) -> None:
                 if algo == "adam":
