@@ -1,19 +1,21 @@
 """Where should a step with ``threads=None`` stop running serially? Measured three ways.
 
-    python benchmarks/serial_threshold.py [--sizes 12:23] [--steps 30] [--threads 2]
+    python benchmarks/serial_threshold.py [--sizes 12:23] [--steps 30] [--threads 2] [--algorithm adam]
 
-For each total size N = 2**k (float32 Adam), the same step is timed forced serial (1 thread) and
-forced parallel (``--threads``), interleaved, in three situations:
+For each total size N = 2**k (float32 Adam; ``--algorithm sgd`` or ``lion`` for those), the same
+step is timed forced serial (1 thread) and forced parallel (``--threads``), interleaved, in three
+situations:
 
 * ``hot``: steps back to back (the OpenMP team is awake);
 * ``idle 50ms``: a 50 ms sleep before each step (libgomp's workers have gone to sleep);
 * ``loop``: a real training loop — torch forward and backward of an MLP between steps (torch's own
-  OpenMP threads busy, ours idle for the length of the backward), ``fusedopt.torch.Adam.step()``
+  OpenMP threads busy, ours idle for the length of the backward), the ``fusedopt.torch`` step
   on the MLP's parameters (N elements in total), only the step timed.
 
 Prints the median step time of each and the ratio serial / parallel (> 1: threads win). The
-threshold in ``fusedopt/_threads.py`` (``SERIAL_BELOW``) is chosen from the ``loop`` and
-``idle`` columns: a training loop is the common case, back-to-back steps the rare one.
+threshold in ``fusedopt/_threads.py`` (``SERIAL_BELOW``) is chosen from the ``loop`` and ``hot``
+columns (see the table there); on a VM the ``idle`` column measures the hypervisor waking an idle
+vCPU, which a training loop does not pay.
 """
 
 from __future__ import annotations
@@ -71,11 +73,11 @@ def main() -> None:
         print(f"{'N':>6} | {'hot 1t':>8} {'hot Nt':>8} {'ratio':>5} | {'idle 1t':>8} {'idle Nt':>8} {'ratio':>5} | "
               f"{'loop 1t':>8} {'loop Nt':>8} {'ratio':>5}")  # fmt: skip
         rng = np.random.default_rng(0)
+        algo = args.algorithm
         for k in range(lo, hi):
             n = 1 << k
             p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
             m, v = np.zeros_like(p), np.zeros_like(p)
-            algo = args.algorithm
 
             def step(p: np.ndarray = p, g: np.ndarray = g, m: np.ndarray = m, v: np.ndarray = v) -> None:
                 if algo == "adam":
