@@ -30,29 +30,30 @@ inline float bits_f32(u32 u) { return __builtin_bit_cast(float, u); }
 
 inline float bf16_to_f32(u16 h) { return bits_f32(static_cast<u32>(h) << 16); }
 
-// The bfloat16 NaN of a float32 NaN's sign (ml_dtypes): 0x7FC0 | sign.
-inline u32 bf16_nan(u32 u) { return ((u >> 16) & 0x8000u) | 0x7FC0u; }
-inline bool f32_is_nan(u32 u) { return (u & 0x7FFFFFFFu) > 0x7F800000u; }
 
 // Round to nearest, ties to even: add 0x7FFF plus the kept part's lowest bit, truncate. Exact for
 // every finite value and +-inf (the largest finite values round to inf, as IEEE says).
-// Written on 32-bit lanes up to one narrowing at the end, the NaN mask from an integer compare
-// (selecting after the narrowing, GCC packed three vectors per store instead of one).
+// The select is made on the 32-bit words before the final shift and narrowing (selecting 16-bit
+// values, GCC narrowed three vectors per store instead of one), the NaN test a signed compare.
+inline u32 f32_nan_mask(u32 u) {
+  return 0u - static_cast<u32>(static_cast<std::int32_t>(u & 0x7FFFFFFFu) > 0x7F800000);
+}
+// The bfloat16 of word `rounded` (>> 16), or for a NaN u ml_dtypes' quiet NaN of its sign (0x7FC0 | sign).
+inline u16 bf16_from_word(u32 u, u32 rounded) {
+  const u32 nan = (u & 0x80000000u) | 0x7FC00000u;
+  const u32 m = f32_nan_mask(u);
+  return static_cast<u16>(((nan & m) | (rounded & ~m)) >> 16);
+}
 inline u16 bf16_rne(float x) {
   const u32 u = f32_bits(x);
-  const u32 t = u >> 16;
-  const u32 r = (u + 0x7FFFu + (t & 1u)) >> 16;
-  const u32 m = 0u - static_cast<u32>(f32_is_nan(u));
-  return static_cast<u16>((((t & 0x8000u) | 0x7FC0u) & m) | (r & ~m));
+  return bf16_from_word(u, u + 0x7FFFu + ((u >> 16) & 1u));
 }
 
 // Stochastic rounding with 16 random bits r: add r to the 16 bits that are dropped, truncate.
 // The result rounds away from zero with probability (dropped bits)/2^16: unbiased.
 inline u16 bf16_sr(float x, u32 r16) {
   const u32 u = f32_bits(x);
-  const u32 r = (u + r16) >> 16;
-  const u32 m = 0u - static_cast<u32>(f32_is_nan(u));
-  return static_cast<u16>((bf16_nan(u) & m) | (r & ~m));
+  return bf16_from_word(u, u + r16);
 }
 
 // float32 -> float16, round to nearest, ties to even; subnormal results exact (no flush).
