@@ -30,20 +30,21 @@ inline float bits_f32(u32 u) { return __builtin_bit_cast(float, u); }
 
 inline float bf16_to_f32(u16 h) { return bits_f32(static_cast<u32>(h) << 16); }
 
-
-// Round to nearest, ties to even: add 0x7FFF plus the kept part's lowest bit, truncate. Exact for
-// every finite value and +-inf (the largest finite values round to inf, as IEEE says).
-// The select is made on the 32-bit words before the final shift and narrowing (selecting 16-bit
-// values, GCC narrowed three vectors per store instead of one), the NaN test a signed compare.
+// All ones where float32 bits u are a NaN (a signed compare: u & 0x7FFFFFFF < 2^31).
 inline u32 f32_nan_mask(u32 u) {
   return 0u - static_cast<u32>(static_cast<std::int32_t>(u & 0x7FFFFFFFu) > 0x7F800000);
 }
-// The bfloat16 of word `rounded` (>> 16), or for a NaN u ml_dtypes' quiet NaN of its sign (0x7FC0 | sign).
+
+// The bfloat16 of float32 bits u rounded to the word `rounded` (its high half), or for a NaN u
+// ml_dtypes' quiet NaN of its sign (0x7FC0 | sign). The select is made on the 32-bit words before
+// the shift and the one narrowing (selecting 16-bit values, GCC narrowed three vectors per store).
 inline u16 bf16_from_word(u32 u, u32 rounded) {
   const u32 nan = (u & 0x80000000u) | 0x7FC00000u;
   const u32 m = f32_nan_mask(u);
   return static_cast<u16>(((nan & m) | (rounded & ~m)) >> 16);
 }
+// Round to nearest, ties to even: add 0x7FFF plus the kept part's lowest bit, truncate. Exact for
+// every finite value and +-inf (the largest finite values round to inf, as IEEE says).
 inline u16 bf16_rne(float x) {
   const u32 u = f32_bits(x);
   return bf16_from_word(u, u + 0x7FFFu + ((u >> 16) & 1u));
