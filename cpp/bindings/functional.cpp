@@ -86,15 +86,10 @@ bool step_of(PyObject* const* lists, const double* v, const bool* b, const bool*
 }
 
 template <class Tr>
-constexpr std::size_t extent_of_bools() {
-  return std::extent_v<decltype(Tr::kBools)>;
-}
-
-template <class Tr>
 Kernel kernel_of(const char* key, const char* kernel) {
   static_assert(std::extent_v<decltype(Tr::kRoles)> <= kMaxRoles, "too many roles");
   static_assert(std::extent_v<decltype(Tr::kValues)> <= kMaxValues, "too many values");
-  static_assert(extent_of_bools<Tr>() <= kMaxBools, "too many bools");
+  static_assert(num_bools<Tr>() <= kMaxBools, "too many bools");
   static_assert(num_switches<Tr>() <= kMaxSwitches, "too many switches");
   static_assert(num_scalars<Tr>() <= kMaxScalars && num_flags<Tr>() <= kMaxFlags, "too many scalars");
   const char* const* switches = nullptr;
@@ -105,7 +100,7 @@ Kernel kernel_of(const char* key, const char* kernel) {
                 Tr::kValues,
                 std::extent_v<decltype(Tr::kValues)>,
                 Tr::kBools,
-                extent_of_bools<Tr>(),
+                num_bools<Tr>(),
                 switches,
                 num_switches<Tr>(),
                 &Tr::present,

@@ -13,6 +13,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -400,11 +402,86 @@ constexpr std::size_t num_flags() {
   }
 }
 
+template <class Tr>
+constexpr std::size_t num_bools() {
+  return std::extent_v<decltype(Tr::kBools)>;
+}
+
+// ---- the C++ fast paths' common part (stepper.hpp, torch_plan.hpp) ----------------------------
+
+// What a fast path needs of an algorithm's traits: its functional hyperparameters (kValues as
+// doubles, kBools), read from the checked "view" dict Python hands over, and `derive`.
+struct DeriveTraits {
+  static constexpr std::size_t kMaxScalars = 16, kMaxFlags = 8, kMaxBools = 8;
+  const char* name;
+  std::size_t nstates;  // state roles (kRoles minus params and grads)
+  const char* const* values;
+  std::size_t nvalues;
+  const char* const* bools;
+  std::size_t nbools;
+  std::size_t nscalars, nflags;
+  void (*derive)(const double*, const bool*, std::int64_t, double*, bool*);
+
+  // The view's values (numbers, not bools) and bools; TypeError naming `who` and the key otherwise.
+  void read_view(const char* who, const py::dict& view, std::vector<double>* v, std::vector<char>* b) const {
+    std::vector<double> vs(nvalues, 0.0);
+    std::vector<char> bs(nbools, 0);
+    for (std::size_t i = 0; i < nvalues; ++i) {
+      PyObject* x = PyDict_GetItemString(view.ptr(), values[i]);
+      if (x == nullptr || PyBool_Check(x) || !(PyFloat_Check(x) || PyLong_Check(x))) {
+        throw py::type_error(std::string(who) + ": view['" + values[i] + "'] must be a number");
+      }
+      vs[i] = PyFloat_AsDouble(x);
+      if (PyErr_Occurred() != nullptr) throw py::error_already_set();
+    }
+    for (std::size_t i = 0; i < nbools; ++i) {
+      PyObject* x = PyDict_GetItemString(view.ptr(), bools[i]);
+      if (x == nullptr || !PyBool_Check(x)) {
+        throw py::type_error(std::string(who) + ": view['" + bools[i] + "'] must be a bool");
+      }
+      bs[i] = x == Py_True;
+    }
+    v->swap(vs);
+    b->swap(bs);
+  }
+
+  // derive() on values read by read_view: d[kMaxScalars], f[kMaxFlags + 1].
+  void derive_scalars(const std::vector<double>& v, const std::vector<char>& b, std::int64_t t, double* d,
+                      bool* f) const {
+    bool bs[kMaxBools] = {};
+    for (std::size_t i = 0; i < b.size(); ++i) bs[i] = b[i] != 0;
+    derive(v.data(), bs, t, d, f);
+  }
+};
+
 inline constexpr const char* kGradNames[] = {"grad_scale", "clip_coef", "clip_value"};
 
 template <class Tr>
 constexpr std::size_t num_scalars() {
   return std::extent_v<decltype(Tr::kScalars)>;
+}
+
+template <class Tr>
+DeriveTraits derive_traits_of() {
+  static_assert(num_scalars<Tr>() <= DeriveTraits::kMaxScalars && num_flags<Tr>() <= DeriveTraits::kMaxFlags &&
+                num_bools<Tr>() <= DeriveTraits::kMaxBools, "DeriveTraits bounds");
+  return DeriveTraits{Tr::kName, std::extent_v<decltype(Tr::kRoles)> - 2, Tr::kValues,
+                      std::extent_v<decltype(Tr::kValues)>, Tr::kBools, num_bools<Tr>(), num_scalars<Tr>(),
+                      num_flags<Tr>(), &Tr::derive};
+}
+
+// Tr's kernel on `b` with the scalars made from d/f, no gradient pre-processing, without the GIL
+// (everything the kernel reads is in `list` and `scalars`; the caller keeps the buffers alive).
+template <class Tr>
+void launch(const double* d, const bool* f, const Buffers& b, int threads) {
+  const typename Tr::Scalars scalars = Tr::make(d, f, b);
+  const GradScalars grad = grad_scalars(1.0, 1.0, std::numeric_limits<double>::infinity());
+  const TensorList list = b.list();
+  if (list.count == 0) return;
+  const KernelTable& table = active_table();
+  const StepFn<typename Tr::Scalars> fn = b.dtype() == DType::f32 ? table.*Tr::kF32 : table.*Tr::kF64;
+  py::gil_scoped_release release;
+  fn(list, scalars, grad, threads);
 }
 
 }  // namespace bindings

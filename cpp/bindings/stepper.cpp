@@ -9,19 +9,10 @@
 namespace fusedopt {
 namespace bindings {
 
-using DeriveFn = void (*)(const double*, const bool*, std::int64_t, double*, bool*);
 using RunFn = bool (*)(const Plan&, const std::vector<py::object>&, py::handle grads, const double*, const bool*,
                        int threads, const py::list& states, PyObject* next_step);
 
-struct Stepper::Algo {
-  const char* name;
-  std::size_t nstates;  // state roles (kRoles minus params and grads)
-  const char* const* values;
-  std::size_t nvalues;
-  const char* const* bools;
-  std::size_t nbools;
-  std::size_t nscalars, nflags;
-  DeriveFn derive;
+struct Stepper::Algo : DeriveTraits {  // (step_traits.hpp)
   RunFn run;
 };
 
@@ -40,15 +31,7 @@ bool run_step(const Plan& plan, const std::vector<py::object>& lists, py::handle
   for (std::size_t r = 2; r < nroles; ++r) roles.push_back(Role{Tr::kRoles[r], lists[r - 1], true});
   Buffers b;
   if (!plan.fill(roles, &b)) return false;
-  const typename Tr::Scalars scalars = Tr::make(d, f, b);
-  const GradScalars grad = grad_scalars(1.0, 1.0, std::numeric_limits<double>::infinity());
-  const TensorList list = b.list();
-  if (list.count > 0) {
-    const KernelTable& table = active_table();
-    const StepFn<typename Tr::Scalars> fn = b.dtype() == DType::f32 ? table.*Tr::kF32 : table.*Tr::kF64;
-    py::gil_scoped_release release;  // `list` and `scalars` are plain C++ values; `b` and the plan keep the arrays
-    fn(list, scalars, grad, threads);
-  }
+  launch<Tr>(d, f, b, threads);  // `b` and the plan keep the arrays alive
   if (next_step != nullptr) {
     static PyObject* const step_key = PyUnicode_InternFromString("step");
     // every dict holds 'step' (checked): PyDict_SetItem replaces a value, allocates nothing
@@ -59,22 +42,8 @@ bool run_step(const Plan& plan, const std::vector<py::object>& lists, py::handle
 }
 
 template <class Tr>
-constexpr std::size_t extent_of_bools() {
-  return std::extent_v<decltype(Tr::kBools)>;
-}
-
-template <class Tr>
 Stepper::Algo algo_of() {
-  return Stepper::Algo{Tr::kName,
-                       std::extent_v<decltype(Tr::kRoles)> - 2,
-                       Tr::kValues,
-                       std::extent_v<decltype(Tr::kValues)>,
-                       Tr::kBools,
-                       extent_of_bools<Tr>(),
-                       num_scalars<Tr>(),
-                       num_flags<Tr>(),
-                       &Tr::derive,
-                       &run_step<Tr>};
+  return Stepper::Algo{derive_traits_of<Tr>(), &run_step<Tr>};
 }
 
 const std::vector<Stepper::Algo>& algos() {
@@ -89,35 +58,6 @@ const Stepper::Algo& find_algo(const std::string& name) {
     if (name == a.name) return a;
   }
   throw py::value_error("Stepper: unknown kernel '" + name + "'");
-}
-
-// The functional hyperparameters an algorithm's scalars derive from, read from a checked view.
-void read_view(const Stepper::Algo& a, const py::dict& view, std::vector<double>* values, std::vector<char>* bools) {
-  values->assign(a.nvalues, 0.0);
-  bools->assign(a.nbools, 0);
-  for (std::size_t i = 0; i < a.nvalues; ++i) {
-    PyObject* v = PyDict_GetItemString(view.ptr(), a.values[i]);
-    if (v == nullptr || !PyFloat_Check(v)) {
-      throw py::type_error(std::string("Stepper: view['") + a.values[i] + "'] must be a float");
-    }
-    (*values)[i] = PyFloat_AS_DOUBLE(v);
-  }
-  for (std::size_t i = 0; i < a.nbools; ++i) {
-    PyObject* v = PyDict_GetItemString(view.ptr(), a.bools[i]);
-    if (v == nullptr || !PyBool_Check(v)) {
-      throw py::type_error(std::string("Stepper: view['") + a.bools[i] + "'] must be a bool");
-    }
-    (*bools)[i] = v == Py_True;
-  }
-}
-
-constexpr std::size_t kMaxScalars = 16, kMaxFlags = 8, kMaxBools = 8;
-
-void derive(const Stepper::Algo& a, const std::vector<double>& values, const std::vector<char>& bools,
-            std::int64_t t, double* d, bool* f) {
-  bool b[kMaxBools] = {};
-  for (std::size_t i = 0; i < bools.size(); ++i) b[i] = bools[i] != 0;
-  a.derive(values.data(), b, t, d, f);
 }
 
 }  // namespace
@@ -156,14 +96,14 @@ Stepper::Stepper(const std::string& algorithm, py::object plan, const py::list& 
     keys_.push_back(keys[i]);
     snapshot_.push_back(snapshot[i]);
   }
-  read_view(*algo_, view, &values_, &bools_);
+  algo_->read_view("Stepper", view, &values_, &bools_);
 }
 
 void Stepper::refresh(const py::tuple& snapshot, const py::dict& view) {
   if (snapshot.size() != keys_.size()) throw py::value_error("Stepper: snapshot differs in length");
   std::vector<double> values;
   std::vector<char> bools;
-  read_view(*algo_, view, &values, &bools);  // may raise: change nothing before
+  algo_->read_view("Stepper", view, &values, &bools);  // may raise: change nothing before
   for (std::size_t i = 0; i < keys_.size(); ++i) snapshot_[i] = snapshot[i];
   values_.swap(values);
   bools_.swap(bools);
@@ -222,9 +162,9 @@ bool Stepper::step(py::handle grads, py::handle param_groups, py::handle state, 
   }
   if (has_step_ && t == std::numeric_limits<std::int64_t>::max()) return false;
   const std::int64_t next = has_step_ ? t + 1 : 1;
-  double d[kMaxScalars];
-  bool f[kMaxFlags + 1] = {};
-  derive(*algo_, values_, bools_, next, d, f);
+  double d[DeriveTraits::kMaxScalars];
+  bool f[DeriveTraits::kMaxFlags + 1] = {};
+  algo_->derive_scalars(values_, bools_, next, d, f);
   py::object next_obj;
   if (has_step_) {
     next_obj = py::reinterpret_steal<py::object>(PyLong_FromLongLong(next));
@@ -267,10 +207,10 @@ py::tuple Stepper::scalars(const std::string& algorithm, const py::dict& view, s
   const Algo& a = find_algo(algorithm);
   std::vector<double> values;
   std::vector<char> bools;
-  read_view(a, view, &values, &bools);
-  double d[kMaxScalars];
-  bool f[kMaxFlags + 1] = {};
-  derive(a, values, bools, t, d, f);
+  a.read_view("Stepper", view, &values, &bools);
+  double d[DeriveTraits::kMaxScalars];
+  bool f[DeriveTraits::kMaxFlags + 1] = {};
+  a.derive_scalars(values, bools, t, d, f);
   py::tuple out(a.nscalars + a.nflags);
   for (std::size_t i = 0; i < a.nscalars; ++i) out[i] = py::float_(d[i]);
   for (std::size_t i = 0; i < a.nflags; ++i) out[a.nscalars + i] = py::bool_(f[i]);

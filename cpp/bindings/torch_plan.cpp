@@ -11,52 +11,15 @@
 namespace fusedopt {
 namespace bindings {
 
-namespace {
-
-constexpr std::size_t kMaxScalars = 16, kMaxFlags = 8, kMaxBools = 8;
-
-using DeriveFn = void (*)(const double*, const bool*, std::int64_t, double*, bool*);
-using RunFn = void (*)(const double*, const bool*, const Buffers&, int threads);
-
-// Scalars made while the GIL is held; the kernel runs without it (everything it reads is in
-// `list` and `scalars`, plain C++ values; the plan and the caller's `keep` hold the tensors).
-template <class Tr>
-void run_kernel(const double* d, const bool* f, const Buffers& b, int threads) {
-  const typename Tr::Scalars scalars = Tr::make(d, f, b);
-  const GradScalars grad = grad_scalars(1.0, 1.0, std::numeric_limits<double>::infinity());
-  const TensorList list = b.list();
-  if (list.count == 0) return;
-  const KernelTable& table = active_table();
-  const StepFn<typename Tr::Scalars> fn = b.dtype() == DType::f32 ? table.*Tr::kF32 : table.*Tr::kF64;
-  py::gil_scoped_release release;
-  fn(list, scalars, grad, threads);
-}
-
-template <class Tr>
-constexpr std::size_t bools_of() {
-  return std::extent_v<decltype(Tr::kBools)>;
-}
-
-}  // namespace
-
-struct TorchPlan::Algo {
-  const char* name;
-  std::size_t nstates;
-  const char* const* values;
-  std::size_t nvalues;
-  const char* const* bools;
-  std::size_t nbools;
-  DeriveFn derive;
-  RunFn run;
+struct TorchPlan::Algo : DeriveTraits {  // (step_traits.hpp)
+  void (*run)(const double*, const bool*, const Buffers&, int threads);  // launch<Tr>
 };
 
 namespace {
 
 template <class Tr>
 TorchPlan::Algo algo_of() {
-  return TorchPlan::Algo{Tr::kName,   std::extent_v<decltype(Tr::kRoles)> - 2, Tr::kValues,
-                         std::extent_v<decltype(Tr::kValues)>, Tr::kBools, bools_of<Tr>(),
-                         &Tr::derive, &run_kernel<Tr>};
+  return TorchPlan::Algo{derive_traits_of<Tr>(), &launch<Tr>};
 }
 
 const TorchPlan::Algo& find_algo(const std::string& name) {
@@ -67,28 +30,6 @@ const TorchPlan::Algo& find_algo(const std::string& name) {
     if (name == a.name) return a;
   }
   throw py::value_error("TorchPlan: unknown kernel '" + name + "'");
-}
-
-void read_view(const TorchPlan::Algo& a, const py::dict& view, std::vector<double>* values, std::vector<char>* bools) {
-  std::vector<double> v(a.nvalues, 0.0);
-  std::vector<char> b(a.nbools, 0);
-  for (std::size_t i = 0; i < a.nvalues; ++i) {
-    PyObject* x = PyDict_GetItemString(view.ptr(), a.values[i]);
-    if (x == nullptr || PyBool_Check(x) || !(PyFloat_Check(x) || PyLong_Check(x))) {
-      throw py::type_error(std::string("TorchPlan: view['") + a.values[i] + "'] must be a number");
-    }
-    v[i] = PyFloat_AsDouble(x);
-    if (PyErr_Occurred() != nullptr) throw py::error_already_set();
-  }
-  for (std::size_t i = 0; i < a.nbools; ++i) {
-    PyObject* x = PyDict_GetItemString(view.ptr(), a.bools[i]);
-    if (x == nullptr || !PyBool_Check(x)) {
-      throw py::type_error(std::string("TorchPlan: view['") + a.bools[i] + "'] must be a bool");
-    }
-    b[i] = x == Py_True;
-  }
-  values->swap(v);
-  bools->swap(b);
 }
 
 std::size_t itemsize(DType d) { return d == DType::f32 ? 4 : 8; }
@@ -231,7 +172,7 @@ TorchPlan::TorchPlan(const std::string& kernel, bool has_step, const py::list& p
       g.keys.push_back(keys[i]);
       g.snapshot.push_back(snapshot[i]);
     }
-    read_view(*algo_, spec[2].cast<py::dict>(), &g.values, &g.bools);
+    algo_->read_view("TorchPlan", spec[2].cast<py::dict>(), &g.values, &g.bools);
     const py::sequence role_keys = spec[3].cast<py::sequence>();
     if (role_keys.size() != algo_->nstates) throw py::value_error("TorchPlan: one role key per state role");
     for (std::size_t r = 0; r < algo_->nstates; ++r) g.role_keys.push_back(role_keys[r]);
@@ -318,7 +259,7 @@ void TorchPlan::refresh(std::size_t k, const py::tuple& snapshot, const py::dict
   }
   std::vector<double> values;
   std::vector<char> bools;
-  read_view(*algo_, view, &values, &bools);  // may raise: change nothing before
+  algo_->read_view("TorchPlan", view, &values, &bools);  // may raise: change nothing before
   Group& g = groups_[k];
   for (std::size_t i = 0; i < g.keys.size(); ++i) g.snapshot[i] = snapshot[i];
   g.values.swap(values);
@@ -490,11 +431,9 @@ int TorchPlan::step(py::handle param_groups, py::handle state, int threads) {
     const Call& call = calls_[c];
     const Group& g = groups_[call.group];
     const std::int64_t t = has_step_ && g.uses_step ? static_cast<std::int64_t>(next_count[c]) : 1;
-    double d[kMaxScalars];
-    bool f[kMaxFlags + 1] = {};
-    bool b[kMaxBools] = {};
-    for (std::size_t i = 0; i < g.bools.size(); ++i) b[i] = g.bools[i] != 0;
-    algo_->derive(g.values.data(), b, t, d, f);
+    double d[DeriveTraits::kMaxScalars];
+    bool f[DeriveTraits::kMaxFlags + 1] = {};
+    algo_->derive_scalars(g.values, g.bools, t, d, f);
     algo_->run(d, f, buffers[c], call.elements < serial_below_ ? 1 : threads);
   }
   // GIL held, no Python code run since the kernels: the counts, then the version counters

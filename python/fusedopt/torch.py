@@ -295,7 +295,7 @@ def _torch_names(message: str, entries: List[_Entry]) -> str:
 #: value types cached by ``_group_plan``: immutable, so a value equal to the cached one (and of the
 #: same type) is the value that was validated
 _PLAIN = frozenset({float, int, bool, str, type(None), np.float64, np.float32, np.int64, np.int32, np.bool_})
-_PLAIN_OR_TUPLE = _PLAIN | {tuple}
+
 
 def _immutable(vals: Tuple[Any, ...]) -> bool:
     """Whether a group's hyperparameter values are all immutable (see ``_group_plan``): then the same
@@ -305,8 +305,6 @@ def _immutable(vals: Tuple[Any, ...]) -> bool:
         if t not in _PLAIN and not (t is tuple and _PLAIN.issuperset(map(type, v))):
             return False
     return True
-
-
 
 
 #: a private switch for measurements and tests: the C++ steady-state step (_make_tplan)
@@ -616,7 +614,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         hyper = self._hyper(group)
         plan = (hyper, self._state_keys(hyper), self._uses_step(hyper))
         inner = tuple((i, tuple(map(type, v))) for i, v in enumerate(vals) if type(v) is tuple)
-        if _PLAIN_OR_TUPLE.issuperset(types) and all(map(_PLAIN.issuperset, (ts for _, ts in inner))):
+        if _immutable(vals):
             self._plans[id(group)] = (group, types, inner, vals, plan)
         return plan
 
