@@ -131,8 +131,11 @@ void register_optimizers(py::module_& m) {
   m.attr("max_threads") = kMaxThreads;
   m.def(
       "check",
-      [](const py::sequence& roles) {
-        // (name, list or None, written) triples: every check of a step, without the step.
+      [](const py::sequence& roles, bool lowp, bool stochastic_rounding) {
+        // (name, list or None, written) triples: every check of a step, without the step. With
+        // lowp=True, the checks of a step binding over low-precision storage: the roles may hold
+        // float16/bfloat16 arrays and, when the last role is named "masters", it is the masters
+        // list (float32 or uint16), checked as the step's `masters=` argument.
         std::vector<std::string> names;
         std::vector<Role> rs;
         names.reserve(roles.size());
@@ -145,9 +148,22 @@ void register_optimizers(py::module_& m) {
           rs.push_back(Role{names[i].c_str(), t[1], t[2].cast<bool>()});
         }
         if (rs.empty()) throw py::value_error("check needs at least the params role");
-        collect(rs);
+        if (!lowp) {
+          collect(rs);
+          return;
+        }
+        const bool has_masters = rs.size() > 2 && names.back() == "masters" && !rs.back().list.is_none();
+        if (has_masters) rs.back().any_dtype = true;
+        if (rs.size() > 2 && names.back() == "masters" && !has_masters) rs.pop_back();
+        const Buffers b = collect(rs, /*mixed=*/true);
+        std::vector<const char*> cnames;
+        for (const Role& r : rs) cnames.push_back(r.name);
+        LowpArgs unused{};
+        check_lowp(b, cnames.data(), rs.size() - (has_masters ? 1 : 0), has_masters, stochastic_rounding, 0, 0, &unused);
       },
-      "roles"_a, "Every check a step over these (name, list, written) roles would make, without stepping.");
+      "roles"_a, "lowp"_a = false, "stochastic_rounding"_a = false,
+      "Every check a step over these (name, list, written) roles would make, without stepping (lowp=True: "
+      "a step over low-precision storage, the last role named 'masters' being its masters list).");
   m.def("check_overlap", &check_overlap, "written"_a, "read"_a,
         "No array of `written` overlaps any other array of `written` or `read` (any shapes).");
   py::class_<Plan>(m, "Plan",

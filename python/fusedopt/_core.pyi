@@ -26,7 +26,9 @@ class _DeferInterrupts:
 
 defer_interrupts: _DeferInterrupts
 
-def check(roles: Sequence[Tuple[str, Optional[Sequence[Any]], bool]]) -> None: ...
+def check(
+    roles: Sequence[Tuple[str, Optional[Sequence[Any]], bool]], lowp: bool = False, stochastic_rounding: bool = False
+) -> None: ...
 def check_overlap(written: Sequence[Any], read: Sequence[Any]) -> None: ...
 def _register_torch(
     tensor_type: Any, float32: Any, float64: Any, strided: Any, bfloat16: Any = None, float16: Any = None

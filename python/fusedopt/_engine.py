@@ -27,6 +27,8 @@ from .algorithms._spec import Hypers
 
 #: the gradient pre-processing keywords every functional takes (documented in fusedopt.functional)
 GRAD_OPTIONS = ("grad_scale", "found_inf", "clip_value", "max_grad_norm", "clip_coef", "skip_if_nonfinite")
+#: the low-precision keywords every functional takes, with their defaults (fusedopt.functional)
+LOWP_OPTIONS = (("masters", None), ("stochastic_rounding", False), ("seed", 0), ("sr_step", None))
 
 _NO_GRAD = _scalars.NO_GRAD_TRANSFORM
 
@@ -71,6 +73,8 @@ def fast_functional(algo: Algorithm, key: str, fn: Callable[..., Optional[float]
             keywords.append((h.name, "real", default, float(rng.low), float(rng.high), rng.open_low, rng.closed_high))
     keywords += [(o, "none", None) for o in GRAD_OPTIONS if o != "skip_if_nonfinite"]
     keywords += [("skip_if_nonfinite", "false", False), ("threads", "threads", None)]
+    # the low-precision options: any value but the default runs ``fn`` (which passes them on)
+    keywords += [("masters", "none", None), ("stochastic_rounding", "false", False), ("sr_step", "none", None)]
     fast: Any = _core._functional(key, algo.kernel, fn, positional, keywords, list(algo.fixed), _threads, algo.threads)
     for attr in ("__module__", "__name__", "__qualname__", "__doc__", "__source__"):
         setattr(fast, attr, getattr(fn, attr))
@@ -89,7 +93,8 @@ def python_functional(algo: Algorithm, module: str = "fusedopt.functional") -> C
     }  # fmt: skip
     from . import functional as F  # the shared helpers (_as_list, _grad_transform, ...)
 
-    ns.update(_as_list=F._as_list, _n_elements=F._n_elements, _grad_transform=F._grad_transform)
+    ns.update(_as_list=F._as_list, _n_elements=F._n_elements, _grad_transform=F._grad_transform,
+              _lowp_args=F._lowp_args)  # fmt: skip
     args: List[str] = ["params", "grads"]
     for r in algo.states:
         args.append(r.arg if r.when is None else f"{r.arg}=None")
@@ -112,6 +117,7 @@ def python_functional(algo: Algorithm, module: str = "fusedopt.functional") -> C
             test = _range_test(h.name, h.rng)
             body.append(f"if {h.name}.__class__ is not float or not ({test}): {h.name} = _h_{h.name}.check({h.name})")
     kw += [f"{o}=None" for o in GRAD_OPTIONS if o != "skip_if_nonfinite"] + ["skip_if_nonfinite=False", "threads=None"]
+    kw += [f"{o}={d!r}" for o, d in LOWP_OPTIONS]
     items = [f"{h.name!r}: {h.name}" for h in algo.arguments] + [f"{k!r}: {v!r}" for k, v in algo.fixed]
     body.append("h = {" + ", ".join(items) + "}")
     body.append("_relations(h)")
@@ -132,20 +138,26 @@ def python_functional(algo: Algorithm, module: str = "fusedopt.functional") -> C
             body.append(f"    {v} = None")
     body.append("_check_params(h, p)")
     body.append("sc = _scalars_of(h, t)")
+    body.append("if masters is None and stochastic_rounding is False and sr_step is None and seed.__class__ is int "
+                "and seed == 0:")
+    body.append("    lw = ()")
+    body.append("else:")
+    body.append(f"    lw = _lowp_args(masters, stochastic_rounding, seed, sr_step, {'t' if algo.step_arg else 'None'}, "
+                f"{algo.name!r})")
     call_lists = ", ".join(["p", "g"] + lists)
     threads_expr = f"_threads.resolve(threads, _n_elements(p), {algo.threads!r})"
     body.append(
         "if grad_scale is None and found_inf is None and clip_value is None and max_grad_norm is None "
         "and clip_coef is None and skip_if_nonfinite is False:"
     )
-    body.append(f"    _core.{algo.kernel}({call_lists}, *sc, *_NO_GRAD, *_flags_of(h), {threads_expr})")
+    body.append(f"    _core.{algo.kernel}({call_lists}, *sc, *_NO_GRAD, *_flags_of(h), {threads_expr}, *lw)")
     body.append("    return None")
     roles = ", ".join(["('params', p, True)", "('grads', g, False)"] + [f"({r.arg!r}, s{i}, True)"
                                                                           for i, r in enumerate(algo.states)])  # fmt: skip
     body.append(f"gs, norm, skip = _grad_transform(threads, {algo.threads!r}, [{roles}], grad_scale, found_inf, "
-                "clip_value, max_grad_norm, clip_coef, skip_if_nonfinite)")  # fmt: skip
+                "clip_value, max_grad_norm, clip_coef, skip_if_nonfinite, lw)")  # fmt: skip
     body.append("if skip: return norm")
-    body.append(f"_core.{algo.kernel}({call_lists}, *sc, *gs, *_flags_of(h), {threads_expr})")
+    body.append(f"_core.{algo.kernel}({call_lists}, *sc, *gs, *_flags_of(h), {threads_expr}, *lw)")
     body.append("return norm")
     src = f"def {algo.name}({', '.join(args)}, *, {', '.join(kw)}):\n" + "".join(f"    {b}\n" for b in body)
     exec(compile(src, f"<fusedopt.functional.{algo.name}>", "exec"), ns)
@@ -173,6 +185,8 @@ def functional_doc(algo: Algorithm) -> str:
     lines.append("    grad_scale, found_inf, clip_value, max_grad_norm, clip_coef, skip_if_nonfinite: gradient")
     lines.append("        pre-processing fused into the pass (see the :mod:`fusedopt.functional` docstring).")
     lines.append("    threads: thread count (None: :func:`fusedopt.get_num_threads`, or 1 for small calls).")
+    lines.append("    masters, stochastic_rounding, seed, sr_step: low-precision storage (see the")
+    lines.append("        :mod:`fusedopt.functional` docstring).")
     lines += ["", "Returns:", "    The global norm of the unscaled gradients when it was computed (``max_grad_norm`` or",
               "    ``skip_if_nonfinite``), else ``None``."]  # fmt: skip
     return "\n".join(lines)
@@ -180,8 +194,9 @@ def functional_doc(algo: Algorithm) -> str:
 
 def native_call(algo: Algorithm, h: Hypers, t: int, params: Sequence[Any], grads: Sequence[Any],
                 lists: Sequence[Optional[Sequence[Any]]], threads: int, plan: Any = None, counters: Any = None,
-                grad: Sequence[float] = _NO_GRAD) -> None:  # fmt: skip
+                grad: Sequence[float] = _NO_GRAD, lowp: Sequence[Any] = ()) -> None:  # fmt: skip
     """One native step of ``algo`` with validated functional hyperparameters ``h``, step number
-    ``t`` and the state lists in role order (None for an absent role)."""
+    ``t`` and the state lists in role order (None for an absent role); ``lowp`` is empty or
+    ``(masters, stochastic_rounding, seed, sr_step)`` (the binding's trailing arguments)."""
     getattr(_core, algo.kernel)(params, grads, *lists, *algo.scalars(h, t), *grad, *algo.flags(h), threads, plan,
-                                counters)  # fmt: skip
+                                counters, *lowp)  # fmt: skip

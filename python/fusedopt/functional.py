@@ -3,10 +3,33 @@
 Each function updates ``params`` and the state arrays **in place** and returns ``None``. Every
 array argument is either one ``numpy.ndarray`` or a list/tuple of them (one entry per tensor); a
 list is updated by **one** native call with one parallel region over all its elements. Arrays must
-be float32 or float64 (one dtype per call), C-contiguous, aligned and writeable where written;
-gradients and state have their parameter's shape and dtype; no written array may share memory
-with any other array of the call. Anything else raises ``TypeError``/``ValueError`` naming the
-argument, before any array is touched. Nothing is ever converted or copied.
+be C-contiguous, aligned and writeable where written, with their parameter's shape; no written
+array may share memory with any other array of the call. Anything else raises
+``TypeError``/``ValueError`` naming the argument, before any array is touched. Nothing is ever
+converted or copied.
+
+dtypes (one dtype per list): parameters float32, float64, float16 or bfloat16
+(``ml_dtypes.bfloat16``; a uint16 array is not a bfloat16 one). float32/float64 parameters take
+gradients and states of their own dtype (float32 parameters may also have bfloat16 states);
+float16/bfloat16 parameters take gradients of their dtype or float32 and states of their dtype or
+float32. The arithmetic is float32 (float64 for float64 parameters); low-precision buffers are
+loaded exactly and stored with round-to-nearest-even (:func:`fusedopt.reference.lowp_step` is
+the bitwise specification).
+
+Low-precision keywords (every algorithm):
+
+* ``masters``: None, or one array per parameter: float32 arrays are fp32 **master weights** (the
+  update is applied to the master, the parameter is written as its round-to-nearest-even);
+  uint16 arrays are the low 16 bits of the masters of bfloat16 parameters (**split** masters: the
+  bfloat16 parameter and the uint16 trail together are the float32 master,
+  :func:`fusedopt.reference.split_decode`). A new master is the parameter's exact upcast (a
+  trail of zeros). Not for float32/float64 parameters.
+* ``stochastic_rounding=True`` (bfloat16 parameters without masters): the parameter is written
+  with stochastic rounding, 16 random bits per element from Philox4x32-10 keyed by ``seed`` (an
+  int in ``[0, 2**64)``) with counter (element index inside its parameter, ``sr_step``)
+  (:func:`fusedopt.reference.sr_bits`): bitwise the same for every thread count and ISA. Two
+  parameters of the same shape stepped with the same (seed, sr_step) get the same random bits.
+  ``sr_step`` defaults to ``step`` for algorithms with a step argument and is required otherwise.
 
 The exact arithmetic (operation order and rounding) of each function is the same-named function in
 :mod:`fusedopt.reference`; the kernels match it bitwise on every ISA and for any thread count.
@@ -36,7 +59,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _core, _scalars, _threads
+from . import _core, _lowp, _scalars, _threads
 from . import _validation as check
 
 ArrayOrList = Union[np.ndarray, Sequence[np.ndarray]]
@@ -108,8 +131,27 @@ def clip_coef(norm: float, max_norm: float) -> float:
     return _scalars.clip_coef(norm, max_norm)
 
 
+def _upcast_lowp(xs: Sequence[Any]) -> Sequence[Any]:
+    """float16/bfloat16 arrays (NumPy or torch) as float32 copies (exact), others as they are: the
+    norm of low-precision gradients is the norm of their exact float32 values."""
+    out = None
+    for i, a in enumerate(xs):
+        dt = getattr(a, "dtype", None)
+        lowp = False
+        if isinstance(a, np.ndarray):
+            lowp = dt == np.float16 or _lowp.is_bf16(a.dtype)
+        elif str(dt) in ("torch.bfloat16", "torch.float16"):
+            lowp = True
+        if lowp:
+            if out is None:
+                out = list(xs)
+            out[i] = a.astype(np.float32) if isinstance(a, np.ndarray) else a.float()
+    return xs if out is None else out
+
+
 def _sum_of_squares(xs: Sequence[np.ndarray], threads: Optional[int]) -> float:
     t = _threads.resolve(threads, _n_elements(xs), "sgd")  # a read-only pass: SGD's crossover
+    xs = _upcast_lowp(xs)
     if len(xs) > 1:
         d0 = getattr(xs[0], "dtype", None)
         if any(getattr(a, "dtype", None) != d0 for a in xs):
@@ -184,6 +226,7 @@ def _grad_transform(
     max_grad_norm: Any,
     clip_coef: Any,
     skip_if_nonfinite: Any,
+    lowp: Sequence[Any] = (),
 ) -> "tuple[_scalars.GradScalars, Optional[float], bool]":
     """(gradient scalars, the global norm if computed, whether to skip the step). Validates the
     options; and, when the step is skipped (``found_inf``) or the gradients are read before the
@@ -194,11 +237,11 @@ def _grad_transform(
         grad_scale, clip_value, max_grad_norm, clip_coef, skip_if_nonfinite
     )
     if found_inf_set(found_inf):
-        _check_arguments(threads, algorithm, roles)
+        _check_arguments(threads, algorithm, roles, lowp)
         return _scalars.NO_GRAD_TRANSFORM, None, True
     norm = None
     if max_norm is not None or skip_nonfinite:
-        _check_arguments(threads, algorithm, roles)
+        _check_arguments(threads, algorithm, roles, lowp)
         norm = math.sqrt(_sum_of_squares(roles[1][1], threads)) / scale
         if skip_nonfinite and not math.isfinite(norm):
             return _scalars.NO_GRAD_TRANSFORM, norm, True
@@ -207,11 +250,31 @@ def _grad_transform(
     return _scalars.GradScalars(scale, coef, value), norm, False
 
 
-def _check_arguments(threads: Optional[int], algorithm: str, roles: Sequence[Role]) -> None:
+def _check_arguments(threads: Optional[int], algorithm: str, roles: Sequence[Role], lowp: Sequence[Any] = ()) -> None:
     """Every check of the native call, without the call (``_core.check``: the same checks and
-    messages), and the thread count."""
+    messages, low-precision storage and ``lowp``'s masters included), and the thread count."""
     _threads.resolve(threads, _n_elements(roles[0][1]), algorithm)
-    _core.check(roles)
+    if lowp:
+        _core.check([*roles, ("masters", lowp[2], True)], lowp=True, stochastic_rounding=lowp[3])
+    else:
+        _core.check(roles, lowp=True)
+
+
+def _lowp_args(masters: Any, stochastic_rounding: Any, seed: Any, sr_step: Any, step: Optional[int],
+               algorithm: str) -> "tuple[Any, ...]":  # fmt: skip
+    """The trailing arguments of a step binding for the low-precision keywords (validated):
+    ``(plan, counters, masters, stochastic_rounding, seed, sr_step)``."""
+    m = None if masters is None else _as_list("masters", masters)
+    sr = check.flag("stochastic_rounding", stochastic_rounding)
+    seed = _lowp.check_seed("seed", seed)
+    if sr_step is None:
+        if step is None and sr:
+            raise ValueError(f"sr_step is required with stochastic_rounding=True: {algorithm} has no step argument "
+                             "(give the step count, e.g. 1 for the first step)")  # fmt: skip
+        sr_step = 0 if step is None else step
+    else:
+        sr_step = _lowp.check_seed("sr_step", sr_step)
+    return (None, None, m, sr, seed, sr_step)
 
 
 # -- the algorithms: one generated function per description (fusedopt.algorithms) -------------
