@@ -11,6 +11,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import _lowp
 from ._scalars import _STEP_LIMIT
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -131,11 +132,17 @@ def _short(n: int) -> str:
     return s or f"an int of {n.bit_length()} bits"
 
 
-def param_array(name: str, a: Any) -> np.ndarray:
-    """An array fusedopt can update in place (checked at optimizer construction)."""
+def param_array(name: str, a: Any, lowp: bool = False) -> np.ndarray:
+    """An array fusedopt can update in place (checked at optimizer construction); ``lowp``: float16
+    and bfloat16 (``ml_dtypes.bfloat16``) arrays too."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype not in _FLOAT_DTYPES or not a.dtype.isnative:
+    if lowp and a.dtype not in _FLOAT_DTYPES:
+        if _lowp.numpy_kind(a.dtype) is None:
+            raise TypeError(f"{name} has dtype {a.dtype}; fusedopt's optimizers update float32, float64, float16 and "
+                            "bfloat16 arrays (native byte order; NumPy's bfloat16 is ml_dtypes.bfloat16, a uint16 "
+                            "array is not one)")  # fmt: skip
+    elif a.dtype not in _FLOAT_DTYPES or not a.dtype.isnative:
         raise TypeError(f"{name} has dtype {a.dtype}; fusedopt updates float32 and float64 arrays (native byte order)")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} is not C-contiguous; fusedopt updates arrays in place and never copies")
@@ -189,7 +196,12 @@ def grad_array(name: str, g: Any, param: np.ndarray, pname: str) -> None:
     """Python-side twin of the C++ checks, used when one step needs several native calls."""
     if not isinstance(g, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(g).__name__}")
-    if g.dtype != param.dtype or not g.dtype.isnative:
+    if param.dtype.itemsize == 2 and g.dtype == np.float32:
+        pass  # float16/bfloat16 parameters take float32 gradients too
+    elif g.dtype != param.dtype or not g.dtype.isnative:
+        if param.dtype.itemsize == 2:
+            raise TypeError(f"{name} has dtype {g.dtype} but {pname} has {param.dtype}; gradients must have the "
+                            "parameter's dtype or float32")  # fmt: skip
         raise TypeError(f"{name} has dtype {g.dtype} but {pname} has {param.dtype}; they must match exactly")
     if g.shape != param.shape:
         raise ValueError(f"{name} has shape {g.shape} but {pname} has shape {param.shape}")

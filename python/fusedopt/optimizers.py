@@ -35,11 +35,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _core, _engine, _fork, _threads
+from . import _core, _engine, _fork, _lowp, _threads
 from . import _validation as check
 from . import functional as F
 from .algorithms import ADAGRAD, ADAM, ADAMW, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm, TorchName
 from .algorithms import SGD as _SGD
+from ._lowp import MASTER_KEY, TRAIL_KEY
 from .arena import FlatParams
 
 __all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Optimizer"]
@@ -81,7 +82,22 @@ class Optimizer:
     _HAS_STEP = True
     _PAIRS: Dict[str, TorchName] = {}
 
-    def __init__(self, params: ParamsArg, defaults: Mapping[str, Any]) -> None:
+    def __init__(self, params: ParamsArg, defaults: Mapping[str, Any], *, master_weights: Optional[str] = None,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 state_dtype: Optional[str] = None) -> None:  # fmt: skip
+        mw, sr, seed, sd = _lowp.check_options(master_weights, stochastic_rounding, seed, state_dtype)
+        if sd == "bfloat16":
+            _lowp.bf16_dtype("state_dtype='bfloat16'")  # ImportError naming ml_dtypes when it is missing
+        if sr and seed is None:  # from NumPy's legacy global generator: np.random.seed reproduces it
+            seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
+        #: the low-precision options (see the class docstrings and fusedopt._lowp); the same for
+        #: every param group, except ``seed``, which each group keeps as ``group["seed"]``
+        self.master_weights: Optional[str] = mw
+        self.stochastic_rounding: bool = sr
+        self.seed: Optional[int] = seed
+        self.state_dtype: Optional[str] = sd
+        if sr and not self._HAS_STEP:  # the SR counter is the step count: kept also by SGD and Lion
+            self._HAS_STEP = True
         self.param_groups: List[Dict[str, Any]] = []
         self._params: List[np.ndarray] = []
         self.state: List[State] = []
@@ -92,6 +108,9 @@ class Optimizer:
         self._stepper: Optional[_core.Stepper] = None
         self._stepper_serial = True  # the Stepper's call runs on one thread (_threads.serial)
         self._arena: Optional[FlatParams] = None
+        #: whether every step takes the general path (low-precision parameters or options: the
+        #: planned path and the C++ Stepper step float32/float64 storage only)
+        self._lowp_path = mw is not None or sr or sd is not None
         self._conventions: Dict[str, Any] = self._check_conventions(dict(self._CONVENTIONS))
         self.defaults: Dict[str, Any] = self._check_hyper(dict(defaults))
         #: extra keywords of the functional calls: the gradient pre-processing while a step with
@@ -185,9 +204,10 @@ class Optimizer:
         for r in self._algo.states:
             if r.init_hyper is not None:
                 value = group[r.init_hyper]
+                sdt = self._state_dtype(param)
                 with np.errstate(over="ignore"):
-                    if not np.isfinite(param.dtype.type(value)):
-                        raise ValueError(f"{r.init_hyper}={value} overflows the parameters' dtype {param.dtype}")
+                    if not np.isfinite(np.asarray(value, np.float64).astype(sdt).astype(np.float64)):
+                        raise ValueError(f"{r.init_hyper}={value} overflows the state dtype {sdt}")
                 a = self._zeros(param)
                 a.fill(value)
                 st[r.key] = a
@@ -199,7 +219,45 @@ class Optimizer:
         for r in self._algo.states:
             if r.init == ZEROS and r.key not in state and r.present(hyper):
                 state[r.key] = self._zeros(param)
+        master = self._master_kind(param)
+        if master == "fp32" and MASTER_KEY not in state:  # the exact upcast of the parameter
+            m = _zeros_in_phase(param, np.dtype(np.float32))
+            m[...] = param
+            state[MASTER_KEY] = m
+        elif master == "split" and TRAIL_KEY not in state:  # trail 0: the master is the parameter
+            state[TRAIL_KEY] = _zeros_in_phase(param, np.dtype(np.uint16))
         return state
+
+    # -- low-precision storage -------------------------------------------------------------------
+    def _state_dtype(self, param: np.ndarray) -> np.dtype:
+        """The dtype of ``param``'s state arrays (:func:`fusedopt._lowp.state_kind`)."""
+        if not self._lowp_path:
+            return param.dtype
+        kind = _lowp.numpy_kind(param.dtype) or "float32"
+        sk = _lowp.state_kind(kind, self.master_weights, self.state_dtype)
+        if sk == kind:
+            return param.dtype
+        return _lowp.bf16_dtype() if sk == "bfloat16" else np.dtype(sk)
+
+    def _master_kind(self, param: np.ndarray) -> Optional[str]:
+        if self.master_weights is None:
+            return None
+        return _lowp.master_kind(_lowp.numpy_kind(param.dtype) or "float32", self.master_weights)
+
+    def _lowp_call(self, group: Mapping[str, Any], params: List[np.ndarray], states: List[State]) -> Tuple[Any, ...]:
+        """The low-precision arguments of one native call (``_engine.native_call``'s ``lowp``):
+        empty for float32/float64 parameters; else (masters, stochastic_rounding, seed, sr_step)
+        with the masters of the states and the step count after this step as ``sr_step``."""
+        if not params or params[0].dtype.itemsize != 2:
+            return ()
+        master = self._master_kind(params[0])
+        masters = None
+        if master is not None:
+            masters = [st[MASTER_KEY if master == "fp32" else TRAIL_KEY] for st in states]
+        sr = self.stochastic_rounding and _lowp.is_bf16(params[0].dtype)
+        seed = group.get("seed", 0) if sr else 0
+        step = states[0].get("step", 0) + 1 if sr else 0
+        return (masters, sr, seed, step)
 
     def _bucket(self, state: State) -> Any:
         """Parameters whose states give equal buckets are updated by one native call: the same
@@ -234,17 +292,22 @@ class Optimizer:
         starts at a 64-byte boundary of the parameter (cpp/kernels/parallel.inl), finds the state
         arrays on cache-line boundaries too. Small NumPy arrays sit 16 bytes apart on the heap:
         state arrays of their own phase cost up to 35 % on a 196-tensor transformer step."""
-        if self._arena is not None and param is self._arena.flat:
+        dtype = self._state_dtype(param)
+        if self._arena is not None and param is self._arena.flat and dtype == param.dtype:
             return self._arena.zeros()
-        return _zeros_in_phase(param)
+        return _zeros_in_phase(param, dtype)
 
     def _update(
-        self, hyper: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray], states: List[State]
-    ) -> None:
+        self, hyper: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray], states: List[State],
+        lowp: Tuple[Any, ...] = (),
+    ) -> None:  # fmt: skip
         """One call of the functional form (validates everything; any convention, any gradient
-        option). FIRST_STEP arrays missing from the states are made here and the kernel told."""
+        option). FIRST_STEP arrays missing from the states are made here and the kernel told.
+        ``lowp``: (masters, stochastic_rounding, seed, sr_step) of low-precision parameters."""
         algo = self._algo
         kw = {h.name: hyper[h.name] for h in algo.arguments}
+        if lowp:
+            kw.update(masters=lowp[0], stochastic_rounding=lowp[1], seed=lowp[2], sr_step=lowp[3])
         for r in algo.states:
             if r.init == FIRST_STEP and r.present(hyper) and r.key not in states[0]:
                 for st, p in zip(states, params):
@@ -280,17 +343,24 @@ class Optimizer:
         arrays = [raw] if isinstance(raw, np.ndarray) else list(raw)
         start = len(self._params)
         for i, a in enumerate(arrays):
-            check.param_array(f"params[{start + i}]", a)
-        unknown = set(param_group) - set(self.defaults) - {"params"}
+            check.param_array(f"params[{start + i}]", a, lowp=True)
+            kind = _lowp.numpy_kind(a.dtype)
+            if kind in ("bfloat16", "float16"):
+                _lowp.check_param_kind(f"params[{start + i}]", cast(str, kind), self.master_weights,
+                                       self.stochastic_rounding, self.state_dtype)  # fmt: skip
+        unknown = set(param_group) - set(self.defaults) - {"params"} - ({"seed"} if self.stochastic_rounding else set())
         if unknown:
             raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for {type(self).__name__}")
         group = {k: param_group.get(k, v) for k, v in self.defaults.items()}
         group = self._check_hyper(group)
+        if self.stochastic_rounding:  # each group's Philox key (state_dict saves it)
+            group["seed"] = _lowp.check_seed("seed", param_group.get("seed", self.seed))
         self._algo.check_params(self._conventions, arrays)
         check.no_overlap("params", self._params + arrays)
         group["params"] = list(range(start, start + len(arrays)))
         states = [self._new_state(a, group) for a in arrays]  # may still refuse: commit nothing before
         self.param_groups.append(group)
+        self._lowp_path = self._lowp_path or any([a.dtype.itemsize == 2 for a in arrays])
         self._params.extend(arrays)
         self.state.extend(states)
         self._version += 1
@@ -356,7 +426,7 @@ class Optimizer:
                 and skip_if_nonfinite is False:  # fmt: skip
             with self._lock:
                 stepper = self._stepper
-                if stepper is not None and stepper.step(grads, self.param_groups, self.state,
+                if stepper is not None and not self._lowp_path and stepper.step(grads, self.param_groups, self.state,
                                                         1 if self._stepper_serial else _threads.get_num_threads()):  # fmt: skip
                     return None  # the C++ fast path (_make_stepper) did the whole step
                 if not self._step_planned(grads):
@@ -381,7 +451,7 @@ class Optimizer:
                 present = []
                 for i, g in enumerate(grads):
                     if g is not None:
-                        p = check.param_array(f"params[{i}]", self._params[i])
+                        p = check.param_array(f"params[{i}]", self._params[i], lowp=True)
                         check.grad_array(f"grads[{i}]", g, p, f"params[{i}]")
                         present.append(g)
                 norm = math.sqrt(F._sum_of_squares(present, None)) / scale if present else 0.0
@@ -425,7 +495,7 @@ class Optimizer:
         gradient and the state layout is unchanged. Returns False (having changed nothing) when
         the general path is needed."""
         plan = self._plan
-        if plan is None or plan.version != self._version:
+        if plan is None or plan.version != self._version or self._lowp_path:
             return False
         for g in grads:
             if g is None:
@@ -512,9 +582,11 @@ class Optimizer:
         plan: List[Tuple[Dict[str, Any], List[int]]] = []
         staged: Dict[int, State] = {}
         hypers = []
+        group_of: Dict[int, Mapping[str, Any]] = {}  # id(hyper) -> its group (the low-precision call's seed)
         for group in self.param_groups:
             hyper = self._group_view(group)
             hypers.append(hyper)
+            group_of[id(hyper)] = group
             buckets: Dict[Any, List[int]] = {}
             for i in group["params"]:
                 if grads[i] is None:
@@ -523,7 +595,9 @@ class Optimizer:
                 if self._HAS_STEP:  # every count is checked before the first call (and made an int)
                     st["step"] = check.steppable(f"state[{i}]['step']", st.get("step"))
                 staged[i] = st
-                key = (self._params[i].dtype.char, self._bucket(st))
+                key = (self._params[i].dtype, self._bucket(st))
+                if self._lowp_path:  # one gradient dtype per call (bfloat16/float16 params: theirs or float32)
+                    key = (*key, getattr(grads[i], "dtype", None))
                 buckets.setdefault(key, []).append(i)
             plan.extend((hyper, idx) for idx in buckets.values())
         if len(plan) > 1 or len(staged) != len(self._params):
@@ -533,7 +607,9 @@ class Optimizer:
             self._precheck([(h, idx, [grads[i] for i in idx], [staged[i] for i in idx]) for h, idx in plan], grads)
         for hyper, idx in plan:
             gs = cast(List[np.ndarray], [grads[i] for i in idx])  # buckets hold only parameters with a gradient
-            self._update(hyper, [self._params[i] for i in idx], gs, [staged[i] for i in idx])
+            ps, sts = [self._params[i] for i in idx], [staged[i] for i in idx]
+            lowp = self._lowp_call(group_of[id(hyper)], ps, sts) if self._lowp_path else ()
+            self._update(hyper, ps, gs, sts, lowp)
         for i, st in staged.items():
             if self._HAS_STEP:
                 st["step"] = st["step"] + 1
@@ -541,7 +617,7 @@ class Optimizer:
         self._version += 1
         self._plan = None
         self._stepper = None
-        if len(staged) == len(self._params):
+        if len(staged) == len(self._params) and not self._lowp_path:
             self._plan = self._make_plan(hypers)
             self._stepper = self._make_stepper(self._plan)
 
@@ -608,17 +684,28 @@ class Optimizer:
         for hyper, idx, _gs, states in calls:
             keys = self._state_keys(hyper)
             for i, st in zip(idx, states):
-                p = check.param_array(f"params[{i}]", self._params[i])
+                p = check.param_array(f"params[{i}]", self._params[i], lowp=True)
                 check.grad_array(f"grads[{i}]", grads[i], p, f"params[{i}]")
                 add(p, f"params[{i}]", True)
                 add(grads[i], f"grads[{i}]", False)  # type: ignore[arg-type]
+                sdt = self._state_dtype(p)
                 for k in keys:
                     if k in st:
                         a = st[k]
                         name = f"state[{i}][{k!r}]"
-                        check.param_array(name, a)
-                        if a.dtype != p.dtype or a.shape != p.shape:
-                            raise ValueError(f"{name} has dtype {a.dtype} and shape {a.shape}, unlike params[{i}]")
+                        check.param_array(name, a, lowp=True)
+                        if a.dtype != sdt or a.shape != p.shape:
+                            raise ValueError(f"{name} has dtype {a.dtype} and shape {a.shape}; params[{i}] needs "
+                                             f"{sdt} and {p.shape}")  # fmt: skip
+                        add(a, name, True)
+                for k, mdt in ((MASTER_KEY, np.float32), (TRAIL_KEY, np.uint16)):
+                    if k in st:
+                        a = st[k]
+                        name = f"state[{i}][{k!r}]"
+                        if not isinstance(a, np.ndarray) or a.dtype != mdt or a.shape != p.shape \
+                                or not a.flags.c_contiguous or not a.flags.writeable:  # fmt: skip
+                            raise ValueError(f"{name} must be a writeable C-contiguous {np.dtype(mdt)} array of "
+                                             f"shape {p.shape}")  # fmt: skip
                         add(a, name, True)
         found = check.find_overlap(extents)
         if found is not None:
@@ -640,7 +727,8 @@ class Optimizer:
                 if not st:
                     continue
                 state[i] = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
-            groups = [{**{k: g[k] for k in self.defaults}, "params": list(g["params"])} for g in self.param_groups]
+            groups = [{**{k: g[k] for k in self.defaults}, **({"seed": g["seed"]} if "seed" in g else {}),
+                       "params": list(g["params"])} for g in self.param_groups]  # fmt: skip
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -679,6 +767,8 @@ class Optimizer:
             if missing:
                 raise ValueError(f"param group {gi} of state_dict lacks {sorted(missing)}")
             hyper = self._check_hyper({k: gin[k] for k in self.defaults})
+            if self.stochastic_rounding:  # the saved seed, else this optimizer's
+                hyper["seed"] = _lowp.check_seed(f"param group {gi} of state_dict: 'seed'", gin.get("seed", mine["seed"]))
             new_groups.append({**hyper, "params": list(mine["params"])})
             for saved_id, i in zip(ids, mine["params"]):
                 index_map[saved_id] = i
@@ -709,29 +799,37 @@ class Optimizer:
         if not isinstance(st, Mapping):
             raise ValueError(f"state of parameter {i} must be a dict")
         p = self._params[i]
+        master = self._master_kind(p)
         allowed = set(self._STATE_ARRAYS) | ({"step"} if self._HAS_STEP else set())
+        allowed |= {MASTER_KEY} if master == "fp32" else {TRAIL_KEY} if master == "split" else set()
         unknown = set(st) - allowed
         if unknown:
             raise ValueError(f"state of parameter {i} has unknown key(s) {sorted(unknown)} for {type(self).__name__}")
         out: State = {}
         if self._HAS_STEP:
+            if "step" not in st and not self._algo.has_step:
+                st = {**st, "step": 0}  # saved without stochastic rounding (SGD, Lion): counted from here
             if "step" not in st:
                 raise ValueError(f"state of parameter {i} lacks 'step'")
             try:
                 out["step"] = check.stored_step(f"state of parameter {i}: 'step'", st["step"])
             except TypeError as exc:  # a state dict that does not fit is a ValueError, whatever the field
                 raise ValueError(str(exc)) from None
-        for k in self._STATE_ARRAYS:
+        sdt = self._state_dtype(p)
+        for k in (*self._STATE_ARRAYS, MASTER_KEY, TRAIL_KEY):
             if k not in st:
                 continue
             a = st[k]
+            want = np.dtype(np.float32) if k == MASTER_KEY else np.dtype(np.uint16) if k == TRAIL_KEY else sdt
             if not isinstance(a, np.ndarray):
                 raise ValueError(f"state of parameter {i}: '{k}' must be a numpy.ndarray, got {type(a).__name__}")
-            if a.dtype != p.dtype:
-                raise ValueError(f"state of parameter {i}: '{k}' has dtype {a.dtype}, the parameter {p.dtype}")
+            if a.dtype != want:
+                raise ValueError(f"state of parameter {i}: '{k}' has dtype {a.dtype}; this optimizer keeps it in "
+                                 f"{want} (parameter dtype {p.dtype}, master_weights={self.master_weights!r}, "
+                                 f"state_dtype={self.state_dtype!r})")  # fmt: skip
             if a.shape != p.shape:
                 raise ValueError(f"state of parameter {i}: '{k}' has shape {a.shape}, the parameter {p.shape}")
-            buf = self._zeros(p)
+            buf = self._zeros(p) if k in self._STATE_ARRAYS else _zeros_in_phase(p, want)
             buf[...] = a
             out[k] = buf
         self._check_required_state(i, out)
@@ -792,7 +890,7 @@ class Optimizer:
             in_arena = self._arena is not None and p is self._arena.flat
             for k in self._STATE_ARRAYS:
                 a = st.get(k)
-                if isinstance(a, np.ndarray) and a.shape == p.shape and a.dtype == p.dtype and a.size \
+                if isinstance(a, np.ndarray) and a.shape == p.shape and a.dtype == self._state_dtype(p) and a.size \
                         and (in_arena or (a.ctypes.data - p.ctypes.data) % 64 != 0):  # fmt: skip
                     buf = self._zeros(p)
                     buf[...] = a
@@ -819,12 +917,18 @@ def _with_conventions(cls: Type[_Opt], conventions: Dict[str, Any], params: Para
     return opt
 
 
-def _zeros_in_phase(param: np.ndarray) -> np.ndarray:
-    """Zeros shaped like ``param``, starting at the same address modulo 64 bytes (a view into a
-    buffer 64 bytes larger)."""
-    item = param.dtype.itemsize
-    raw = np.zeros(param.size + 64 // item, dtype=param.dtype)
-    offset = (param.ctypes.data - raw.ctypes.data) % 64 // item
+def _zeros_in_phase(param: np.ndarray, dtype: Optional[np.dtype] = None) -> np.ndarray:
+    """Zeros shaped like ``param`` (of ``dtype``, default the parameter's), starting at the same
+    element position modulo 64 bytes (a view into a buffer 64 bytes larger)."""
+    dtype = param.dtype if dtype is None else dtype
+    item = dtype.itemsize
+    raw = np.zeros(param.size + 64 // item, dtype=dtype)
+    # the same element index at a 64-byte boundary in both (state loads follow the parameter's)
+    if param.dtype.itemsize == item:
+        offset = (param.ctypes.data - raw.ctypes.data) % 64 // item
+    else:  # the parameter's first element on a 64-byte boundary, k0, is there in the state too
+        k0 = (-param.ctypes.data) % 64 // param.dtype.itemsize
+        offset = (-(raw.ctypes.data // item) - k0) % (64 // item)
     return raw[offset : offset + param.size].reshape(param.shape)
 
 
@@ -894,6 +998,12 @@ class _Plan:
         self.buckets = buckets
 
 
+def _lowp_kw(master_weights: Optional[str], stochastic_rounding: bool, seed: Optional[int],
+             state_dtype: Optional[str]) -> Dict[str, Any]:  # fmt: skip
+    return dict(master_weights=master_weights, stochastic_rounding=stochastic_rounding, seed=seed,
+                state_dtype=state_dtype)  # fmt: skip
+
+
 class SGD(Optimizer):
     """``torch.optim.SGD``: see :func:`fusedopt.functional.sgd` for the exact update.
 
@@ -906,9 +1016,11 @@ class SGD(Optimizer):
     def __init__(
         self, params: ParamsArg, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
         weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
+        master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+        state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                                      nesterov=nesterov, maximize=maximize))  # fmt: skip
+                                      nesterov=nesterov, maximize=maximize), **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
 
 
 class Momentum(Optimizer):
@@ -921,9 +1033,11 @@ class Momentum(Optimizer):
 
     def __init__(
         self, params: ParamsArg, lr: float, beta: float = 0.9, weight_decay: float = 0.0,
-        bias_correction: bool = False,
+        bias_correction: bool = False, *, master_weights: Optional[str] = None, stochastic_rounding: bool = False,
+        seed: Optional[int] = None, state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
-        super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay, bias_correction=bias_correction))
+        super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay, bias_correction=bias_correction),
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))
 
 
 class RMSprop(Optimizer):
@@ -943,10 +1057,11 @@ class RMSprop(Optimizer):
     def __init__(
         self, params: ParamsArg, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
         weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
-        maximize: bool = False,
+        maximize: bool = False, master_weights: Optional[str] = None, stochastic_rounding: bool = False,
+        seed: Optional[int] = None, state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                                      centered=centered, maximize=maximize))  # fmt: skip
+                                      centered=centered, maximize=maximize), **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
 
     @classmethod
     def keras(
@@ -989,10 +1104,12 @@ class Adam(Optimizer):
     def __init__(
         self, params: ParamsArg, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
-        decoupled_weight_decay: bool = False,
+        decoupled_weight_decay: bool = False, master_weights: Optional[str] = None, stochastic_rounding: bool = False,
+        seed: Optional[int] = None, state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay))  # fmt: skip
+                                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay),
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
 
     @classmethod
     def keras(
@@ -1022,9 +1139,11 @@ class AdamW(Adam):
     def __init__(
         self, params: ParamsArg, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+        master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+        state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         decoupled_weight_decay=True)  # fmt: skip
+                         decoupled_weight_decay=True, **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
 
     @classmethod
     def keras(  # type: ignore[override]
@@ -1059,10 +1178,12 @@ class Adagrad(Optimizer):
     def __init__(
         self, params: ParamsArg, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
         initial_accumulator_value: float = 0.0, eps: float = 1e-10, *, maximize: bool = False,
+        master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+        state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps,
-                                      maximize=maximize))  # fmt: skip
+                                      maximize=maximize), **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
 
 
 class Lion(Optimizer):
@@ -1076,6 +1197,8 @@ class Lion(Optimizer):
 
     def __init__(
         self, params: ParamsArg, lr: float = 1e-4, betas: Tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0, *, maximize: bool = False,
+        weight_decay: float = 0.0, *, maximize: bool = False, master_weights: Optional[str] = None,
+        stochastic_rounding: bool = False, seed: Optional[int] = None, state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
-        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize))
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize),
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))
