@@ -81,7 +81,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import numpy as np
 
-from . import _core, _engine, _fork, _threads
+from . import _core, _engine, _fork, _lowp, _threads, reference
 from . import _validation as check
 from .algorithms import (
     ADAGRAD,
@@ -96,16 +96,20 @@ from .algorithms import (
     StateRole,
     TorchName,
 )
+from ._lowp import MASTER_KEY, TRAIL_KEY
 from .algorithms import SGD as _SGD
 
 # From now on the native core accepts CPU torch tensors wherever it accepts NumPy arrays
 # (cpp/bindings/arrays.hpp): it reads their data pointer, shape, strides and storage bounds
 # through torch's own methods, without NumPy views.
-_core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided)
+_core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided, torch.bfloat16, torch.float16)
 
 __all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion"]
 
 _DTYPES = (torch.float32, torch.float64)
+_LOWP_DTYPES = (torch.bfloat16, torch.float16)
+_KIND = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_TORCH_DTYPE = {v: k for k, v in _KIND.items()}
 _ONE = {torch.float32: np.float32(1.0), torch.float64: np.float64(1.0)}
 
 
@@ -188,19 +192,15 @@ def _check_dense_cpu(name: str, t: Any) -> None:
 
 
 def _check_dtype(name: str, t: torch.Tensor) -> None:
-    if t.dtype in _DTYPES:
+    if t.dtype in _DTYPES or t.dtype in _LOWP_DTYPES:
         return
     if t.is_complex():
         raise TypeError(
-            f"{name} is complex ({t.dtype}); fusedopt.torch supports real float32/float64 parameters "
-            "only (use torch.optim for complex parameters)"
+            f"{name} is complex ({t.dtype}); fusedopt.torch supports real float32/float64/bfloat16/float16 "
+            "parameters only (use torch.optim for complex parameters)"
         )
-    if t.dtype in (torch.float16, torch.bfloat16):
-        raise TypeError(
-            f"{name} has dtype {t.dtype}; fusedopt.torch supports float32 and float64 only "
-            "(float16/bfloat16 are not supported yet: keep float32 master weights or use torch.optim)"
-        )
-    raise TypeError(f"{name} has dtype {t.dtype}; fusedopt.torch supports float32 and float64 only")
+    raise TypeError(f"{name} has dtype {t.dtype}; fusedopt.torch supports float32 and float64 "
+                    "(and bfloat16/float16) parameters only")  # fmt: skip
 
 
 def _one_block(t: torch.Tensor) -> bool:
@@ -232,7 +232,7 @@ def _check_param(name: str, p: Any) -> None:
 #: the native calls' role names -> torch's state keys (error messages are given in torch's terms)
 _ROLE_KEYS = {r.arg: r.key for a in ALGORITHMS.values() for r in a.states}
 _KEY_ROLES = {key: role for role, key in _ROLE_KEYS.items()}
-_NAMED = re.compile(r"\b(params|grads|counters|" + "|".join(_ROLE_KEYS) + r")\[(\d+)\]")
+_NAMED = re.compile(r"\b(params|grads|counters|masters|" + "|".join(_ROLE_KEYS) + r")\[(\d+)\]")
 
 _INFERENCE_MSG = (
     "Inplace update to inference tensor outside InferenceMode is not allowed.You can make a clone to get a "
@@ -248,22 +248,27 @@ _numel = torch.Tensor.numel
 
 class _Entry:
     """One parameter stepped now: its tensors, and the state this step creates (committed only
-    after the update succeeded)."""
+    after the update succeeded); ``master`` its fp32 master or uint16 trail (None: none)."""
 
-    __slots__ = ("p", "g", "index", "staged", "tensors", "step")
+    __slots__ = ("p", "g", "index", "staged", "tensors", "step", "master")
 
     def __init__(self, p: torch.Tensor, g: torch.Tensor, index: int, staged: Dict[str, Any],
-                 tensors: List[torch.Tensor], step: Optional[torch.Tensor]) -> None:  # fmt: skip
+                 tensors: List[torch.Tensor], step: Optional[torch.Tensor],
+                 master: Optional[torch.Tensor] = None) -> None:  # fmt: skip
         self.p, self.g, self.index, self.staged, self.tensors, self.step = p, g, index, staged, tensors, step
+        self.master = master
 
 
 class _Call:
-    """One native call: a bucket of parameters with equal hyperparameters, dtype and step count."""
+    """One native call: a bucket of parameters with equal hyperparameters, dtype and step count;
+    ``lowp`` the binding's low-precision arguments (empty, or (masters, stochastic_rounding, seed,
+    sr_step))."""
 
-    __slots__ = ("hyper", "t", "entries", "n")
+    __slots__ = ("hyper", "t", "entries", "n", "lowp")
 
-    def __init__(self, hyper: Dict[str, Any], t: Any, entries: List[_Entry], n: int) -> None:
-        self.hyper, self.t, self.entries, self.n = hyper, t, entries, n
+    def __init__(self, hyper: Dict[str, Any], t: Any, entries: List[_Entry], n: int,
+                 lowp: Tuple[Any, ...] = ()) -> None:  # fmt: skip
+        self.hyper, self.t, self.entries, self.n, self.lowp = hyper, t, entries, n, lowp
 
     def lists(self, nkeys: int) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[List[torch.Tensor]]]:
         es = self.entries
@@ -287,6 +292,10 @@ def _torch_names(message: str, entries: List[_Entry]) -> str:
             return f"params[{i}].grad"
         if role == "counters":
             return f"state[params[{i}]]['step']"
+        if role == "masters":
+            e = entries[k] if k < len(entries) else None
+            key = TRAIL_KEY if e is not None and e.master is not None and e.master.dtype == torch.uint16 else MASTER_KEY
+            return f"state[params[{i}]][{key!r}]"
         return f"state[params[{i}]][{_ROLE_KEYS.get(role, role)!r}]"
 
     return _NAMED.sub(name, message)
@@ -348,8 +357,21 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     _tplan: Optional[_core.TorchPlan]
     _tplan_groups: List[Tuple[Tuple[str, ...], bool]]
 
-    def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
+    def __init__(self, params: Any, defaults: Dict[str, Any], lowp: Tuple[Any, ...] = (None, False, None, None)) -> None:
         self._lock = _fork.new_lock(self)
+        mw, sr, seed, sd = _lowp.check_options(*lowp)
+        if sr and seed is None:  # from torch's default generator: torch.manual_seed reproduces it
+            seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+        #: the low-precision options (see the module docstring); ``seed`` is each param group's
+        #: default ``group["seed"]``
+        self.master_weights: Optional[str] = mw
+        self.stochastic_rounding: bool = sr
+        self.seed: Optional[int] = seed
+        self.state_dtype: Optional[str] = sd
+        #: whether every step takes the full Python path (low-precision parameters or options)
+        self._lowp_path = mw is not None or sr or sd is not None
+        if sr and not self._HAS_STEP:  # the SR counter is the step count: kept also by SGD and Lion
+            self._HAS_STEP = True
         self._forget_caches()
         # torch's constructor checks (its order, types and messages), then fusedopt's own, before
         # any group is made; the implementation flags are checked per group, after its parameters
@@ -438,11 +460,45 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         """A state tensor for ``p`` with ``p``'s strides (a parameter is one dense block, C order or
         not, e.g. channels_last: the state is stepped as the same flat memory), as torch makes it."""
         init = self._ROLES[key].init
+        dt = self._state_dtype(p)
         if init == ZEROS:
-            return torch.zeros_like(p, memory_format=torch.preserve_format)
+            return torch.zeros_like(p, dtype=dt, memory_format=torch.preserve_format)
         if init == FIRST_STEP:  # written (b = g) by the first step, as torch's fused SGD does
-            return torch.empty_like(p, memory_format=torch.preserve_format)
-        return torch.full_like(p, float(group[init]), memory_format=torch.preserve_format)
+            return torch.empty_like(p, dtype=dt, memory_format=torch.preserve_format)
+        return torch.full_like(p, float(group[init]), dtype=dt, memory_format=torch.preserve_format)
+
+    # -- low-precision storage -------------------------------------------------------------------
+    def _state_dtype(self, p: torch.Tensor) -> torch.dtype:
+        """The dtype of ``p``'s state tensors (:func:`fusedopt._lowp.state_kind`)."""
+        if not self._lowp_path:
+            return p.dtype
+        return _TORCH_DTYPE[_lowp.state_kind(_KIND.get(p.dtype, "float32"), self.master_weights, self.state_dtype)]
+
+    def _master_kind(self, p: torch.Tensor) -> Optional[str]:
+        if self.master_weights is None:
+            return None
+        return _lowp.master_kind(_KIND.get(p.dtype, "float32"), self.master_weights)
+
+    @staticmethod
+    def _new_master(p: torch.Tensor, kind: str) -> torch.Tensor:
+        """A master made from the parameter: its exact float32 upcast, or a trail of zeros."""
+        if kind == "fp32":
+            return p.detach().to(torch.float32, memory_format=torch.preserve_format, copy=True)
+        return torch.zeros_like(p, dtype=torch.uint16, memory_format=torch.preserve_format)
+
+    def _lowp_args(self, group: Dict[str, Any], es: List[_Entry], step: Optional[float]) -> Tuple[Any, ...]:
+        """The binding's low-precision arguments for a call over ``es`` (empty for float32/float64
+        parameters): the masters (a trail as a NumPy view of its uint16 tensor), stochastic
+        rounding with the group's seed and the step count after this step."""
+        p = es[0].p
+        if p.dtype not in _LOWP_DTYPES:
+            return ()
+        masters = None
+        if es[0].master is not None:
+            masters = [e.master.numpy() if e.master.dtype == torch.uint16 else e.master for e in es]  # type: ignore[union-attr]
+        sr = self.stochastic_rounding and p.dtype == torch.bfloat16
+        seed = _lowp.check_seed("param group 'seed'", group.get("seed", self.seed or 0)) if sr else 0
+        return (masters, sr, seed, int(step) if sr and step is not None else 0)
 
     def _uses_step(self, hyper: Dict[str, Any]) -> bool:
         """Whether the update depends on the step number (else all step counts share one call)."""
@@ -488,6 +544,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         first: Dict[int, int] = {}
         for i, p in enumerate(tensors):
             _check_param(f"params[{start + i}]", p)
+            if p.dtype in _LOWP_DTYPES:
+                _lowp.check_param_kind(f"params[{start + i}]", _KIND[p.dtype], self.master_weights,
+                                       self.stochastic_rounding, self.state_dtype)  # fmt: skip
             j = first.setdefault(id(p), i)
             if j != i:
                 raise ValueError(
@@ -497,8 +556,11 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._check_impl_flags(merged)
         self._hyper(merged)
+        if self.stochastic_rounding:  # each group's Philox key (state_dict saves it)
+            param_group["seed"] = _lowp.check_seed("seed", param_group.get("seed", self.seed))
         param_group["params"] = raw
         super().add_param_group(param_group)
+        self._lowp_path = self._lowp_path or any([p.dtype in _LOWP_DTYPES for p in tensors])
         eager = [r.key for r in self._algo.states if r.init_hyper is not None]
         if eager:  # state that starts at a hyperparameter's value is made with the parameter, as torch does
             group = self.param_groups[-1]
@@ -516,6 +578,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         super().__setstate__(state)
         if "_lock" not in self.__dict__:  # unpickled or deep-copied: a lock of its own
             self._lock = _fork.new_lock(self)
+        for k, v in (("master_weights", None), ("stochastic_rounding", False), ("seed", None), ("state_dtype", None),
+                     ("_lowp_path", False)):  # fmt: skip
+            self.__dict__.setdefault(k, v)
         self._forget_caches()
         for group in self.param_groups:
             for k, v in self.defaults.items():
@@ -549,7 +614,129 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             self._lock = _fork.new_lock(self)  # (forked child) loading replaces the half-updated state
         with self._lock:
             self._forget_caches()
+            if not self._lowp_path:
+                super().load_state_dict(state_dict)
+                return
+            # torch casts every state tensor to its parameter's dtype: a float32 master or float32
+            # states of a bfloat16 parameter would lose their low bits. The tensors are checked and
+            # kept here, and put back cast to the dtypes this optimizer keeps (exactly, or rounded
+            # to nearest even when narrowing, e.g. float32 states into state_dtype="bfloat16").
+            state_dict, keep = self._lowp_load_prepare(state_dict)
             super().load_state_dict(state_dict)
+            with torch.no_grad():
+                for p, kept in keep:
+                    st = self.state[p]
+                    for k, v in kept.items():
+                        st[k] = v
+
+    def _lowp_load_prepare(self, state_dict: Dict[str, Any]) -> Tuple[Dict[str, Any], List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]]:
+        """Check the state tensors of a state dict against this optimizer's low-precision layout
+        and make them in the dtypes kept here (nothing is modified on error): state tensors must be
+        floating point (cast to the state dtype), ``'master_param'`` a float32 tensor and
+        ``'master_trail'`` a uint16 tensor of the parameter's shape, present only where this
+        optimizer keeps that master. Returns the state dict to give torch's loader (a SGD/Lion
+        state without ``'step'`` gets ``step = 0`` under stochastic rounding) and, per parameter,
+        the tensors to put in its state afterwards."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            return state_dict, []  # torch's loader raises its own error
+        saved_groups = state_dict["param_groups"]
+        id_map: Dict[Any, Tuple[int, torch.Tensor]] = {}
+        index = 0
+        for g, sg in zip(self.param_groups, saved_groups):
+            for p, pid in zip(g["params"], sg.get("params", [])):
+                id_map[pid] = (index, p)
+                index += 1
+        new_state: Dict[Any, Any] = {}
+        keep: List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]] = []
+        for pid, st in state_dict["state"].items():
+            if pid not in id_map or not isinstance(st, dict):
+                new_state[pid] = st
+                continue
+            i, p = id_map[pid]
+            master = self._master_kind(p)
+            sdt = self._state_dtype(p)
+            kept: Dict[str, torch.Tensor] = {}
+            for k, v in st.items():
+                name = f"state[params[{i}]][{k!r}]"
+                if k == "step" or not isinstance(v, torch.Tensor):
+                    continue
+                if k in (MASTER_KEY, TRAIL_KEY):
+                    want = MASTER_KEY if master == "fp32" else TRAIL_KEY if master == "split" else None
+                    if k != want:
+                        raise ValueError(f"{name}: this optimizer keeps no such master for params[{i}] ({p.dtype}, "
+                                         f"master_weights={self.master_weights!r}); nothing was loaded")  # fmt: skip
+                    mdt = torch.float32 if k == MASTER_KEY else torch.uint16
+                    if v.dtype != mdt:
+                        raise TypeError(f"{name} has dtype {v.dtype}; it must be {mdt}; nothing was loaded")
+                    if v.shape != p.shape:
+                        raise ValueError(f"{name} has shape {tuple(v.shape)}, params[{i}] {tuple(p.shape)}; "
+                                         "nothing was loaded")  # fmt: skip
+                    kept[k] = v.to(device=p.device, copy=True)
+                    continue
+                if not v.is_floating_point():
+                    raise TypeError(f"{name} has dtype {v.dtype}; state tensors must be floating point (they are "
+                                    f"kept in {sdt}); nothing was loaded")  # fmt: skip
+                if v.dtype != p.dtype or sdt != p.dtype:
+                    kept[k] = v.to(device=p.device, dtype=sdt, copy=True)
+            if self._HAS_STEP and not self._algo.has_step and st and "step" not in st:
+                st = {**st, "step": torch.tensor(0.0, dtype=_scalar_dtype())}
+            new_state[pid] = st
+            if kept:
+                keep.append((p, kept))
+        return {**state_dict, "state": new_state}, keep
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """torch's, plus the low-precision options (pickle and copy.deepcopy keep them)."""
+        out: Dict[str, Any] = super().__getstate__()
+        for k in ("master_weights", "stochastic_rounding", "seed", "state_dtype", "_lowp_path"):
+            if k in self.__dict__:
+                out[k] = self.__dict__[k]
+        if "_HAS_STEP" in self.__dict__:
+            out["_HAS_STEP"] = self.__dict__["_HAS_STEP"]
+        return out
+
+    # -- low-precision export --------------------------------------------------------------------
+    def master_params(self) -> List[torch.Tensor]:
+        """The float32 master of every parameter, in ``param_groups`` order, as new tensors: the
+        fp32 master (``master_weights="fp32"``), the decoded split master (``"split"``:
+        :func:`fusedopt.reference.split_decode` of the parameter and its trail), else the exact
+        float32 upcast of the parameter (also before its first step, and for float32/float64
+        parameters: their float32 copy)."""
+        out = []
+        with self._lock, torch.no_grad():
+            for g in self.param_groups:
+                for p in g["params"]:
+                    st = self.state.get(p) or {}
+                    m = st.get(MASTER_KEY)
+                    t = st.get(TRAIL_KEY)
+                    if isinstance(m, torch.Tensor):
+                        out.append(m.detach().clone())
+                    elif isinstance(t, torch.Tensor) and p.dtype == torch.bfloat16:
+                        bits = p.detach().contiguous().view(torch.int16).numpy().view(np.uint16)
+                        trail = t.contiguous().numpy()
+                        out.append(torch.from_numpy(reference.split_decode(bits, trail).reshape(tuple(p.shape))))
+                    else:
+                        out.append(p.detach().to(torch.float32, copy=True))
+        return out
+
+    def fp32_state_dict(self) -> Dict[str, Any]:
+        """:meth:`state_dict` for an fp32 copy of the model: every state tensor as float32 (exact
+        upcasts), the master keys dropped (their values are :meth:`master_params`), ``'step'`` as
+        is. ``torch.optim``'s class of the same name loads it on a model whose parameters are
+        :meth:`master_params` (e.g. ``fp32_model.load_state_dict``-ed from them)."""
+        sd = self.state_dict()
+        state = {}
+        for pid, st in sd["state"].items():
+            new = {}
+            for k, v in st.items():
+                if k in (MASTER_KEY, TRAIL_KEY):
+                    continue
+                if k != "step" and isinstance(v, torch.Tensor) and v.is_floating_point():
+                    v = v.to(torch.float32, copy=True)
+                new[k] = v
+            state[pid] = new
+        groups = [{k: v for k, v in g.items() if k != "seed"} for g in sd["param_groups"]]
+        return {"state": state, "param_groups": groups}
 
     def _check_loaded(self, state: Dict[str, Any]) -> None:
         """Refuse a state about to replace this optimizer's (``load_state_dict``, unpickling)."""
@@ -620,7 +807,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
 
     # -- the step ------------------------------------------------------------------------------
     def _native(self, hyper: Dict[str, Any], t: Any, P: List[torch.Tensor], G: List[torch.Tensor],
-                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int) -> None:  # fmt: skip
+                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int,
+                lowp: Tuple[Any, ...] = ()) -> None:  # fmt: skip
         """One native call over tensor lists (state lists in ``_state_keys`` order): the scalars from
         ``hyper`` (validated by :meth:`_hyper`) and the step count ``t`` (for an algorithm without
         a step count: whether FIRST_STEP buffers are made by this step); ``counters`` are the
@@ -631,7 +819,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         if not algo.has_step:
             hyper = {**hyper, "first_step": bool(t)}
             t = 1
-        _engine.native_call(algo, hyper, t if t is not None else 1, P, G, lists, threads, None, counters)
+        _engine.native_call(algo, hyper, t if t is not None else 1, P, G, lists, threads, None, counters, lowp=lowp)
 
     def step(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override,unused-ignore]
         """Perform one optimization step (``step(closure=None)``: ``closure`` re-evaluates the model
@@ -686,7 +874,20 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                 with torch.no_grad():
                     t = staged[k] = self._new_state(k, p, group)
             tensors.append(t)
-        return _Entry(p, g, index, staged, tensors, step)
+        master = None
+        kind = self._master_kind(p) if self._lowp_path else None
+        if kind is not None:
+            mkey = MASTER_KEY if kind == "fp32" else TRAIL_KEY
+            master = st.get(mkey) if st else None
+            if master is None:  # made from the parameter at its first step (or after loading torch.optim's state)
+                with torch.no_grad():
+                    master = staged[mkey] = self._new_master(p, kind)
+            elif not isinstance(master, torch.Tensor):
+                raise TypeError(f"state[params[{index}]][{mkey!r}] must be a tensor, got {type(master).__name__}")
+            elif master.dtype != (torch.float32 if kind == "fp32" else torch.uint16):
+                raise TypeError(f"state[params[{index}]][{mkey!r}] has dtype {master.dtype}; it must be "
+                                f"{'torch.float32' if kind == 'fp32' else 'torch.uint16'}")  # fmt: skip
+        return _Entry(p, g, index, staged, tensors, step, master)
 
     @staticmethod
     def _next_counts(entries: List[_Entry]) -> List[float]:
@@ -756,8 +957,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         native call per (group, dtype), whose groups' hyperparameters are all immutable values and
         whose written tensors are not inference tensors; None otherwise (every step then takes the
         full path)."""
-        if not _USE_TPLAN or not calls or any(map(_is_inference, written)):
-            return None
+        if not _USE_TPLAN or not calls or self._lowp_path or any(map(_is_inference, written)):
+            return None  # (low-precision storage: every step is a full step)
         if len({(id(c.hyper), e.p.dtype) for _, c in calls for e in c.entries}) != len(calls):
             return None  # a group with several step counts
         get = cast(Callable[[Dict[str, Any]], Tuple[Any, ...]], self._hget)
@@ -797,19 +998,26 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         news = self._next_counts(entries) if has_step else []
         first_keys = [r.key for r in self._algo.states if r.init == FIRST_STEP]
         calls: List[Tuple[Tuple[str, ...], _Call]] = []
-        for hyper, keys, uses_step, a, b in groups:
+        lowp_path = self._lowp_path
+        algo_step = self._algo.has_step
+        for gi, (hyper, keys, uses_step, a, b) in enumerate(groups):
             buckets: Dict[Any, List[int]] = {}
             for i in range(a, b):
                 e = entries[i]
-                if has_step:
-                    key = (e.p.dtype, int(news[i]) if uses_step else None)
+                if algo_step:
+                    key: Tuple[Any, ...] = (e.p.dtype, int(news[i]) if uses_step else None)
                 else:  # SGD: buffers created by this step start at b = g (FIRST_STEP)
                     key = (e.p.dtype, any([k in e.staged for k in first_keys]))
+                if lowp_path:  # one gradient dtype and (stochastic rounding's counter) one step count per call
+                    key = (*key, e.g.dtype, int(news[i]) if has_step else None)
                 buckets.setdefault(key, []).append(i)
-            for (_, t), idx in buckets.items():
+            for bkey, idx in buckets.items():
                 es = [entries[i] for i in idx]
-                calls.append((keys, _Call(hyper, t, es, sum(map(_numel, [e.p for e in es])))))
+                lowp = self._lowp_args(self.param_groups[gi], es, bkey[3]) if lowp_path else ()
+                calls.append((keys, _Call(hyper, bkey[1], es, sum(map(_numel, [e.p for e in es])), lowp)))
         written = [e.p for e in entries] + [t for e in entries for t in e.tensors]
+        if self._lowp_path:
+            written += [e.master for e in entries if e.master is not None]
         if not torch.is_inference_mode_enabled() and any(map(_is_inference, written)):
             raise RuntimeError(_INFERENCE_MSG)
         if len(calls) > 1:
@@ -820,7 +1028,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             for (keys, c), nt in zip(calls, threads):
                 P, G, S = c.lists(len(keys))
                 try:
-                    self._native(c.hyper, c.t, P, G, S, c.counters(), nt)
+                    self._native(c.hyper, c.t, P, G, S, c.counters(), nt, c.lowp)
                 except (TypeError, ValueError) as exc:  # (only a single call can fail here: prechecked)
                     raise type(exc)(_torch_names(str(exc), c.entries)) from None
             for e in staged:
@@ -837,7 +1045,10 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             roles = [("params", P, True), ("grads", G, False)]
             roles += [(_KEY_ROLES[k], S[j], True) for j, k in enumerate(keys)]
             try:
-                _core.check(roles)
+                if c.lowp:
+                    _core.check([*roles, ("masters", c.lowp[0], True)], lowp=True, stochastic_rounding=c.lowp[1])
+                else:
+                    _core.check(roles, lowp=True)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(_torch_names(str(exc), c.entries)) from None
         written: List[torch.Tensor] = []
@@ -851,6 +1062,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                 for k, t in zip(keys, e.tensors):
                     written.append(t)
                     names.append(f"state[params[{e.index}]][{k!r}]")
+                if e.master is not None:
+                    written.append(e.master)
+                    names.append(f"state[params[{e.index}]][{MASTER_KEY if e.master.dtype == torch.float32 else TRAIL_KEY!r}]")
                 read.append(e.g)
                 read_names.append(f"params[{e.index}].grad")
         try:
@@ -884,11 +1098,13 @@ class SGD(_FusedOptimizer):
         self, params: Any, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
         weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
         foreach: Optional[bool] = None, differentiable: bool = False, fused: Optional[bool] = None,
+        master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+        state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
                         fused=fused)  # fmt: skip
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype))
 
 
 class Momentum(_FusedOptimizer):
@@ -903,8 +1119,11 @@ class Momentum(_FusedOptimizer):
     _REQUIRED_GROUP_KEYS = ("lr", "beta", "weight_decay", "bias_correction")
 
     def __init__(self, params: Any, lr: float, beta: float = 0.9, weight_decay: float = 0,
-                 bias_correction: bool = False) -> None:  # fmt: skip
-        super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay, bias_correction=bias_correction))
+                 bias_correction: bool = False, *, master_weights: Optional[str] = None,
+                 stochastic_rounding: bool = False, seed: Optional[int] = None,
+                 state_dtype: Optional[str] = None) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay, bias_correction=bias_correction),
+                         (master_weights, stochastic_rounding, seed, state_dtype))
 
 
 class RMSprop(_FusedOptimizer):
@@ -920,11 +1139,13 @@ class RMSprop(_FusedOptimizer):
     def __init__(
         self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0,
         momentum: float = 0, centered: bool = False, capturable: bool = False, foreach: Optional[bool] = None,
-        maximize: bool = False, differentiable: bool = False,
+        maximize: bool = False, differentiable: bool = False, *,
+        master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+        state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered, weight_decay=weight_decay,
                         capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable)  # fmt: skip
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype))
 
 
 class Adam(_FusedOptimizer):
@@ -943,11 +1164,13 @@ class Adam(_FusedOptimizer):
         weight_decay: float = 0, amsgrad: bool = False, *, foreach: Optional[bool] = None, maximize: bool = False,
         capturable: bool = False, differentiable: bool = False, fused: Optional[bool] = None,
         decoupled_weight_decay: bool = False,
+        master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+        state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
                         fused=fused, decoupled_weight_decay=decoupled_weight_decay)  # fmt: skip
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype))
 
 
 class AdamW(Adam):
@@ -958,10 +1181,13 @@ class AdamW(Adam):
         weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
         foreach: Optional[bool] = None, capturable: bool = False, differentiable: bool = False,
         fused: Optional[bool] = None,
+        master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+        state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True)  # fmt: skip
+                         decoupled_weight_decay=True, master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, seed=seed, state_dtype=state_dtype)  # fmt: skip
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -983,11 +1209,13 @@ class Adagrad(_FusedOptimizer):
         self, params: Any, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
         initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: Optional[bool] = None, *,
         maximize: bool = False, differentiable: bool = False, fused: Optional[bool] = None,
+        master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+        state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, fused=fused)  # fmt: skip
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype))
 
 
 class Lion(_FusedOptimizer):
@@ -1004,6 +1232,9 @@ class Lion(_FusedOptimizer):
 
     def __init__(
         self, params: Any, lr: float = 1e-4, betas: Tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0,
-        maximize: bool = False,
+        maximize: bool = False, *,
+        master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+        state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize),
+                         (master_weights, stochastic_rounding, seed, state_dtype))
