@@ -504,14 +504,14 @@ def test_torch_tensors_equal_numpy(kind):
     torch = pytest.importorskip("torch")
     import fusedopt.torch  # noqa: F401  (registers torch's types)
 
-    _core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided, torch.bfloat16, torch.float16)
-    try:
-        _torch_lowp_run(torch, kind)
-    finally:  # back to what fusedopt.torch registered (no low-precision tensors until it takes them)
-        _core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided)
-    p = torch.ones(4, dtype=getattr(torch, kind))
-    with pytest.raises(TypeError, match=r"params\[0\] has dtype"):
-        _core.sgd([p], [p.float()], None, 0.1, 0.0, 0.0, 1.0, 1.0, 1.0, INF, False, False, False, 1)
+    _torch_lowp_run(torch, kind)  # (fusedopt.torch registers torch.bfloat16 and torch.float16)
+    _core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided)
+    try:  # without that registration low-precision tensors are refused
+        p = torch.ones(4, dtype=getattr(torch, kind))
+        with pytest.raises(TypeError, match=r"params\[0\] has dtype"):
+            _core.sgd([p], [p.float()], None, 0.1, 0.0, 0.0, 1.0, 1.0, 1.0, INF, False, False, False, 1)
+    finally:  # back to what fusedopt.torch registered
+        _core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided, torch.bfloat16, torch.float16)
 
 
 def _torch_lowp_run(torch: Any, kind: str) -> None:

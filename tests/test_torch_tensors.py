@@ -188,7 +188,8 @@ def _refusals():
         "meta": (lambda: torch.zeros(6, device="meta"), ValueError, "CPU tensors only"),
         "sparse": (lambda: torch.zeros(6).to_sparse(), TypeError, "dense"),
         "int": (lambda: torch.zeros(6, dtype=torch.int32), TypeError, "dtype"),
-        "float16": (lambda: torch.zeros(6, dtype=torch.float16), TypeError, "dtype"),
+        # (a float16 tensor is no longer refused: float16 params with float32 grads/states are a valid step)
+        "float64_among_float32": (lambda: torch.zeros(6, dtype=torch.float64), TypeError, "dtype"),
         "storage_resized_to_0": (lambda: _resized(torch.zeros(6), 0), ValueError, "storage"),
         "storage_too_small": (lambda: _resized(torch.zeros(6), 20), ValueError, "storage"),
     }

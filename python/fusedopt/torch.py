@@ -248,7 +248,7 @@ _numel = torch.Tensor.numel
 
 class _Entry:
     """One parameter stepped now: its tensors, and the state this step creates (committed only
-    after the update succeeded); ``master`` its fp32 master or uint16 trail (None: none)."""
+    after the update succeeded); ``master`` its fp32 master or int16 trail (the uint16 bits) (None: none)."""
 
     __slots__ = ("p", "g", "index", "staged", "tensors", "step", "master")
 
@@ -294,7 +294,7 @@ def _torch_names(message: str, entries: List[_Entry]) -> str:
             return f"state[params[{i}]]['step']"
         if role == "masters":
             e = entries[k] if k < len(entries) else None
-            key = TRAIL_KEY if e is not None and e.master is not None and e.master.dtype == torch.uint16 else MASTER_KEY
+            key = TRAIL_KEY if e is not None and e.master is not None and e.master.dtype == torch.int16 else MASTER_KEY
             return f"state[params[{i}]][{key!r}]"
         return f"state[params[{i}]][{_ROLE_KEYS.get(role, role)!r}]"
 
@@ -484,18 +484,19 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         """A master made from the parameter: its exact float32 upcast, or a trail of zeros."""
         if kind == "fp32":
             return p.detach().to(torch.float32, memory_format=torch.preserve_format, copy=True)
-        return torch.zeros_like(p, dtype=torch.uint16, memory_format=torch.preserve_format)
+        return torch.zeros_like(p, dtype=torch.int16, memory_format=torch.preserve_format)  # (the uint16 bits)
 
     def _lowp_args(self, group: Dict[str, Any], es: List[_Entry], step: Optional[float]) -> Tuple[Any, ...]:
         """The binding's low-precision arguments for a call over ``es`` (empty for float32/float64
-        parameters): the masters (a trail as a NumPy view of its uint16 tensor), stochastic
+        parameters): the masters (a trail as a uint16 NumPy view of its int16 tensor), stochastic
         rounding with the group's seed and the step count after this step."""
         p = es[0].p
         if p.dtype not in _LOWP_DTYPES:
             return ()
         masters = None
         if es[0].master is not None:
-            masters = [e.master.numpy() if e.master.dtype == torch.uint16 else e.master for e in es]  # type: ignore[union-attr]
+            masters = [e.master.numpy().view(np.uint16) if e.master.dtype == torch.int16 else e.master  # type: ignore[union-attr]
+                       for e in es]  # fmt: skip
         sr = self.stochastic_rounding and p.dtype == torch.bfloat16
         seed = _lowp.check_seed("param group 'seed'", group.get("seed", self.seed or 0)) if sr else 0
         return (masters, sr, seed, int(step) if sr and step is not None else 0)
@@ -633,7 +634,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         """Check the state tensors of a state dict against this optimizer's low-precision layout
         and make them in the dtypes kept here (nothing is modified on error): state tensors must be
         floating point (cast to the state dtype), ``'master_param'`` a float32 tensor and
-        ``'master_trail'`` a uint16 tensor of the parameter's shape, present only where this
+        ``'master_trail'`` an int16 (or uint16) tensor of the parameter's shape, present only where this
         optimizer keeps that master. Returns the state dict to give torch's loader (a SGD/Lion
         state without ``'step'`` gets ``step = 0`` under stochastic rounding) and, per parameter,
         the tensors to put in its state afterwards."""
@@ -665,7 +666,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     if k != want:
                         raise ValueError(f"{name}: this optimizer keeps no such master for params[{i}] ({p.dtype}, "
                                          f"master_weights={self.master_weights!r}); nothing was loaded")  # fmt: skip
-                    mdt = torch.float32 if k == MASTER_KEY else torch.uint16
+                    mdt = torch.float32 if k == MASTER_KEY else torch.int16
+                    if k == TRAIL_KEY and v.dtype == torch.uint16:
+                        v = v.view(torch.int16)  # the same bits
                     if v.dtype != mdt:
                         raise TypeError(f"{name} has dtype {v.dtype}; it must be {mdt}; nothing was loaded")
                     if v.shape != p.shape:
@@ -713,7 +716,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                         out.append(m.detach().clone())
                     elif isinstance(t, torch.Tensor) and p.dtype == torch.bfloat16:
                         bits = p.detach().contiguous().view(torch.int16).numpy().view(np.uint16)
-                        trail = t.contiguous().numpy()
+                        trail = t.contiguous().numpy().view(np.uint16)
                         out.append(torch.from_numpy(reference.split_decode(bits, trail).reshape(tuple(p.shape))))
                     else:
                         out.append(p.detach().to(torch.float32, copy=True))
@@ -884,9 +887,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     master = staged[mkey] = self._new_master(p, kind)
             elif not isinstance(master, torch.Tensor):
                 raise TypeError(f"state[params[{index}]][{mkey!r}] must be a tensor, got {type(master).__name__}")
-            elif master.dtype != (torch.float32 if kind == "fp32" else torch.uint16):
+            elif master.dtype != (torch.float32 if kind == "fp32" else torch.int16):
                 raise TypeError(f"state[params[{index}]][{mkey!r}] has dtype {master.dtype}; it must be "
-                                f"{'torch.float32' if kind == 'fp32' else 'torch.uint16'}")  # fmt: skip
+                                f"{'torch.float32' if kind == 'fp32' else 'torch.int16'}")  # fmt: skip
         return _Entry(p, g, index, staged, tensors, step, master)
 
     @staticmethod
