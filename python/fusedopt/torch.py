@@ -723,9 +723,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         return out
 
     def fp32_state_dict(self) -> Dict[str, Any]:
-        """:meth:`state_dict` for an fp32 copy of the model: every state tensor as float32 (exact
-        upcasts), the master keys dropped (their values are :meth:`master_params`), ``'step'`` as
-        is. ``torch.optim``'s class of the same name loads it on a model whose parameters are
+        """:meth:`state_dict` for an fp32 copy of the model, as new tensors: every state tensor as
+        float32 (exact upcasts), the master keys dropped (their values are :meth:`master_params`),
+        ``'step'`` as is, the ``'seed'`` group entries dropped. ``torch.optim``'s class of the same name loads it on a model whose parameters are
         :meth:`master_params` (e.g. ``fp32_model.load_state_dict``-ed from them)."""
         sd = self.state_dict()
         state = {}
@@ -734,8 +734,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             for k, v in st.items():
                 if k in (MASTER_KEY, TRAIL_KEY):
                     continue
-                if k != "step" and isinstance(v, torch.Tensor) and v.is_floating_point():
-                    v = v.to(torch.float32, copy=True)
+                if isinstance(v, torch.Tensor):  # copies (torch's own state_dict() shares the tensors)
+                    v = v.to(torch.float32, copy=True) if k != "step" and v.is_floating_point() else v.clone()
                 new[k] = v
             state[pid] = new
         groups = [{k: v for k, v in g.items() if k != "seed"} for g in sd["param_groups"]]
