@@ -170,7 +170,7 @@ def test_defaults_match_torch_optim_on_bf16_per_step(name):
     oopt = ours_cls(op, **kw)
     gen = torch.Generator().manual_seed(6)
     worst = 0.0
-    for t in range(1, 16):
+    for _ in range(15):
         before = [p.detach().clone() for p in tp]
         grads = _set_grads(tp, gen, 2, torch.bfloat16)
         for p, g in zip(op, grads):
@@ -393,7 +393,7 @@ def test_fp32_export_loads_into_torch_optim_on_an_fp32_copy(mw):
 def _snapshot(opt: Any, params: List[torch.Tensor]) -> List[torch.Tensor]:
     out = [p.detach().clone() for p in params]
     for p in params:
-        for k, v in sorted(opt.state[p].items()):
+        for _, v in sorted(opt.state[p].items()):
             out.append(v.clone())
     return out
 

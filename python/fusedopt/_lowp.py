@@ -44,7 +44,8 @@ def bf16_dtype(need: str = "bfloat16 arrays") -> np.dtype:
             f"{need} need the ml_dtypes package (NumPy's bfloat16 dtype), which is not installed: "
             "`pip install fusedopt[bf16]` (or `pip install ml_dtypes`)"
         ) from exc
-    return np.dtype(ml_dtypes.bfloat16)
+    out: np.dtype = np.dtype(ml_dtypes.bfloat16)
+    return out
 
 
 def is_bf16(dtype: np.dtype) -> bool:

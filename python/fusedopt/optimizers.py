@@ -38,9 +38,9 @@ import numpy as np
 from . import _core, _engine, _fork, _lowp, _threads
 from . import _validation as check
 from . import functional as F
+from ._lowp import MASTER_KEY, TRAIL_KEY
 from .algorithms import ADAGRAD, ADAM, ADAMW, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm, TorchName
 from .algorithms import SGD as _SGD
-from ._lowp import MASTER_KEY, TRAIL_KEY
 from .arena import FlatParams
 
 __all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Optimizer"]
@@ -89,7 +89,7 @@ class Optimizer:
         if sd == "bfloat16":
             _lowp.bf16_dtype("state_dtype='bfloat16'")  # ImportError naming ml_dtypes when it is missing
         if sr and seed is None:  # from NumPy's legacy global generator: np.random.seed reproduces it
-            seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
+            seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))  # noqa: NPY002  (the legacy generator, on purpose)
         #: the low-precision options (see the class docstrings and fusedopt._lowp); the same for
         #: every param group, except ``seed``, which each group keeps as ``group["seed"]``
         self.master_weights: Optional[str] = mw
@@ -346,7 +346,7 @@ class Optimizer:
             check.param_array(f"params[{start + i}]", a, lowp=True)
             kind = _lowp.numpy_kind(a.dtype)
             if kind in ("bfloat16", "float16"):
-                _lowp.check_param_kind(f"params[{start + i}]", cast(str, kind), self.master_weights,
+                _lowp.check_param_kind(f"params[{start + i}]", kind, self.master_weights,
                                        self.stochastic_rounding, self.state_dtype)  # fmt: skip
         unknown = set(param_group) - set(self.defaults) - {"params"} - ({"seed"} if self.stochastic_rounding else set())
         if unknown:
@@ -595,7 +595,7 @@ class Optimizer:
                 if self._HAS_STEP:  # every count is checked before the first call (and made an int)
                     st["step"] = check.steppable(f"state[{i}]['step']", st.get("step"))
                 staged[i] = st
-                key = (self._params[i].dtype, self._bucket(st))
+                key: Tuple[Any, ...] = (self._params[i].dtype, self._bucket(st))
                 if self._lowp_path:  # one gradient dtype per call (bfloat16/float16 params: theirs or float32)
                     key = (*key, getattr(grads[i], "dtype", None))
                 buckets.setdefault(key, []).append(i)

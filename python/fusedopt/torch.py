@@ -83,6 +83,7 @@ import numpy as np
 
 from . import _core, _engine, _fork, _lowp, _threads, reference
 from . import _validation as check
+from ._lowp import MASTER_KEY, TRAIL_KEY
 from .algorithms import (
     ADAGRAD,
     ADAM,
@@ -96,7 +97,6 @@ from .algorithms import (
     StateRole,
     TorchName,
 )
-from ._lowp import MASTER_KEY, TRAIL_KEY
 from .algorithms import SGD as _SGD
 
 # From now on the native core accepts CPU torch tensors wherever it accepts NumPy arrays
