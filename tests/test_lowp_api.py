@@ -538,3 +538,40 @@ def test_bf16_state_dtype_needs_ml_dtypes_named(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ml_dtypes)
     with pytest.raises(ImportError, match="ml_dtypes"):
         O.AdamW([np.ones(4, np.float32)], state_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("mw", ["fp32", "split"])
+def test_fp32_export_continues_as_the_master(mw):
+    """master_params() + fp32_state_dict() give a float32 optimizer whose next step is the
+    master's (bitwise for "fp32"; for "split" too, away from the tie rule)."""
+    rng = np.random.default_rng(16)
+    p = rng.standard_normal(400).astype(np.float32).astype(BF16)
+    opt = O.AdamW([p], lr=0.01, master_weights=mw)
+    for _ in range(4):
+        opt.step([rng.standard_normal(400).astype(np.float32)])
+    masters = opt.master_params()
+    assert masters[0].dtype == F32 and np.array_equal(_bits(masters[0].astype(BF16)), _bits(p))
+    exported = opt.fp32_state_dict()
+    assert set(exported["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+    f32 = O.AdamW(masters, lr=0.01)
+    f32.load_state_dict(exported)
+    g = rng.standard_normal(400).astype(np.float32)
+    opt.step([g])
+    f32.step([g])
+    assert np.array_equal(_bits(opt.master_params()[0]), _bits(masters[0]))
+
+
+def test_low_precision_optimizers_take_the_general_path():
+    """No Plan and no C++ Stepper is made for bfloat16 storage (they step float32/float64 only);
+    a float32 optimizer still gets its Stepper."""
+    lowp = O.Adam([np.ones(3000, BF16)], lr=0.01)
+    plain = O.Adam([np.ones(3000, np.float32)], lr=0.01)
+    for _ in range(3):
+        lowp.step([np.ones(3000, BF16)])
+        plain.step([np.ones(3000, np.float32)])
+    assert lowp._plan is None and lowp._stepper is None
+    assert plain._stepper is not None
+    f32_sr = O.Adam([np.ones(10, np.float32)], stochastic_rounding=True, seed=1)  # options alone: general path
+    f32_sr.step([np.ones(10, np.float32)])
+    f32_sr.step([np.ones(10, np.float32)])
+    assert f32_sr._stepper is None and f32_sr.state[0]["step"] == 2

@@ -485,3 +485,18 @@ def test_defaults_keep_torch_layout():
     opt.step()
     assert sorted(opt.state_dict()["param_groups"][0]) == sorted(topt.state_dict()["param_groups"][0])
     assert set(opt.state[next(model.parameters())]) == {"step", "exp_avg", "exp_avg_sq"}
+
+
+def test_low_precision_optimizers_make_no_torch_plan():
+    model = _bf16_model()
+    opt = ft.AdamW(model.parameters(), master_weights="fp32")
+    fp32 = _bf16_model().float()
+    plain = ft.AdamW(fp32.parameters())
+    for s in range(3):
+        _backward(model, s)
+        opt.step()
+        fp32.zero_grad()
+        fp32(torch.randn(4, 12)).sum().backward()
+        plain.step()
+    assert opt._tplan is None
+    assert plain._tplan is not None

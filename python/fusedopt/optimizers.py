@@ -20,6 +20,41 @@ native side re-checks only that the same, unchanged arrays came back and validat
 Anything else (a ``None`` gradient, a new param group, loaded state, non-torch conventions, gradient
 options) takes the general path through :mod:`fusedopt.functional`.
 
+Low precision (issue 13; keyword-only options of every class, the same as :mod:`fusedopt.torch`'s;
+the defaults behave exactly as before and as torch.optim). Parameters may be float32, float64,
+float16 or bfloat16 (``ml_dtypes.bfloat16``: ``pip install fusedopt[bf16]``; a uint16 array is not
+a bfloat16 one); gradients have the parameter's dtype or float32 (one gradient dtype per native
+call: parameters are bucketed by it). Arithmetic is float32 (float64 for float64 parameters);
+buffers are loaded exactly and stored rounded to nearest even (:func:`fusedopt.reference.lowp_step`).
+
+* ``master_weights=None | "fp32" | "split"``: ``"fp32"`` keeps a float32 copy of each
+  bfloat16/float16 parameter as state ``"master_param"`` (made at the parameter's first step, its
+  exact upcast); the update is applied to it and the parameter written as its
+  round-to-nearest-even. ``"split"`` (bfloat16 only; ValueError for float16) keeps the low 16 bits
+  of the float32 master as a uint16 state ``"master_trail"`` (zeros at first: the master is the
+  parameter): parameter and trail together are the master bit for bit
+  (:func:`fusedopt.reference.split_decode`), except where the master's low half is exactly 0x8000
+  and its high half odd: that master is stored one float32 ulp away from zero (about 2^-16 of
+  element-steps; :func:`fusedopt.reference.split_encode`). float32/float64 parameters get no
+  master and are stepped as usual.
+* ``stochastic_rounding=False | True`` with ``seed=None | int`` (excludes a master; bfloat16
+  parameters; float16 ones are refused, float32/float64 ones stepped as usual): each updated
+  bfloat16 parameter is written with stochastic rounding, 16 random bits per element from
+  Philox4x32-10 keyed by the param group's ``"seed"``, counter = (element index inside its
+  parameter, step count after this step) (:func:`fusedopt.reference.sr_bits`): bitwise the same
+  for every thread count and ISA, reproducible from the seed. Two parameters of the same shape at
+  the same step get the same random bits. ``seed=None`` draws one at construction from NumPy's
+  legacy global generator (``np.random.seed`` reproduces it); each param group keeps its seed as
+  ``group["seed"]``, saved by :meth:`state_dict`. SGD and Lion keep a ``"step"`` count in this mode.
+* ``state_dtype=None | "float32" | "bfloat16"``: ``None`` keeps the states in the dtype of what is
+  stepped (the parameter's dtype, as torch.optim; float32 with a master). ``"bfloat16"`` is not
+  available for float16 parameters; float64 parameters always keep float64 states.
+* An optimizer with low-precision parameters or options steps through the general path (one
+  functional call per bucket, :mod:`fusedopt.functional`'s low-precision keywords); the planned
+  path and the C++ Stepper below are for float32/float64 storage. ``grad_scale``/``found_inf``
+  work as for float32 (a skipped step leaves parameters, masters, states and step counts as they
+  were). :meth:`Optimizer.master_params` returns the float32 masters.
+
 Fast path (``_make_stepper``): when the plan is a single native call over every parameter (one param
 group, one dtype, one step count) and no hyperparameter can change in place, a
 :class:`fusedopt._core.Stepper` does all of the above in C++ (identity checks, the step counts,
@@ -35,10 +70,10 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _core, _engine, _fork, _lowp, _threads
+from . import _core, _engine, _fork, _lowp, _threads, reference
 from . import _validation as check
 from . import functional as F
-from ._lowp import MASTER_KEY, TRAIL_KEY
+from ._lowp import MASTER_KEY, MASTER_KEYS, TRAIL_KEY
 from .algorithms import ADAGRAD, ADAM, ADAMW, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm, TorchName
 from .algorithms import SGD as _SGD
 from .arena import FlatParams
@@ -834,6 +869,38 @@ class Optimizer:
             out[k] = buf
         self._check_required_state(i, out)
         return out
+
+    # -- low-precision export --------------------------------------------------------------------
+    def master_params(self) -> List[np.ndarray]:
+        """The float32 master of every parameter, in :attr:`params` order, as new arrays: the fp32
+        master (``master_weights="fp32"``), the decoded split master (``"split"``:
+        :func:`fusedopt.reference.split_decode`), else the exact float32 upcast of the parameter
+        (before its first step too, and for float32/float64 parameters: a float32 copy)."""
+        out = []
+        with self._lock:
+            for p, st in zip(self._params, self.state):
+                m, t = st.get(MASTER_KEY), st.get(TRAIL_KEY)
+                if isinstance(m, np.ndarray):
+                    out.append(m.copy())
+                elif isinstance(t, np.ndarray) and _lowp.is_bf16(p.dtype):
+                    out.append(reference.split_decode(p.view(np.uint16), t).reshape(p.shape))
+                else:
+                    out.append(p.astype(np.float32))
+        return out
+
+    def fp32_state_dict(self) -> Dict[str, Any]:
+        """:meth:`state_dict` for float32 parameters (:meth:`master_params`): every state array
+        as float32 (exact upcasts), the master keys and the ``"seed"`` group entries dropped."""
+        sd = self.state_dict()
+        for st in sd["state"].values():
+            for k in MASTER_KEYS:
+                st.pop(k, None)
+            for k, v in list(st.items()):
+                if isinstance(v, np.ndarray):
+                    st[k] = v.astype(np.float32)
+        for g in sd["param_groups"]:
+            g.pop("seed", None)
+        return sd
 
     # -- copies and pickles ----------------------------------------------------------------------
     # The lock and the cached plan (native objects holding the arrays) are not copied: a copy gets

@@ -3,8 +3,9 @@
 ``SGD``, ``Momentum``, ``RMSprop``, ``Adam``, ``AdamW`` and ``Adagrad`` subclass
 :class:`torch.optim.Optimizer` with torch.optim's constructor arguments, defaults, param groups,
 ``add_param_group``, ``zero_grad``, closures, hooks and ``lr_scheduler`` support. ``step()``
-updates CPU float32/float64 parameters **in place** (never a copy) with one native fusedopt call
-per (param group, dtype, step count) bucket — normally a single call for the whole model. The
+updates CPU float32/float64 parameters (and bfloat16/float16 ones: "Low precision" below) **in
+place** (never a copy) with one native fusedopt call per (param group, dtype, step count) bucket
+— normally a single call for the whole model. The
 tensors themselves go to the native core, which reads each one's data pointer, dtype, shape,
 strides, device and storage bounds through torch's DLPack export and C methods at every step (no
 NumPy view is made, so storages stay resizable) and keeps each storage alive while the kernel runs.
@@ -31,8 +32,8 @@ so that state dicts have torch's keys) but ignored. ``capturable=True`` and
 Errors are raised before anything is modified (no step is ever half applied):
 
 * ``TypeError``: a parameter or gradient that is not a dense strided tensor (sparse gradients),
-  a dtype other than float32/float64 (float16/bfloat16 are not supported yet, complex parameters
-  are refused), a gradient whose dtype differs from its parameter's;
+  a dtype other than float32/float64/bfloat16/float16 (complex parameters are refused), a
+  gradient whose dtype is neither its parameter's nor (for bfloat16/float16 parameters) float32;
 * ``ValueError``: tensors that are not on the CPU (CUDA, meta, ...), non-contiguous parameters,
   gradients or state tensors, shape mismatches, overlapping memory, invalid hyperparameters, a
   parameter listed twice in a group (torch only warns; a fused step would update it twice).
@@ -59,6 +60,47 @@ inside one of these calls, that call never finishes: ``step()`` raises ``Runtime
 instead of waiting forever, until ``load_state_dict()`` replaces the state.
 
 Parameters whose ``.grad`` is ``None`` are skipped, as in torch.
+
+Low precision (bfloat16/float16 parameters, zero-copy; keyword-only options of every class, the
+same as :mod:`fusedopt.optimizers`'; with none given everything behaves as torch.optim, whose
+bfloat16 layout the state keeps):
+
+* gradients in the parameter's dtype or float32 (for float32 gradients of a bfloat16 leaf, torch
+  >= 2.10 needs ``p.grad_dtype = None``); the arithmetic is float32, each buffer is loaded exactly
+  and stored rounded to nearest even.
+* ``master_weights="fp32"``: each bfloat16/float16 parameter has a float32 master, state key
+  ``'master_param'`` (made from the parameter, an exact upcast, at its first step, also after
+  loading a state dict without it); the update is applied to the master and the parameter is
+  written as its round-to-nearest-even. ``"split"`` (bfloat16 only): state key ``'master_trail'``,
+  an int16 tensor holding the low 16 bits of the float32 master (``.view(torch.uint16)`` shows
+  them; int16 because torch cannot unpickle uint16 tensors): parameter and trail together are the
+  master (:func:`fusedopt.reference.split_decode`), except that a master whose low half is exactly
+  0x8000 with an odd high half is stored one float32 ulp away from zero (the parameter is then
+  still its round-to-nearest-even; :func:`fusedopt.reference.split_encode`). float32/float64
+  parameters of the optimizer get no master and are stepped as usual.
+* ``stochastic_rounding=True`` (no master; bfloat16 parameters; float32/float64 ones are stepped as
+  usual, float16 ones refused): parameters are written with stochastic rounding, 16 random bits
+  per element from Philox4x32-10 with key ``group['seed']`` and counter (element index inside its
+  parameter, step count after this step): bitwise the same for every thread count and ISA. Two
+  parameters of the same shape at the same step get the same random bits. ``seed=None`` draws
+  the seed from torch's default generator at construction (``torch.manual_seed`` reproduces a
+  run); every param group keeps it as ``'seed'`` (saved and restored by the state dict). SGD and
+  Lion keep a ``'step'`` count in this mode (torch.optim's do not).
+* ``state_dtype``: ``None`` keeps states in the dtype of what is stepped (the parameter's dtype,
+  as torch.optim; float32 with a master), ``"float32"`` or ``"bfloat16"`` (not for float16
+  parameters); float64 parameters always keep float64 states.
+* ``load_state_dict`` puts state tensors in the dtype this optimizer keeps them in (torch casts to
+  the parameter's dtype, which would drop a float32 master's or float32 state's low bits): a
+  torch.optim state dict of a bfloat16 model loads (its bfloat16 states upcast exactly, masters
+  made from the parameters); a non-floating state tensor, a master of the wrong dtype or shape, or
+  a master this optimizer does not keep raises TypeError/ValueError naming it, nothing loaded.
+* Export: :meth:`~_FusedOptimizer.master_params` (the float32 masters, decoded split masters or
+  upcast parameters) and :meth:`~_FusedOptimizer.fp32_state_dict` (states as float32, no master
+  keys), which torch.optim loads on an fp32 copy of the model holding ``master_params()``.
+* Every step of an optimizer with low-precision parameters or options runs the full Python path
+  (no C++ plan); float16 has no loss scaling hook here (torch.optim's fused ``grad_scale`` /
+  ``found_inf`` are not offered): use the NumPy classes' ``step(grad_scale=, found_inf=)`` or
+  unscale before ``step()``.
 """
 
 from __future__ import annotations
