@@ -500,3 +500,31 @@ def test_low_precision_optimizers_make_no_torch_plan():
         plain.step()
     assert opt._tplan is None
     assert plain._tplan is not None
+
+
+def test_channels_last_bf16_params_with_fp32_masters():
+    """A channels_last parameter and its float32 master/states share element strides (not byte
+    strides): stepped as one flat block, equal to the contiguous run. A split trail is passed to the
+    core as a NumPy view, which must be C-contiguous: "split" refuses such a parameter, naming the
+    trail, with nothing modified."""
+    torch.manual_seed(0)
+    w = torch.randn(8, 3, 3, 3).to(torch.bfloat16)
+    g = torch.randn(8, 3, 3, 3).to(torch.bfloat16)
+    plain = torch.nn.Parameter(w.clone())
+    cl = torch.nn.Parameter(w.clone().to(memory_format=torch.channels_last))
+    assert not cl.is_contiguous()
+    a = ft.AdamW([plain], master_weights="fp32")
+    b = ft.AdamW([cl], master_weights="fp32")
+    for _ in range(3):
+        plain.grad = g.clone()
+        cl.grad = g.clone().to(memory_format=torch.channels_last)
+        a.step()
+        b.step()
+        assert torch.equal(plain.detach(), cl.detach())
+        assert torch.equal(a.state[plain]["master_param"], b.state[cl]["master_param"])
+    s = torch.nn.Parameter(w.clone().to(memory_format=torch.channels_last))
+    s.grad = g.clone().to(memory_format=torch.channels_last)
+    opt = ft.AdamW([s], master_weights="split")
+    with pytest.raises(ValueError, match=r"state\[params\[0\]\]\['master_trail'\]"):
+        opt.step()
+    assert torch.equal(s.detach(), w) and not opt.state[s]

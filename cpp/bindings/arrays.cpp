@@ -520,10 +520,12 @@ py::object describe_tensor(py::handle t, const char* name, std::size_t k, Item* 
 
 py::object method_result(py::handle h, const char* m) { return h.attr(m)(); }
 
-// Equal byte strides on every dimension longer than 1 (shapes already equal).
+// Equal strides in elements on every dimension longer than 1 (shapes already equal): the same
+// element order, also between dtypes of different sizes (a bfloat16 parameter, float32 states).
 bool same_strides(const Item& a, const Item& b, const std::vector<std::int64_t>& dims) {
+  const std::int64_t ia = itemsize_of(a.dtype), ib = itemsize_of(b.dtype);
   for (int d = 0; d < a.nd; ++d) {
-    if (dim_of(a, dims, d) != 1 && stride_of(a, dims, d) != stride_of(b, dims, d)) return false;
+    if (dim_of(a, dims, d) != 1 && stride_of(a, dims, d) * ib != stride_of(b, dims, d) * ia) return false;
   }
   return true;
 }

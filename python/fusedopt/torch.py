@@ -76,8 +76,10 @@ bfloat16 layout the state keeps):
   them; int16 because torch cannot unpickle uint16 tensors): parameter and trail together are the
   master (:func:`fusedopt.reference.split_decode`), except that a master whose low half is exactly
   0x8000 with an odd high half is stored one float32 ulp away from zero (the parameter is then
-  still its round-to-nearest-even; :func:`fusedopt.reference.split_encode`). float32/float64
-  parameters of the optimizer get no master and are stepped as usual.
+  still its round-to-nearest-even; :func:`fusedopt.reference.split_encode`). The trail goes to the
+  core as a NumPy view: "split" needs C-contiguous parameters (a channels_last one raises naming
+  its ``'master_trail'``; ``"fp32"`` takes them). float32/float64 parameters of the optimizer get
+  no master and are stepped as usual.
 * ``stochastic_rounding=True`` (no master; bfloat16 parameters; float32/float64 ones are stepped as
   usual, float16 ones refused): parameters are written with stochastic rounding, 16 random bits
   per element from Philox4x32-10 with key ``group['seed']`` and counter (element index inside its
