@@ -88,7 +88,7 @@ def test_fp32_master_is_the_fp32_step_then_rne(name, pdtype, threads):
     opt32 = cls(ref, **kw)
     rng = np.random.default_rng(1)
     for t in range(1, 23):
-        gdt = pdtype if t % 2 else F32  # gradients in the parameter's dtype, or float32
+        gdt = pdtype if (t // 3) % 2 else F32  # gradients in the parameter's dtype, or float32 (runs of 3 steps)
         grads = _grads(rng, t, gdt)
         opt.step(grads)
         opt32.step([g.astype(np.float32) for g in grads])
@@ -184,7 +184,7 @@ def _sr_run(name: str, seed: Any, steps: int = 6) -> Tuple[List[np.ndarray], O.O
     opt = cls(params, **kw, stochastic_rounding=True, seed=seed)
     rng = np.random.default_rng(5)
     for t in range(1, steps + 1):
-        opt.step(_grads(rng, t, BF16 if t % 2 else F32))
+        opt.step(_grads(rng, t, BF16 if (t // 3) % 2 else F32))
     return params, opt
 
 
@@ -213,7 +213,7 @@ def test_sr_is_the_functional_step_with_the_step_count_as_counter():
     buf = [None] * len(p)
     rng = np.random.default_rng(5)
     for t in range(1, 4):
-        grads = _grads(rng, t, BF16 if t % 2 else F32)
+        grads = _grads(rng, t, BF16 if (t // 3) % 2 else F32)
         if t == 1:
             buf = [np.zeros(n, BF16) for n in SIZES]
         F.sgd(p, grads, buf, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, first_step=t == 1,
@@ -561,17 +561,39 @@ def test_fp32_export_continues_as_the_master(mw):
     assert np.array_equal(_bits(opt.master_params()[0]), _bits(masters[0]))
 
 
-def test_low_precision_optimizers_take_the_general_path():
-    """No Plan and no C++ Stepper is made for bfloat16 storage (they step float32/float64 only);
-    a float32 optimizer still gets its Stepper."""
+def test_low_precision_optimizers_take_the_planned_path_without_native_plans():
+    """No native Plan and no C++ Stepper is made for bfloat16 storage (they step float32/float64
+    only): the planned Python path runs; a float32 optimizer still gets its Stepper."""
     lowp = O.Adam([np.ones(3000, BF16)], lr=0.01)
     plain = O.Adam([np.ones(3000, np.float32)], lr=0.01)
     for _ in range(3):
         lowp.step([np.ones(3000, BF16)])
         plain.step([np.ones(3000, np.float32)])
-    assert lowp._plan is None and lowp._stepper is None
+    assert lowp._plan is not None and lowp._stepper is None
+    assert all(b[3] is None for b in lowp._plan.buckets)
     assert plain._stepper is not None
     f32_sr = O.Adam([np.ones(10, np.float32)], stochastic_rounding=True, seed=1)  # options alone: general path
     f32_sr.step([np.ones(10, np.float32)])
     f32_sr.step([np.ones(10, np.float32)])
     assert f32_sr._stepper is None and f32_sr.state[0]["step"] == 2
+
+
+def test_mixed_dtypes_in_one_optimizer_equal_separate_optimizers():
+    """bfloat16, float16 and float32 parameters in one optimizer (several native calls per step,
+    planned after the first) step as three optimizers of one dtype each."""
+    rng = np.random.default_rng(17)
+    mk = [rng.standard_normal(n).astype(np.float32) for n in (300, 40, 50)]
+    dts = [BF16, F16, F32]
+    together = [x.astype(d) for x, d in zip(mk, dts)]
+    apart = [x.astype(d) for x, d in zip(mk, dts)]
+    one = O.Adam(together, lr=0.01, master_weights="fp32")
+    three = [O.Adam([a], lr=0.01, master_weights="fp32") for a in apart]
+    for t in range(1, 8):
+        gs = [rng.standard_normal(x.size).astype(np.float32) for x in mk]
+        gs[0] = gs[0].astype(BF16) if t > 4 else gs[0]
+        one.step(gs)
+        for o, g in zip(three, gs):
+            o.step([g])
+        for a, b in zip(together, apart):
+            assert np.array_equal(_bits(a), _bits(b)), t
+    assert "master_param" not in one.state[2] and one.state[2]["exp_avg"].dtype == F32

@@ -49,9 +49,10 @@ buffers are loaded exactly and stored rounded to nearest even (:func:`fusedopt.r
 * ``state_dtype=None | "float32" | "bfloat16"``: ``None`` keeps the states in the dtype of what is
   stepped (the parameter's dtype, as torch.optim; float32 with a master). ``"bfloat16"`` is not
   available for float16 parameters; float64 parameters always keep float64 states.
-* An optimizer with low-precision parameters or options steps through the general path (one
-  functional call per bucket, :mod:`fusedopt.functional`'s low-precision keywords); the planned
-  path and the C++ Stepper below are for float32/float64 storage. ``grad_scale``/``found_inf``
+* An optimizer with low-precision parameters or options takes the general path for its first step
+  (one functional call per bucket, :mod:`fusedopt.functional`'s low-precision keywords), then the
+  planned path below without native Plans (the step binding validates every array at each call)
+  and never the C++ Stepper (which steps float32/float64 storage only). ``grad_scale``/``found_inf``
   work as for float32 (a skipped step leaves parameters, masters, states and step counts as they
   were). :meth:`Optimizer.master_params` returns the float32 masters.
 
@@ -354,13 +355,14 @@ class Optimizer:
 
     def _native(self, hyper: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray],
                 lists: List[Optional[List[np.ndarray]]], step: int, threads: int, plan: Any,
-                counters: Optional[List[State]] = None) -> None:  # fmt: skip
+                counters: Optional[List[State]] = None, lowp: Tuple[Any, ...] = ()) -> None:  # fmt: skip
         """The planned path's call, straight into fusedopt._core: ``hyper`` is a checked view, there
         are no gradient options; ``lists`` are the state lists (:meth:`_state_lists`); ``step`` is
-        the new step count; ``plan`` the :class:`fusedopt._core.Plan` of params and state lists;
-        ``counters`` the states whose ``step`` the native call advances right after its kernel
-        (None: the caller does). Planned steps come after the first: FIRST_STEP arrays exist."""
-        _engine.native_call(self._algo, hyper, step or 1, params, grads, lists, threads, plan, counters)
+        the new step count; ``plan`` the :class:`fusedopt._core.Plan` of params and state lists
+        (None for low-precision storage); ``counters`` the states whose ``step`` the native call
+        advances right after its kernel (None: the caller does); ``lowp`` the low-precision
+        arguments (:meth:`_lowp_call`). Planned steps come after the first: FIRST_STEP arrays exist."""
+        _engine.native_call(self._algo, hyper, step or 1, params, grads, lists, threads, plan, counters, lowp=lowp)
 
     def _state_lists(self, hyper: Mapping[str, Any], states: List[State]) -> List[Optional[List[np.ndarray]]]:
         """The state arrays of a native call, one list per role in the description's order (None
@@ -530,7 +532,7 @@ class Optimizer:
         gradient and the state layout is unchanged. Returns False (having changed nothing) when
         the general path is needed."""
         plan = self._plan
-        if plan is None or plan.version != self._version or self._lowp_path:
+        if plan is None or plan.version != self._version:
             return False
         for g in grads:
             if g is None:
@@ -568,7 +570,8 @@ class Optimizer:
                 grads, self.param_groups, self.state, 1 if self._stepper_serial else _threads.get_num_threads()):  # fmt: skip
             return True  # the values were new, the rest is the fast path's (it did the whole step)
         calls = []
-        for gi, idx, params, core_plan, n in plan.buckets:
+        lowp_path = self._lowp_path
+        for b, (gi, idx, params, core_plan, n) in enumerate(plan.buckets):
             states = [self.state[i] for i in idx]
             step = 0
             if self._HAS_STEP:
@@ -588,24 +591,36 @@ class Optimizer:
                 return False
             # every gradient is an array here (checked above)
             gs = cast("List[np.ndarray]", [grads[i] for i in idx] if len(idx) != len(grads) else grads)
-            calls.append((plan.hypers[gi], idx, params, gs, states, lists, step, core_plan, n))
+            lowp: Tuple[Any, ...] = ()
+            if lowp_path:
+                # the bucket's gradient dtype (bfloat16/float16 params: theirs or float32) as planned
+                gdt = plan.gdtypes[b]
+                for g in gs:
+                    if getattr(g, "dtype", None) != gdt:
+                        return False
+                try:
+                    lowp = self._lowp_call(self.param_groups[gi], params, states)
+                except KeyError:  # a master was deleted by hand: the general path re-creates it
+                    return False
+            calls.append((plan.hypers[gi], idx, params, gs, states, lists, step, core_plan, n, lowp))
         # A step is all or nothing under Ctrl-C too: a KeyboardInterrupt arriving while it runs is
         # raised when it is complete, step counts included. One native call advances the counts
         # itself, right after its kernel with no Python code in between (counters=); otherwise the
         # calls and the counts are inside _core.defer_interrupts (cpp/bindings/signals.cpp).
         if direct and len(calls) == 1:
-            hyper, _, params, gs, states, lists, step, core_plan, n = calls[0]
+            hyper, _, params, gs, states, lists, step, core_plan, n, lowp = calls[0]
             self._native(hyper, params, gs, lists, step, _threads.resolve(None, n, self._algo.threads), core_plan,
-                         states if self._HAS_STEP else None)  # fmt: skip
+                         states if self._HAS_STEP else None, lowp)  # fmt: skip
             return True
         if len(calls) > 1:
             self._precheck([(c[0], c[1], c[3], c[4]) for c in calls], grads)
         with _core.defer_interrupts:
-            for hyper, _, params, gs, states, lists, step, core_plan, n in calls:
+            for hyper, _, params, gs, states, lists, step, core_plan, n, lowp in calls:
                 if direct:
-                    self._native(hyper, params, gs, lists, step, _threads.resolve(None, n, self._algo.threads), core_plan)
+                    self._native(hyper, params, gs, lists, step, _threads.resolve(None, n, self._algo.threads), core_plan,
+                                 None, lowp)  # fmt: skip
                 else:
-                    self._update(hyper, params, gs, states)
+                    self._update(hyper, params, gs, states, lowp)
             if self._HAS_STEP:
                 for c in calls:
                     step = c[6]
@@ -652,8 +667,8 @@ class Optimizer:
         self._version += 1
         self._plan = None
         self._stepper = None
-        if len(staged) == len(self._params) and not self._lowp_path:
-            self._plan = self._make_plan(hypers)
+        if len(staged) == len(self._params):
+            self._plan = self._make_plan(hypers, grads)
             self._stepper = self._make_stepper(self._plan)
 
     def _make_stepper(self, plan: "_Plan") -> Optional[_core.Stepper]:
@@ -663,6 +678,8 @@ class Optimizer:
         and re-checks it by identity at every step (``Stepper.step`` returns False, having changed
         nothing, when anything differs: the Python path then runs)."""
         algo = self._algo
+        if self._lowp_path:  # (the Stepper steps float32/float64 storage, without masters)
+            return None
         if not _USE_STEPPER or algo.kernel not in _core._stepper_kernels or len(plan.buckets) != 1 \
                 or len(self.param_groups) != 1 or plan.watched[0]:  # fmt: skip
             return None
@@ -680,19 +697,27 @@ class Optimizer:
         return _core.Stepper(algo.kernel, core_plan, list(params), lists, role_keys, self.param_groups[gi],
                              plan.keys, plan.snapshots[gi], states, hyper, self._HAS_STEP)  # fmt: skip
 
-    def _make_plan(self, hypers: List[Dict[str, Any]]) -> "_Plan":
+    def _make_plan(self, hypers: List[Dict[str, Any]], grads: List[Optional[np.ndarray]]) -> "_Plan":
         keys = tuple(self.defaults)
-        buckets: List[Tuple[int, List[int], List[np.ndarray], _core.Plan, int]] = []
+        buckets: List[Tuple[int, List[int], List[np.ndarray], Optional[_core.Plan], int]] = []
+        gdtypes: List[Any] = []
+        lowp = self._lowp_path
         for gi, group in enumerate(self.param_groups):
             by_key: Dict[Any, List[int]] = {}
             for i in group["params"]:
-                by_key.setdefault((self._params[i].dtype.char, self._bucket(self.state[i])), []).append(i)
-            for idx in by_key.values():
+                key: Tuple[Any, ...] = (self._params[i].dtype.char, self._bucket(self.state[i]))
+                if lowp:  # as _step_general buckets them: by gradient dtype too
+                    key = (self._params[i].dtype, key[1], getattr(grads[i], "dtype", None))
+                by_key.setdefault(key, []).append(i)
+            for key, idx in by_key.items():
                 params = [self._params[i] for i in idx]
                 # The native side validates params and state arrays once, here; later steps only
-                # check that the same, unchanged arrays come back (cpp/bindings/plan.hpp).
-                core_plan = _core.Plan([params, *self._state_lists(hypers[gi], [self.state[i] for i in idx])])
+                # check that the same, unchanged arrays come back (cpp/bindings/plan.hpp). Not for
+                # low-precision storage: the step binding validates those arrays at every call.
+                core_plan = None if lowp else \
+                    _core.Plan([params, *self._state_lists(hypers[gi], [self.state[i] for i in idx])])  # fmt: skip
                 buckets.append((gi, idx, params, core_plan, sum([p.size for p in params])))
+                gdtypes.append(key[2] if lowp else None)
         snapshots = [tuple([g[k] for k in keys]) for g in self.param_groups]
         return _Plan(
             version=self._version,
@@ -702,6 +727,7 @@ class Optimizer:
             hypers=hypers,
             structures=[self._structure(h) for h in hypers],
             buckets=buckets,
+            gdtypes=gdtypes,
         )
 
     def _precheck(self, calls: List[Tuple[Dict[str, Any], List[int], List[Any], List[State]]],
@@ -1050,12 +1076,13 @@ class _Plan:
     per bucket (group index, parameter indices, parameter arrays, the native Plan of params and
     state lists, total elements)."""
 
-    __slots__ = ("version", "keys", "snapshots", "watched", "hypers", "structures", "buckets")
+    __slots__ = ("version", "keys", "snapshots", "watched", "hypers", "structures", "buckets", "gdtypes")
 
     def __init__(self, *, version: int, keys: Tuple[str, ...], snapshots: List[Tuple[Any, ...]],
                  watched: List[Tuple[Tuple[str, Optional[Tuple[Any, ...]]], ...]],
                  hypers: List[Dict[str, Any]], structures: List[Tuple[Any, ...]],
-                 buckets: List[Tuple[int, List[int], List[np.ndarray], _core.Plan, int]]) -> None:  # fmt: skip
+                 buckets: List[Tuple[int, List[int], List[np.ndarray], Optional[_core.Plan], int]],
+                 gdtypes: List[Any]) -> None:  # fmt: skip
         self.version = version
         self.keys = keys
         self.snapshots = snapshots
@@ -1063,6 +1090,8 @@ class _Plan:
         self.hypers = hypers
         self.structures = structures
         self.buckets = buckets
+        #: per bucket, the gradient dtype it was planned for (low-precision storage), else None
+        self.gdtypes = gdtypes
 
 
 def _lowp_kw(master_weights: Optional[str], stochastic_rounding: bool, seed: Optional[int],
