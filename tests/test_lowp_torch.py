@@ -125,7 +125,8 @@ def test_split_equals_fp32_master_except_the_tie_rule(name, threads):
             ok = ~tainted[i]
             trail = b.state[y]["master_trail"]
             assert trail.dtype == torch.int16
-            dec = reference.split_decode(_bits(y).view(-1).numpy().view(np.uint16), trail.view(-1).numpy().view(np.uint16))
+            dec = reference.split_decode(_bits(y).reshape(-1).numpy().view(np.uint16),
+                                         trail.reshape(-1).numpy().view(np.uint16))  # fmt: skip
             assert np.array_equal(dec.view(np.uint32)[ok], u[ok]), (name, t, i)
             assert np.array_equal(_bits(y).view(-1).numpy()[ok], _bits(x).view(-1).numpy()[ok]), (name, t, i)
         mp = b.master_params()

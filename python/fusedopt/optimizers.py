@@ -125,7 +125,7 @@ class Optimizer:
         if sd == "bfloat16":
             _lowp.bf16_dtype("state_dtype='bfloat16'")  # ImportError naming ml_dtypes when it is missing
         if sr and seed is None:  # from NumPy's legacy global generator: np.random.seed reproduces it
-            seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))  # noqa: NPY002  (the legacy generator, on purpose)
+            seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))  # noqa: NPY002  (the legacy one, on purpose)
         #: the low-precision options (see the class docstrings and fusedopt._lowp); the same for
         #: every param group, except ``seed``, which each group keeps as ``group["seed"]``
         self.master_weights: Optional[str] = mw
@@ -291,7 +291,7 @@ class Optimizer:
         if master is not None:
             masters = [st[MASTER_KEY if master == "fp32" else TRAIL_KEY] for st in states]
         sr = self.stochastic_rounding and _lowp.is_bf16(params[0].dtype)
-        seed = group.get("seed", 0) if sr else 0
+        seed = _lowp.check_seed("param group 'seed'", group.get("seed", self.seed or 0)) if sr else 0
         step = states[0].get("step", 0) + 1 if sr else 0
         return (masters, sr, seed, step)
 
@@ -617,8 +617,8 @@ class Optimizer:
         with _core.defer_interrupts:
             for hyper, _, params, gs, states, lists, step, core_plan, n, lowp in calls:
                 if direct:
-                    self._native(hyper, params, gs, lists, step, _threads.resolve(None, n, self._algo.threads), core_plan,
-                                 None, lowp)  # fmt: skip
+                    nt = _threads.resolve(None, n, self._algo.threads)
+                    self._native(hyper, params, gs, lists, step, nt, core_plan, None, lowp)
                 else:
                     self._update(hyper, params, gs, states, lowp)
             if self._HAS_STEP:
@@ -684,7 +684,7 @@ class Optimizer:
                 or len(self.param_groups) != 1 or plan.watched[0]:  # fmt: skip
             return None
         gi, idx, params, core_plan, n = plan.buckets[0]
-        if len(idx) != len(self._params) or idx != list(range(len(self._params))):
+        if core_plan is None or len(idx) != len(self._params) or idx != list(range(len(self._params))):
             return None
         hyper = plan.hypers[gi]
         states = [self.state[i] for i in idx]
@@ -829,7 +829,8 @@ class Optimizer:
                 raise ValueError(f"param group {gi} of state_dict lacks {sorted(missing)}")
             hyper = self._check_hyper({k: gin[k] for k in self.defaults})
             if self.stochastic_rounding:  # the saved seed, else this optimizer's
-                hyper["seed"] = _lowp.check_seed(f"param group {gi} of state_dict: 'seed'", gin.get("seed", mine["seed"]))
+                saved = gin.get("seed", mine["seed"])
+                hyper["seed"] = _lowp.check_seed(f"param group {gi} of state_dict: 'seed'", saved)
             new_groups.append({**hyper, "params": list(mine["params"])})
             for saved_id, i in zip(ids, mine["params"]):
                 index_map[saved_id] = i
@@ -1116,7 +1117,8 @@ class SGD(Optimizer):
         state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                                      nesterov=nesterov, maximize=maximize), **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
+                                      nesterov=nesterov, maximize=maximize),
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
 
 
 class Momentum(Optimizer):
@@ -1157,7 +1159,8 @@ class RMSprop(Optimizer):
         seed: Optional[int] = None, state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                                      centered=centered, maximize=maximize), **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
+                                      centered=centered, maximize=maximize),
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
 
     @classmethod
     def keras(
@@ -1239,7 +1242,8 @@ class AdamW(Adam):
         state_dtype: Optional[str] = None,
     ) -> None:  # fmt: skip
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         decoupled_weight_decay=True, **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
+                         decoupled_weight_decay=True,
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
 
     @classmethod
     def keras(  # type: ignore[override]
@@ -1279,7 +1283,8 @@ class Adagrad(Optimizer):
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps,
-                                      maximize=maximize), **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
+                                      maximize=maximize),
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
 
 
 class Lion(Optimizer):

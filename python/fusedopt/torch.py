@@ -303,6 +303,12 @@ class _Entry:
         self.master = master
 
 
+def _master_arg(m: torch.Tensor) -> Any:
+    """A master as the step binding takes it: a float32 tensor as is, a split trail (int16 tensor)
+    as a uint16 NumPy view of its memory (the core takes uint16 trails as NumPy arrays)."""
+    return m.numpy().view(np.uint16) if m.dtype == torch.int16 else m
+
+
 class _Call:
     """One native call: a bucket of parameters with equal hyperparameters, dtype and step count;
     ``lowp`` the binding's low-precision arguments (empty, or (masters, stochastic_rounding, seed,
@@ -401,7 +407,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     _tplan: Optional[_core.TorchPlan]
     _tplan_groups: List[Tuple[Tuple[str, ...], bool]]
 
-    def __init__(self, params: Any, defaults: Dict[str, Any], lowp: Tuple[Any, ...] = (None, False, None, None)) -> None:
+    def __init__(self, params: Any, defaults: Dict[str, Any],
+                 lowp: Tuple[Any, ...] = (None, False, None, None)) -> None:  # fmt: skip
         self._lock = _fork.new_lock(self)
         mw, sr, seed, sd = _lowp.check_options(*lowp)
         if sr and seed is None:  # from torch's default generator: torch.manual_seed reproduces it
@@ -539,8 +546,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             return ()
         masters = None
         if es[0].master is not None:
-            masters = [e.master.numpy().view(np.uint16) if e.master.dtype == torch.int16 else e.master  # type: ignore[union-attr]
-                       for e in es]  # fmt: skip
+            masters = [_master_arg(cast(torch.Tensor, e.master)) for e in es]
         sr = self.stochastic_rounding and p.dtype == torch.bfloat16
         seed = _lowp.check_seed("param group 'seed'", group.get("seed", self.seed or 0)) if sr else 0
         return (masters, sr, seed, int(step) if sr and step is not None else 0)
@@ -674,7 +680,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     for k, v in kept.items():
                         st[k] = v
 
-    def _lowp_load_prepare(self, state_dict: Dict[str, Any]) -> Tuple[Dict[str, Any], List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]]:
+    def _lowp_load_prepare(
+        self, state_dict: Dict[str, Any]
+    ) -> Tuple[Dict[str, Any], List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]]:
         """Check the state tensors of a state dict against this optimizer's low-precision layout
         and make them in the dtypes kept here (nothing is modified on error): state tensors must be
         floating point (cast to the state dtype), ``'master_param'`` a float32 tensor and
@@ -769,8 +777,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     def fp32_state_dict(self) -> Dict[str, Any]:
         """:meth:`state_dict` for an fp32 copy of the model, as new tensors: every state tensor as
         float32 (exact upcasts), the master keys dropped (their values are :meth:`master_params`),
-        ``'step'`` as is, the ``'seed'`` group entries dropped. ``torch.optim``'s class of the same name loads it on a model whose parameters are
-        :meth:`master_params` (e.g. ``fp32_model.load_state_dict``-ed from them)."""
+        ``'step'`` as is, the ``'seed'`` group entries dropped. ``torch.optim``'s class of the same
+        name loads it on a float32 model whose parameters hold :meth:`master_params`."""
         sd = self.state_dict()
         state = {}
         for pid, st in sd["state"].items():
@@ -1111,7 +1119,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     names.append(f"state[params[{e.index}]][{k!r}]")
                 if e.master is not None:
                     written.append(e.master)
-                    names.append(f"state[params[{e.index}]][{MASTER_KEY if e.master.dtype == torch.float32 else TRAIL_KEY!r}]")
+                    key = MASTER_KEY if e.master.dtype == torch.float32 else TRAIL_KEY
+                    names.append(f"state[params[{e.index}]][{key!r}]")
                 read.append(e.g)
                 read_names.append(f"params[{e.index}].grad")
         try:
