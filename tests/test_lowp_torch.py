@@ -320,12 +320,17 @@ def _train(dtype: torch.dtype, **opts: Any) -> float:
 
 
 def test_bf16_model_with_fp32_masters_trains_to_the_fp32_loss():
+    """A small MLP regression, 300 AdamW steps, evaluated in float32 with the trained weights
+    (here about 7.9e-5 fp32, 1.1e-4 bf16 with either master: the weights are the masters rounded to
+    bfloat16; 1.8e-3 for the in-place bfloat16 step, torch.optim's behaviour)."""
     fp32 = _train(torch.float32)
     master = _train(torch.bfloat16, master_weights="fp32")
     split = _train(torch.bfloat16, master_weights="split")
-    assert master < 1.25 * fp32 + 1e-3, (master, fp32)
-    assert split < 1.25 * fp32 + 1e-3, (split, fp32)
-    assert fp32 < 0.05  # it did learn
+    in_place = _train(torch.bfloat16)
+    assert fp32 < 1e-3  # it did learn
+    assert master < 2.0 * fp32, (master, fp32)
+    assert split < 2.0 * fp32, (split, fp32)
+    assert in_place > 5.0 * master, (in_place, master)
 
 
 # ---------------------------------------------------------------------------------------------
