@@ -210,3 +210,66 @@ inline u32 split_master_bits(float x) {
   const u32 u = f32_bits(x);
   return u + static_cast<u32>((u & 0x1FFFFu) == 0x18000u);  // odd high half, low half 0x8000
 }
+
+// ---- the conversions of a chunk (engine.inl's lowp_span): tight loops that vectorize -------------
+
+inline void bf16_decode_n(const u16* __restrict in, float* __restrict out, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(in[i]);
+}
+
+inline void bf16_rne_n(const float* __restrict in, u16* __restrict out, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16_rne(in[i]);
+}
+
+// rnd: the random bits of elements 0..n-1 (fill_sr_bits' output from its element begin & 7)
+inline void bf16_sr_n(const float* __restrict in, const u16* __restrict rnd, u16* __restrict out, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16_sr(in[i], rnd[i]);
+}
+
+inline void split_decode_n(const u16* __restrict param, const u16* __restrict trail, float* __restrict out,
+                           int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = split_decode(param[i], trail[i]);
+}
+
+inline void split_encode_n(const float* __restrict in, u16* __restrict param, u16* __restrict trail, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const u32 u = split_master_bits(in[i]);
+    param[i] = bf16_rne(bits_f32(u));
+    trail[i] = static_cast<u16>(u);
+  }
+}
+
+// float16: F16C's VCVTPH2PS / VCVTPS2PH (immediate round-to-nearest-even, whatever MXCSR says) where
+// the ISA has them, the exact integer conversions above elsewhere and for the last n % 8 elements;
+// both give the same bits for every input (tests/test_lowp.py runs all 2^16 float16 values and the
+// float32 values around every float16 rounding boundary through each ISA). F16C ignores MXCSR's
+// DAZ for float16 inputs and never flushes a float16 subnormal result; a float32 subnormal input
+// rounds to a signed zero either way.
+inline void f16_decode_n(const u16* __restrict in, float* __restrict out, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i));
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+  }
+#endif
+#pragma omp simd
+  for (int64_t j = i; j < n; ++j) out[j] = f16_to_f32(in[j]);
+}
+
+inline void f16_rne_n(const float* __restrict in, u16* __restrict out, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
+  }
+#endif
+#pragma omp simd
+  for (int64_t j = i; j < n; ++j) out[j] = f16_rne(in[j]);
+}
