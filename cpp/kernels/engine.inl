@@ -42,24 +42,11 @@ struct Role {
 
 // ---- storage policies --------------------------------------------------------------------------
 
-// Where a span's policies find their buffers: tensor k's nbuf buffer addresses and the span's
-// first element.
-struct Where {
-  void* const* bufs;
-  int nbuf;
-  int64_t begin;
-};
-
-template <class T>
-inline T* buffer_at(const Where& w, int r) {
-  return (r < w.nbuf && w.bufs[r] != nullptr) ? static_cast<T*>(w.bufs[r]) + w.begin : nullptr;
-}
-
-// Storage T, loaded and stored as is (float32 and float64).
+// Storage type T, loaded and stored as is (float32 and float64 today).
 template <class T>
 struct Plain {
   T* ptr;
-  static Plain at(const Where& w, int r) { return Plain{buffer_at<T>(w, r)}; }
+  static Plain at(void* base, int64_t begin) { return Plain{base == nullptr ? nullptr : static_cast<T*>(base) + begin}; }
   T load(int64_t i) const { return ptr[i]; }
   void store(int64_t i, T x) const { ptr[i] = x; }
 };
@@ -71,15 +58,15 @@ struct Pack;
 
 template <int R>
 struct Pack<R> {
-  explicit Pack(const Where&) {}
+  Pack(void* const*, int, int64_t) {}
 };
 
 template <int R, class H, class... T>
 struct Pack<R, H, T...> {
   H head;
   Pack<R + 1, T...> tail;
-  // roles beyond the tensor's nbuf buffers (probe) get nullptr
-  explicit Pack(const Where& w) : head(H::at(w, R)), tail(w) {}
+  // bufs: the tensor's nbuf buffer addresses; roles beyond nbuf (probe) get nullptr
+  Pack(void* const* bufs, int nbuf, int64_t begin) : head(H::at(R < nbuf ? bufs[R] : nullptr, begin)), tail(bufs, nbuf, begin) {}
 };
 
 template <int K, int R, class H, class... T>
@@ -108,13 +95,6 @@ template <class C, bool Pre, class Roles>
 struct Element {
   Roles roles;
   GradCoef<C> gc;
-  // cond ? a : b for the algorithms' selects (weight decay and SGD's first step, loop-invariant:
-  // GCC unswitches them; the amsgrad max, per element). A bit-mask select (select.inl) would cost
-  // the loop-invariant cases up to 2x (SGD with momentum).
-  template <class T>
-  static T pick(bool cond, T a, T b) {
-    return cond ? a : b;
-  }
   template <int K>
   C load(Role<K>, int64_t i) const {
     return static_cast<C>(role_at<K>(roles).load(i));
@@ -138,8 +118,7 @@ template <class A, class C, class Roles, bool Pre, int V>
 void span(const void* ctx, const TensorList& list, int64_t k, int64_t b, int64_t e) noexcept {
   const Args<A, C>& args = *static_cast<const Args<A, C>*>(ctx);
   const typename A::template Coef<C> coef = args.coef;
-  void* const* bufs = list.ptrs + k * list.nbuf;
-  const Element<C, Pre, Roles> el{Roles(Where{bufs, list.nbuf, b}), args.gc};
+  const Element<C, Pre, Roles> el{Roles(list.ptrs + k * list.nbuf, list.nbuf, b), args.gc};
   const int64_t n = e - b;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
@@ -176,7 +155,6 @@ template <class A, class T>
 void pass(const TensorList& list, const typename A::Scalars& s, int threads) {
   step<A, T>(list, s, GradScalars{1.0, 1.0, 1.0, false}, threads);
 }
-
 
 // ---- low-precision storage (issue 13): float32 arithmetic, roles stored as the call says ---------
 //
@@ -225,7 +203,9 @@ void lowp_span(const void* ctx, const TensorList& list, int64_t k, int64_t b, in
   const LowpCtx& c = *static_cast<const LowpCtx*>(ctx);
   const LowpArgs& a = c.lowp;
   void* const* bufs = list.ptrs + k * list.nbuf;
-  alignas(64) float tmp[kMaxLowpRoles][kChunk];
+  // buffer r at r * (kChunk + 48) floats: no two at the same address modulo 4096 (a load that
+  // matches an earlier store's address bits 0-11 waits for it: 4K aliasing)
+  alignas(64) float tmp[kMaxLowpRoles][kChunk + 48];
   alignas(64) u16 rnd[kChunk + 16];
   void* local[kMaxLowpRoles];
   for (int64_t at = b; at < e; at += kChunk) {
