@@ -4,7 +4,7 @@ ceilings, DeepSpeed's CPU Adam and torchao's bf16 AdamW, all measured side by si
 Usage::
 
     DS_ACCELERATOR=cpu python benchmarks/lowp_peers.py [--threads 2] [--sizes 16,24,26] [--reps 5]
-        [--reps-small 15] [--no-deepspeed] [--no-torchao] [--isa avx2]
+        [--reps-small 30] [--no-deepspeed] [--no-torchao] [--isa avx2]
 
 Contenders (AdamW, lr 1e-3, betas 0.9/0.999, eps 1e-8, weight decay 0.01, bias correction at step 3):
 
@@ -269,7 +269,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", default="16,24,26", help="exponents of 2 (default 16,24,26)")
     ap.add_argument("--reps", type=int, default=5, help="timed rounds at sizes >= 2^20 (default 5)")
-    ap.add_argument("--reps-small", type=int, default=15, help="timed rounds below 2^20 (default 15)")
+    ap.add_argument("--reps-small", type=int, default=30, help="timed rounds below 2^20 (default 30)")
     ap.add_argument("--no-deepspeed", action="store_true")
     ap.add_argument("--no-torchao", action="store_true")
     ap.add_argument("--isa", default=None, help="force our kernels' ISA (_core._force_isa)")
