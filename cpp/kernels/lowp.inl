@@ -150,6 +150,17 @@ void fill_sr_bits(const SrKey& key, u64 begin, int64_t n, u16* out) noexcept {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   const __m256i lo0 = _mm256_set1_epi32(static_cast<int>(j0_lo));
+  // the round keys, broadcast once per call (not once per 8 blocks)
+  __m256i rk0[10], rk1[10];
+  {
+    u32 k0 = key.k0, k1 = key.k1;
+    for (int r = 0; r < 10; ++r) {
+      rk0[r] = _mm256_set1_epi32(static_cast<int>(k0));
+      rk1[r] = _mm256_set1_epi32(static_cast<int>(k1));
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+  }
   for (; b + 8 <= blocks; b += 8) {
     __m256i c0 = _mm256_add_epi32(lo0, _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(b))));
     // the counter's high word gets the carry where the low word wrapped (c0 < j0_lo, unsigned)
@@ -157,17 +168,15 @@ void fill_sr_bits(const SrKey& key, u64 begin, int64_t n, u16* out) noexcept {
     __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(j0_hi)), wrapped);
     __m256i c2 = _mm256_set1_epi32(static_cast<int>(key.s0));
     __m256i c3 = _mm256_set1_epi32(static_cast<int>(key.s1));
-    u32 k0 = key.k0, k1 = key.k1;
+#pragma GCC unroll 10
     for (int r = 0; r < 10; ++r) {
       __m256i hi0, lw0, hi1, lw1;
       mulhilo8(c0, m0, hi0, lw0);
       mulhilo8(c2, m1, hi1, lw1);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), rk0[r]);
       c1 = lw1;
-      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), rk1[r]);
       c3 = lw0;
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
     }
     // transpose: block b + j's words (c0[j], c1[j], c2[j], c3[j]) go to out + 8 (b + j)
     const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
