@@ -287,6 +287,33 @@ def test_fp16_master_write_every_sampled_f32(isa):
     assert np.array_equal(p.view(np.uint16), reference.f16_rne(x))
 
 
+@pytest.mark.parametrize("kind", ["bfloat16", "float16"])
+def test_conversions_ignore_flush_to_zero(isa, kind):
+    """Flush-to-zero / denormals-are-zero set by the caller (torch.set_flush_denormal) change no
+    conversion: every finite 16-bit value survives a load and a store (SGD with lr 0), and float32
+    values in the float16-subnormal range are stored as their float16 subnormals (F16C's
+    VCVTPS2PH/VCVTPH2PS and the integer paths alike)."""
+    torch = pytest.importorskip("torch")
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    if kind == "bfloat16":  # finite; not subnormal (those are float32 subnormals: the caller's DAZ
+        h = h[((h & 0x7F80) != 0x7F80) & ((h & 0x7F80) != 0)]  # flushes them in the arithmetic, as in float32)
+    else:  # finite (float16 subnormals are float32 normals)
+        h = h[(h & 0x7C00) != 0x7C00]
+    x = np.arange(4, 4000, dtype=np.float32) * np.float32(2.0**-26)  # float16 subnormals and beyond
+    torch.set_flush_denormal(True)
+    try:
+        p = h.view(DT[kind]).copy()
+        _core.sgd([p], [np.zeros(h.size, np.float32)], None, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, INF, False, False, False, 2)
+        q = np.zeros(x.size, DT[kind])
+        _core.sgd([q], [-x], None, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, INF, False, False, False, 2)
+    finally:
+        torch.set_flush_denormal(False)
+    assert np.array_equal(p.view(np.uint16), h)
+    want = reference.bf16_rne(x) if kind == "bfloat16" else reference.f16_rne(x)
+    assert np.array_equal(q.view(np.uint16), want)
+    assert np.count_nonzero(want) == x.size  # nothing was flushed
+
+
 # ---------------------------------------------------------------------------------------------
 # Philox, stochastic rounding, split
 # ---------------------------------------------------------------------------------------------

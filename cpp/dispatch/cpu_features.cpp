@@ -68,7 +68,8 @@ CpuFeatures detect_cpu_features() {
   const Regs l0 = cpuid(0, 0);
   if (l0.eax < 7) return f;
   const Regs l1 = cpuid(1, 0);
-  const bool osxsave = bit(l1.ecx, 27), avx = bit(l1.ecx, 28), fma = bit(l1.ecx, 12);
+  const bool osxsave = bit(l1.ecx, 27), avx = bit(l1.ecx, 28), fma = bit(l1.ecx, 12),
+             f16c = bit(l1.ecx, 29);
   if (!osxsave || !avx) return f;
   const unsigned long long xcr0 = xgetbv0();
   const bool os_ymm = (xcr0 & 0x6) == 0x6;            // SSE + AVX state
@@ -77,7 +78,7 @@ CpuFeatures detect_cpu_features() {
   const bool avx2 = bit(l7.ebx, 5);
   const bool avx512f = bit(l7.ebx, 16), avx512dq = bit(l7.ebx, 17), avx512bw = bit(l7.ebx, 30),
              avx512vl = bit(l7.ebx, 31);
-  f.avx2_fma = os_ymm && avx2 && fma;
+  f.avx2_fma = os_ymm && avx2 && fma && f16c;  // F16C: the float16 conversions (every AVX2 CPU has it)
   bool os_zmm = os_zmm_xcr0;
 #if defined(__APPLE__)
   os_zmm = os_zmm || (os_ymm && macos_has_avx512f());

@@ -4,7 +4,7 @@
 namespace fusedopt {
 
 struct CpuFeatures {
-  bool avx2_fma = false;  // AVX2 + FMA + OS saves YMM state
+  bool avx2_fma = false;  // AVX2 + FMA + F16C + OS saves YMM state
   bool avx512 = false;    // AVX-512 F/VL/BW/DQ + OS saves ZMM and opmask state
 };
 

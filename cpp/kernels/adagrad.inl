@@ -28,7 +28,7 @@ struct Adagrad {
     const C p = e.load(param, i);
     C g = c.sign * e.grad(i);
     const C g_wd = g + c.wd * p;  // computed always, then selected: no branch in the loop
-    g = e.pick(c.has_wd, g_wd, g);
+    g = c.has_wd ? g_wd : g;
     const C s = e.load(sum, i) + g * g;
     e.store(sum, i, s);
     e.store(param, i, p + (c.neg_clr * g) / (std::sqrt(s) + c.eps));

@@ -44,7 +44,7 @@ struct Adam {
     C p = e.load(param, i);
     C g = c.sign * e.grad(i);
     const C g_wd = g + c.wd * p;  // computed always, then selected: no branch in the loop
-    g = e.pick(c.has_wd, g_wd, g);
+    g = c.has_wd ? g_wd : g;
     p = p * c.decay;
     const C m = c.beta1 * e.load(exp_avg, i) + c.omb1 * g;
     const C v = c.beta2 * e.load(exp_avg_sq, i) + (c.omb2 * g) * g;
@@ -53,7 +53,7 @@ struct Adam {
     C s = v;
     if constexpr (V == 1) {
       const C old = e.load(max_exp_avg_sq, i);
-      s = e.pick((v > old) | (v != v), v, old);  // max, NaN propagates
+      s = (v > old || v != v) ? v : old;
       e.store(max_exp_avg_sq, i, s);
     }
     e.store(param, i, p + (c.S * m) / (std::sqrt(s + c.R) + c.E));

@@ -20,12 +20,13 @@
 //
 // Storage: each role is loaded and stored through a small policy (Plain<T> below: storage T,
 // no conversion). The compute type C is the kernel's (float for float32 params, double for
-// float64). A new storage type — bf16/fp16 params and grads with float32 master weights (issue
-// 13; a store with stochastic rounding needs only the element's global index, which the policy
-// gets as its base offset + i) or 8-bit block-quantized states (issue 14; a policy that
-// dequantizes a block into a local float buffer before the loop and quantizes it after, with cuts
-// aligned to its block size) — is a new policy and a new Roles layout in step()/pass(); no
-// algorithm changes.
+// float64). Other storage — bfloat16/float16 parameters, gradients and states, fp32 or "split"
+// masters, stochastic rounding (issue 13) — is converted around the float32 span, a chunk of
+// kChunk elements at a time (lowp_span below): the chunk's low-precision roles are decoded into
+// local float32 buffers (L1-resident), the algorithm's own float32 span runs on them, and the
+// written roles are encoded back. No algorithm changes, one compiled span per algorithm variant,
+// and the conversions are tight loops that vectorize on every ISA. 8-bit block-quantized states
+// (issue 14) are the same: a decode and an encode per block, chunks aligned to the block size.
 //
 // Bitwise rules: each element is computed by the same sequence of IEEE operations in the vector
 // body, the peeled head and the scalar tail (-ffp-contract=off, no reassociation: `omp simd`
@@ -41,87 +42,13 @@ struct Role {
 
 // ---- storage policies --------------------------------------------------------------------------
 
-// Where a span's policies find their buffers: tensor k's nbuf buffer addresses, the span's first
-// element, and the stochastic-rounding key of the call (zero when unused).
-struct Where {
-  void* const* bufs;
-  int nbuf;
-  int64_t begin;
-  const u16* rnd;  // stochastic rounding: the random bits of element begin (else nullptr)
-};
-
-template <class T>
-inline T* buffer_at(const Where& w, int r) {
-  return (r < w.nbuf && w.bufs[r] != nullptr) ? static_cast<T*>(w.bufs[r]) + w.begin : nullptr;
-}
-
-// Storage T, loaded and stored as is (float32 and float64).
+// Storage type T, loaded and stored as is (float32 and float64 today).
 template <class T>
 struct Plain {
   T* ptr;
-  static Plain at(const Where& w, int r) { return Plain{buffer_at<T>(w, r)}; }
+  static Plain at(void* base, int64_t begin) { return Plain{base == nullptr ? nullptr : static_cast<T*>(base) + begin}; }
   T load(int64_t i) const { return ptr[i]; }
   void store(int64_t i, T x) const { ptr[i] = x; }
-};
-
-// bfloat16 storage (uint16 bits), computed in float32, stored with round-to-nearest-even.
-struct Bf16 {
-  using Own = Bf16;
-  u16* ptr;
-  static Bf16 at(const Where& w, int r) { return Bf16{buffer_at<u16>(w, r)}; }
-  float load(int64_t i) const { return bf16_to_f32(ptr[i]); }
-  void store(int64_t i, float x) const { ptr[i] = bf16_rne(x); }
-};
-
-// float16 storage (IEEE binary16 bits), computed in float32, stored with round-to-nearest-even.
-struct F16 {
-  using Own = F16;
-  u16* ptr;
-  static F16 at(const Where& w, int r) { return F16{buffer_at<u16>(w, r)}; }
-  float load(int64_t i) const { return f16_to_f32(ptr[i]); }
-  void store(int64_t i, float x) const { ptr[i] = f16_rne(x); }
-};
-
-// bfloat16 parameter written with stochastic rounding: the random bits of element i are those of
-// its index inside its parameter, generated for the span's piece by fill_sr_bits (lowp.inl) before
-// the loop (span() below), so any split of the work gives the same bits.
-struct Bf16Sr {
-  using Own = Bf16;
-  u16* ptr;
-  const u16* rnd;
-  static Bf16Sr at(const Where& w, int r) { return Bf16Sr{buffer_at<u16>(w, r), w.rnd}; }
-  float load(int64_t i) const { return bf16_to_f32(ptr[i]); }
-  void store(int64_t i, float x) const { ptr[i] = bf16_sr(x, rnd[i]); }
-};
-
-// A low-precision parameter P with a float32 master in buffer X (after the algorithm's roles): the
-// algorithm reads and updates the master; the parameter is written as its round-to-nearest-even.
-template <class P, int X>
-struct MasterF32 {
-  using Own = typename P::Own;
-  P param;
-  float* master;
-  static MasterF32 at(const Where& w, int r) { return MasterF32{P::at(w, r), buffer_at<float>(w, X)}; }
-  float load(int64_t i) const { return master[i]; }
-  void store(int64_t i, float x) const {
-    master[i] = x;
-    param.store(i, x);
-  }
-};
-
-// The "split" master: a bfloat16 parameter and a uint16 trail in buffer X (lowp.inl's rule).
-template <int X>
-struct SplitBf16 {
-  using Own = Bf16;
-  u16* param;
-  u16* trail;
-  static SplitBf16 at(const Where& w, int r) { return SplitBf16{buffer_at<u16>(w, r), buffer_at<u16>(w, X)}; }
-  float load(int64_t i) const { return split_decode(param[i], trail[i]); }
-  void store(int64_t i, float x) const {
-    const u32 u = split_master_bits(x);
-    param[i] = bf16_rne(bits_f32(u));
-    trail[i] = static_cast<u16>(u);
-  }
 };
 
 // ---- the roles of one span: a typed pack of policies (no std::tuple in this translation unit) ----
@@ -131,15 +58,15 @@ struct Pack;
 
 template <int R>
 struct Pack<R> {
-  explicit Pack(const Where&) {}
+  Pack(void* const*, int, int64_t) {}
 };
 
 template <int R, class H, class... T>
 struct Pack<R, H, T...> {
   H head;
   Pack<R + 1, T...> tail;
-  // roles beyond the tensor's nbuf buffers (probe) get nullptr
-  explicit Pack(const Where& w) : head(H::at(w, R)), tail(w) {}
+  // bufs: the tensor's nbuf buffer addresses; roles beyond nbuf (probe) get nullptr
+  Pack(void* const* bufs, int nbuf, int64_t begin) : head(H::at(R < nbuf ? bufs[R] : nullptr, begin)), tail(bufs, nbuf, begin) {}
 };
 
 template <int K, int R, class H, class... T>
@@ -150,20 +77,6 @@ inline const auto& role_at(const Pack<R, H, T...>& p) {
     return role_at<K>(p.tail);
   }
 }
-
-// Whether every role of a pack is Plain<T> storage (the float32/float64 spans).
-template <class P>
-struct AllPlain {
-  static constexpr bool value = false;
-};
-template <int R>
-struct AllPlain<Pack<R>> {
-  static constexpr bool value = true;
-};
-template <int R, class T, class... Rest>
-struct AllPlain<Pack<R, Plain<T>, Rest...>> {
-  static constexpr bool value = AllPlain<Pack<R + 1, Rest...>>::value;
-};
 
 // N roles of the same storage S.
 template <class S, int N, class... Acc>
@@ -182,19 +95,6 @@ template <class C, bool Pre, class Roles>
 struct Element {
   Roles roles;
   GradCoef<C> gc;
-  // cond ? a : b for the algorithms' selects (weight decay and SGD's first step, loop-invariant;
-  // the amsgrad max, per element). Plain spans (float32/float64 storage) keep `?:`: GCC unswitches
-  // the loop-invariant flags there, and the bit-mask select would cost the fp32 step up to 2x
-  // (SGD with momentum). The low-precision spans' loop bodies are too large to be unswitched: there
-  // a `?:` leaves a branch per element and the loop scalar, so they use the bit-mask choose().
-  template <class T>
-  static T pick(bool cond, T a, T b) {
-    if constexpr (AllPlain<Roles>::value) {
-      return cond ? a : b;
-    } else {
-      return choose(cond, a, b);
-    }
-  }
   template <int K>
   C load(Role<K>, int64_t i) const {
     return static_cast<C>(role_at<K>(roles).load(i));
@@ -212,54 +112,17 @@ template <class A, class C>
 struct Args {
   typename A::template Coef<C> coef;
   GradCoef<C> gc;
-  SrKey sr;
 };
-
-// Everything a span calls is inlined into it (GCC/Clang `flatten`): with the low-precision layouts
-// the translation unit is large enough that GCC's unit-growth limit would otherwise leave the
-// policies' constructors and conversions as calls, and a loop with a call is not vectorized.
-#if defined(__GNUC__)
-#define FUSEDOPT_FLATTEN __attribute__((flatten))
-#else
-#define FUSEDOPT_FLATTEN
-#endif
-
-// Whether a span's parameter is written with stochastic rounding (role 0 is Bf16Sr).
-template <class R>
-struct SrParam {
-  static constexpr bool value = false;
-};
-template <class... T>
-struct SrParam<Pack<0, Bf16Sr, T...>> {
-  static constexpr bool value = true;
-};
-
-// Stochastic rounding: random bits are generated for pieces of kSrPiece elements at a time.
-constexpr int64_t kSrPiece = 1024;
 
 template <class A, class C, class Roles, bool Pre, int V>
-FUSEDOPT_FLATTEN void span(const void* ctx, const TensorList& list, int64_t k, int64_t b, int64_t e) noexcept {
+void span(const void* ctx, const TensorList& list, int64_t k, int64_t b, int64_t e) noexcept {
   const Args<A, C>& args = *static_cast<const Args<A, C>*>(ctx);
   const typename A::template Coef<C> coef = args.coef;
-  void* const* bufs = list.ptrs + k * list.nbuf;
-  if constexpr (SrParam<Roles>::value) {
-    alignas(64) u16 rnd[kSrPiece + 16];
-    for (int64_t c = b; c < e; c += kSrPiece) {
-      const int64_t n = e - c < kSrPiece ? e - c : kSrPiece;
-      fill_sr_bits(args.sr, static_cast<u64>(c), n, rnd);
-      const Element<C, Pre, Roles> el{Roles(Where{bufs, list.nbuf, c, rnd + (c & 7)}), args.gc};
+  const Element<C, Pre, Roles> el{Roles(list.ptrs + k * list.nbuf, list.nbuf, b), args.gc};
+  const int64_t n = e - b;
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) {
-        A::template element<V>(coef, el, i);
-      }
-    }
-  } else {
-    const Element<C, Pre, Roles> el{Roles(Where{bufs, list.nbuf, b, nullptr}), args.gc};
-    const int64_t n = e - b;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      A::template element<V>(coef, el, i);
-    }
+  for (int64_t i = 0; i < n; ++i) {
+    A::template element<V>(coef, el, i);
   }
 }
 
@@ -282,7 +145,7 @@ SpanFn pick_span(int variant, bool pre) {
 template <class A, class T>
 void step(const TensorList& list, const typename A::Scalars& s, const GradScalars& gs, int threads) {
   using Roles = typename Uniform<Plain<T>, A::kRoles>::type;
-  const Args<A, T> args{typename A::template Coef<T>(s), grad_coef<T>(gs), SrKey{0, 0, 0, 0}};
+  const Args<A, T> args{typename A::template Coef<T>(s), grad_coef<T>(gs)};
   const SpanFn fn = pick_span<A, T, Roles, A::kVariants - 1>(A::variant(s), gs.active);
   for_each_span(list, threads, static_cast<int64_t>(sizeof(T)), fn, &args);
 }
@@ -299,57 +162,130 @@ void pass(const TensorList& list, const typename A::Scalars& s, int threads) {
 // even, stochastic rounding, an fp32 master or the split master; a float16 parameter written with
 // round-to-nearest-even or an fp32 master; gradients in the parameter's own dtype or float32,
 // states float32 or the parameter's own dtype; and float32 parameters and gradients with bfloat16
-// states. Each is one instance per algorithm variant (what changes memory traffic); the bindings
-// refuse any other combination before calling (an unknown one does nothing here).
+// states. The bindings refuse any other combination before calling.
+//
+// A chunk of a span: every present role is made a float32 array of the chunk — float32 storage in
+// place, the fp32 master in place (the algorithm updates the master itself), anything else decoded
+// into a local buffer — then the algorithm's float32 span runs over the chunk, then every written
+// role (all but the gradient) that is not float32 storage is encoded back: states with round-to-
+// nearest-even, the parameter as the call says (RNE; stochastic rounding with the random bits of
+// the elements' indices inside the parameter; RNE of the updated master; the split pair).
 
-// Pack<0, P, G, S, S, ...>: the parameter, the gradient and kRoles-2 states.
-template <class S, int N, class... Acc>
-struct StatesAfter {
-  using type = typename StatesAfter<S, N - 1, Acc..., S>::type;
-};
-template <class S, class... Acc>
-struct StatesAfter<S, 0, Acc...> {
-  using type = Pack<0, Acc...>;
+// Elements per chunk: the local buffers (kMaxLowpRoles float32 arrays) stay in L1.
+constexpr int64_t kChunk = 512;
+constexpr int kMaxLowpRoles = 6;  // the most roles of any algorithm (RMSprop: 5, Adam: 5), + 1
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FUSEDOPT_PREFETCH(addr) __builtin_prefetch((addr), 1, 3)
+#elif defined(_M_X64) || defined(_M_IX86)
+#define FUSEDOPT_PREFETCH(addr) _mm_prefetch(static_cast<const char*>(addr), _MM_HINT_T0)
+#else
+#define FUSEDOPT_PREFETCH(addr) ((void)(addr))
+#endif
+
+struct LowpCtx {
+  SpanFn compute;    // the algorithm's float32 span (the same function the float32 step runs)
+  const void* args;  // its Args<A, float>
+  int roles;         // A::kRoles; the master or trail is buffer `roles`
+  LowpArgs lowp;
+  SrKey key;
 };
 
-template <class A, class P, class G, class S>
-void lowp_run(const TensorList& list, const typename A::Scalars& s, const GradScalars& gs, const SrKey& key,
-              int threads) {
-  using Roles = typename StatesAfter<S, A::kRoles - 2, P, G>::type;
-  const Args<A, float> args{typename A::template Coef<float>(s), grad_coef<float>(gs), key};
-  const SpanFn fn = pick_span<A, float, Roles, A::kVariants - 1>(A::variant(s), gs.active);
-  for_each_span(list, threads, 2, fn, &args);  // buffer 0 (the parameter) holds 2-byte elements
+inline void decode_n(int kind, const void* src, float* dst, int64_t n) {
+  if (kind == kStoreBf16) {
+    bf16_decode_n(static_cast<const u16*>(src), dst, n);
+  } else {
+    f16_decode_n(static_cast<const u16*>(src), dst, n);
+  }
 }
 
-template <class A, class P>
-void lowp_gs(const TensorList& list, const typename A::Scalars& s, const GradScalars& gs, const LowpArgs& a,
-             const SrKey& key, int threads) {
-  using O = typename P::Own;
-  if (a.grad == kStoreF32) {
-    if (a.state == kStoreF32) return lowp_run<A, P, Plain<float>, Plain<float>>(list, s, gs, key, threads);
-    return lowp_run<A, P, Plain<float>, O>(list, s, gs, key, threads);
+inline void encode_n(int kind, const float* src, void* dst, int64_t n) {
+  if (kind == kStoreBf16) {
+    bf16_rne_n(src, static_cast<u16*>(dst), n);
+  } else {
+    f16_rne_n(src, static_cast<u16*>(dst), n);
   }
-  if (a.state == kStoreF32) return lowp_run<A, P, O, Plain<float>>(list, s, gs, key, threads);
-  return lowp_run<A, P, O, O>(list, s, gs, key, threads);
+}
+
+// Bytes per element of buffer r of a low-precision call (the master or trail is buffer `roles`).
+inline int64_t lowp_size(const LowpCtx& c, int r) {
+  if (r == c.roles) return c.lowp.write == kWriteMaster ? 4 : 2;
+  const int kind = r == 0 ? c.lowp.param : (r == 1 ? c.lowp.grad : c.lowp.state);
+  return kind == kStoreF32 ? 4 : 2;
+}
+
+// Asks for elements [from, to) of every buffer of the tensor ahead of use. The chunk's passes touch
+// each buffer in a burst (a decode, the float32 span, an encode) rather than all buffers in one
+// loop, which the hardware prefetchers follow poorly: measured 2.7x slower than its bounds at 2^22
+// elements before this. A prefetch never faults; only addresses inside the span are asked for.
+inline void lowp_prefetch(const LowpCtx& c, void* const* bufs, int nbuf, int64_t from, int64_t to) {
+  if (to <= from) return;
+  for (int r = 0; r < nbuf && r <= c.roles; ++r) {
+    if (bufs[r] == nullptr) continue;
+    const int64_t size = lowp_size(c, r);
+    const char* p = static_cast<const char*>(bufs[r]) + from * size;
+    const int64_t bytes = (to - from) * size;
+    for (int64_t off = 0; off < bytes; off += 64) FUSEDOPT_PREFETCH(p + off);
+  }
+}
+
+void lowp_span(const void* ctx, const TensorList& list, int64_t k, int64_t b, int64_t e) noexcept {
+  const LowpCtx& c = *static_cast<const LowpCtx*>(ctx);
+  const LowpArgs& a = c.lowp;
+  void* const* bufs = list.ptrs + k * list.nbuf;
+  // buffer r at r * (kChunk + 48) floats: no two at the same address modulo 4096 (a load that
+  // matches an earlier store's address bits 0-11 waits for it: 4K aliasing)
+  alignas(64) float tmp[kMaxLowpRoles][kChunk + 48];
+  alignas(64) u16 rnd[kChunk + 16];
+  void* local[kMaxLowpRoles];
+  for (int64_t at = b; at < e; at += kChunk) {
+    const int64_t n = e - at < kChunk ? e - at : kChunk;
+    lowp_prefetch(c, bufs, list.nbuf, at + kChunk, e - at - kChunk < kChunk ? e : at + 2 * kChunk);  // the next chunk
+    for (int r = 0; r < c.roles; ++r) {
+      const int kind = r == 0 ? a.param : (r == 1 ? a.grad : a.state);
+      local[r] = nullptr;
+      if (bufs[r] == nullptr) continue;
+      if (r == 0 && a.write == kWriteMaster) {
+        local[0] = static_cast<float*>(bufs[c.roles]) + at;
+      } else if (r == 0 && a.write == kWriteSplit) {
+        split_decode_n(static_cast<const u16*>(bufs[0]) + at, static_cast<const u16*>(bufs[c.roles]) + at, tmp[0], n);
+        local[0] = tmp[0];
+      } else if (kind == kStoreF32) {
+        local[r] = static_cast<float*>(bufs[r]) + at;
+      } else {
+        decode_n(kind, static_cast<const u16*>(bufs[r]) + at, tmp[r], n);
+        local[r] = tmp[r];
+      }
+    }
+    const TensorList chunk{local, &n, 1, c.roles};
+    c.compute(c.args, chunk, 0, 0, n);
+    for (int r = 0; r < c.roles; ++r) {
+      if (r == 1 || bufs[r] == nullptr) continue;
+      const int kind = r == 0 ? a.param : a.state;
+      u16* dst = static_cast<u16*>(bufs[r]) + at;
+      if (r == 0 && a.write == kWriteMaster) {
+        encode_n(kind, static_cast<const float*>(local[0]), dst, n);
+      } else if (r == 0 && a.write == kWriteSplit) {
+        split_encode_n(tmp[0], dst, static_cast<u16*>(bufs[c.roles]) + at, n);
+      } else if (r == 0 && a.write == kWriteSr) {
+        fill_sr_bits(c.key, static_cast<u64>(at), n, rnd);
+        bf16_sr_n(tmp[0], rnd + (at & 7), dst, n);
+      } else if (kind != kStoreF32) {
+        encode_n(kind, tmp[r], dst, n);
+      }
+    }
+  }
 }
 
 template <class A>
 void lowp_step(const TensorList& list, const typename A::Scalars& s, const GradScalars& gs, const LowpArgs& a,
                int threads) {
+  static_assert(A::kRoles < kMaxLowpRoles, "lowp_span's buffers: raise kMaxLowpRoles");
+  using Roles = typename Uniform<Plain<float>, A::kRoles>::type;
+  const Args<A, float> args{typename A::template Coef<float>(s), grad_coef<float>(gs)};
+  const SpanFn fn = pick_span<A, float, Roles, A::kVariants - 1>(A::variant(s), gs.active);
   const SrKey key{static_cast<u32>(a.seed), static_cast<u32>(a.seed >> 32), static_cast<u32>(a.step),
                   static_cast<u32>(a.step >> 32)};
-  if (a.param == kStoreBf16) {
-    if (a.write == kWriteRne) return lowp_gs<A, Bf16>(list, s, gs, a, key, threads);
-    if (a.write == kWriteSr) return lowp_gs<A, Bf16Sr>(list, s, gs, a, key, threads);
-    if (a.write == kWriteMaster) return lowp_gs<A, MasterF32<Bf16, A::kRoles>>(list, s, gs, a, key, threads);
-    if (a.write == kWriteSplit) return lowp_gs<A, SplitBf16<A::kRoles>>(list, s, gs, a, key, threads);
-  } else if (a.param == kStoreF16) {
-    if (a.write == kWriteRne) return lowp_gs<A, F16>(list, s, gs, a, key, threads);
-    if (a.write == kWriteMaster) return lowp_gs<A, MasterF32<F16, A::kRoles>>(list, s, gs, a, key, threads);
-  } else if (a.param == kStoreF32 && a.grad == kStoreF32 && a.state == kStoreBf16 && a.write == kWriteRne) {
-    using Roles = typename StatesAfter<Bf16, A::kRoles - 2, Plain<float>, Plain<float>>::type;
-    const Args<A, float> args{typename A::template Coef<float>(s), grad_coef<float>(gs), key};
-    const SpanFn fn = pick_span<A, float, Roles, A::kVariants - 1>(A::variant(s), gs.active);
-    for_each_span(list, threads, 4, fn, &args);
-  }
+  const LowpCtx ctx{fn, &args, A::kRoles, a, key};
+  for_each_span(list, threads, a.param == kStoreF32 ? 4 : 2, &lowp_span, &ctx);
 }

@@ -18,8 +18,8 @@
 #include <omp.h>
 #endif
 
-#if defined(__AVX2__)
-#include <immintrin.h>  // lowp.inl: the stochastic-rounding bits, 8 Philox blocks per AVX2 vector
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>  // lowp.inl: Philox 8 blocks per AVX2 vector; F16C's float16 conversions
 #endif
 
 #include "common/config.hpp"

@@ -150,6 +150,17 @@ void fill_sr_bits(const SrKey& key, u64 begin, int64_t n, u16* out) noexcept {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   const __m256i lo0 = _mm256_set1_epi32(static_cast<int>(j0_lo));
+  // the round keys, broadcast once per call (not once per 8 blocks)
+  __m256i rk0[10], rk1[10];
+  {
+    u32 k0 = key.k0, k1 = key.k1;
+    for (int r = 0; r < 10; ++r) {
+      rk0[r] = _mm256_set1_epi32(static_cast<int>(k0));
+      rk1[r] = _mm256_set1_epi32(static_cast<int>(k1));
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+  }
   for (; b + 8 <= blocks; b += 8) {
     __m256i c0 = _mm256_add_epi32(lo0, _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(b))));
     // the counter's high word gets the carry where the low word wrapped (c0 < j0_lo, unsigned)
@@ -157,17 +168,15 @@ void fill_sr_bits(const SrKey& key, u64 begin, int64_t n, u16* out) noexcept {
     __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(j0_hi)), wrapped);
     __m256i c2 = _mm256_set1_epi32(static_cast<int>(key.s0));
     __m256i c3 = _mm256_set1_epi32(static_cast<int>(key.s1));
-    u32 k0 = key.k0, k1 = key.k1;
+#pragma GCC unroll 10
     for (int r = 0; r < 10; ++r) {
       __m256i hi0, lw0, hi1, lw1;
       mulhilo8(c0, m0, hi0, lw0);
       mulhilo8(c2, m1, hi1, lw1);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), rk0[r]);
       c1 = lw1;
-      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), rk1[r]);
       c3 = lw0;
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
     }
     // transpose: block b + j's words (c0[j], c1[j], c2[j], c3[j]) go to out + 8 (b + j)
     const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
@@ -209,4 +218,117 @@ inline float split_decode(u16 param, u16 trail) {
 inline u32 split_master_bits(float x) {
   const u32 u = f32_bits(x);
   return u + static_cast<u32>((u & 0x1FFFFu) == 0x18000u);  // odd high half, low half 0x8000
+}
+
+// ---- the conversions of a chunk (engine.inl's lowp_span): tight loops that vectorize -------------
+
+#if defined(__AVX2__)
+// 8 float32 bit patterns -> their bfloat16 words (in the low halves of the 32-bit lanes) rounded
+// to the words `rounded`, NaNs to ml_dtypes' quiet NaN: bf16_from_word on 8 lanes.
+inline __m256i bf16_words8(__m256i u, __m256i rounded) {
+  const __m256i abs = _mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i nan_mask = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7F800000));
+  const __m256i nan = _mm256_or_si256(_mm256_and_si256(u, _mm256_set1_epi32(static_cast<int>(0x80000000u))),
+                                      _mm256_set1_epi32(0x7FC00000));
+  return _mm256_srli_epi32(_mm256_blendv_epi8(rounded, nan, nan_mask), 16);
+}
+inline __m256i bf16_rne_words8(__m256i u) {
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  return bf16_words8(u, _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb));
+}
+// 16 words (two vectors of 8 32-bit lanes, each < 2^16) stored as 16 uint16 in order
+inline void store_words16(u16* out, __m256i lo, __m256i hi) {
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), packed);
+}
+inline __m256i load_u16x8(const u16* in) {
+  return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in)));
+}
+#endif
+
+// The loops below: explicit AVX2 (also on AVX-512: 16-bit narrowing is what GCC vectorizes
+// poorly here), then the scalar form of the same integer operations for the rest and elsewhere.
+inline void bf16_decode_n(const u16* __restrict in, float* __restrict out, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_slli_epi32(load_u16x8(in + i), 16));
+  }
+#endif
+#pragma omp simd
+  for (int64_t j = i; j < n; ++j) out[j] = bf16_to_f32(in[j]);
+}
+
+inline void bf16_rne_n(const float* __restrict in, u16* __restrict out, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  for (; i + 16 <= n; i += 16) {
+    const __m256i a = bf16_rne_words8(_mm256_castps_si256(_mm256_loadu_ps(in + i)));
+    const __m256i b = bf16_rne_words8(_mm256_castps_si256(_mm256_loadu_ps(in + i + 8)));
+    store_words16(out + i, a, b);
+  }
+#endif
+#pragma omp simd
+  for (int64_t j = i; j < n; ++j) out[j] = bf16_rne(in[j]);
+}
+
+// rnd: the random bits of elements 0..n-1 (fill_sr_bits' output from its element begin & 7)
+inline void bf16_sr_n(const float* __restrict in, const u16* __restrict rnd, u16* __restrict out, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  for (; i + 16 <= n; i += 16) {
+    const __m256i ua = _mm256_castps_si256(_mm256_loadu_ps(in + i));
+    const __m256i ub = _mm256_castps_si256(_mm256_loadu_ps(in + i + 8));
+    const __m256i a = bf16_words8(ua, _mm256_add_epi32(ua, load_u16x8(rnd + i)));
+    const __m256i b = bf16_words8(ub, _mm256_add_epi32(ub, load_u16x8(rnd + i + 8)));
+    store_words16(out + i, a, b);
+  }
+#endif
+#pragma omp simd
+  for (int64_t j = i; j < n; ++j) out[j] = bf16_sr(in[j], rnd[j]);
+}
+
+inline void split_decode_n(const u16* __restrict param, const u16* __restrict trail, float* __restrict out,
+                           int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = split_decode(param[i], trail[i]);
+}
+
+inline void split_encode_n(const float* __restrict in, u16* __restrict param, u16* __restrict trail, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const u32 u = split_master_bits(in[i]);
+    param[i] = bf16_rne(bits_f32(u));
+    trail[i] = static_cast<u16>(u);
+  }
+}
+
+// float16: F16C's VCVTPH2PS / VCVTPS2PH (immediate round-to-nearest-even, whatever MXCSR says) where
+// the ISA has them, the exact integer conversions above elsewhere and for the last n % 8 elements;
+// both give the same bits for every input (tests/test_lowp.py runs all 2^16 float16 values and the
+// float32 values around every float16 rounding boundary through each ISA). F16C ignores MXCSR's
+// DAZ for float16 inputs and never flushes a float16 subnormal result; a float32 subnormal input
+// rounds to a signed zero either way.
+inline void f16_decode_n(const u16* __restrict in, float* __restrict out, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i));
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+  }
+#endif
+#pragma omp simd
+  for (int64_t j = i; j < n; ++j) out[j] = f16_to_f32(in[j]);
+}
+
+inline void f16_rne_n(const float* __restrict in, u16* __restrict out, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
+  }
+#endif
+#pragma omp simd
+  for (int64_t j = i; j < n; ++j) out[j] = f16_rne(in[j]);
 }

@@ -27,7 +27,7 @@ struct Momentum {
     const C p = e.load(param, i);
     C g = e.grad(i);
     const C g_wd = g + c.wd * p;  // computed always, then selected: no branch in the loop
-    g = e.pick(c.has_wd, g_wd, g);
+    g = c.has_wd ? g_wd : g;
     const C v = c.beta * e.load(velocity, i) + c.omb * g;
     e.store(velocity, i, v);
     e.store(param, i, p - c.step * v);

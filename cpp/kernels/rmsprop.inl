@@ -40,7 +40,7 @@ struct Rmsprop {
     const C p = e.load(param, i);
     C g = c.sign * e.grad(i);
     const C g_wd = g + c.wd * p;  // computed always, then selected: no branch in the loop
-    g = e.pick(c.has_wd, g_wd, g);
+    g = c.has_wd ? g_wd : g;
     const C v = c.alpha * e.load(square_avg, i) + (c.oma * g) * g;
     e.store(square_avg, i, v);
     C a;

@@ -28,11 +28,11 @@ struct Sgd {
     const C p = e.load(param, i);
     C g = c.sign * e.grad(i);
     const C g_wd = g + c.wd * p;  // computed always, then selected: no branch in the loop
-    g = e.pick(c.has_wd, g_wd, g);
+    g = c.has_wd ? g_wd : g;
     C d = g;
     if constexpr (V >= 1) {
       const C b_ema = c.mu * e.load(momentum_buffer, i) + c.omd * g;
-      const C b = e.pick(c.first, g, b_ema);
+      const C b = c.first ? g : b_ema;
       e.store(momentum_buffer, i, b);
       if constexpr (V == 2) {
         d = g + c.mu * b;

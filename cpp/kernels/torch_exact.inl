@@ -74,7 +74,7 @@ struct AdamTorchExact {
     C s = v;
     if constexpr (V == 1) {
       const C old = e.load(max_exp_avg_sq, i);
-      s = e.pick((v > old) | (v != v), v, old);  // max, NaN propagates
+      s = (v > old || v != v) ? v : old;
       e.store(max_exp_avg_sq, i, s);
     }
     e.store(param, i, p + (c.S * m) / (std::sqrt(s) / c.R + c.E));
