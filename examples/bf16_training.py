@@ -91,13 +91,13 @@ def main() -> None:
     curves: Dict[str, List[float]] = {"float64 (torch.optim.AdamW)": loss64}
     print(f"{a.dim}x{a.dim} linear regression, {a.rows} rows, AdamW lr {a.lr}, {a.steps} full-batch steps")
     print(f"float64 run: final loss {loss64[-1]:.4g}, |W64 - W0| = {moved64:.4g}\n")
-    print(f"{'run':42s} {'loss / float64':>14s} {'error':>8s} {'never moved':>12s}")
+    print(f"{'run':46s} {'loss / float64':>14s} {'error':>8s} {'never moved':>12s}")
     for name, (dtype, make) in RUNS.items():
         w, losses, _ = train(dtype, make, x, y, w0, a.steps, a.lr)
         curves[name] = losses
         err = float((w - w64).norm()) / moved64
         unmoved = float((w.to(dtype) == w0.to(dtype)).double().mean())
-        print(f"{name:42s} {losses[-1] / loss64[-1]:13.3f}x {err:8.1%} {unmoved:12.1%}")
+        print(f"{name:46s} {losses[-1] / loss64[-1]:13.3f}x {err:8.1%} {unmoved:12.1%}")
 
     try:
         import matplotlib
