@@ -259,13 +259,34 @@ inline void bf16_decode_n(const u16* __restrict in, float* __restrict out, int64
   for (int64_t j = i; j < n; ++j) out[j] = bf16_to_f32(in[j]);
 }
 
+// The AVX2 loops first round without the NaN rule (2 of the 5 operations a NaN-safe store needs per
+// vector), noting whether any input was a NaN; when one was, the whole range is stored again with
+// the NaN rule. The bits stored in the end are the same either way (no other thread reads them).
+#if defined(__AVX2__)
+inline __m256i nan_lanes8(__m256 x) { return _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)); }
+inline __m256i bf16_rne_finite8(__m256i u) {
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+}
+#endif
+
 inline void bf16_rne_n(const float* __restrict in, u16* __restrict out, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX2__)
+  __m256i nan = _mm256_setzero_si256();
   for (; i + 16 <= n; i += 16) {
-    const __m256i a = bf16_rne_words8(_mm256_castps_si256(_mm256_loadu_ps(in + i)));
-    const __m256i b = bf16_rne_words8(_mm256_castps_si256(_mm256_loadu_ps(in + i + 8)));
+    const __m256 xa = _mm256_loadu_ps(in + i), xb = _mm256_loadu_ps(in + i + 8);
+    nan = _mm256_or_si256(nan, _mm256_or_si256(nan_lanes8(xa), nan_lanes8(xb)));
+    const __m256i a = bf16_rne_finite8(_mm256_castps_si256(xa));
+    const __m256i b = bf16_rne_finite8(_mm256_castps_si256(xb));
     store_words16(out + i, a, b);
+  }
+  if (!_mm256_testz_si256(nan, nan)) {
+    for (i = 0; i + 16 <= n; i += 16) {
+      const __m256i a = bf16_rne_words8(_mm256_castps_si256(_mm256_loadu_ps(in + i)));
+      const __m256i b = bf16_rne_words8(_mm256_castps_si256(_mm256_loadu_ps(in + i + 8)));
+      store_words16(out + i, a, b);
+    }
   }
 #endif
 #pragma omp simd
@@ -276,12 +297,22 @@ inline void bf16_rne_n(const float* __restrict in, u16* __restrict out, int64_t 
 inline void bf16_sr_n(const float* __restrict in, const u16* __restrict rnd, u16* __restrict out, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX2__)
+  __m256i nan = _mm256_setzero_si256();
   for (; i + 16 <= n; i += 16) {
-    const __m256i ua = _mm256_castps_si256(_mm256_loadu_ps(in + i));
-    const __m256i ub = _mm256_castps_si256(_mm256_loadu_ps(in + i + 8));
-    const __m256i a = bf16_words8(ua, _mm256_add_epi32(ua, load_u16x8(rnd + i)));
-    const __m256i b = bf16_words8(ub, _mm256_add_epi32(ub, load_u16x8(rnd + i + 8)));
+    const __m256 xa = _mm256_loadu_ps(in + i), xb = _mm256_loadu_ps(in + i + 8);
+    nan = _mm256_or_si256(nan, _mm256_or_si256(nan_lanes8(xa), nan_lanes8(xb)));
+    const __m256i a = _mm256_srli_epi32(_mm256_add_epi32(_mm256_castps_si256(xa), load_u16x8(rnd + i)), 16);
+    const __m256i b = _mm256_srli_epi32(_mm256_add_epi32(_mm256_castps_si256(xb), load_u16x8(rnd + i + 8)), 16);
     store_words16(out + i, a, b);
+  }
+  if (!_mm256_testz_si256(nan, nan)) {
+    for (i = 0; i + 16 <= n; i += 16) {
+      const __m256i ua = _mm256_castps_si256(_mm256_loadu_ps(in + i));
+      const __m256i ub = _mm256_castps_si256(_mm256_loadu_ps(in + i + 8));
+      const __m256i a = bf16_words8(ua, _mm256_add_epi32(ua, load_u16x8(rnd + i)));
+      const __m256i b = bf16_words8(ub, _mm256_add_epi32(ub, load_u16x8(rnd + i + 8)));
+      store_words16(out + i, a, b);
+    }
   }
 #endif
 #pragma omp simd
