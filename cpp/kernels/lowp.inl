@@ -321,16 +321,43 @@ inline void bf16_sr_n(const float* __restrict in, const u16* __restrict rnd, u16
 
 inline void split_decode_n(const u16* __restrict param, const u16* __restrict trail, float* __restrict out,
                            int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  for (; i + 8 <= n; i += 8) {
+    const __m256i p = load_u16x8(param + i), t = load_u16x8(trail + i);
+    const __m256i up = _mm256_cmpgt_epi32(t, _mm256_set1_epi32(0x8000));  // -1 where RNE rounded up
+    const __m256i hi = _mm256_add_epi32(p, up);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_or_si256(_mm256_slli_epi32(hi, 16), t));
+  }
+#endif
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) out[i] = split_decode(param[i], trail[i]);
+  for (int64_t j = i; j < n; ++j) out[j] = split_decode(param[j], trail[j]);
 }
 
 inline void split_encode_n(const float* __restrict in, u16* __restrict param, u16* __restrict trail, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  // as bf16_rne_n: without the NaN rule, noting NaNs; the exact loop below redoes the range if any
+  __m256i nan = _mm256_setzero_si256();
+  const __m256i low17 = _mm256_set1_epi32(0x1FFFF), tie = _mm256_set1_epi32(0x18000);
+  const __m256i low16 = _mm256_set1_epi32(0xFFFF);
+  for (; i + 16 <= n; i += 16) {
+    const __m256 xa = _mm256_loadu_ps(in + i), xb = _mm256_loadu_ps(in + i + 8);
+    nan = _mm256_or_si256(nan, _mm256_or_si256(nan_lanes8(xa), nan_lanes8(xb)));
+    __m256i ua = _mm256_castps_si256(xa), ub = _mm256_castps_si256(xb);
+    // split_master_bits: + 1 where the high half is odd and the low half is 0x8000
+    ua = _mm256_sub_epi32(ua, _mm256_cmpeq_epi32(_mm256_and_si256(ua, low17), tie));
+    ub = _mm256_sub_epi32(ub, _mm256_cmpeq_epi32(_mm256_and_si256(ub, low17), tie));
+    store_words16(param + i, bf16_rne_finite8(ua), bf16_rne_finite8(ub));
+    store_words16(trail + i, _mm256_and_si256(ua, low16), _mm256_and_si256(ub, low16));
+  }
+  if (!_mm256_testz_si256(nan, nan)) i = 0;
+#endif
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const u32 u = split_master_bits(in[i]);
-    param[i] = bf16_rne(bits_f32(u));
-    trail[i] = static_cast<u16>(u);
+  for (int64_t j = i; j < n; ++j) {
+    const u32 u = split_master_bits(in[j]);
+    param[j] = bf16_rne(bits_f32(u));
+    trail[j] = static_cast<u16>(u);
   }
 }
 
