@@ -400,6 +400,26 @@ def test_split_round_trip_rule():
     assert np.isnan(reference.split_decode(p, t)[~fin]).all()
 
 
+def test_split_kernel_round_trip_every_pattern(isa):
+    """Every bf16 parameter with trails at and around the rounding points, through a step that keeps
+    the master (SGD, lr 0): the kernel stores split_encode(split_decode(p, t)) — the tie rule, NaNs,
+    infs — whether a 512-element chunk holds a NaN (the stores' exact redo) or none."""
+    hi = np.arange(1 << 16, dtype=np.uint32)
+    lows = np.array([0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF], np.uint32)
+    p = np.repeat(hi, lows.size).astype(np.uint16)
+    t = np.tile(lows, hi.size).astype(np.uint16)
+    master = reference.split_decode(p, t)
+    order = np.argsort(np.isnan(master), kind="stable")  # NaN-free chunks first, then NaN chunks
+    p, t, master = p[order], t[order], master[order]
+    want_p, want_t = reference.split_encode(master)
+    params = p.view(BF16).copy()
+    trails = t.copy()
+    _core.sgd([params], [np.zeros(p.size, np.float32)], None, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, INF, False, False, False,
+              2, None, None, [trails])  # fmt: skip
+    assert np.array_equal(params.view(np.uint16), want_p)
+    assert np.array_equal(trails, want_t)
+
+
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_split_equals_fp32_master(isa, algo):
     """'split' gives the parameters and master (decoded) of 'fp32' bit for bit over 25 steps, as
