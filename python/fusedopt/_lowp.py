@@ -41,7 +41,7 @@ def bf16_dtype(need: str = "bfloat16 arrays") -> np.dtype:
         import ml_dtypes
     except ImportError as exc:
         raise ImportError(
-            f"{need} need the ml_dtypes package (NumPy's bfloat16 dtype), which is not installed: "
+            f"{need}: NumPy's bfloat16 dtype comes from the ml_dtypes package, which is not installed: "
             "`pip install fusedopt[bf16]` (or `pip install ml_dtypes`)"
         ) from exc
     out: np.dtype = np.dtype(ml_dtypes.bfloat16)
