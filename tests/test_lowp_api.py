@@ -600,3 +600,28 @@ def test_mixed_dtypes_in_one_optimizer_equal_separate_optimizers():
         for a, b in zip(together, apart):
             assert np.array_equal(_bits(a), _bits(b)), t
     assert "master_param" not in one.state[2] and one.state[2]["exp_avg"].dtype == F32
+
+
+@pytest.mark.parametrize("mw", ["fp32", "split"])
+def test_sync_masters_restarts_masters_from_changed_parameters(mw):
+    """Parameters rolled back outside the optimizer: without sync_masters() the old master would
+    overwrite them at the next step; with it the step starts from the rolled-back weights, as a
+    fresh optimizer with the same moments does."""
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal(64).astype(np.float32).astype(BF16)
+    best = p.copy()
+    opt = fusedopt.AdamW([p], lr=0.1, master_weights=mw)
+    for _ in range(4):
+        opt.step([rng.standard_normal(64).astype(np.float32).astype(BF16)])
+    p[...] = best
+    opt.sync_masters()
+    q = best.copy()
+    ref = fusedopt.AdamW([q], lr=0.1, master_weights=mw)
+    sd = opt.state_dict()
+    for st in sd["state"].values():
+        st.pop("master_param", None), st.pop("master_trail", None)
+    ref.load_state_dict(sd)
+    g = rng.standard_normal(64).astype(np.float32).astype(BF16)
+    opt.step([g])
+    ref.step([g.copy()])
+    assert np.array_equal(_bits(p), _bits(q))

@@ -408,7 +408,7 @@ def _snapshot(opt: Any, params: List[torch.Tensor]) -> List[torch.Tensor]:
     "key, value, exc, frag",
     [
         ("exp_avg", lambda p: torch.zeros(p.shape, dtype=torch.int32), TypeError, "['exp_avg'] has dtype torch.int32"),
-        ("master_param", lambda p: p.detach().clone(), TypeError, "['master_param'] has dtype torch.bfloat16"),
+        ("master_param", lambda p: p.detach().to(torch.float16), TypeError, "['master_param'] has dtype torch.float16"),
         ("master_param", lambda p: torch.zeros(3), ValueError, "['master_param'] has shape"),
         ("master_trail", lambda p: torch.zeros(p.shape, dtype=torch.int16), ValueError, "['master_trail']"),
     ],
@@ -534,3 +534,153 @@ def test_channels_last_bf16_params_with_fp32_masters():
     with pytest.raises(ValueError, match=r"state\[params\[0\]\]\['master_trail'\]"):
         opt.step()
     assert torch.equal(s.detach(), w) and not opt.state[s]
+
+
+# ---------------------------------------------------------------------------------------------
+# Found in review: several native calls, in-place changes of a parameter, options in groups,
+# seeds and masters at load
+# ---------------------------------------------------------------------------------------------
+
+OPTIONS = [dict(), dict(master_weights="fp32"), dict(master_weights="split"), dict(stochastic_rounding=True, seed=3)]
+
+
+def _mixed_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8).bfloat16(), torch.nn.LayerNorm(8), torch.nn.Linear(8, 3).bfloat16())
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
+def test_several_calls_per_step_equal_one_optimizer_per_dtype(opts):
+    """A bf16 model with an fp32 LayerNorm, two param groups, and a parameter without a gradient
+    at the first step (two step counts): several native calls per step, bitwise equal to separate
+    optimizers stepping each part."""
+    m1, m2 = _mixed_model(), _mixed_model()
+    ps1, ps2 = list(m1.parameters()), list(m2.parameters())
+    groups = [{"params": [ps1[0], ps1[2], ps1[3]]}, {"params": [ps1[1], ps1[4], ps1[5]], "weight_decay": 0.0}]
+    together = ft.AdamW(groups, lr=0.01, weight_decay=0.1, **opts)
+    apart = [ft.AdamW([ps2[0]], lr=0.01, weight_decay=0.1, **opts), ft.AdamW([ps2[2], ps2[3]], lr=0.01, weight_decay=0.1),
+             ft.AdamW([ps2[1], ps2[4], ps2[5]], lr=0.01, weight_decay=0.0, **opts)]  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    for t in range(4):
+        for i, (a, b) in enumerate(zip(ps1, ps2)):
+            g = None if (t == 0 and i == 4) else torch.randn(a.shape, generator=gen).to(a.dtype)
+            a.grad, b.grad = g, (None if g is None else g.clone())
+        together.step()
+        for o in apart:
+            o.step()
+    for a, b in zip(ps1, ps2):
+        assert _eq(a, b)
+
+
+@pytest.mark.parametrize("mw", ["fp32", "split"])
+def test_a_parameter_changed_in_place_restarts_its_master(mw):
+    """Rolling a bf16 model back (model.load_state_dict, or copy_ under no_grad) between steps: the
+    next step starts from the rolled-back weights, not from the old master."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 16).bfloat16()
+    best = {k: v.clone() for k, v in lin.state_dict().items()}
+    opt = ft.AdamW(lin.parameters(), lr=0.1, master_weights=mw)
+    for _ in range(5):
+        for p in lin.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+    lin.load_state_dict(best)
+    ref = torch.nn.Linear(16, 16).bfloat16()
+    ref.load_state_dict(best)
+    fresh = ft.AdamW(ref.parameters(), lr=0.1, master_weights=mw)
+    fresh.load_state_dict(copy.deepcopy(opt.state_dict()))  # the same moments; masters dropped below
+    for p in ref.parameters():
+        fresh.state[p].pop("master_param", None), fresh.state[p].pop("master_trail", None)
+    for p, q in zip(lin.parameters(), ref.parameters()):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    opt.step()
+    fresh.step()
+    for p, q in zip(lin.parameters(), ref.parameters()):
+        assert _eq(p, q)
+
+
+def test_sync_masters_after_writes_through_data():
+    p = torch.nn.Parameter(torch.randn(32).bfloat16())
+    opt = ft.AdamW([p], lr=0.1, master_weights="fp32")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    p.data.fill_(2.0)  # (p.data: torch's version counter does not see it)
+    opt.sync_masters()
+    assert torch.equal(opt.state[p]["master_param"], torch.full((32,), 2.0))
+
+
+@pytest.mark.parametrize("key", ["master_weights", "stochastic_rounding", "state_dtype", "seed"])
+def test_options_in_a_param_group_are_refused(key):
+    p, q = torch.nn.Parameter(torch.ones(3).bfloat16()), torch.nn.Parameter(torch.ones(3).bfloat16())
+    value = {"master_weights": "fp32", "stochastic_rounding": True, "state_dtype": "float32", "seed": 5}[key]
+    with pytest.raises(ValueError, match=key):
+        ft.AdamW([{"params": [p], key: value}])
+    opt = ft.AdamW([p])
+    with pytest.raises(ValueError, match=key):
+        opt.add_param_group({"params": [q], key: value})
+    assert len(opt.param_groups) == 1
+
+
+def _sr_opt() -> Tuple[torch.nn.Parameter, Any]:
+    p = torch.nn.Parameter(torch.randn(40).bfloat16())
+    opt = ft.AdamW([p], lr=0.01, stochastic_rounding=True, seed=123)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    return p, opt
+
+
+@pytest.mark.parametrize("bad", ["abc", -1, 1.5, True])
+def test_a_bad_seed_in_a_loaded_state_dict_is_refused(bad):
+    p, opt = _sr_opt()
+    sd = opt.state_dict()
+    sd["param_groups"][0]["seed"] = bad
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises((TypeError, ValueError), match=r"param_groups\[0\]\['seed'\]"):
+        opt.load_state_dict(sd)
+    assert opt.param_groups[0]["seed"] == 123 and torch.equal(opt.state[p]["exp_avg"], before["state"][0]["exp_avg"])
+
+
+def test_the_seed_survives_loading_a_torch_optim_state_dict():
+    p, opt = _sr_opt()
+    q = torch.nn.Parameter(p.detach().clone())
+    to = torch.optim.AdamW([q], lr=0.01)
+    q.grad = torch.randn_like(q)
+    to.step()
+    opt.load_state_dict(to.state_dict())
+    assert opt.state_dict()["param_groups"][0]["seed"] == 123
+
+
+@pytest.mark.parametrize("mw", ["fp32", "split"])
+def test_masters_that_went_through_torch_optim_are_made_again(mw):
+    """torch.optim casts every state to the parameter's dtype: such a master is dropped with a
+    warning and made again from the parameter (fp32_state_dict() is the export for torch.optim)."""
+    p = torch.nn.Parameter(torch.randn(20).bfloat16())
+    opt = ft.AdamW([p], lr=0.01, master_weights=mw)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    to = torch.optim.AdamW([p], lr=0.01)
+    to.load_state_dict(opt.state_dict())
+    back = ft.AdamW([p], lr=0.01, master_weights=mw)
+    with pytest.warns(UserWarning, match="went through torch.optim"):
+        back.load_state_dict(to.state_dict())
+    back.step()
+    key = "master_param" if mw == "fp32" else "master_trail"
+    assert back.state[p][key].dtype == (torch.float32 if mw == "fp32" else torch.int16)
+
+
+@pytest.mark.parametrize("case", ["master not a tensor", "exp_avg of another shape"])
+def test_damaged_states_are_refused_at_load(case):
+    p = torch.nn.Parameter(torch.randn(20).bfloat16())
+    opt = ft.AdamW([p], lr=0.01, master_weights="fp32")
+    p.grad = torch.randn_like(p)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    if case == "master not a tensor":
+        sd["state"][0]["master_param"] = [1.0] * 20
+    else:
+        sd["state"][0]["exp_avg"] = torch.zeros(21)
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    with pytest.raises((TypeError, ValueError), match=r"state\[params\[0\]\]"):
+        opt.load_state_dict(sd)
+    assert all(torch.equal(opt.state[p][k], v) for k, v in before.items())

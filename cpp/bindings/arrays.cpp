@@ -869,9 +869,10 @@ void check_overlap(py::handle written, py::handle read) {
     const Items items = items_of(roles[r]);
     for (std::size_t k = 0; k < items.size(); ++k) {
       const Item a = describe(items[k], roles[r].name, k, dims, keep);
-      if (!a.float_ok) {
+      if (!a.float_ok && !a.lowp_ok) {  // low precision: the memory ranges are all that matter here
         throw py::type_error(label(roles[r].name, k) + " has dtype " + dtype_str(items[k]) +
-                             "; fusedopt updates float32 and float64 arrays (native byte order)");
+                             "; fusedopt updates float32, float64, bfloat16 and float16 arrays (and uint16 "
+                             "split-master trails), in native byte order");
       }
       if (a.size > 0) {  // the real extent, whatever the strides
         const auto [begin, end] = span_of(a, dims, itemsize_of(a.dtype));

@@ -70,7 +70,7 @@ struct Pack<R, H, T...> {
 };
 
 template <int K, int R, class H, class... T>
-inline const auto& role_at(const Pack<R, H, T...>& p) {
+inline const auto& role_at(const Pack<R, H, T...>& p) noexcept {
   if constexpr (K == R) {
     return p.head;
   } else {
@@ -191,7 +191,7 @@ struct LowpCtx {
   SrKey key;
 };
 
-inline void decode_n(int kind, const void* src, float* dst, int64_t n) {
+inline void decode_n(int kind, const void* src, float* dst, int64_t n) noexcept {
   if (kind == kStoreBf16) {
     bf16_decode_n(static_cast<const u16*>(src), dst, n);
   } else {
@@ -199,7 +199,7 @@ inline void decode_n(int kind, const void* src, float* dst, int64_t n) {
   }
 }
 
-inline void encode_n(int kind, const float* src, void* dst, int64_t n) {
+inline void encode_n(int kind, const float* src, void* dst, int64_t n) noexcept {
   if (kind == kStoreBf16) {
     bf16_rne_n(src, static_cast<u16*>(dst), n);
   } else {
@@ -208,7 +208,7 @@ inline void encode_n(int kind, const float* src, void* dst, int64_t n) {
 }
 
 // Bytes per element of buffer r of a low-precision call (the master or trail is buffer `roles`).
-inline int64_t lowp_size(const LowpCtx& c, int r) {
+inline int64_t lowp_size(const LowpCtx& c, int r) noexcept {
   if (r == c.roles) return c.lowp.write == kWriteMaster ? 4 : 2;
   const int kind = r == 0 ? c.lowp.param : (r == 1 ? c.lowp.grad : c.lowp.state);
   return kind == kStoreF32 ? 4 : 2;
@@ -218,7 +218,7 @@ inline int64_t lowp_size(const LowpCtx& c, int r) {
 // each buffer in a burst (a decode, the float32 span, an encode) rather than all buffers in one
 // loop, which the hardware prefetchers follow poorly: measured 2.7x slower than its bounds at 2^22
 // elements before this. A prefetch never faults; only addresses inside the span are asked for.
-inline void lowp_prefetch(const LowpCtx& c, void* const* bufs, int nbuf, int64_t from, int64_t to) {
+inline void lowp_prefetch(const LowpCtx& c, void* const* bufs, int nbuf, int64_t from, int64_t to) noexcept {
   if (to <= from) return;
   for (int r = 0; r < nbuf && r <= c.roles; ++r) {
     if (bufs[r] == nullptr) continue;

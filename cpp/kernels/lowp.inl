@@ -22,7 +22,7 @@ inline u32 f32_bits(float x) { return __builtin_bit_cast(u32, x); }
 
 // cond ? a : b on bit patterns, by masks (GCC may otherwise sink a floating-point operand into a
 // branch that it then cannot if-convert, and the loop stays scalar).
-inline u32 sel(bool cond, u32 a, u32 b) {
+inline u32 sel(bool cond, u32 a, u32 b) noexcept {
   const u32 mask = 0u - static_cast<u32>(cond);
   return (a & mask) | (b & ~mask);
 }
@@ -31,34 +31,34 @@ inline float bits_f32(u32 u) { return __builtin_bit_cast(float, u); }
 inline float bf16_to_f32(u16 h) { return bits_f32(static_cast<u32>(h) << 16); }
 
 // All ones where float32 bits u are a NaN (a signed compare: u & 0x7FFFFFFF < 2^31).
-inline u32 f32_nan_mask(u32 u) {
+inline u32 f32_nan_mask(u32 u) noexcept {
   return 0u - static_cast<u32>(static_cast<std::int32_t>(u & 0x7FFFFFFFu) > 0x7F800000);
 }
 
 // The bfloat16 of float32 bits u rounded to the word `rounded` (its high half), or for a NaN u
 // ml_dtypes' quiet NaN of its sign (0x7FC0 | sign). The select is made on the 32-bit words before
 // the shift and the one narrowing (selecting 16-bit values, GCC narrowed three vectors per store).
-inline u16 bf16_from_word(u32 u, u32 rounded) {
+inline u16 bf16_from_word(u32 u, u32 rounded) noexcept {
   const u32 nan = (u & 0x80000000u) | 0x7FC00000u;
   const u32 m = f32_nan_mask(u);
   return static_cast<u16>(((nan & m) | (rounded & ~m)) >> 16);
 }
 // Round to nearest, ties to even: add 0x7FFF plus the kept part's lowest bit, truncate. Exact for
 // every finite value and +-inf (the largest finite values round to inf, as IEEE says).
-inline u16 bf16_rne(float x) {
+inline u16 bf16_rne(float x) noexcept {
   const u32 u = f32_bits(x);
   return bf16_from_word(u, u + 0x7FFFu + ((u >> 16) & 1u));
 }
 
 // Stochastic rounding with 16 random bits r: add r to the 16 bits that are dropped, truncate.
 // The result rounds away from zero with probability (dropped bits)/2^16: unbiased.
-inline u16 bf16_sr(float x, u32 r16) {
+inline u16 bf16_sr(float x, u32 r16) noexcept {
   const u32 u = f32_bits(x);
   return bf16_from_word(u, u + r16);
 }
 
 // float32 -> float16, round to nearest, ties to even; subnormal results exact (no flush).
-inline u16 f16_rne(float x) {
+inline u16 f16_rne(float x) noexcept {
   const u32 u = f32_bits(x);
   const u32 sign = (u >> 16) & 0x8000u;
   const u32 a = u & 0x7FFFFFFFu;
@@ -82,7 +82,7 @@ inline u16 f16_rne(float x) {
 }
 
 // float16 -> float32, exact.
-inline float f16_to_f32(u16 h16) {
+inline float f16_to_f32(u16 h16) noexcept {
   const u32 h = h16;
   const u32 sign = (h & 0x8000u) << 16;
   const u32 e = (h >> 10) & 0x1Fu;
@@ -98,7 +98,7 @@ inline float f16_to_f32(u16 h16) {
 // ---- Philox4x32-10 (Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3",
 // SC'11): 10 rounds on a 128-bit counter with a 64-bit key. ---------------------------------------
 
-inline void philox4x32_10(u32& c0, u32& c1, u32& c2, u32& c3, u32 k0, u32 k1) {
+inline void philox4x32_10(u32& c0, u32& c1, u32& c2, u32& c3, u32 k0, u32 k1) noexcept {
 #pragma GCC unroll 10
   for (int r = 0; r < 10; ++r) {
     const u64 p0 = static_cast<u64>(0xD2511F53u) * c0;
@@ -126,7 +126,7 @@ struct SrKey {
 // (out holds n + 16 values: whole Philox blocks are generated, one per 8 elements).
 #if defined(__AVX2__)
 // The 32x32 -> 64-bit products of 8 lanes as their high and low words.
-inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) noexcept {
   const __m256i pe = _mm256_mul_epu32(a, m);                         // lanes 0, 2, 4, 6
   const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);  // lanes 1, 3, 5, 7
   lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
@@ -210,12 +210,12 @@ void fill_sr_bits(const SrKey& key, u64 begin, int64_t n, u16* out) noexcept {
 // which is right when the high half is even; a master with an odd high half and low half 0x8000 is
 // therefore stored as the next float32 away from zero (low half 0x8001): its parameter is the same
 // (RNE rounds it up either way), and the master moves by one float32 ulp (2^-24 relative).
-inline float split_decode(u16 param, u16 trail) {
+inline float split_decode(u16 param, u16 trail) noexcept {
   const u32 hi = static_cast<u32>(param) - static_cast<u32>(trail > 0x8000u);
   return bits_f32((hi << 16) | trail);
 }
 
-inline u32 split_master_bits(float x) {
+inline u32 split_master_bits(float x) noexcept {
   const u32 u = f32_bits(x);
   return u + static_cast<u32>((u & 0x1FFFFu) == 0x18000u);  // odd high half, low half 0x8000
 }
@@ -225,30 +225,30 @@ inline u32 split_master_bits(float x) {
 #if defined(__AVX2__)
 // 8 float32 bit patterns -> their bfloat16 words (in the low halves of the 32-bit lanes) rounded
 // to the words `rounded`, NaNs to ml_dtypes' quiet NaN: bf16_from_word on 8 lanes.
-inline __m256i bf16_words8(__m256i u, __m256i rounded) {
+inline __m256i bf16_words8(__m256i u, __m256i rounded) noexcept {
   const __m256i abs = _mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF));
   const __m256i nan_mask = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7F800000));
   const __m256i nan = _mm256_or_si256(_mm256_and_si256(u, _mm256_set1_epi32(static_cast<int>(0x80000000u))),
                                       _mm256_set1_epi32(0x7FC00000));
   return _mm256_srli_epi32(_mm256_blendv_epi8(rounded, nan, nan_mask), 16);
 }
-inline __m256i bf16_rne_words8(__m256i u) {
+inline __m256i bf16_rne_words8(__m256i u) noexcept {
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
   return bf16_words8(u, _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb));
 }
 // 16 words (two vectors of 8 32-bit lanes, each < 2^16) stored as 16 uint16 in order
-inline void store_words16(u16* out, __m256i lo, __m256i hi) {
+inline void store_words16(u16* out, __m256i lo, __m256i hi) noexcept {
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), packed);
 }
-inline __m256i load_u16x8(const u16* in) {
+inline __m256i load_u16x8(const u16* in) noexcept {
   return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in)));
 }
 #endif
 
 // The loops below: explicit AVX2 (also on AVX-512: 16-bit narrowing is what GCC vectorizes
 // poorly here), then the scalar form of the same integer operations for the rest and elsewhere.
-inline void bf16_decode_n(const u16* __restrict in, float* __restrict out, int64_t n) {
+inline void bf16_decode_n(const u16* __restrict in, float* __restrict out, int64_t n) noexcept {
   int64_t i = 0;
 #if defined(__AVX2__)
   for (; i + 8 <= n; i += 8) {
@@ -264,13 +264,13 @@ inline void bf16_decode_n(const u16* __restrict in, float* __restrict out, int64
 // the NaN rule. The bits stored in the end are the same either way (no other thread reads them).
 #if defined(__AVX2__)
 inline __m256i nan_lanes8(__m256 x) { return _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)); }
-inline __m256i bf16_rne_finite8(__m256i u) {
+inline __m256i bf16_rne_finite8(__m256i u) noexcept {
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
   return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
 }
 #endif
 
-inline void bf16_rne_n(const float* __restrict in, u16* __restrict out, int64_t n) {
+inline void bf16_rne_n(const float* __restrict in, u16* __restrict out, int64_t n) noexcept {
   int64_t i = 0;
 #if defined(__AVX2__)
   __m256i nan = _mm256_setzero_si256();
@@ -294,7 +294,7 @@ inline void bf16_rne_n(const float* __restrict in, u16* __restrict out, int64_t 
 }
 
 // rnd: the random bits of elements 0..n-1 (fill_sr_bits' output from its element begin & 7)
-inline void bf16_sr_n(const float* __restrict in, const u16* __restrict rnd, u16* __restrict out, int64_t n) {
+inline void bf16_sr_n(const float* __restrict in, const u16* __restrict rnd, u16* __restrict out, int64_t n) noexcept {
   int64_t i = 0;
 #if defined(__AVX2__)
   __m256i nan = _mm256_setzero_si256();
@@ -320,7 +320,7 @@ inline void bf16_sr_n(const float* __restrict in, const u16* __restrict rnd, u16
 }
 
 inline void split_decode_n(const u16* __restrict param, const u16* __restrict trail, float* __restrict out,
-                           int64_t n) {
+                           int64_t n) noexcept {
   int64_t i = 0;
 #if defined(__AVX2__)
   for (; i + 8 <= n; i += 8) {
@@ -334,7 +334,7 @@ inline void split_decode_n(const u16* __restrict param, const u16* __restrict tr
   for (int64_t j = i; j < n; ++j) out[j] = split_decode(param[j], trail[j]);
 }
 
-inline void split_encode_n(const float* __restrict in, u16* __restrict param, u16* __restrict trail, int64_t n) {
+inline void split_encode_n(const float* __restrict in, u16* __restrict param, u16* __restrict trail, int64_t n) noexcept {
   int64_t i = 0;
 #if defined(__AVX2__)
   // as bf16_rne_n: without the NaN rule, noting NaNs; the exact loop below redoes the range if any
@@ -367,7 +367,7 @@ inline void split_encode_n(const float* __restrict in, u16* __restrict param, u1
 // float32 values around every float16 rounding boundary through each ISA). F16C ignores MXCSR's
 // DAZ for float16 inputs and never flushes a float16 subnormal result; a float32 subnormal input
 // rounds to a signed zero either way.
-inline void f16_decode_n(const u16* __restrict in, float* __restrict out, int64_t n) {
+inline void f16_decode_n(const u16* __restrict in, float* __restrict out, int64_t n) noexcept {
   int64_t i = 0;
 #if defined(__F16C__)
   for (; i + 8 <= n; i += 8) {
@@ -379,7 +379,7 @@ inline void f16_decode_n(const u16* __restrict in, float* __restrict out, int64_
   for (int64_t j = i; j < n; ++j) out[j] = f16_to_f32(in[j]);
 }
 
-inline void f16_rne_n(const float* __restrict in, u16* __restrict out, int64_t n) {
+inline void f16_rne_n(const float* __restrict in, u16* __restrict out, int64_t n) noexcept {
   int64_t i = 0;
 #if defined(__F16C__)
   for (; i + 8 <= n; i += 8) {

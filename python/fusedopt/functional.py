@@ -26,7 +26,7 @@ Low-precision keywords (every algorithm):
   trail of zeros). Not for float32/float64 parameters.
 * ``stochastic_rounding=True`` (bfloat16 parameters without masters): the parameter is written
   with stochastic rounding, 16 random bits per element from Philox4x32-10 keyed by ``seed`` (an
-  int in ``[0, 2**64)``) with counter (element index inside its parameter, ``sr_step``)
+  int in ``[0, 2**64)``) with counter (element position in its parameter's memory, ``sr_step``)
   (:func:`fusedopt.reference.sr_bits`): bitwise the same for every thread count and ISA. Two
   parameters of the same shape stepped with the same (seed, sr_step) get the same random bits.
   ``sr_step`` defaults to ``step`` for algorithms with a step argument and is required otherwise.

@@ -40,7 +40,7 @@ buffers are loaded exactly and stored rounded to nearest even (:func:`fusedopt.r
 * ``stochastic_rounding=False | True`` with ``seed=None | int`` (excludes a master; bfloat16
   parameters; float16 ones are refused, float32/float64 ones stepped as usual): each updated
   bfloat16 parameter is written with stochastic rounding, 16 random bits per element from
-  Philox4x32-10 keyed by the param group's ``"seed"``, counter = (element index inside its
+  Philox4x32-10 keyed by the param group's ``"seed"``, counter = (element position in the memory of its
   parameter, step count after this step) (:func:`fusedopt.reference.sr_bits`): bitwise the same
   for every thread count and ISA, reproducible from the seed. Two parameters of the same shape at
   the same step get the same random bits. ``seed=None`` draws one at construction from NumPy's
@@ -898,11 +898,25 @@ class Optimizer:
         return out
 
     # -- low-precision export --------------------------------------------------------------------
+    def sync_masters(self) -> None:
+        """Make every master again from its parameter, in place: the fp32 master becomes the exact
+        float32 upcast of the parameter, a split master's trail zero. Call it after changing
+        parameters outside the optimizer (loading weights into them, re-initializing a layer):
+        NumPy arrays have no version counter, so a master would otherwise keep the old weights and
+        overwrite the change at the next step (``fusedopt.torch`` notices in-place changes itself)."""
+        with self._lock:
+            for p, st in zip(self._params, self.state):
+                m, t = st.get(MASTER_KEY), st.get(TRAIL_KEY)
+                if isinstance(m, np.ndarray):
+                    m[...] = p.astype(np.float32)
+                elif isinstance(t, np.ndarray):
+                    t[...] = 0
+
     def master_params(self) -> List[np.ndarray]:
         """The float32 master of every parameter, in :attr:`params` order, as new arrays: the fp32
         master (``master_weights="fp32"``), the decoded split master (``"split"``:
         :func:`fusedopt.reference.split_decode`), else the exact float32 upcast of the parameter
-        (before its first step too, and for float32/float64 parameters: a float32 copy)."""
+        (before its first step too, and for float32/float64 parameters: a float32 copy, float64 rounded to nearest)."""
         out = []
         with self._lock:
             for p, st in zip(self._params, self.state):
@@ -917,7 +931,8 @@ class Optimizer:
 
     def fp32_state_dict(self) -> Dict[str, Any]:
         """:meth:`state_dict` for float32 parameters (:meth:`master_params`): every state array
-        as float32 (exact upcasts), the master keys and the ``"seed"`` group entries dropped."""
+        as float32 (exact upcasts of bfloat16/float16 ones; float64 ones rounded to nearest), the
+        master keys and the ``"seed"`` group entries dropped."""
         sd = self.state_dict()
         for st in sd["state"].values():
             for k in MASTER_KEYS:

@@ -82,7 +82,7 @@ bfloat16 layout the state keeps):
   no master and are stepped as usual.
 * ``stochastic_rounding=True`` (no master; bfloat16 parameters; float32/float64 ones are stepped as
   usual, float16 ones refused): parameters are written with stochastic rounding, 16 random bits
-  per element from Philox4x32-10 with key ``group['seed']`` and counter (element index inside its
+  per element from Philox4x32-10 with key ``group['seed']`` and counter (element position in the memory of its
   parameter, step count after this step): bitwise the same for every thread count and ISA. Two
   parameters of the same shape at the same step get the same random bits. ``seed=None`` draws
   the seed from torch's default generator at construction (``torch.manual_seed`` reproduces a
@@ -120,10 +120,12 @@ import inspect
 import math
 import numbers
 import re
+import warnings
 from operator import attrgetter, itemgetter
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 import numpy as np
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import _core, _engine, _fork, _lowp, _threads, reference
 from . import _validation as check
@@ -419,6 +421,10 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         self.stochastic_rounding: bool = sr
         self.seed: Optional[int] = seed
         self.state_dtype: Optional[str] = sd
+        #: each parameter with a master -> its autograd version after fusedopt's last step: a
+        #: parameter changed in place since (``load_state_dict`` of the model, ``copy_`` or ``fill_``
+        #: under ``no_grad``) gets its master made again from it (see sync_masters)
+        self._master_versions: Any = WeakIdKeyDictionary()
         #: whether every step takes the full Python path (low-precision parameters or options)
         self._lowp_path = mw is not None or sr or sd is not None
         if sr and not self._HAS_STEP:  # the SR counter is the step count: kept also by SGD and Lion
@@ -604,6 +610,13 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     f"params[{start + i}] is the same tensor as params[{start + j}]: a parameter may be listed only "
                     "once (a fused step would update it twice)"
                 )
+        for k in ("master_weights", "stochastic_rounding", "state_dtype"):
+            if k in param_group:
+                raise ValueError(f"{k} is an option of the whole optimizer, not of a param group: give it to the "
+                                 f"constructor ({type(self).__name__}(params, {k}=...))")  # fmt: skip
+        if "seed" in param_group and not self.stochastic_rounding:
+            raise ValueError("a param group's 'seed' keys stochastic rounding: this optimizer has "
+                             "stochastic_rounding=False")  # fmt: skip
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._check_impl_flags(merged)
         self._hyper(merged)
@@ -632,6 +645,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         for k, v in (("master_weights", None), ("stochastic_rounding", False), ("seed", None), ("state_dtype", None),
                      ("_lowp_path", False)):  # fmt: skip
             self.__dict__.setdefault(k, v)
+        self._master_versions = WeakIdKeyDictionary()  # (loaded masters are taken as they are)
         self._forget_caches()
         for group in self.param_groups:
             for k, v in self.defaults.items():
@@ -679,6 +693,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     st = self.state[p]
                     for k, v in kept.items():
                         st[k] = v
+            if self.stochastic_rounding:  # a torch.optim state dict has no seeds: this optimizer's own
+                for group in self.param_groups:
+                    group.setdefault("seed", self.seed)
 
     def _lowp_load_prepare(
         self, state_dict: Dict[str, Any]
@@ -693,6 +710,10 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             return state_dict, []  # torch's loader raises its own error
         saved_groups = state_dict["param_groups"]
+        if self.stochastic_rounding and isinstance(saved_groups, (list, tuple)):
+            for gi, sg in enumerate(saved_groups):
+                if isinstance(sg, dict) and "seed" in sg:
+                    _lowp.check_seed(f"param_groups[{gi}]['seed']", sg["seed"])
         id_map: Dict[Any, Tuple[int, torch.Tensor]] = {}
         index = 0
         for g, sg in zip(self.param_groups, saved_groups):
@@ -709,9 +730,24 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             master = self._master_kind(p)
             sdt = self._state_dtype(p)
             kept: Dict[str, torch.Tensor] = {}
+            dropped: List[str] = []
             for k, v in st.items():
                 name = f"state[params[{i}]][{k!r}]"
+                if k in (MASTER_KEY, TRAIL_KEY) and not isinstance(v, torch.Tensor):
+                    raise TypeError(f"{name} must be a tensor, got {type(v).__name__}; nothing was loaded")
                 if k == "step" or not isinstance(v, torch.Tensor):
+                    continue
+                if v.shape != p.shape:
+                    raise ValueError(f"{name} has shape {tuple(v.shape)}, params[{i}] {tuple(p.shape)}; "
+                                     "nothing was loaded")  # fmt: skip
+                if k in (MASTER_KEY, TRAIL_KEY) and v.dtype == p.dtype and p.dtype in _LOWP_DTYPES:
+                    # passed through torch.optim, which casts every state to the parameter's dtype: the
+                    # master's low bits are gone (and a trail's bits mean nothing): made again from the
+                    # parameter at the next step
+                    warnings.warn(f"{name} has the parameter's dtype {v.dtype} (a state dict that went through "
+                                  f"torch.optim): it is dropped and made again from params[{i}]; export with "
+                                  "fp32_state_dict() to hand masters to torch.optim", stacklevel=3)  # fmt: skip
+                    dropped.append(k)
                     continue
                 if k in (MASTER_KEY, TRAIL_KEY):
                     want = MASTER_KEY if master == "fp32" else TRAIL_KEY if master == "split" else None
@@ -723,16 +759,15 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                         v = v.view(torch.int16)  # the same bits
                     if v.dtype != mdt:
                         raise TypeError(f"{name} has dtype {v.dtype}; it must be {mdt}; nothing was loaded")
-                    if v.shape != p.shape:
-                        raise ValueError(f"{name} has shape {tuple(v.shape)}, params[{i}] {tuple(p.shape)}; "
-                                         "nothing was loaded")  # fmt: skip
-                    kept[k] = v.to(device=p.device, copy=True)
+                    kept[k] = torch.empty_like(p, dtype=mdt, memory_format=torch.preserve_format).copy_(v)
                     continue
                 if not v.is_floating_point():
                     raise TypeError(f"{name} has dtype {v.dtype}; state tensors must be floating point (they are "
                                     f"kept in {sdt}); nothing was loaded")  # fmt: skip
-                if v.dtype != p.dtype or sdt != p.dtype:
-                    kept[k] = v.to(device=p.device, dtype=sdt, copy=True)
+                if v.dtype != p.dtype or sdt != p.dtype:  # with the parameter's strides, as made states
+                    kept[k] = torch.empty_like(p, dtype=sdt, memory_format=torch.preserve_format).copy_(v)
+            if dropped:
+                st = {k: v for k, v in st.items() if k not in dropped}
             if self._HAS_STEP and not self._algo.has_step and st and "step" not in st:
                 st = {**st, "step": torch.tensor(0.0, dtype=_scalar_dtype())}
             new_state[pid] = st
@@ -751,12 +786,27 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         return out
 
     # -- low-precision export --------------------------------------------------------------------
+    def sync_masters(self) -> None:
+        """Make every master again from its parameter (the exact float32 upcast; a split master's
+        trail set to zero), e.g. after writing parameters through ``p.data``, which torch's version
+        counter does not see. In-place changes it sees (``model.load_state_dict``, ``p.copy_()`` or
+        ``p.fill_()`` under ``torch.no_grad()``) are picked up at the next step by themselves."""
+        with self._lock, torch.no_grad():
+            for g in self.param_groups:
+                for p in g["params"]:
+                    st = self.state.get(p)
+                    kind = self._master_kind(p)
+                    key = MASTER_KEY if kind == "fp32" else TRAIL_KEY
+                    if st and kind is not None and isinstance(st.get(key), torch.Tensor):
+                        st[key] = self._new_master(p, kind)
+                        self._master_versions.pop(p, None)
+
     def master_params(self) -> List[torch.Tensor]:
         """The float32 master of every parameter, in ``param_groups`` order, as new tensors: the
         fp32 master (``master_weights="fp32"``), the decoded split master (``"split"``:
         :func:`fusedopt.reference.split_decode` of the parameter and its trail), else the exact
         float32 upcast of the parameter (also before its first step, and for float32/float64
-        parameters: their float32 copy)."""
+        parameters: their float32 copy, float64 rounded to nearest)."""
         out = []
         with self._lock, torch.no_grad():
             for g in self.param_groups:
@@ -776,8 +826,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
 
     def fp32_state_dict(self) -> Dict[str, Any]:
         """:meth:`state_dict` for an fp32 copy of the model, as new tensors: every state tensor as
-        float32 (exact upcasts), the master keys dropped (their values are :meth:`master_params`),
-        ``'step'`` as is, the ``'seed'`` group entries dropped. ``torch.optim``'s class of the same
+        float32 (exact upcasts of bfloat16/float16 ones; float64 ones rounded to nearest), the master
+        keys dropped (their values are :meth:`master_params`), ``'step'`` as is, the ``'seed'`` group entries dropped. ``torch.optim``'s class of the same
         name loads it on a float32 model whose parameters hold :meth:`master_params`."""
         sd = self.state_dict()
         state = {}
@@ -934,7 +984,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         if kind is not None:
             mkey = MASTER_KEY if kind == "fp32" else TRAIL_KEY
             master = st.get(mkey) if st else None
-            if master is None:  # made from the parameter at its first step (or after loading torch.optim's state)
+            if master is None or self._master_versions.get(p, p._version) != p._version:
+                # made from the parameter at its first step (or after loading torch.optim's state), and
+                # again when the parameter was changed in place since fusedopt's last step of it
                 with torch.no_grad():
                     master = staged[mkey] = self._new_master(p, kind)
             elif not isinstance(master, torch.Tensor):
@@ -1090,6 +1142,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                 self.state[e.p].update(e.staged)
             # as torch.optim's in-place updates do (a no-op for inference tensors, which have none)
             torch._C._increment_version(written + [e.step for e in entries if e.step is not None])
+            for e in entries:
+                if e.master is not None:
+                    self._master_versions[e.p] = e.p._version
         self._tplan = self._make_tplan(calls, groups, written)
 
     def _precheck(self, calls: List[Tuple[Tuple[str, ...], _Call]]) -> None:
@@ -1118,7 +1173,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     written.append(t)
                     names.append(f"state[params[{e.index}]][{k!r}]")
                 if e.master is not None:
-                    written.append(e.master)
+                    written.append(_master_arg(e.master))  # (a trail as its uint16 view)
                     key = MASTER_KEY if e.master.dtype == torch.float32 else TRAIL_KEY
                     names.append(f"state[params[{e.index}]][{key!r}]")
                 read.append(e.g)
