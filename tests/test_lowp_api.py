@@ -625,3 +625,17 @@ def test_sync_masters_restarts_masters_from_changed_parameters(mw):
     opt.step([g])
     ref.step([g.copy()])
     assert np.array_equal(_bits(p), _bits(q))
+
+
+@pytest.mark.parametrize("key, value", [("master_weights", "split"), ("stochastic_rounding", True),
+                                        ("state_dtype", "bfloat16")])  # fmt: skip
+def test_options_are_fixed_after_construction(key, value):
+    import copy
+    import pickle
+
+    opt = fusedopt.AdamW([np.ones(4, BF16)], master_weights="fp32")
+    before = getattr(opt, key)
+    with pytest.raises(AttributeError, match=f"{key} is fixed"):
+        setattr(opt, key, value)
+    assert getattr(opt, key) == before and getattr(copy.deepcopy(opt), key) == before
+    assert getattr(pickle.loads(pickle.dumps(opt)), key) == before and getattr(copy.copy(opt), key) == before

@@ -684,3 +684,15 @@ def test_damaged_states_are_refused_at_load(case):
     with pytest.raises((TypeError, ValueError), match=r"state\[params\[0\]\]"):
         opt.load_state_dict(sd)
     assert all(torch.equal(opt.state[p][k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("key, value", [("master_weights", "split"), ("stochastic_rounding", True),
+                                        ("state_dtype", "bfloat16")])  # fmt: skip
+def test_options_are_fixed_after_construction(key, value):
+    p = torch.nn.Parameter(torch.ones(4).bfloat16())
+    opt = ft.AdamW([p], master_weights="fp32")
+    before = getattr(opt, key)
+    with pytest.raises(AttributeError, match=f"{key} is fixed"):
+        setattr(opt, key, value)
+    assert getattr(opt, key) == before and getattr(copy.deepcopy(opt), key) == before
+    assert getattr(pickle.loads(pickle.dumps(opt)), key) == before

@@ -143,3 +143,25 @@ def master_kind(kind: str, master_weights: Optional[str]) -> Optional[str]:
     if kind in ("bfloat16", "float16"):
         return master_weights
     return None
+
+
+class FixedOption:
+    """A low-precision option of an optimizer (``master_weights``, ``stochastic_rounding``,
+    ``state_dtype``): set once by the constructor (in the instance's ``__dict__``, which pickling
+    and copies carry), read-only afterwards. Changing it on a live optimizer would leave state made
+    for the old option (e.g. an fp32 master beside a split trail)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        raise AttributeError(f"{self.name} is fixed when the optimizer is made (its state was made for it): "
+                             "make a new optimizer with the option and load this one's state_dict() into it")

@@ -118,6 +118,11 @@ class Optimizer:
     _HAS_STEP = True
     _PAIRS: Dict[str, TorchName] = {}
 
+    #: the low-precision options, read-only after construction (values in the instance's __dict__)
+    master_weights = _lowp.FixedOption()
+    stochastic_rounding = _lowp.FixedOption()
+    state_dtype = _lowp.FixedOption()
+
     def __init__(self, params: ParamsArg, defaults: Mapping[str, Any], *, master_weights: Optional[str] = None,
                  stochastic_rounding: bool = False, seed: Optional[int] = None,
                  state_dtype: Optional[str] = None) -> None:  # fmt: skip
@@ -128,10 +133,10 @@ class Optimizer:
             seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))  # noqa: NPY002  (the legacy one, on purpose)
         #: the low-precision options (see the class docstrings and fusedopt._lowp); the same for
         #: every param group, except ``seed``, which each group keeps as ``group["seed"]``
-        self.master_weights: Optional[str] = mw
-        self.stochastic_rounding: bool = sr
+        self.__dict__["master_weights"] = mw  # (read-only: _lowp.FixedOption)
+        self.__dict__["stochastic_rounding"] = sr
         self.seed: Optional[int] = seed
-        self.state_dtype: Optional[str] = sd
+        self.__dict__["state_dtype"] = sd
         if sr and not self._HAS_STEP:  # the SR counter is the step count: kept also by SGD and Lion
             self._HAS_STEP = True
         self.param_groups: List[Dict[str, Any]] = []

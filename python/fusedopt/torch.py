@@ -399,6 +399,10 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     give an optimizer with a lock of its own.
     """
 
+    #: the low-precision options, read-only after construction (values in the instance's __dict__)
+    master_weights = _lowp.FixedOption()
+    stochastic_rounding = _lowp.FixedOption()
+    state_dtype = _lowp.FixedOption()
     #: whether the state has torch's float ``'step'`` counter
     _HAS_STEP = True
     #: the group keys a loaded state dict must have (torch's step reads them; torch's
@@ -417,10 +421,10 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
         #: the low-precision options (see the module docstring); ``seed`` is each param group's
         #: default ``group["seed"]``
-        self.master_weights: Optional[str] = mw
-        self.stochastic_rounding: bool = sr
+        self.__dict__["master_weights"] = mw  # (read-only: _lowp.FixedOption)
+        self.__dict__["stochastic_rounding"] = sr
         self.seed: Optional[int] = seed
-        self.state_dtype: Optional[str] = sd
+        self.__dict__["state_dtype"] = sd
         #: each parameter with a master -> its autograd version after fusedopt's last step: a
         #: parameter changed in place since (``load_state_dict`` of the model, ``copy_`` or ``fill_``
         #: under ``no_grad``) gets its master made again from it (see sync_masters)
