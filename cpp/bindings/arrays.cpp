@@ -30,11 +30,15 @@ bool float_dtype(const py::array& a, DType* out) {
 }
 
 // bfloat16 (ml_dtypes.bfloat16: a 2-byte dtype whose scalar type is ml_dtypes' `bfloat16`; ml_dtypes
-// is never imported here), float16, uint16 in native byte order, or false.
+// is never imported here), float16, uint16 in native byte order, uint8, or false.
 PyObject* g_bf16_descr = nullptr;  // the ml_dtypes.bfloat16 descriptor once seen (a singleton)
 
 bool lowp_dtype(const py::array& a, DType* out) {
   const py::dtype dt = a.dtype();
+  if (dt.itemsize() == 1 && dt.kind() == 'u') {
+    *out = DType::u8;
+    return true;
+  }
   if (dt.itemsize() != 2) return false;
   if (dt.ptr() == g_bf16_descr) {
     *out = DType::bf16;
@@ -165,7 +169,9 @@ std::pair<std::uintptr_t, std::uintptr_t> span_of(const Item& a, const std::vect
   return {data - static_cast<std::uintptr_t>(-lo), data + static_cast<std::uintptr_t>(hi + itemsize)};
 }
 
-std::int64_t itemsize_of(DType d) { return d == DType::f32 ? 4 : (d == DType::f64 ? 8 : 2); }
+std::int64_t itemsize_of(DType d) {
+  return d == DType::f32 ? 4 : (d == DType::f64 ? 8 : (d == DType::u8 ? 1 : 2));
+}
 
 // Attribute and method names used on tensors, interned once (no string is made per call).
 struct Names {
@@ -738,6 +744,7 @@ const char* dtype_name(DType d) {
     case DType::bf16: return "bfloat16";
     case DType::f16: return "float16";
     case DType::u16: return "uint16";
+    case DType::u8: return "uint8";
   }
   return "?";
 }
@@ -768,7 +775,7 @@ Buffers collect(const std::vector<Role>& roles, bool mixed) {
   for (std::size_t k = 0; k < count; ++k) {
     const py::handle h = lists[0][k];
     Item p = describe(h, roles[0].name, k, dims, out.keep_);
-    if (!p.float_ok && (!mixed || !p.lowp_ok || p.dtype == DType::u16)) {  // one message for both
+    if (!p.float_ok && (!mixed || !p.lowp_ok || p.dtype == DType::u16 || p.dtype == DType::u8)) {  // one message for both
       throw py::type_error(label(roles[0].name, k) + " has dtype " + dtype_str(h) +
                            "; fusedopt updates float32 and float64 arrays (native byte order; the optimizer steps "
                            "also take float16 and bfloat16, NumPy's bfloat16 being ml_dtypes.bfloat16)");
@@ -803,10 +810,30 @@ Buffers collect(const std::vector<Role>& roles, bool mixed) {
         const bool lowp_params = out.dtype_ != DType::f32 && out.dtype_ != DType::f64;
         free_role[r] = mixed && (lowp_params || (r >= 2 && a.lowp_ok) || roles[r].any_dtype);
       }
+      if (roles[r].block > 0) {  // one float32 per block of the parameter, any shape
+        const std::int64_t want = (params[k].size + roles[r].block - 1) / roles[r].block;
+        if (!a.float_ok || a.dtype != DType::f32) {
+          throw py::type_error(label(name, k) + " has dtype " + dtype_str(h) + "; expected float32");
+        }
+        if (a.size != want) {
+          throw py::value_error(label(name, k) + " has " + std::to_string(a.size) + " elements but " +
+                                label(roles[0].name, k) + " has " + std::to_string(params[k].size) + ", which needs " +
+                                std::to_string(want) + " (one per block of " + std::to_string(roles[r].block) + ")");
+        }
+        if (!a.c_contiguous) throw py::value_error(label(name, k) + " is not C-contiguous");
+        if (!a.aligned) throw py::value_error(label(name, k) + " is not aligned to its dtype");
+        if (roles[r].written && !a.writeable) {
+          throw py::value_error(label(name, k) + " is read-only, but it is updated in place");
+        }
+        const auto [begin, end] = span_of(a, dims, 4);
+        out.ptrs_[k * nroles + r] = reinterpret_cast<void*>(begin);
+        if (a.size > 0) extents.push_back(Extent{begin, end, roles[r].written, r, k});
+        continue;
+      }
       if (r > 0 && free_role[r]) {
         if (!a.float_ok && !a.lowp_ok) {
           throw py::type_error(label(name, k) + " has dtype " + dtype_str(h) +
-                               "; expected float32, float64, float16, bfloat16 (ml_dtypes.bfloat16) or uint16");
+                               "; expected float32, float64, float16, bfloat16 (ml_dtypes.bfloat16), uint16 or uint8");
         }
         if (k == 0) {
           out.role_dtype_[r] = a.dtype;

@@ -34,8 +34,9 @@ namespace bindings {
 namespace py = pybind11;
 
 // f32/f64: what every plain step takes. bf16 (ml_dtypes.bfloat16 / torch.bfloat16), f16 (IEEE half)
-// and u16 (the "split" master's trail): accepted only by collect(roles, /*mixed=*/true).
-enum class DType { f32, f64, bf16, f16, u16 };
+// u16 (the "split" master's trail) and u8 (the codes of 8-bit states): accepted only by
+// collect(roles, /*mixed=*/true).
+enum class DType { f32, f64, bf16, f16, u16, u8 };
 
 // "bfloat16", "float16", ...: the name used in error messages.
 const char* dtype_name(DType d);
@@ -48,6 +49,9 @@ struct Role {
   py::handle list;
   bool written;
   bool any_dtype = false;  // collect(roles, true): this role's dtype is not compared with the params'
+  // > 0: one float32 value per `block` elements of the parameter (the absmax of 8-bit states): a
+  // C-contiguous float32 array of ceil(size / block) elements, any shape, instead of the params' shape
+  std::int64_t block = 0;
 };
 
 // Owns the pointer and size arrays a TensorList refers to.

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cmath>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "bindings/arrays.hpp"
 #include "bindings/plan.hpp"
 #include "bindings/step_traits.hpp"
+#include "common/q8.hpp"
 #include "common/step_args.hpp"
 #include "dispatch/dispatch.hpp"
 
@@ -22,6 +24,43 @@ namespace {
 
 using namespace pybind11::literals;
 
+// 8-bit states: `absmax` is a sequence with one item per state role (roles 2..), each a list of
+// float32 arrays (one per block of kQ8Block elements of the parameter) where that state list is
+// given, None where it is None. Appends those roles (names "<state role>_absmax") to `roles`.
+// `names`: the step's role names (params, grads, then the nroles - 2 state roles).
+void add_absmax_roles(py::handle absmax, const char* const* names, std::size_t nroles, std::vector<Role>& roles,
+                      std::vector<std::string>* storage, py::object* keep) {
+  if (!PySequence_Check(absmax.ptr()) || py::isinstance<py::str>(absmax)) {
+    throw py::type_error("absmax must be a sequence of lists (one per state list) or None");
+  }
+  *keep = py::reinterpret_steal<py::object>(PySequence_Tuple(absmax.ptr()));
+  if (!*keep) throw py::error_already_set();
+  const std::size_t nstates = nroles - 2;
+  if (py::len(*keep) != nstates) {
+    throw py::value_error("absmax has " + std::to_string(py::len(*keep)) + " items; this step has " +
+                          std::to_string(nstates) + " state lists");
+  }
+  storage->reserve(nstates);
+  bool any = false;
+  for (std::size_t j = 0; j < nstates; ++j) {
+    const py::handle item = PyTuple_GET_ITEM(keep->ptr(), static_cast<Py_ssize_t>(j));
+    storage->push_back(std::string(names[j + 2]) + "_absmax");
+    if (item.is_none() != roles[j + 2].list.is_none()) {
+      throw py::value_error("absmax[" + std::to_string(j) + "] must be " +
+                            (item.is_none() ? "a list (" + std::string(names[j + 2]) + " is given)"
+                                            : "None (" + std::string(names[j + 2]) + " is None)"));
+    }
+    any = any || !item.is_none();
+  }
+  if (!any) throw py::value_error("absmax is given but the step has no state list to quantize");
+  for (std::size_t j = 0; j < nstates; ++j) {
+    const py::handle item = PyTuple_GET_ITEM(keep->ptr(), static_cast<Py_ssize_t>(j));
+    Role role{(*storage)[j].c_str(), item, true};
+    role.block = kQ8Block;
+    roles.push_back(role);
+  }
+}
+
 template <class Tr, class Roles, class Doubles, class Flags>
 struct Step;
 
@@ -29,18 +68,24 @@ template <class Tr, std::size_t... R, std::size_t... D, std::size_t... F>
 struct Step<Tr, std::index_sequence<R...>, std::index_sequence<D...>, std::index_sequence<F...>> {
   static void call(As<py::handle, R>... lists, As<double, D>... scalars, double grad_scale, double clip_coef,
                    double clip_value, As<bool, F>... flags, py::handle threads, py::handle plan, py::handle counters,
-                   py::handle masters, bool stochastic_rounding, std::uint64_t seed, std::uint64_t sr_step) {
+                   py::handle masters, bool stochastic_rounding, std::uint64_t seed, std::uint64_t sr_step,
+                   py::handle absmax) {
     constexpr std::size_t nroles = sizeof...(R);
     const bool has_masters = !masters.is_none();
-    // role 1: grads (read); masters (float32 or uint16 trails) after the algorithm's roles
+    const bool q8 = !absmax.is_none();
+    // role 1: grads (read); masters (float32 or uint16 trails) after the algorithm's roles; with
+    // 8-bit states, the masters' slot always, then one absmax list per state role
     std::vector<Role> roles{Role{Tr::kRoles[R], lists, R != 1}...};
-    if (has_masters) roles.push_back(Role{"masters", masters, true, true});
-    const Buffers b = gather(roles, has_masters || stochastic_rounding ? py::none() : plan, /*mixed=*/true);
+    if (has_masters || q8) roles.push_back(Role{"masters", masters, true, true});
+    std::vector<std::string> absmax_names;
+    py::object absmax_lists;  // the items of `absmax`, kept alive for the call
+    if (q8) add_absmax_roles(absmax, Tr::kRoles, nroles, roles, &absmax_names, &absmax_lists);
+    const Buffers b = gather(roles, has_masters || stochastic_rounding || q8 ? py::none() : plan, /*mixed=*/true);
     const double d[] = {scalars...};
     const bool f[] = {flags..., false};  // (one extra: no zero-length array)
     const int t = check_threads(threads);
     LowpArgs lowp{};
-    if (check_lowp(b, Tr::kRoles, nroles, has_masters, stochastic_rounding, seed, sr_step, &lowp)) {
+    if (check_lowp(b, Tr::kRoles, nroles, has_masters, stochastic_rounding, seed, sr_step, &lowp, q8)) {
       if constexpr (std::is_same_v<typename Tr::Scalars, AdamScalars>) {
         if (f[1]) throw py::value_error("torch_exact=True steps float32 params only (no low-precision storage)");
       }
@@ -54,7 +99,7 @@ struct Step<Tr, std::index_sequence<R...>, std::index_sequence<D...>, std::index
           py::arg(kGradNames[0]), py::arg(kGradNames[1]), py::arg(kGradNames[2]), py::arg(flag_name<F>())...,
           py::arg("threads"), py::arg("plan") = py::none(), py::arg("counters") = py::none(),
           py::arg("masters") = py::none(), py::arg("stochastic_rounding") = false, py::arg("seed") = 0,
-          py::arg("sr_step") = 0, Tr::kDoc);
+          py::arg("sr_step") = 0, py::arg("absmax") = py::none(), Tr::kDoc);
   }
   template <std::size_t I>
   static const char* flag_name() {
@@ -131,7 +176,7 @@ void register_optimizers(py::module_& m) {
   m.attr("max_threads") = kMaxThreads;
   m.def(
       "check",
-      [](const py::sequence& roles, bool lowp, bool stochastic_rounding) {
+      [](const py::sequence& roles, bool lowp, bool stochastic_rounding, py::handle absmax) {
         // (name, list or None, written) triples: every check of a step, without the step. With
         // lowp=True, the checks of a step binding over low-precision storage: the roles may hold
         // float16/bfloat16 arrays and, when the last role is named "masters", it is the masters
@@ -155,15 +200,24 @@ void register_optimizers(py::module_& m) {
         const bool has_masters = rs.size() > 2 && names.back() == "masters" && !rs.back().list.is_none();
         if (has_masters) rs.back().any_dtype = true;
         if (rs.size() > 2 && names.back() == "masters" && !has_masters) rs.pop_back();
-        const Buffers b = collect(rs, /*mixed=*/true);
+        const std::size_t nroles = rs.size() - (has_masters ? 1 : 0);
         std::vector<const char*> cnames;
         for (const Role& r : rs) cnames.push_back(r.name);
+        const bool q8 = !absmax.is_none();
+        std::vector<std::string> absmax_names;
+        py::object absmax_lists;
+        if (q8) {
+          if (!has_masters) rs.push_back(Role{"masters", py::none(), true, true});
+          add_absmax_roles(absmax, cnames.data(), nroles, rs, &absmax_names, &absmax_lists);
+        }
+        const Buffers b = collect(rs, /*mixed=*/true);
         LowpArgs unused{};
-        check_lowp(b, cnames.data(), rs.size() - (has_masters ? 1 : 0), has_masters, stochastic_rounding, 0, 0, &unused);
+        check_lowp(b, cnames.data(), nroles, has_masters, stochastic_rounding, 0, 0, &unused, q8);
       },
-      "roles"_a, "lowp"_a = false, "stochastic_rounding"_a = false,
+      "roles"_a, "lowp"_a = false, "stochastic_rounding"_a = false, "absmax"_a = py::none(),
       "Every check a step over these (name, list, written) roles would make, without stepping (lowp=True: "
-      "a step over low-precision storage, the last role named 'masters' being its masters list).");
+      "a step over low-precision storage, the last role named 'masters' being its masters list; absmax: "
+      "the absmax lists of 8-bit states, as the step's absmax=).");
   m.def("check_overlap", &check_overlap, "written"_a, "read"_a,
         "No array of `written` overlaps any other array of `written` or `read` (any shapes).");
   py::class_<Plan>(m, "Plan",

@@ -21,6 +21,7 @@
 
 #include "bindings/arrays.hpp"
 #include "bindings/plan.hpp"
+#include "common/q8.hpp"
 #include "common/step_args.hpp"
 #include "dispatch/dispatch.hpp"
 
@@ -61,16 +62,18 @@ inline void run_lowp(const Buffers& buffers, LowpFn<Scalars> KernelTable::*fn, c
 
 // The kStore* code of a dtype (-1: none).
 inline int store_code(DType d) {
+  if (d == DType::u8) return kStoreQ8;
   return d == DType::f32 ? kStoreF32 : (d == DType::bf16 ? kStoreBf16 : (d == DType::f16 ? kStoreF16 : -1));
 }
 
 // Whether a collected step (roles 0..nroles-1, then the masters role if `masters`) is a plain
 // float32/float64 step (false) or a low-precision one (true, *out filled); raises TypeError /
 // ValueError naming the argument for a combination the kernels do not have. Nothing is written.
+// q8: the states are 8-bit codes (uint8) with absmax roles after the masters' slot.
 inline bool check_lowp(const Buffers& b, const char* const* names, std::size_t nroles, bool masters, bool sr,
-                       std::uint64_t seed, std::uint64_t step, LowpArgs* out) {
+                       std::uint64_t seed, std::uint64_t step, LowpArgs* out, bool q8 = false) {
   const DType p = b.role_dtype(0);
-  bool uniform = !masters && !sr;
+  bool uniform = !masters && !sr && !q8;
   for (std::size_t r = 1; r < nroles; ++r) {
     if (b.present(r) && b.role_dtype(r) != p) uniform = false;
   }
@@ -94,7 +97,13 @@ inline bool check_lowp(const Buffers& b, const char* const* names, std::size_t n
   for (std::size_t r = 2; r < nroles; ++r) {
     if (!b.present(r)) continue;
     const DType d = b.role_dtype(r);
-    const bool ok = first ? (d == DType::f32 || d == p || (p == DType::f32 && d == DType::bf16)) : d == st;
+    if (q8 != (d == DType::u8)) {
+      throw py::type_error(std::string(names[r]) + "[0] has dtype " + dtype_name(d) +
+                           (q8 ? "; with absmax given, the states are 8-bit codes (uint8)"
+                               : "; uint8 states (8-bit codes) need their absmax arrays (absmax=...)"));
+    }
+    const bool ok = first ? (d == DType::f32 || d == p || d == DType::u8 || (p == DType::f32 && d == DType::bf16))
+                          : d == st;
     if (!ok) {
       throw py::type_error(std::string(names[r]) + "[0] has dtype " + dtype_name(d) + "; with " + pdt +
                            " params the states must be float32 or " + (p == DType::f32 ? "bfloat16" : pdt) +
@@ -132,11 +141,11 @@ inline bool check_lowp(const Buffers& b, const char* const* names, std::size_t n
     throw py::type_error(std::string(names[1]) + "[0] has dtype " + dtype_name(g) + " but " + pname +
                          " is float32; gradients must have the params' dtype");
   }
-  if (p == DType::f32 && first) {  // no state list at all: nothing low-precision
+  if (p == DType::f32 && first && !q8) {  // no state list at all: nothing low-precision
     throw py::type_error(pname + " is float32 and no array is low-precision");
   }
   *out = LowpArgs{store_code(p), store_code(g), first ? store_code(p == DType::f32 ? DType::f32 : p) : store_code(st),
-                  write, seed, step};
+                  write, seed, step, &q8_map(false), &q8_map(true)};
   return true;
 }
 

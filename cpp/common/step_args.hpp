@@ -29,8 +29,14 @@ struct TensorList {
 // with grads in the param's dtype or f32 and states f32 or the param's dtype; param f32 with f32
 // grads and bf16 states (write rne). master/split: the master (float32) or trail (uint16) is
 // buffer kRoles of each tensor, after the algorithm's roles.
-constexpr int kStoreF32 = 0, kStoreBf16 = 1, kStoreF16 = 2;
+//
+// 8-bit states (issue 14, common/q8.hpp): state = kStoreQ8 with any of the parameter layouts above
+// (float32 params too); each state role's buffer holds the uint8 codes, and the float32 absmax of
+// state role r is buffer kRoles + 1 + (r - 2) (the master's slot kRoles is nullptr without one).
+// Which code book a role uses is the algorithm's (kNonNegative in kernels/*.inl).
+constexpr int kStoreF32 = 0, kStoreBf16 = 1, kStoreF16 = 2, kStoreQ8 = 3;
 constexpr int kWriteRne = 0, kWriteSr = 1, kWriteMaster = 2, kWriteSplit = 3;
+struct Q8Map;
 struct LowpArgs {
   int param;  // kStore*
   int grad;
@@ -38,6 +44,8 @@ struct LowpArgs {
   int write;  // kWrite*
   std::uint64_t seed;  // stochastic rounding: Philox key
   std::uint64_t step;  // stochastic rounding: counter words 2-3
+  const Q8Map* q8_unsigned;  // kStoreQ8: the code books' tables (q8_map(false), q8_map(true))
+  const Q8Map* q8_signed;
 };
 
 // Gradient pre-processing shared by every algorithm, applied to each gradient element as it is

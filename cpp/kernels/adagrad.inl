@@ -10,6 +10,7 @@ struct Adagrad {
   using Scalars = AdagradScalars;
   static constexpr int kRoles = 3, kVariants = 1;
   static constexpr bool kGrad = true;
+  static constexpr unsigned kNonNegative = 1u << 2;  // sum
   static constexpr Role<0> param{};
   static constexpr Role<2> sum{};
   static int variant(const AdagradScalars&) { return 0; }

@@ -23,6 +23,7 @@ struct Adam {
   using Scalars = AdamScalars;
   static constexpr int kRoles = 5, kVariants = 2;
   static constexpr bool kGrad = true;
+  static constexpr unsigned kNonNegative = (1u << 3) | (1u << 4);  // exp_avg_sq, max_exp_avg_sq
   static constexpr Role<0> param{};
   static constexpr Role<2> exp_avg{};
   static constexpr Role<3> exp_avg_sq{};

@@ -26,7 +26,8 @@
 // local float32 buffers (L1-resident), the algorithm's own float32 span runs on them, and the
 // written roles are encoded back. No algorithm changes, one compiled span per algorithm variant,
 // and the conversions are tight loops that vectorize on every ISA. 8-bit block-quantized states
-// (issue 14) are the same: a decode and an encode per block, chunks aligned to the block size.
+// (issue 14) are the same: a decode and an encode per block, chunks aligned to the block size
+// (an algorithm names its never-negative states, kNonNegative, which use the unsigned code book).
 //
 // Bitwise rules: each element is computed by the same sequence of IEEE operations in the vector
 // body, the peeled head and the scalar tail (-ffp-contract=off, no reassociation: `omp simd`
@@ -187,9 +188,20 @@ struct LowpCtx {
   SpanFn compute;    // the algorithm's float32 span (the same function the float32 step runs)
   const void* args;  // its Args<A, float>
   int roles;         // A::kRoles; the master or trail is buffer `roles`
+  unsigned nonneg;   // A::kNonNegative: state roles (bits) that use the unsigned code book
   LowpArgs lowp;
   SrKey key;
 };
+
+static_assert(kChunk % kQ8Block == 0, "a chunk of an 8-bit state is whole blocks");
+
+// 8-bit state role r (>= 2): its code book and its absmax buffer (after the master's slot).
+inline const Q8Map& q8_of(const LowpCtx& c, int r) noexcept {
+  return (c.nonneg >> r) & 1u ? *c.lowp.q8_unsigned : *c.lowp.q8_signed;
+}
+inline float* absmax_of(const LowpCtx& c, void* const* bufs, int r, int64_t at) noexcept {
+  return static_cast<float*>(bufs[c.roles + 1 + (r - 2)]) + at / kQ8Block;
+}
 
 inline void decode_n(int kind, const void* src, float* dst, int64_t n) noexcept {
   if (kind == kStoreBf16) {
@@ -211,7 +223,7 @@ inline void encode_n(int kind, const float* src, void* dst, int64_t n) noexcept 
 inline int64_t lowp_size(const LowpCtx& c, int r) noexcept {
   if (r == c.roles) return c.lowp.write == kWriteMaster ? 4 : 2;
   const int kind = r == 0 ? c.lowp.param : (r == 1 ? c.lowp.grad : c.lowp.state);
-  return kind == kStoreF32 ? 4 : 2;
+  return kind == kStoreF32 ? 4 : (kind == kStoreQ8 ? 1 : 2);
 }
 
 // Asks for elements [from, to) of every buffer of the tensor ahead of use. The chunk's passes touch
@@ -252,6 +264,9 @@ void lowp_span(const void* ctx, const TensorList& list, int64_t k, int64_t b, in
         local[0] = tmp[0];
       } else if (kind == kStoreF32) {
         local[r] = static_cast<float*>(bufs[r]) + at;
+      } else if (kind == kStoreQ8) {
+        q8_decode_n(q8_of(c, r), static_cast<const u8*>(bufs[r]) + at, absmax_of(c, bufs, r, at), tmp[r], n);
+        local[r] = tmp[r];
       } else {
         decode_n(kind, static_cast<const u16*>(bufs[r]) + at, tmp[r], n);
         local[r] = tmp[r];
@@ -262,6 +277,10 @@ void lowp_span(const void* ctx, const TensorList& list, int64_t k, int64_t b, in
     for (int r = 0; r < c.roles; ++r) {
       if (r == 1 || bufs[r] == nullptr) continue;
       const int kind = r == 0 ? a.param : a.state;
+      if (r >= 2 && kind == kStoreQ8) {
+        q8_encode_n(q8_of(c, r), tmp[r], static_cast<u8*>(bufs[r]) + at, absmax_of(c, bufs, r, at), n);
+        continue;
+      }
       u16* dst = static_cast<u16*>(bufs[r]) + at;
       if (r == 0 && a.write == kWriteMaster) {
         encode_n(kind, static_cast<const float*>(local[0]), dst, n);
@@ -286,6 +305,6 @@ void lowp_step(const TensorList& list, const typename A::Scalars& s, const GradS
   const SpanFn fn = pick_span<A, float, Roles, A::kVariants - 1>(A::variant(s), gs.active);
   const SrKey key{static_cast<u32>(a.seed), static_cast<u32>(a.seed >> 32), static_cast<u32>(a.step),
                   static_cast<u32>(a.step >> 32)};
-  const LowpCtx ctx{fn, &args, A::kRoles, a, key};
-  for_each_span(list, threads, a.param == kStoreF32 ? 4 : 2, &lowp_span, &ctx);
+  const LowpCtx ctx{fn, &args, A::kRoles, A::kNonNegative, a, key};
+  for_each_span(list, threads, a.param == kStoreF32 ? 4 : 2, &lowp_span, &ctx, a.state == kStoreQ8 ? kQ8Block : 0);
 }

@@ -24,6 +24,7 @@
 
 #include "common/config.hpp"
 #include "common/kernel_table.hpp"
+#include "common/q8.hpp"
 #include "common/runtime.hpp"
 #include "common/step_args.hpp"
 

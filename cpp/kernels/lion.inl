@@ -19,6 +19,7 @@ struct Lion {
   using Scalars = LionScalars;
   static constexpr int kRoles = 3, kVariants = 1;
   static constexpr bool kGrad = true;
+  static constexpr unsigned kNonNegative = 0;
   static constexpr Role<0> param{};
   static constexpr Role<2> exp_avg{};
   static int variant(const LionScalars&) { return 0; }

@@ -390,3 +390,95 @@ inline void f16_rne_n(const float* __restrict in, u16* __restrict out, int64_t n
 #pragma omp simd
   for (int64_t j = i; j < n; ++j) out[j] = f16_rne(in[j]);
 }
+
+// ---- 8-bit block-quantized states (issue 14; the format: common/q8.hpp; spec: reference.py's
+// q8_decode / q8_encode) ----------------------------------------------------------------------------
+
+using u8 = std::uint8_t;
+
+// Elements [0, n) of a state from its codes and the absmax of their blocks (codes[0] starts a block).
+inline void q8_decode_n(const Q8Map& m, const u8* __restrict codes, const float* __restrict absmax,
+                        float* __restrict out, int64_t n) noexcept {
+  const float* value = m.value;
+  for (int64_t at = 0; at < n; at += kQ8Block) {
+    const int64_t len = n - at < kQ8Block ? n - at : kQ8Block;
+    const float a = absmax[at / kQ8Block];
+    const u8* c = codes + at;
+    float* o = out + at;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) o[i] = value[c[i]] * a;
+  }
+}
+
+// The bucket of q's bits in Q8Map::base (common/q8.hpp).
+inline u32 q8_bucket(u32 u) noexcept {
+  const std::int32_t d = static_cast<std::int32_t>((u & 0x7FFFFFFFu) - kQ8BucketBase);  // < 0 below 2^-24
+  std::int32_t j = d < 0 ? 0 : d >> kQ8BucketShift;
+  j = j > kQ8Buckets - 1 ? kQ8Buckets - 1 : j;
+  return static_cast<u32>(j) + (u >> 31) * static_cast<u32>(kQ8Buckets);
+}
+
+// Codes and absmax of one block x[0, len) (len <= kQ8Block).
+inline void q8_encode_block(const Q8Map& m, const float* __restrict x, u8* __restrict codes, float* absmax,
+                            int64_t len) noexcept {
+  u32 amax = 0;
+#pragma omp simd reduction(max : amax)
+  for (int64_t i = 0; i < len; ++i) {
+    const u32 u = f32_bits(x[i]) & 0x7FFFFFFFu;
+    amax = u > amax ? u : amax;
+  }
+  if (amax == 0u || amax >= 0x7F800000u) {  // all zero; or a NaN or inf: the block decodes to NaN
+    *absmax = amax == 0u ? 0.0f : bits_f32(0x7FC00000u);
+    const u8 zero = m.zero;
+    for (int64_t i = 0; i < len; ++i) codes[i] = zero;
+    return;
+  }
+  const float a = bits_f32(amax);
+  const float s = amax < 0x00800000u ? 0x1p64f : 1.0f;  // a subnormal absmax: scale first, exactly
+  const float r = 1.0f / (a * s);
+  *absmax = a;
+  const u8* base = m.base;
+  const float* threshold = m.threshold;
+  int64_t i = 0;
+#if defined(__AVX2__)
+  // 8 at a time: the bucket's base code by a 32-bit gather of its byte, the candidate threshold by a
+  // second gather, one compare. (GCC does not gather bytes: its own loop stays scalar.)
+  {
+    const __m256 vs = _mm256_set1_ps(s), vr = _mm256_set1_ps(r);
+    const __m256i absmask = _mm256_set1_epi32(0x7FFFFFFF), bucket_base = _mm256_set1_epi32(static_cast<int>(kQ8BucketBase));
+    const __m256i last = _mm256_set1_epi32(kQ8Buckets - 1), buckets = _mm256_set1_epi32(kQ8Buckets);
+    const __m256i zero = _mm256_setzero_si256(), byte = _mm256_set1_epi32(0xFF);
+    const __m256i pack = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (; i + 8 <= len; i += 8) {
+      const __m256 q = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), vr);
+      const __m256i u = _mm256_castps_si256(q);
+      __m256i j = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_and_si256(u, absmask), bucket_base), kQ8BucketShift);
+      j = _mm256_min_epi32(_mm256_max_epi32(j, zero), last);
+      j = _mm256_add_epi32(j, _mm256_and_si256(_mm256_srai_epi32(u, 31), buckets));
+      const __m256i c = _mm256_and_si256(_mm256_i32gather_epi32(reinterpret_cast<const int*>(base), j, 1), byte);
+      const __m256 t = _mm256_i32gather_ps(threshold, c, 4);
+      const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(q, t, _CMP_GE_OQ));  // all ones: +1
+      const __m256i code = _mm256_sub_epi32(c, up);
+      const __m256i packed = _mm256_shuffle_epi8(code, pack);
+      const std::uint32_t lo = static_cast<std::uint32_t>(_mm256_extract_epi32(packed, 0));
+      const std::uint32_t hi = static_cast<std::uint32_t>(_mm256_extract_epi32(packed, 4));
+      const u64 both = static_cast<u64>(lo) | (static_cast<u64>(hi) << 32);
+      __builtin_memcpy(codes + i, &both, 8);
+    }
+  }
+#endif
+  for (; i < len; ++i) {
+    const float q = (x[i] * s) * r;
+    const u32 c = base[q8_bucket(f32_bits(q))];
+    codes[i] = static_cast<u8>(c + (q >= threshold[c] ? 1u : 0u));
+  }
+}
+
+// Codes and absmax of elements [0, n) (x[0] starts a block).
+inline void q8_encode_n(const Q8Map& m, const float* __restrict x, u8* __restrict codes, float* __restrict absmax,
+                        int64_t n) noexcept {
+  for (int64_t at = 0; at < n; at += kQ8Block) {
+    q8_encode_block(m, x + at, codes + at, absmax + at / kQ8Block, n - at < kQ8Block ? n - at : kQ8Block);
+  }
+}

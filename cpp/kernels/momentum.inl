@@ -9,6 +9,7 @@ struct Momentum {
   using Scalars = MomentumScalars;
   static constexpr int kRoles = 3, kVariants = 1;
   static constexpr bool kGrad = true;
+  static constexpr unsigned kNonNegative = 0;
   static constexpr Role<0> param{};
   static constexpr Role<2> velocity{};
   static int variant(const MomentumScalars&) { return 0; }

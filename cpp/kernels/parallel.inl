@@ -45,8 +45,9 @@ struct Cut {
 };
 
 // Position of the i-th of `parts` cuts of the concatenated tensors (cut 0 = start, cut parts = end),
-// moved down to a 64-byte boundary of the tensor's buffer 0 (64/size elements apart).
-inline Cut cut_at(const TensorList& list, int64_t total, int64_t parts, int64_t i, int64_t size) {
+// moved down to a 64-byte boundary of the tensor's buffer 0 (64/size elements apart), or with
+// `block` > 0 to a multiple of `block` elements from the tensor's start.
+inline Cut cut_at(const TensorList& list, int64_t total, int64_t parts, int64_t i, int64_t size, int64_t block) {
   const int64_t align = 64 / size;
   if (i <= 0) return Cut{0, 0};
   if (i >= parts) return Cut{list.count, 0};
@@ -57,6 +58,7 @@ inline Cut cut_at(const TensorList& list, int64_t total, int64_t parts, int64_t 
     const int64_t n = list.sizes[k];
     if (raw < acc + n) {
       const int64_t local = raw - acc;
+      if (block > 0) return Cut{k, local / block * block};
       const int64_t phase = to_boundary(list, k, 0, size);  // first boundary, elements from the start
       return Cut{k, local < phase ? 0 : phase + (local - phase) / align * align};
     }
@@ -87,9 +89,11 @@ class CallerFpControl {
 };
 
 // Calls fn(ctx, list, k, begin, end) for disjoint element ranges covering every tensor once
-// (`size`: bytes per element of buffer 0, which the cuts align to). Serial in a process forked
-// after fusedopt had started an OpenMP team (runtime::region_threads).
-void for_each_span(const TensorList& list, int threads, int64_t size, SpanFn fn, const void* ctx) {
+// (`size`: bytes per element of buffer 0, which the cuts align to). With `block` > 0 every range
+// starts at a multiple of `block` elements of its tensor (8-bit states: whole quantization blocks
+// per thread) and is not split further. Serial in a process forked after fusedopt had started an
+// OpenMP team (runtime::region_threads).
+void for_each_span(const TensorList& list, int threads, int64_t size, SpanFn fn, const void* ctx, int64_t block = 0) {
 #if defined(FUSEDOPT_HAVE_OPENMP)
   if (threads > 1) {
     int64_t total = 0;
@@ -103,12 +107,17 @@ void for_each_span(const TensorList& list, int threads, int64_t size, SpanFn fn,
         const CallerFpControl fp_scope(fp);
         const int64_t parts = omp_get_num_threads();
         const int64_t me = omp_get_thread_num();
-        const Cut lo = cut_at(list, total, parts, me, size);
-        const Cut hi = cut_at(list, total, parts, me + 1, size);
+        const Cut lo = cut_at(list, total, parts, me, size, block);
+        const Cut hi = cut_at(list, total, parts, me + 1, size, block);
         for (int64_t k = lo.tensor; k < list.count && k <= hi.tensor; ++k) {
           const int64_t begin = (k == lo.tensor) ? lo.offset : 0;
           const int64_t end = (k == hi.tensor) ? hi.offset : list.sizes[k];
-          if (end > begin) aligned_span(list, k, begin, end, size, fn, ctx);
+          if (end <= begin) continue;
+          if (block > 0) {
+            fn(ctx, list, k, begin, end);
+          } else {
+            aligned_span(list, k, begin, end, size, fn, ctx);
+          }
         }
       }
       return;
@@ -118,6 +127,11 @@ void for_each_span(const TensorList& list, int threads, int64_t size, SpanFn fn,
   (void)threads;
 #endif
   for (int64_t k = 0; k < list.count; ++k) {
-    if (list.sizes[k] > 0) aligned_span(list, k, int64_t{0}, list.sizes[k], size, fn, ctx);
+    if (list.sizes[k] <= 0) continue;
+    if (block > 0) {
+      fn(ctx, list, k, int64_t{0}, list.sizes[k]);
+    } else {
+      aligned_span(list, k, int64_t{0}, list.sizes[k], size, fn, ctx);
+    }
   }
 }

@@ -19,6 +19,7 @@ struct Rmsprop {
   using Scalars = RmspropScalars;
   static constexpr int kRoles = 5, kVariants = 4;
   static constexpr bool kGrad = true;
+  static constexpr unsigned kNonNegative = 1u << 2;  // square_avg
   static constexpr Role<0> param{};
   static constexpr Role<2> square_avg{};
   static constexpr Role<3> grad_avg{};

@@ -10,6 +10,7 @@ struct Sgd {
   using Scalars = SgdScalars;
   static constexpr int kRoles = 3, kVariants = 3;
   static constexpr bool kGrad = true;
+  static constexpr unsigned kNonNegative = 0;
   static constexpr Role<0> param{};
   static constexpr Role<2> momentum_buffer{};
   static int variant(const SgdScalars& s) { return !s.has_momentum ? 0 : (s.nesterov ? 2 : 1); }

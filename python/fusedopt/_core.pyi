@@ -27,7 +27,8 @@ class _DeferInterrupts:
 defer_interrupts: _DeferInterrupts
 
 def check(
-    roles: Sequence[Tuple[str, Optional[Sequence[Any]], bool]], lowp: bool = False, stochastic_rounding: bool = False
+    roles: Sequence[Tuple[str, Optional[Sequence[Any]], bool]], lowp: bool = False, stochastic_rounding: bool = False,
+    absmax: Optional[Sequence[Optional[Sequence[Any]]]] = None,
 ) -> None: ...
 def check_overlap(written: Sequence[Any], read: Sequence[Any]) -> None: ...
 def _register_torch(
@@ -98,6 +99,7 @@ def sgd(
     nesterov: bool, maximize: bool, first_step: bool, threads: int, plan: Optional[Plan] = None,
     counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
 ) -> None: ...
 def momentum(
     params: _Arrays, grads: _Arrays, velocities: _Arrays, step_size: float, beta: float,
@@ -105,6 +107,7 @@ def momentum(
     threads: int, plan: Optional[Plan] = None,
     counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
 ) -> None: ...
 def rmsprop(
     params: _Arrays, grads: _Arrays, square_avgs: _Arrays, grad_avgs: Optional[_Arrays],
@@ -113,6 +116,7 @@ def rmsprop(
     clip_coef: float, clip_value: float, maximize: bool, threads: int, plan: Optional[Plan] = None,
     counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
 ) -> None: ...
 def adam(
     params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_avg_sqs: _Arrays, max_exp_avg_sqs: Optional[_Arrays],
@@ -122,12 +126,14 @@ def adam(
     maximize: bool, torch_exact: bool, threads: int, plan: Optional[Plan] = None,
     counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
 ) -> None: ...
 def adagrad(
     params: _Arrays, grads: _Arrays, state_sums: _Arrays, neg_clr: float, eps: float, weight_decay: float,
     grad_scale: float, clip_coef: float, clip_value: float, maximize: bool, threads: int,
     plan: Optional[Plan] = None, counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
 ) -> None: ...
 def lion(
     params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, lr: float, beta1: float, one_minus_beta1: float,
@@ -135,6 +141,7 @@ def lion(
     clip_value: float, maximize: bool, threads: int, plan: Optional[Plan] = None, counters: _Counters = None,
     masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
 ) -> None: ...
 def ema(averages: _Arrays, params: _Arrays, decay: float, one_minus_decay: float, threads: int) -> None: ...
 def sum_of_squares(arrays: _Arrays, threads: int) -> float: ...

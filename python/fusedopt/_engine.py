@@ -28,7 +28,7 @@ from .algorithms._spec import Hypers
 #: the gradient pre-processing keywords every functional takes (documented in fusedopt.functional)
 GRAD_OPTIONS = ("grad_scale", "found_inf", "clip_value", "max_grad_norm", "clip_coef", "skip_if_nonfinite")
 #: the low-precision keywords every functional takes, with their defaults (fusedopt.functional)
-LOWP_OPTIONS = (("masters", None), ("stochastic_rounding", False), ("seed", 0), ("sr_step", None))
+LOWP_OPTIONS = (("masters", None), ("stochastic_rounding", False), ("seed", 0), ("sr_step", None), ("absmax", None))
 
 _NO_GRAD = _scalars.NO_GRAD_TRANSFORM
 
@@ -74,7 +74,8 @@ def fast_functional(algo: Algorithm, key: str, fn: Callable[..., Optional[float]
     keywords += [(o, "none", None) for o in GRAD_OPTIONS if o != "skip_if_nonfinite"]
     keywords += [("skip_if_nonfinite", "false", False), ("threads", "threads", None)]
     # the low-precision options: any value but the default runs ``fn`` (which passes them on)
-    keywords += [("masters", "none", None), ("stochastic_rounding", "false", False), ("sr_step", "none", None)]
+    keywords += [("masters", "none", None), ("stochastic_rounding", "false", False), ("sr_step", "none", None),
+                 ("absmax", "none", None)]
     fast: Any = _core._functional(key, algo.kernel, fn, positional, keywords, list(algo.fixed), _threads, algo.threads)
     for attr in ("__module__", "__name__", "__qualname__", "__doc__", "__source__"):
         setattr(fast, attr, getattr(fn, attr))
@@ -139,11 +140,11 @@ def python_functional(algo: Algorithm, module: str = "fusedopt.functional") -> C
     body.append("_check_params(h, p)")
     body.append("sc = _scalars_of(h, t)")
     body.append("if masters is None and stochastic_rounding is False and sr_step is None and seed.__class__ is int "
-                "and seed == 0:")
+                "and seed == 0 and absmax is None:")
     body.append("    lw = ()")
     body.append("else:")
     body.append(f"    lw = _lowp_args(masters, stochastic_rounding, seed, sr_step, {'t' if algo.step_arg else 'None'}, "
-                f"{algo.name!r})")
+                f"{algo.name!r}, absmax)")
     call_lists = ", ".join(["p", "g"] + lists)
     threads_expr = f"_threads.resolve(threads, _n_elements(p), {algo.threads!r})"
     body.append(
@@ -185,7 +186,7 @@ def functional_doc(algo: Algorithm) -> str:
     lines.append("    grad_scale, found_inf, clip_value, max_grad_norm, clip_coef, skip_if_nonfinite: gradient")
     lines.append("        pre-processing fused into the pass (see the :mod:`fusedopt.functional` docstring).")
     lines.append("    threads: thread count (None: :func:`fusedopt.get_num_threads`, or 1 for small calls).")
-    lines.append("    masters, stochastic_rounding, seed, sr_step: low-precision storage (see the")
+    lines.append("    masters, stochastic_rounding, seed, sr_step, absmax: low-precision storage (see the")
     lines.append("        :mod:`fusedopt.functional` docstring).")
     lines += ["", "Returns:", "    The global norm of the unscaled gradients when it was computed (``max_grad_norm`` or",
               "    ``skip_if_nonfinite``), else ``None``."]  # fmt: skip
@@ -197,6 +198,6 @@ def native_call(algo: Algorithm, h: Hypers, t: int, params: Sequence[Any], grads
                 grad: Sequence[float] = _NO_GRAD, lowp: Sequence[Any] = ()) -> None:  # fmt: skip
     """One native step of ``algo`` with validated functional hyperparameters ``h``, step number
     ``t`` and the state lists in role order (None for an absent role); ``lowp`` is empty or
-    ``(masters, stochastic_rounding, seed, sr_step)`` (the binding's trailing arguments)."""
+    ``(masters, stochastic_rounding, seed, sr_step[, absmax])`` (the binding's trailing arguments)."""
     getattr(_core, algo.kernel)(params, grads, *lists, *algo.scalars(h, t), *grad, *algo.flags(h), threads, plan,
                                 counters, *lowp)  # fmt: skip

@@ -9,7 +9,9 @@ The options (same names on every optimizer class of :mod:`fusedopt.optimizers` a
   bits of the float32 master as a uint16 state, key :data:`TRAIL_KEY`);
 * ``stochastic_rounding`` (bool) with ``seed`` (None: drawn at construction; else an int in
   ``[0, 2**64)``);
-* ``state_dtype``: ``None``, ``"float32"`` or ``"bfloat16"``.
+* ``state_dtype``: ``None``, ``"float32"``, ``"bfloat16"`` or ``"8bit"`` (issue 14: block-quantized
+  8-bit states, :mod:`fusedopt.reference`'s Q8 section; parameters with fewer than
+  ``min_8bit_size`` elements keep float32 states).
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ TRAIL_KEY = "master_trail"
 MASTER_KEYS = (MASTER_KEY, TRAIL_KEY)
 
 MASTER_WEIGHTS = (None, "fp32", "split")
-STATE_DTYPES = (None, "float32", "bfloat16")
+STATE_DTYPES = (None, "float32", "bfloat16", "8bit")
+#: parameters below this many elements keep float32 states under state_dtype="8bit" (as bitsandbytes
+#: and torchao)
+MIN_8BIT_SIZE = 4096
+#: the state-dict keys of an 8-bit state ``key`` (e.g. "exp_avg"): ``key`` holds the uint8 codes,
+#: ``key + ABSMAX_SUFFIX`` the float32 absmax per block, ``key + QMAP_SUFFIX`` the code book
+ABSMAX_SUFFIX = "_absmax"
+QMAP_SUFFIX = "_qmap"
 SEED_LIMIT = 1 << 64
 
 _F16 = np.dtype(np.float16)
@@ -103,9 +112,9 @@ def check_options(master_weights: Any, stochastic_rounding: Any, seed: Any,
     if seed is not None:
         seed = check_seed("seed", seed)
     if not (state_dtype is None or isinstance(state_dtype, str)):
-        raise TypeError(f"state_dtype must be None, 'float32' or 'bfloat16', got {type(state_dtype).__name__}")
+        raise TypeError(f"state_dtype must be None, 'float32', 'bfloat16' or '8bit', got {type(state_dtype).__name__}")
     if state_dtype not in STATE_DTYPES:
-        raise ValueError(f"state_dtype must be None, 'float32' or 'bfloat16', got {state_dtype!r}")
+        raise ValueError(f"state_dtype must be None, 'float32', 'bfloat16' or '8bit', got {state_dtype!r}")
     return master_weights, bool(stochastic_rounding), seed, state_dtype
 
 

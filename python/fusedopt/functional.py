@@ -30,6 +30,15 @@ Low-precision keywords (every algorithm):
   (:func:`fusedopt.reference.sr_bits`): bitwise the same for every thread count and ISA. Two
   parameters of the same shape stepped with the same (seed, sr_step) get the same random bits.
   ``sr_step`` defaults to ``step`` for algorithms with a step argument and is required otherwise.
+* ``absmax`` (8-bit states, issue 14): None, or a list with one item per state list of the
+  algorithm (None where that state list is None), each one float32 array per parameter of
+  ``ceil(size / 256)`` elements. The state arrays are then uint8 **codes** of block-quantized
+  states (blocks of 256 elements, one absmax each; bitsandbytes' signed code book for states of
+  either sign, its unsigned one for never-negative states such as Adam's ``exp_avg_sq``): each
+  step decodes them, updates in float32 and re-quantizes to the nearest code, in the same pass
+  (:func:`fusedopt.reference.q8_encode` / :func:`~fusedopt.reference.q8_decode` are the spec).
+  Any parameter layout above (float32, bfloat16/float16 with or without masters or stochastic
+  rounding) takes 8-bit states.
 
 The exact arithmetic (operation order and rounding) of each function is the same-named function in
 :mod:`fusedopt.reference`; the kernels match it bitwise on every ISA and for any thread count.
@@ -255,16 +264,21 @@ def _check_arguments(threads: Optional[int], algorithm: str, roles: Sequence[Rol
     messages, low-precision storage and ``lowp``'s masters included), and the thread count."""
     _threads.resolve(threads, _n_elements(roles[0][1]), algorithm)
     if lowp:
-        _core.check([*roles, ("masters", lowp[2], True)], lowp=True, stochastic_rounding=lowp[3])
+        _core.check([*roles, ("masters", lowp[2], True)], lowp=True, stochastic_rounding=lowp[3],
+                    absmax=lowp[6] if len(lowp) > 6 else None)  # fmt: skip
     else:
         _core.check(roles, lowp=True)
 
 
 def _lowp_args(masters: Any, stochastic_rounding: Any, seed: Any, sr_step: Any, step: Optional[int],
-               algorithm: str) -> "tuple[Any, ...]":  # fmt: skip
+               algorithm: str, absmax: Any = None) -> "tuple[Any, ...]":  # fmt: skip
     """The trailing arguments of a step binding for the low-precision keywords (validated):
-    ``(plan, counters, masters, stochastic_rounding, seed, sr_step)``."""
+    ``(plan, counters, masters, stochastic_rounding, seed, sr_step, absmax)``."""
     m = None if masters is None else _as_list("masters", masters)
+    if absmax is not None:
+        if not isinstance(absmax, (list, tuple)):
+            raise TypeError(f"absmax must be a list/tuple with one item per state list, got {type(absmax).__name__}")
+        absmax = [None if a is None else _as_list(f"absmax[{i}]", a) for i, a in enumerate(absmax)]
     sr = check.flag("stochastic_rounding", stochastic_rounding)
     seed = _lowp.check_seed("seed", seed)
     if sr_step is None:
@@ -274,7 +288,7 @@ def _lowp_args(masters: Any, stochastic_rounding: Any, seed: Any, sr_step: Any, 
         sr_step = 0 if step is None else step
     else:
         sr_step = _lowp.check_seed("sr_step", sr_step)
-    return (None, None, m, sr, seed, sr_step)
+    return (None, None, m, sr, seed, sr_step, absmax)
 
 
 # -- the algorithms: one generated function per description (fusedopt.algorithms) -------------
