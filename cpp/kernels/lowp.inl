@@ -405,8 +405,18 @@ inline void q8_decode_n(const Q8Map& m, const u8* __restrict codes, const float*
     const float a = absmax[at / kQ8Block];
     const u8* c = codes + at;
     float* o = out + at;
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) o[i] = value[c[i]] * a;
+    int64_t i = 0;
+#if defined(__AVX2__)
+    // 8 at a time: widen 8 codes, gather their values (GCC leaves this loop scalar). Same bits.
+    const __m256 va = _mm256_set1_ps(a);
+    for (; i + 8 <= len; i += 8) {
+      long long eight;
+      __builtin_memcpy(&eight, c + i, 8);
+      const __m256i idx = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(eight));
+      _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_i32gather_ps(value, idx, 4), va));
+    }
+#endif
+    for (; i < len; ++i) o[i] = value[c[i]] * a;
   }
 }
 
