@@ -88,6 +88,11 @@ float from_bits(std::uint32_t u) {
   std::memcpy(&f, &u, sizeof f);
   return f;
 }
+std::uint32_t to_bits(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
 
 // The least float32 strictly above (a + b) / 2 (exact in float64: a and b are float32 within a
 // factor of 2^29 of each other, or one is 0): a value exactly halfway goes to the lower code.
@@ -114,21 +119,29 @@ void build(Q8Map* m, const std::uint32_t* bits) {
   m->threshold[255] = INFINITY;
   m->zero = static_cast<std::uint8_t>(count_at_most(m->threshold, 0.0f));
   if (m->value[m->zero] != 0.0f) throw std::logic_error("q8 code book without an exact 0");
-  // Bucket j of sign s holds the q whose magnitude bits lie in [lo, hi), lo = kQ8BucketBase + j <<
-  // kQ8BucketShift: q in [lo, hi) (s = 0) or (-hi, -lo] (s = 1). base = the codes of every threshold
-  // at or below the bucket's least q; at most one threshold may lie inside, the kernel's one compare.
+  // Bucket j of sign s: the q whose magnitude bits lie in [lo, hi) (lo = kQ8BucketBase + (j <<
+  // kQ8BucketShift)), widened to 0 for j = 0 and to infinity for the last j (the clamped ones).
   for (int s = 0; s < 2; ++s) {
     for (int j = 0; j < kQ8Buckets; ++j) {
-      const float lo = from_bits(kQ8BucketBase + (static_cast<std::uint32_t>(j) << kQ8BucketShift));
-      const float hi = from_bits(kQ8BucketBase + (static_cast<std::uint32_t>(j + 1) << kQ8BucketShift));
-      const float least = s == 0 ? lo : -hi;
+      const std::uint32_t lo_bits = kQ8BucketBase + (static_cast<std::uint32_t>(j) << kQ8BucketShift);
+      const float lo = j == 0 ? 0.0f : from_bits(lo_bits);
+      const float hi = j == kQ8Buckets - 1 ? INFINITY : from_bits(lo_bits + (1u << kQ8BucketShift));
+      // the least and the largest q of the bucket
+      const float least = s == 0 ? lo : (j == kQ8Buckets - 1 ? -INFINITY : std::nextafter(-hi, 0.0f));
       const float most = s == 0 ? std::nextafter(hi, 0.0f) : -lo;
-      const int base = count_at_most(m->threshold, least);
-      if (count_at_most(m->threshold, most) - base > 1) throw std::logic_error("q8 bucket with two thresholds");
-      m->base[s * kQ8Buckets + j] = static_cast<std::uint8_t>(base);
+      const int below = count_at_most(m->threshold, std::nextafter(least, -INFINITY));  // thresholds < least
+      const int inside = count_at_most(m->threshold, most) - below;
+      std::uint32_t split = 0x10000u;
+      if (inside > 1) throw std::logic_error("q8 bucket with two thresholds");
+      if (inside == 1) {
+        if (j == 0 || j == kQ8Buckets - 1) throw std::logic_error("q8 threshold in a clamped bucket");
+        const std::uint32_t t = to_bits(m->threshold[below]) & 0x7FFFFFFFu;
+        if ((t & ~0xFFFFu) != lo_bits) throw std::logic_error("q8 threshold outside its bucket");
+        split = s == 0 ? (t & 0xFFFFu) : (0xFFFFu - (t & 0xFFFFu));
+      }
+      m->bucket[s * kQ8Buckets + j] = from_bits((static_cast<std::uint32_t>(below) << 24) | split);
     }
   }
-  for (int i = 2 * kQ8Buckets; i < kQ8BaseSize; ++i) m->base[i] = 0;
 }
 
 }  // namespace

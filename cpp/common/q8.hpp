@@ -21,16 +21,22 @@ namespace fusedopt {
 constexpr std::int64_t kQ8Block = 256;
 
 // Buckets of |q| by float32 bits: 25 binades [2^-24, 2) x 2^7 mantissa steps, per sign; |q| below
-// 2^-24 uses bucket 0 and |q| at or above 2 the last (no threshold lies in either's extension).
+// 2^-24 falls in bucket 0 and |q| at or above 2 in the last one. Within a bucket the float32 bits of
+// |q| share their top 16 bits, so at most one threshold lies inside (checked when the tables are
+// built) and the low 16 bits of q decide whether q is at or above it:
+//   key  = (bits(q) & 0xFFFF) ^ (q negative ? 0xFFFF : 0)      (ascending in q within the bucket)
+//   code = (entry >> 24) + (key >= (entry & 0x1FFFF))
+// entry >> 24: the codes below the bucket (#thresholds <= its least q); entry & 0x1FFFF: the key of
+// the threshold inside, or 0x10000 (never reached) when there is none. The two clamped buckets
+// hold no threshold. Same code as #{c : threshold[c] <= q}.
 constexpr std::uint32_t kQ8BucketBase = 103u << 23;  // 2^-24
 constexpr int kQ8BucketShift = 16;
 constexpr int kQ8Buckets = 25 << 7;
-constexpr int kQ8BaseSize = 2 * kQ8Buckets + 4;  // + 4: a 32-bit gather of the last entry stays inside
 
 struct Q8Map {
   float value[256];      // the code book, strictly ascending
   float threshold[256];  // threshold[c]: the least float32 nearer to value[c+1] than to value[c]; [255] = inf
-  std::uint8_t base[kQ8BaseSize];  // per bucket (sign * kQ8Buckets + j): #thresholds <= its least q
+  float bucket[2 * kQ8Buckets];  // per bucket (sign * kQ8Buckets + j): the entry above, as float32 bits
   std::uint8_t zero;     // the code of 0
 };
 

@@ -638,9 +638,11 @@ def lowp_step(
     s32 = [None if s is None else (s.load() if isinstance(s, Q8State) else _load(s)) for s in states]
     update(p32, g32, *s32)
     for s, x in zip(states, s32):
-        if isinstance(s, Q8State) and x is not None:
+        if x is None or s is None:
+            continue
+        if isinstance(s, Q8State):
             s.store(x)
-        elif s is not None and x is not None:
+        else:
             _store_rne(s, x)
     if master is not None and master.dtype == np.uint16:
         hi, lo = split_encode(p32)
