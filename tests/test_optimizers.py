@@ -240,8 +240,9 @@ def test_defaults_equal_torch(name: str) -> None:
     sig = inspect.signature(CLASSES[name])
     got = {k: p.default for k, p in sig.parameters.items() if k != "params"}
     # the low-precision keywords (issue 13; not torch.optim's), keyword-only, defaulting to torch's behaviour
-    lowp = {k: got.pop(k) for k in ("master_weights", "stochastic_rounding", "seed", "state_dtype")}
-    assert lowp == {"master_weights": None, "stochastic_rounding": False, "seed": None, "state_dtype": None}
+    lowp = {k: got.pop(k) for k in ("master_weights", "stochastic_rounding", "seed", "state_dtype", "min_8bit_size")}
+    assert lowp == {"master_weights": None, "stochastic_rounding": False, "seed": None, "state_dtype": None,
+                    "min_8bit_size": 4096}  # fmt: skip
     expected = dict(DEFAULTS[name])
     if name == "Momentum":
         assert got.pop("lr") is inspect.Parameter.empty, "Momentum's lr is required (no torch default to copy)"

@@ -174,3 +174,13 @@ class FixedOption:
     def __set__(self, obj: Any, value: Any) -> None:
         raise AttributeError(f"{self.name} is fixed when the optimizer is made (its state was made for it): "
                              "make a new optimizer with the option and load this one's state_dict() into it")
+
+
+def check_min_8bit_size(value: Any) -> int:
+    """``min_8bit_size``: an int >= 0 (bools refused); TypeError/ValueError naming it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"min_8bit_size must be an int >= 0, got {type(value).__name__}")
+    v = int(value)
+    if v < 0:
+        raise ValueError(f"min_8bit_size must be an int >= 0, got {v}")
+    return v

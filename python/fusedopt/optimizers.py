@@ -49,6 +49,21 @@ buffers are loaded exactly and stored rounded to nearest even (:func:`fusedopt.r
 * ``state_dtype=None | "float32" | "bfloat16"``: ``None`` keeps the states in the dtype of what is
   stepped (the parameter's dtype, as torch.optim; float32 with a master). ``"bfloat16"`` is not
   available for float16 parameters; float64 parameters always keep float64 states.
+* ``state_dtype="8bit"`` with ``min_8bit_size=4096`` (issue 14; an int >= 0, fixed at construction
+  like the options above): every parameter of at least ``min_8bit_size`` elements (float32,
+  float16 or bfloat16, with any master or stochastic rounding) keeps each state ``key`` as block
+  quantized 8-bit codes: ``state[key]`` uint8 of the parameter's shape, ``state[key + "_absmax"]``
+  float32, one per block of 256 elements (:func:`fusedopt.reference.q8_encode`; bitsandbytes'
+  signed code book, or its unsigned one for never-negative states: Adam's ``exp_avg_sq``,
+  RMSprop's ``square_avg``, Adagrad's ``sum``). New states are the codes of zero (absmax 0);
+  Adagrad's ``initial_accumulator_value`` fill is quantized. Each step decodes, updates in float32
+  and re-quantizes in the same pass, bitwise :func:`fusedopt.reference.lowp_step` with
+  :class:`fusedopt.reference.Q8State`; smaller parameters keep float32 states (float64 ones
+  float64) and are stepped by a separate native call. :meth:`Optimizer.state_dict` adds
+  ``key + "_qmap"`` (the code book); :meth:`Optimizer.load_state_dict` quantizes float states and
+  decodes 8-bit ones as the optimizer needs; :meth:`Optimizer.fp32_state_dict` exports decoded
+  float32 states; :meth:`Optimizer.state_bytes` reports the state memory (Adam: about 2.03 bytes
+  per element instead of 8).
 * An optimizer with low-precision parameters or options takes the general path for its first step
   (one functional call per bucket, :mod:`fusedopt.functional`'s low-precision keywords), then the
   planned path below without native Plans (the step binding validates every array at each call)
@@ -74,9 +89,10 @@ import numpy as np
 from . import _core, _engine, _fork, _lowp, _threads, reference
 from . import _validation as check
 from . import functional as F
-from ._lowp import MASTER_KEY, MASTER_KEYS, TRAIL_KEY
+from ._lowp import ABSMAX_SUFFIX, MASTER_KEY, MASTER_KEYS, QMAP_SUFFIX, TRAIL_KEY
 from .algorithms import ADAGRAD, ADAM, ADAMW, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm, TorchName
 from .algorithms import SGD as _SGD
+from .algorithms._spec import StateRole
 from .arena import FlatParams
 
 __all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Optimizer"]
@@ -122,11 +138,13 @@ class Optimizer:
     master_weights = _lowp.FixedOption()
     stochastic_rounding = _lowp.FixedOption()
     state_dtype = _lowp.FixedOption()
+    min_8bit_size = _lowp.FixedOption()
 
     def __init__(self, params: ParamsArg, defaults: Mapping[str, Any], *, master_weights: Optional[str] = None,
                  stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 state_dtype: Optional[str] = None) -> None:  # fmt: skip
+                 state_dtype: Optional[str] = None, min_8bit_size: int = _lowp.MIN_8BIT_SIZE) -> None:  # fmt: skip
         mw, sr, seed, sd = _lowp.check_options(master_weights, stochastic_rounding, seed, state_dtype)
+        min8 = _lowp.check_min_8bit_size(min_8bit_size)
         if sd == "bfloat16":
             _lowp.bf16_dtype("state_dtype='bfloat16'")  # ImportError naming ml_dtypes when it is missing
         if sr and seed is None:  # from NumPy's legacy global generator: np.random.seed reproduces it
@@ -137,6 +155,8 @@ class Optimizer:
         self.__dict__["stochastic_rounding"] = sr
         self.seed: Optional[int] = seed
         self.__dict__["state_dtype"] = sd
+        #: parameters with at least this many elements get 8-bit states under state_dtype="8bit"
+        self.__dict__["min_8bit_size"] = min8
         if sr and not self._HAS_STEP:  # the SR counter is the step count: kept also by SGD and Lion
             self._HAS_STEP = True
         self.param_groups: List[Dict[str, Any]] = []
@@ -245,21 +265,56 @@ class Optimizer:
         for r in self._algo.states:
             if r.init_hyper is not None:
                 value = group[r.init_hyper]
-                sdt = self._state_dtype(param)
+                q8 = self._is_q8(param)
+                sdt = np.dtype(np.float32) if q8 else self._state_dtype(param)
                 with np.errstate(over="ignore"):
                     if not np.isfinite(np.asarray(value, np.float64).astype(sdt).astype(np.float64)):
                         raise ValueError(f"{r.init_hyper}={value} overflows the state dtype {sdt}")
-                a = self._zeros(param)
-                a.fill(value)
-                st[r.key] = a
+                if q8:  # the quantized float32 fill (torch makes it with the parameter)
+                    self._put_q8(st, r, param, np.full(param.shape, value, dtype=np.float32))
+                else:
+                    a = self._zeros(param)
+                    a.fill(value)
+                    st[r.key] = a
         return st
+
+    # -- 8-bit states ----------------------------------------------------------------------------
+    def _is_q8(self, param: np.ndarray) -> bool:
+        """Whether ``param``'s states are 8-bit (state_dtype="8bit", not float64, at least
+        ``min_8bit_size`` elements)."""
+        return self.state_dtype == "8bit" and param.size >= self.min_8bit_size and param.dtype != np.float64
+
+    def _new_state_array(self, st: State, r: StateRole, param: np.ndarray) -> None:
+        """Put a zero state ``r`` for ``param`` in ``st``: a float array, or the codes of 0 with
+        absmax 0 (what :func:`fusedopt.reference.q8_encode` gives for zeros)."""
+        if self._is_q8(param):
+            codes = _zeros_in_phase(param, np.dtype(np.uint8))
+            codes.fill(reference.q8_map(not r.nonneg).zero)
+            st[r.key] = codes
+            st[r.key + ABSMAX_SUFFIX] = np.zeros(reference.q8_blocks(param.size), dtype=np.float32)
+        else:
+            st[r.key] = self._zeros(param)
+
+    def _put_q8(self, st: State, r: StateRole, param: np.ndarray, values: np.ndarray) -> None:
+        """Put state ``r`` of ``param`` in ``st`` as the quantization of float32 ``values``."""
+        c, a = reference.q8_encode(values, not r.nonneg)
+        codes = _zeros_in_phase(param, np.dtype(np.uint8))
+        codes[...] = c.reshape(param.shape)
+        st[r.key] = codes
+        st[r.key + ABSMAX_SUFFIX] = a
+
+    def _absmax_lists(self, hyper: Mapping[str, Any], states: List[State]) -> List[Optional[List[np.ndarray]]]:
+        """The absmax lists of a native call over 8-bit states, in role order (KeyError when a
+        state lacks one)."""
+        return [[st[r.key + ABSMAX_SUFFIX] for st in states] if r.present(hyper) else None
+                for r in self._algo.states]  # fmt: skip
 
     def _complete_state(self, state: State, param: np.ndarray, hyper: Mapping[str, Any]) -> State:
         """Add the zero arrays this step needs that the state lacks (a flag turned on, or the first
         step); FIRST_STEP arrays are made by :meth:`_update`, which tells the kernel."""
         for r in self._algo.states:
             if r.init == ZEROS and r.key not in state and r.present(hyper):
-                state[r.key] = self._zeros(param)
+                self._new_state_array(state, r, param)
         master = self._master_kind(param)
         if master == "fp32" and MASTER_KEY not in state:  # the exact upcast of the parameter
             m = _zeros_in_phase(param, np.dtype(np.float32))
@@ -276,6 +331,8 @@ class Optimizer:
             return param.dtype
         kind = _lowp.numpy_kind(param.dtype) or "float32"
         sk = _lowp.state_kind(kind, self.master_weights, self.state_dtype)
+        if sk == "8bit":  # the codes; float32 states below min_8bit_size
+            return np.dtype(np.uint8) if self._is_q8(param) else np.dtype(np.float32)
         if sk == kind:
             return param.dtype
         return _lowp.bf16_dtype() if sk == "bfloat16" else np.dtype(sk)
@@ -287,10 +344,15 @@ class Optimizer:
 
     def _lowp_call(self, group: Mapping[str, Any], params: List[np.ndarray], states: List[State]) -> Tuple[Any, ...]:
         """The low-precision arguments of one native call (``_engine.native_call``'s ``lowp``):
-        empty for float32/float64 parameters; else (masters, stochastic_rounding, seed, sr_step)
-        with the masters of the states and the step count after this step as ``sr_step``."""
-        if not params or params[0].dtype.itemsize != 2:
+        empty for float32/float64 parameters with float states; else (masters, stochastic_rounding,
+        seed, sr_step) with the masters of the states and the step count after this step as
+        ``sr_step``, plus ``True`` for 8-bit states (replaced by the absmax lists,
+        :meth:`_absmax_lists`, when the states are complete)."""
+        q8 = bool(params) and self._is_q8(params[0])
+        if not params or (params[0].dtype.itemsize != 2 and not q8):
             return ()
+        if params[0].dtype.itemsize != 2:
+            return (None, False, 0, 0, True)
         master = self._master_kind(params[0])
         masters = None
         if master is not None:
@@ -298,7 +360,7 @@ class Optimizer:
         sr = self.stochastic_rounding and _lowp.is_bf16(params[0].dtype)
         seed = _lowp.check_seed("param group 'seed'", group.get("seed", self.seed or 0)) if sr else 0
         step = states[0].get("step", 0) + 1 if sr else 0
-        return (masters, sr, seed, step)
+        return (masters, sr, seed, step, True) if q8 else (masters, sr, seed, step)
 
     def _bucket(self, state: State) -> Any:
         """Parameters whose states give equal buckets are updated by one native call: the same
@@ -352,8 +414,10 @@ class Optimizer:
         for r in algo.states:
             if r.init == FIRST_STEP and r.present(hyper) and r.key not in states[0]:
                 for st, p in zip(states, params):
-                    st[r.key] = self._zeros(p)  # overwritten by the kernel's first step
+                    self._new_state_array(st, r, p)  # overwritten by the kernel's first step
                 kw["first_step"] = True
+        if len(lowp) > 4:  # 8-bit states
+            kw["absmax"] = self._absmax_lists(hyper, states)
         if algo.step_arg:
             kw["step"] = states[0]["step"] + 1
         getattr(F, algo.name)(params, grads, *self._state_lists(hyper, states), **kw, **self._call_kw)
@@ -605,6 +669,8 @@ class Optimizer:
                         return False
                 try:
                     lowp = self._lowp_call(self.param_groups[gi], params, states)
+                    if len(lowp) > 4:
+                        lowp = (*lowp[:4], self._absmax_lists(plan.hypers[gi], states))
                 except KeyError:  # a master was deleted by hand: the general path re-creates it
                     return False
             calls.append((plan.hypers[gi], idx, params, gs, states, lists, step, core_plan, n, lowp))
@@ -652,7 +718,8 @@ class Optimizer:
                 staged[i] = st
                 key: Tuple[Any, ...] = (self._params[i].dtype, self._bucket(st))
                 if self._lowp_path:  # one gradient dtype per call (bfloat16/float16 params: theirs or float32)
-                    key = (*key, getattr(grads[i], "dtype", None))
+                    # and 8-bit states in calls of their own
+                    key = (*key, getattr(grads[i], "dtype", None), self._is_q8(self._params[i]))
                 buckets.setdefault(key, []).append(i)
             plan.extend((hyper, idx) for idx in buckets.values())
         if len(plan) > 1 or len(staged) != len(self._params):
@@ -711,8 +778,9 @@ class Optimizer:
             by_key: Dict[Any, List[int]] = {}
             for i in group["params"]:
                 key: Tuple[Any, ...] = (self._params[i].dtype.char, self._bucket(self.state[i]))
-                if lowp:  # as _step_general buckets them: by gradient dtype too
-                    key = (self._params[i].dtype, key[1], getattr(grads[i], "dtype", None))
+                if lowp:  # as _step_general buckets them: by gradient dtype and 8-bit states too
+                    key = (self._params[i].dtype, key[1], getattr(grads[i], "dtype", None),
+                           self._is_q8(self._params[i]))  # fmt: skip
                 by_key.setdefault(key, []).append(i)
             for key, idx in by_key.items():
                 params = [self._params[i] for i in idx]
@@ -755,11 +823,21 @@ class Optimizer:
                 add(p, f"params[{i}]", True)
                 add(grads[i], f"grads[{i}]", False)  # type: ignore[arg-type]
                 sdt = self._state_dtype(p)
+                q8 = self._is_q8(p)
                 for k in keys:
                     if k in st:
                         a = st[k]
                         name = f"state[{i}][{k!r}]"
-                        check.param_array(name, a, lowp=True)
+                        if q8:
+                            _check_buffer(name, a, np.dtype(np.uint8), p.shape)
+                            ka = k + ABSMAX_SUFFIX
+                            if ka not in st:
+                                raise ValueError(f"state[{i}] lacks {ka!r} (the absmax of its 8-bit state {k!r})")
+                            _check_buffer(f"state[{i}][{ka!r}]", st[ka], np.dtype(np.float32),
+                                          (reference.q8_blocks(p.size),))  # fmt: skip
+                            add(st[ka], f"state[{i}][{ka!r}]", True)
+                        else:
+                            check.param_array(name, a, lowp=True)
                         if a.dtype != sdt or a.shape != p.shape:
                             raise ValueError(f"{name} has dtype {a.dtype} and shape {a.shape}; params[{i}] needs "
                                              f"{sdt} and {p.shape}")  # fmt: skip
@@ -784,6 +862,11 @@ class Optimizer:
         Arrays are copies (later steps do not change a saved state dict); layout and key names
         follow torch.optim (with ``step`` as a Python int). Taken under the lock: never half way
         through a step running in another thread.
+
+        An 8-bit state ``key`` (``state_dtype="8bit"``) is saved as ``key`` (the uint8 codes),
+        ``key + "_absmax"`` (float32, one per block of 256 elements) and ``key + "_qmap"`` (the
+        float32 code book, 256 values: signed, or unsigned for never-negative states); bitsandbytes'
+        layout with its names (``state1``/``qmap1``/``absmax1``) is not used.
         """
         state: Dict[int, State] = {}
         with self._lock:
@@ -792,7 +875,11 @@ class Optimizer:
                     continue
                 if not st:
                     continue
-                state[i] = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+                out = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+                for r in self._algo.states:
+                    if r.key + ABSMAX_SUFFIX in st:
+                        out[r.key + QMAP_SUFFIX] = reference.q8_map(not r.nonneg).value.copy()
+                state[i] = out
             groups = [{**{k: g[k] for k in self.defaults}, **({"seed": g["seed"]} if "seed" in g else {}),
                        "params": list(g["params"])} for g in self.param_groups]  # fmt: skip
         return {"state": state, "param_groups": groups}
@@ -802,7 +889,17 @@ class Optimizer:
 
         Everything is checked first (group and parameter counts, hyperparameters, state keys,
         array shapes and dtypes, step counts); a state dict that does not fit raises and leaves
-        the optimizer unchanged. Arrays are copied in. Serialized with steps by the lock. (In a
+        the optimizer unchanged. Arrays are copied in.
+
+        8-bit states (``state_dtype="8bit"``, :meth:`state_dict`): codes must be uint8 of the
+        parameter's shape with ``key + "_absmax"`` float32 of ``ceil(size / 256)`` values (each
+        >= 0 and finite, or NaN: a poisoned block that decodes to NaN) and, when given,
+        ``key + "_qmap"`` bitwise equal to this version's code book (ValueError naming it otherwise).
+        A float state (float32, float16, bfloat16 or float64, converted to float32) loaded for a
+        parameter with 8-bit states is quantized (:func:`fusedopt.reference.q8_encode`); an 8-bit
+        state loaded for a parameter with float states (another ``state_dtype``, or one below
+        ``min_8bit_size``) is decoded (:func:`fusedopt.reference.q8_decode`) and stored in the
+        state dtype (rounded to nearest even). Serialized with steps by the lock. (In a
         child forked while another thread was inside a step or load, loading replaces the
         half-updated state and the lock lost with that thread: see fusedopt._fork.)
         """
@@ -869,6 +966,7 @@ class Optimizer:
         master = self._master_kind(p)
         allowed = set(self._STATE_ARRAYS) | ({"step"} if self._HAS_STEP else set())
         allowed |= {MASTER_KEY} if master == "fp32" else {TRAIL_KEY} if master == "split" else set()
+        allowed |= {k + suffix for k in self._STATE_ARRAYS for suffix in (ABSMAX_SUFFIX, QMAP_SUFFIX)}
         unknown = set(st) - allowed
         if unknown:
             raise ValueError(f"state of parameter {i} has unknown key(s) {sorted(unknown)} for {type(self).__name__}")
@@ -883,9 +981,32 @@ class Optimizer:
             except TypeError as exc:  # a state dict that does not fit is a ValueError, whatever the field
                 raise ValueError(str(exc)) from None
         sdt = self._state_dtype(p)
+        roles = {r.key: r for r in self._algo.states}
         for k in (*self._STATE_ARRAYS, MASTER_KEY, TRAIL_KEY):
             if k not in st:
+                if k in roles and (k + ABSMAX_SUFFIX in st or k + QMAP_SUFFIX in st):
+                    raise ValueError(f"state of parameter {i} has {k + ABSMAX_SUFFIX!r}/{k + QMAP_SUFFIX!r} "
+                                     f"but no {k!r}")  # fmt: skip
                 continue
+            if k in roles:
+                loaded = _load_q8(i, k, st, roles[k], p)
+                if loaded is not None and self._is_q8(p):  # 8-bit kept as is
+                    codes = _zeros_in_phase(p, np.dtype(np.uint8))
+                    codes[...] = loaded[0]
+                    out[k] = codes
+                    out[k + ABSMAX_SUFFIX] = loaded[1].copy()
+                    continue
+                if loaded is not None:  # 8-bit decoded for float states
+                    buf = self._zeros(p)
+                    buf[...] = loaded[2].reshape(p.shape)
+                    out[k] = buf
+                    continue
+                a = st[k]
+                if self._is_q8(p) and isinstance(a, np.ndarray) and _lowp.numpy_kind(a.dtype) is not None:
+                    if a.shape != p.shape:
+                        raise ValueError(f"state of parameter {i}: '{k}' has shape {a.shape}, the parameter {p.shape}")
+                    self._put_q8(out, roles[k], p, a.astype(np.float32))  # a float state quantized
+                    continue
             a = st[k]
             want = np.dtype(np.float32) if k == MASTER_KEY else np.dtype(np.uint16) if k == TRAIL_KEY else sdt
             if not isinstance(a, np.ndarray):
@@ -937,17 +1058,32 @@ class Optimizer:
     def fp32_state_dict(self) -> Dict[str, Any]:
         """:meth:`state_dict` for float32 parameters (:meth:`master_params`): every state array
         as float32 (exact upcasts of bfloat16/float16 ones; float64 ones rounded to nearest), the
-        master keys and the ``"seed"`` group entries dropped."""
+        master keys and the ``"seed"`` group entries dropped; 8-bit states decoded to float32
+        (:func:`fusedopt.reference.q8_decode`) under their plain keys, their ``"_absmax"`` and
+        ``"_qmap"`` entries dropped: a state dict for any optimizer of the class."""
         sd = self.state_dict()
         for st in sd["state"].values():
             for k in MASTER_KEYS:
                 st.pop(k, None)
+            for r in self._algo.states:
+                st.pop(r.key + QMAP_SUFFIX, None)
+                absmax = st.pop(r.key + ABSMAX_SUFFIX, None)
+                if absmax is not None and r.key in st:
+                    codes = st[r.key]
+                    st[r.key] = reference.q8_decode(codes, absmax, not r.nonneg).reshape(codes.shape)
             for k, v in list(st.items()):
                 if isinstance(v, np.ndarray):
                     st[k] = v.astype(np.float32)
         for g in sd["param_groups"]:
             g.pop("seed", None)
         return sd
+
+    def state_bytes(self) -> int:
+        """The bytes of all state arrays (states, 8-bit codes and their absmax, masters and
+        trails; not the parameters, not a few bytes of placement padding): e.g. Adam keeps 8 bytes
+        per float32 parameter element with float32 states, about 2.03 with ``state_dtype="8bit"``."""
+        with self._lock:
+            return sum([v.nbytes for st in self.state for v in st.values() if isinstance(v, np.ndarray)])
 
     # -- copies and pickles ----------------------------------------------------------------------
     # The lock and the cached plan (native objects holding the arrays) are not copied: a copy gets
@@ -1006,7 +1142,7 @@ class Optimizer:
                 a = st.get(k)
                 if isinstance(a, np.ndarray) and a.shape == p.shape and a.dtype == self._state_dtype(p) and a.size \
                         and (in_arena or (a.ctypes.data - p.ctypes.data) % 64 != 0):  # fmt: skip
-                    buf = self._zeros(p)
+                    buf = _zeros_in_phase(p, a.dtype) if a.dtype == np.uint8 else self._zeros(p)
                     buf[...] = a
                     st[k] = buf
 
@@ -1044,6 +1180,51 @@ def _zeros_in_phase(param: np.ndarray, dtype: Optional[np.dtype] = None) -> np.n
         k0 = (-param.ctypes.data) % 64 // param.dtype.itemsize
         offset = (-(raw.ctypes.data // item) - k0) % (64 // item)
     return raw[offset : offset + param.size].reshape(param.shape)
+
+
+def _check_buffer(name: str, a: Any, dtype: np.dtype, shape: Tuple[int, ...]) -> None:
+    """A writeable C-contiguous array of this dtype and shape (ValueError naming it)."""
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous \
+            or not a.flags.writeable:  # fmt: skip
+        raise ValueError(f"{name} must be a writeable C-contiguous {dtype} array of shape {shape}")
+
+
+def _load_q8(i: int, k: str, st: Mapping[str, Any], role: StateRole, p: np.ndarray
+             ) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:  # fmt: skip
+    """A loaded state ``k`` that is 8-bit (has ``k + "_absmax"``), checked: (codes, absmax, decoded
+    float32). None for a state without absmax (the caller checks it as a float state). Writes
+    nothing."""
+    a = st[k]
+    name = f"state of parameter {i}: '{k}'"
+    ka, kq = k + ABSMAX_SUFFIX, k + QMAP_SUFFIX
+    signed = not role.nonneg
+    if ka not in st:
+        if kq in st:
+            raise ValueError(f"state of parameter {i} has {kq!r} but no {ka!r}")
+        if isinstance(a, np.ndarray) and a.dtype == np.uint8:
+            raise ValueError(f"{name} is uint8 (8-bit codes) but {ka!r} is missing")
+        return None
+    if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.shape != p.shape:
+        raise ValueError(f"{name} must be a uint8 array (8-bit codes) of shape {p.shape} since {ka!r} is given, got "
+                         f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}")  # fmt: skip
+    m = st[ka]
+    nb = reference.q8_blocks(p.size)
+    if not isinstance(m, np.ndarray) or m.dtype != np.float32 or m.shape != (nb,):
+        raise ValueError(f"state of parameter {i}: {ka!r} must be a float32 array of shape ({nb},), got "
+                         f"{type(m).__name__} {getattr(m, 'dtype', '')} {getattr(m, 'shape', '')}")  # fmt: skip
+    bad = np.isinf(m) | (np.signbit(m) & ~np.isnan(m))
+    if bad.any():
+        raise ValueError(f"state of parameter {i}: {ka!r} has a negative or infinite value at block "
+                         f"{int(np.argmax(bad))} (absmax values are >= 0 and finite, or NaN)")  # fmt: skip
+    if kq in st:
+        q = st[kq]
+        want = reference.q8_map(signed).value
+        if not isinstance(q, np.ndarray) or q.dtype != np.float32 or q.shape != want.shape \
+                or not np.array_equal(q.view(np.uint32), want.view(np.uint32)):  # fmt: skip
+            raise ValueError(f"state of parameter {i}: {kq!r} is not this version's {'signed' if signed else 'unsigned'} "
+                             "8-bit code book (float32, 256 values, bitwise): states quantized with another "
+                             "code book cannot be loaded")  # fmt: skip
+    return a, m, reference.q8_decode(a, m, signed)
 
 
 #: types whose values cannot change in place (a hyperparameter of one of these types that is still
@@ -1116,9 +1297,9 @@ class _Plan:
 
 
 def _lowp_kw(master_weights: Optional[str], stochastic_rounding: bool, seed: Optional[int],
-             state_dtype: Optional[str]) -> Dict[str, Any]:  # fmt: skip
+             state_dtype: Optional[str], min_8bit_size: int) -> Dict[str, Any]:  # fmt: skip
     return dict(master_weights=master_weights, stochastic_rounding=stochastic_rounding, seed=seed,
-                state_dtype=state_dtype)  # fmt: skip
+                state_dtype=state_dtype, min_8bit_size=min_8bit_size)  # fmt: skip
 
 
 class SGD(Optimizer):
@@ -1135,10 +1316,11 @@ class SGD(Optimizer):
         weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
         master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
         state_dtype: Optional[str] = None,
+        min_8bit_size: int = _lowp.MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize),
-                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))  # fmt: skip
 
 
 class Momentum(Optimizer):
@@ -1153,9 +1335,10 @@ class Momentum(Optimizer):
         self, params: ParamsArg, lr: float, beta: float = 0.9, weight_decay: float = 0.0,
         bias_correction: bool = False, *, master_weights: Optional[str] = None, stochastic_rounding: bool = False,
         seed: Optional[int] = None, state_dtype: Optional[str] = None,
+        min_8bit_size: int = _lowp.MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay, bias_correction=bias_correction),
-                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
 
 
 class RMSprop(Optimizer):
@@ -1177,10 +1360,11 @@ class RMSprop(Optimizer):
         weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
         maximize: bool = False, master_weights: Optional[str] = None, stochastic_rounding: bool = False,
         seed: Optional[int] = None, state_dtype: Optional[str] = None,
+        min_8bit_size: int = _lowp.MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                                       centered=centered, maximize=maximize),
-                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))  # fmt: skip
 
     @classmethod
     def keras(
@@ -1225,10 +1409,11 @@ class Adam(Optimizer):
         eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
         decoupled_weight_decay: bool = False, master_weights: Optional[str] = None, stochastic_rounding: bool = False,
         seed: Optional[int] = None, state_dtype: Optional[str] = None,
+        min_8bit_size: int = _lowp.MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize, decoupled_weight_decay=decoupled_weight_decay),
-                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))  # fmt: skip
 
     @classmethod
     def keras(
@@ -1260,10 +1445,11 @@ class AdamW(Adam):
         eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
         master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
         state_dtype: Optional[str] = None,
+        min_8bit_size: int = _lowp.MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          decoupled_weight_decay=True,
-                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))  # fmt: skip
 
     @classmethod
     def keras(  # type: ignore[override]
@@ -1300,11 +1486,12 @@ class Adagrad(Optimizer):
         initial_accumulator_value: float = 0.0, eps: float = 1e-10, *, maximize: bool = False,
         master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
         state_dtype: Optional[str] = None,
+        min_8bit_size: int = _lowp.MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps,
                                       maximize=maximize),
-                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))  # fmt: skip
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))  # fmt: skip
 
 
 class Lion(Optimizer):
@@ -1320,6 +1507,7 @@ class Lion(Optimizer):
         self, params: ParamsArg, lr: float = 1e-4, betas: Tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0, *, maximize: bool = False, master_weights: Optional[str] = None,
         stochastic_rounding: bool = False, seed: Optional[int] = None, state_dtype: Optional[str] = None,
+        min_8bit_size: int = _lowp.MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize),
-                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype))
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
