@@ -129,7 +129,7 @@ def test_encode_rules():
 # ---------------------------------------------------------------------------------------------
 
 
-def _edge_values() -> np.ndarray:
+def _edge_values(special_blocks: bool = True) -> np.ndarray:
     m = reference.q8_map(True)
     t = m.threshold[:-1]
     near = np.concatenate([t, np.nextafter(t, np.float32(-1)), np.nextafter(t, np.float32(2)), m.value])
@@ -142,6 +142,8 @@ def _edge_values() -> np.ndarray:
     v = np.concatenate([v, np.zeros((-v.size) % (BLOCK - 1), np.float32)]).reshape(-1, BLOCK - 1)
     # every block: 255 values and a 1.0, so absmax is 1 and q == x exactly (thresholds hit exactly)
     x = np.concatenate([v, np.ones((v.shape[0], 1), np.float32)], axis=1).ravel()
+    if not special_blocks:
+        return x
     special = np.zeros(6 * BLOCK + 77, np.float32)  # zero block, NaN block, inf block, subnormal, -0.0, partial
     special[BLOCK + 3] = np.nan
     special[2 * BLOCK + 4] = np.inf
@@ -293,3 +295,35 @@ def test_error_no_worse_than_torchao(signed):
     err_theirs = np.abs(theirs.astype(np.float64) - x).mean()
     assert err_ours <= err_theirs * (1 + 1e-6), (err_ours, err_theirs)
     assert math.isfinite(err_ours)
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_encoder_ignores_flush_to_zero(isa, signed):
+    """Flush-to-zero / denormals-are-zero set by the caller (torch.set_flush_denormal) change no
+    code of a normal value: the quantizer's tables are moved as bit patterns, never computed with
+    (some entries have the bit pattern of a float32 subnormal)."""
+    torch = pytest.importorskip("torch")
+    x = _edge_values(special_blocks=False)  # blocks of absmax 1: every q is x itself, 0 or normal
+    if not signed:
+        x = np.abs(x)
+    n = x.size
+    want_codes, want_absmax = reference.q8_encode(x, signed)
+    m = reference.q8_map(signed)
+    # Adagrad stores sum + g*g (unsigned); SGD's first step stores g (signed): feed values whose
+    # stored state is exactly x
+    torch.set_flush_denormal(True)
+    try:
+        codes = np.full(n, m.zero, np.uint8)
+        absmax = np.zeros(reference.q8_blocks(n), np.float32)
+        p = np.zeros(n, np.float32)
+        if signed:
+            _core.sgd([p], [x], [codes], 0.0, 0.0, 0.9, 1.0, 1.0, 1.0, INF, False, False, True, 2, absmax=[[absmax]])
+        else:  # reference.adagrad: sum = sum + g*g; choose g = sqrt(x) and compare with the encode of g*g
+            g = np.sqrt(x).astype(np.float32)
+            x = g * g
+            want_codes, want_absmax = reference.q8_encode(x, signed)
+            _core.adagrad([p], [g], [codes], 0.0, 1.0, 0.0, 1.0, 1.0, INF, False, 2, absmax=[[absmax]])
+    finally:
+        torch.set_flush_denormal(False)
+    assert np.array_equal(codes, want_codes)
+    assert np.array_equal(absmax.view(np.uint32), want_absmax.view(np.uint32))
