@@ -287,9 +287,9 @@ def quantization_error(n: int, use_bnb: bool, use_torchao: bool) -> List[Tuple[s
                 rows.append((dname, ename, f"skipped: {type(exc).__name__}: {str(exc)[:100]}"))
                 continue
             err = np.abs(dec.astype(np.float64) - x64)
-            diff = float(np.mean(codes.astype(np.int64) != exact))
+            diff = int(np.count_nonzero(codes.astype(np.int64) != exact))
             rows.append((dname, ename, f"{np.mean(err / am_el):15.3e} {np.max(err / am_el):14.3e} "
-                                       f"{np.mean(err[nz] / np.abs(x64[nz])):12.3e} {diff:10.3%}"))  # fmt: skip
+                                       f"{np.mean(err[nz] / np.abs(x64[nz])):12.3e} {diff:8d} ({diff / n:.4%})"))  # fmt: skip
     return rows
 
 
@@ -511,7 +511,7 @@ def main() -> int:
     print(f"\nQuantization error on the same {nq} values (blocks of 256; err = |decode(encode(x)) - x|; "
           f"'!= nearest': codes that differ from the exact nearest code of x/absmax, float64)")  # fmt: skip
     print(f"  {'data':30s} {'encoder':36s} {'mean err/absmax':>15s} {'max err/absmax':>14s} "
-          f"{'mean err/|x|':>12s} {'!= nearest':>10s}")  # fmt: skip
+          f"{'mean err/|x|':>12s} {'!= nearest (count, %)':>21s}")  # fmt: skip
     for dname, ename, row in quantization_error(nq, not args.no_bnb, not args.no_torchao):
         print(f"  {dname:30s} {ename:36s} {row}")
 
