@@ -308,7 +308,7 @@ def _snapshot(opt: Any) -> List[Dict[str, torch.Tensor]]:
         (lambda st: st.__setitem__("exp_avg_absmax", st["exp_avg_absmax"][:-1]), ValueError, "exp_avg_absmax"),
         (lambda st: st.pop("exp_avg_sq_absmax"), ValueError, "exp_avg_sq_absmax"),
         (lambda st: st.__setitem__("exp_avg", st["exp_avg"][:-1]), ValueError, "shape"),
-        (lambda st: st.__setitem__("exp_avg", st["exp_avg"].to(torch.int16)), ValueError, "exp_avg'\] has dtype torch.int16"),
+        (lambda st: st.__setitem__("exp_avg", st["exp_avg"].to(torch.int16)), ValueError, "has dtype torch.int16 but"),
         (lambda st: st.__setitem__("exp_avg_qmap", st["exp_avg_qmap"][:128]), TypeError, "256 values"),
     ],
 )
