@@ -409,7 +409,7 @@ def test_bitsandbytes_adamw8bit_loads() -> None:
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen)
         ref.step()
-    sd = ref.state_dict()
+    sd = copy.deepcopy(ref.state_dict())  # (torch's loader shares float32 tensors: bnb's would be stepped twice)
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
     opt = ft.AdamW(copies, lr=1e-3, weight_decay=1e-2, state_dtype="8bit")
     opt.load_state_dict(sd)
@@ -427,9 +427,9 @@ def test_bitsandbytes_adamw8bit_loads() -> None:
     before = [q.detach().clone() for q in copies]
     ref.step()
     opt.step()
-    for p, q, b in zip(params, copies, before):
+    for p, q, b in zip(params, copies, before):  # (the moments bnb requantizes differ, not the ones used)
         moved = (q - b).abs().max()
-        assert (p - q).abs().max() <= 0.05 * moved + 1e-7
+        assert (p - q).abs().max() <= 1e-3 * moved + 1e-6
 
 
 def test_fp32_export_loads_into_torch_adamw() -> None:
