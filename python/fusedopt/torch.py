@@ -91,6 +91,27 @@ bfloat16 layout the state keeps):
 * ``state_dtype``: ``None`` keeps states in the dtype of what is stepped (the parameter's dtype,
   as torch.optim; float32 with a master), ``"float32"`` or ``"bfloat16"`` (not for float16
   parameters); float64 parameters always keep float64 states.
+* ``state_dtype="8bit"`` (issue 14) with ``min_8bit_size=4096`` (an int >= 0, fixed like the other
+  options): every state of a float32/bfloat16/float16 parameter of ``min_8bit_size`` elements or
+  more is block-quantized (:mod:`fusedopt.reference`'s Q8 section, bitsandbytes' dynamic code
+  books: unsigned for ``'exp_avg_sq'``, ``'max_exp_avg_sq'``, ``'square_avg'``, ``'sum'``, signed
+  for the others): ``state[key]`` the uint8 codes (the parameter's shape and strides; blocks of 256
+  counted in its memory order) and ``state[key + '_absmax']`` a float32 tensor of one absmax per
+  block (about 2.02 bytes of Adam state per element instead of 8). Smaller parameters keep float32
+  states (float64 ones float64). New states are the code of 0 with absmax 0 (Adagrad's ``'sum'``
+  the quantized ``initial_accumulator_value``). Each step decodes, updates and re-encodes in one
+  native pass (the 8-bit tensors in one call, the others in another, all checked before either
+  writes), bitwise :func:`fusedopt.reference.lowp_step` with :class:`fusedopt.reference.Q8State`;
+  with a master or stochastic rounding as above. ``state_dict()`` adds ``key + '_qmap'`` (the
+  float32 code book, 256 values) per 8-bit state. ``load_state_dict`` takes 8-bit state dicts
+  (codes copied exactly; the absmax count, dtypes, shapes and any ``'_qmap'``, which must equal
+  fusedopt's bitwise, are checked first, nothing loaded on error), float ones (quantized with
+  :func:`fusedopt.reference.q8_encode` where this optimizer keeps 8-bit states), and, into
+  ``Adam``/``AdamW``, ``bitsandbytes.optim.AdamW8bit``/``Adam8bit`` state dicts (its
+  ``'__bnb_optimizer_quant_state__'`` with ``'state1'``/``'state2'``, ``'absmax1'``/``'absmax2'``,
+  ``'qmap1'``/``'qmap2'``: the same format, loaded exactly; its group keys ``'alpha'``,
+  ``'t_alpha'``, ``'t_beta3'`` dropped). An optimizer without 8-bit states loads 8-bit state dicts
+  decoded. :func:`fp32_state_dict` (= :meth:`~_FusedOptimizer.fp32_state_dict`) decodes them.
 * ``load_state_dict`` puts state tensors in the dtype this optimizer keeps them in (torch casts to
   the parameter's dtype, which would drop a float32 master's or float32 state's low bits): a
   torch.optim state dict of a bfloat16 model loads (its bfloat16 states upcast exactly, masters
@@ -622,7 +643,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     def _is_q8(self, p: torch.Tensor) -> bool:
         """Whether ``p``'s states are 8-bit (state_dtype="8bit", not float64, ``min_8bit_size``
         elements or more)."""
-        return self.state_dtype == "8bit" and p.dtype != torch.float64 and p.numel() >= self.min_8bit_size
+        return bool(self.state_dtype == "8bit" and p.dtype != torch.float64 and p.numel() >= self.min_8bit_size)
 
     def _new_state(self, key: str, p: torch.Tensor, group: Dict[str, Any]) -> torch.Tensor:
         """A state tensor for ``p`` with ``p``'s strides (a parameter is one dense block, C order or
