@@ -91,6 +91,27 @@ bfloat16 layout the state keeps):
 * ``state_dtype``: ``None`` keeps states in the dtype of what is stepped (the parameter's dtype,
   as torch.optim; float32 with a master), ``"float32"`` or ``"bfloat16"`` (not for float16
   parameters); float64 parameters always keep float64 states.
+* ``state_dtype="8bit"`` (issue 14) with ``min_8bit_size=4096`` (an int >= 0, fixed like the other
+  options): every state of a float32/bfloat16/float16 parameter of ``min_8bit_size`` elements or
+  more is block-quantized (:mod:`fusedopt.reference`'s Q8 section, bitsandbytes' dynamic code
+  books: unsigned for ``'exp_avg_sq'``, ``'max_exp_avg_sq'``, ``'square_avg'``, ``'sum'``, signed
+  for the others): ``state[key]`` the uint8 codes (the parameter's shape and strides; blocks of 256
+  counted in its memory order) and ``state[key + '_absmax']`` a float32 tensor of one absmax per
+  block (about 2.02 bytes of Adam state per element instead of 8). Smaller parameters keep float32
+  states (float64 ones float64). New states are the code of 0 with absmax 0 (Adagrad's ``'sum'``
+  the quantized ``initial_accumulator_value``). Each step decodes, updates and re-encodes in one
+  native pass (the 8-bit tensors in one call, the others in another, all checked before either
+  writes), bitwise :func:`fusedopt.reference.lowp_step` with :class:`fusedopt.reference.Q8State`;
+  with a master or stochastic rounding as above. ``state_dict()`` adds ``key + '_qmap'`` (the
+  float32 code book, 256 values) per 8-bit state. ``load_state_dict`` takes 8-bit state dicts
+  (codes copied exactly; the absmax count, dtypes, shapes and any ``'_qmap'``, which must equal
+  fusedopt's bitwise, are checked first, nothing loaded on error), float ones (quantized with
+  :func:`fusedopt.reference.q8_encode` where this optimizer keeps 8-bit states), and, into
+  ``Adam``/``AdamW``, ``bitsandbytes.optim.AdamW8bit``/``Adam8bit`` state dicts (its
+  ``'__bnb_optimizer_quant_state__'`` with ``'state1'``/``'state2'``, ``'absmax1'``/``'absmax2'``,
+  ``'qmap1'``/``'qmap2'``: the same format, loaded exactly; its group keys ``'alpha'``,
+  ``'t_alpha'``, ``'t_beta3'`` dropped). An optimizer without 8-bit states loads 8-bit state dicts
+  decoded. :func:`fp32_state_dict` (= :meth:`~_FusedOptimizer.fp32_state_dict`) decodes them.
 * ``load_state_dict`` puts state tensors in the dtype this optimizer keeps them in (torch casts to
   the parameter's dtype, which would drop a float32 master's or float32 state's low bits): a
   torch.optim state dict of a bfloat16 model loads (its bfloat16 states upcast exactly, masters
@@ -122,14 +143,14 @@ import numbers
 import re
 import warnings
 from operator import attrgetter, itemgetter
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, cast
 
 import numpy as np
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import _core, _engine, _fork, _lowp, _threads, reference
 from . import _validation as check
-from ._lowp import MASTER_KEY, TRAIL_KEY
+from ._lowp import ABSMAX_SUFFIX, MASTER_KEY, MIN_8BIT_SIZE, QMAP_SUFFIX, TRAIL_KEY
 from .algorithms import (
     ADAGRAD,
     ADAM,
@@ -150,7 +171,7 @@ from .algorithms import SGD as _SGD
 # through torch's own methods, without NumPy views.
 _core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided, torch.bfloat16, torch.float16)
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "fp32_state_dict"]
 
 _DTYPES = (torch.float32, torch.float64)
 _LOWP_DTYPES = (torch.bfloat16, torch.float16)
@@ -278,7 +299,7 @@ def _check_param(name: str, p: Any) -> None:
 #: the native calls' role names -> torch's state keys (error messages are given in torch's terms)
 _ROLE_KEYS = {r.arg: r.key for a in ALGORITHMS.values() for r in a.states}
 _KEY_ROLES = {key: role for role, key in _ROLE_KEYS.items()}
-_NAMED = re.compile(r"\b(params|grads|counters|masters|" + "|".join(_ROLE_KEYS) + r")\[(\d+)\]")
+_NAMED = re.compile(r"\b(params|grads|counters|masters|" + "|".join(_ROLE_KEYS) + r")(_absmax)?\[(\d+)\]")
 
 _INFERENCE_MSG = (
     "Inplace update to inference tensor outside InferenceMode is not allowed.You can make a clone to get a "
@@ -296,13 +317,75 @@ class _Entry:
     """One parameter stepped now: its tensors, and the state this step creates (committed only
     after the update succeeded); ``master`` its fp32 master or int16 trail (the uint16 bits) (None: none)."""
 
-    __slots__ = ("p", "g", "index", "staged", "tensors", "step", "master")
+    __slots__ = ("p", "g", "index", "staged", "tensors", "step", "master", "absmax")
 
     def __init__(self, p: torch.Tensor, g: torch.Tensor, index: int, staged: Dict[str, Any],
                  tensors: List[torch.Tensor], step: Optional[torch.Tensor],
-                 master: Optional[torch.Tensor] = None) -> None:  # fmt: skip
+                 master: Optional[torch.Tensor] = None,
+                 absmax: Optional[List[torch.Tensor]] = None) -> None:  # fmt: skip
         self.p, self.g, self.index, self.staged, self.tensors, self.step = p, g, index, staged, tensors, step
         self.master = master
+        #: 8-bit states (``tensors`` are then their uint8 codes): the float32 absmax of each, else None
+        self.absmax = absmax
+
+
+def _codes_arg(t: torch.Tensor) -> Any:
+    """8-bit codes (a uint8 tensor) as the binding takes them: a NumPy view of the same memory."""
+    return t.detach().numpy()
+
+
+#: bitsandbytes' state-dict layout (``bnb.optim.AdamW8bit``/``Adam8bit``): each parameter's state is
+#: ``{'step': int, '__bnb_optimizer_quant_state__': {...}}`` with these keys -> fusedopt's
+_BNB_KEY = "__bnb_optimizer_quant_state__"
+_BNB_NAMES = {
+    "state1": "exp_avg", "state2": "exp_avg_sq",
+    "absmax1": "exp_avg" + ABSMAX_SUFFIX, "absmax2": "exp_avg_sq" + ABSMAX_SUFFIX,
+    "qmap1": "exp_avg" + QMAP_SUFFIX, "qmap2": "exp_avg_sq" + QMAP_SUFFIX,
+}  # fmt: skip
+#: bitsandbytes' group entries with no meaning here (its AdEMAMix options), dropped when loading
+_BNB_GROUP_KEYS = ("alpha", "t_alpha", "t_beta3")
+
+
+def _check_min_8bit_size(value: Any) -> int:
+    """``min_8bit_size``: an int >= 0 (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"min_8bit_size must be an int >= 0, got {type(value).__name__}")
+    if int(value) < 0:
+        raise ValueError(f"min_8bit_size must be an int >= 0, got {int(value)}")
+    return int(value)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """The elements of a one-block tensor (:func:`_one_block`) in memory order, as a 1-D view: the
+    order in which 8-bit blocks are counted (the flat order the kernels step)."""
+    return t.as_strided((t.numel(),), (1,))
+
+
+def _q8_encode_like(p: torch.Tensor, values: torch.Tensor, signed: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """New (codes, absmax) of an 8-bit state of ``p`` (codes with ``p``'s strides) holding
+    ``values`` (``p``'s shape): :func:`fusedopt.reference.q8_encode` in ``p``'s memory order."""
+    codes = torch.empty_like(p, dtype=torch.uint8, memory_format=torch.preserve_format)
+    src = torch.empty_like(codes, dtype=torch.float32, memory_format=torch.preserve_format)
+    src.copy_(values.detach())
+    c, a = reference.q8_encode(_flat(src).numpy(), signed)
+    _flat(codes).copy_(torch.from_numpy(c))
+    return codes, torch.from_numpy(a)
+
+
+def _q8_decode(codes: torch.Tensor, absmax: torch.Tensor, signed: bool) -> torch.Tensor:
+    """The float32 values of an 8-bit state (a new tensor with the codes' shape and strides;
+    the codes are one block, :func:`_one_block`)."""
+    codes = codes.detach()
+    out = torch.empty_like(codes, dtype=torch.float32, memory_format=torch.preserve_format)
+    a = absmax.detach().reshape(-1).to(torch.float32).numpy()
+    _flat(out).copy_(torch.from_numpy(reference.q8_decode(_flat(codes).numpy(), a, signed)))
+    return out
+
+
+def _is_q8_state(st: Dict[str, Any], key: str) -> bool:
+    """Whether ``st[key]`` is an 8-bit state (uint8 codes with an absmax)."""
+    v = st.get(key)
+    return isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and key + ABSMAX_SUFFIX in st
 
 
 def _master_arg(m: torch.Tensor) -> Any:
@@ -316,15 +399,34 @@ class _Call:
     ``lowp`` the binding's low-precision arguments (empty, or (masters, stochastic_rounding, seed,
     sr_step))."""
 
-    __slots__ = ("hyper", "t", "entries", "n", "lowp")
+    __slots__ = ("hyper", "t", "entries", "n", "lowp", "absmax")
 
     def __init__(self, hyper: Dict[str, Any], t: Any, entries: List[_Entry], n: int,
                  lowp: Tuple[Any, ...] = ()) -> None:  # fmt: skip
         self.hyper, self.t, self.entries, self.n, self.lowp = hyper, t, entries, n, lowp
+        #: 8-bit states: per state key, the absmax tensors of the entries (else None)
+        self.absmax: Optional[List[List[torch.Tensor]]] = None
+        if entries and entries[0].absmax is not None:
+            self.absmax = [[cast(List[torch.Tensor], e.absmax)[j] for e in entries] for j in range(len(entries[0].absmax))]
 
     def lists(self, nkeys: int) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[List[torch.Tensor]]]:
         es = self.entries
         return [e.p for e in es], [e.g for e in es], [[e.tensors[j] for e in es] for j in range(nkeys)]
+
+    def native_lists(self, nkeys: int) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[List[Any]]]:
+        """:meth:`lists` as the binding takes them: 8-bit codes (uint8 tensors) as NumPy views of
+        their memory (the core takes torch tensors of float dtypes only)."""
+        P, G, S = self.lists(nkeys)
+        if self.absmax is not None:
+            S = [[_codes_arg(t) for t in s] for s in S]
+        return P, G, S
+
+    def native_lowp(self) -> Tuple[Any, ...]:
+        """The binding's trailing low-precision arguments, with the absmax lists (in state-key
+        order) of 8-bit states."""
+        if self.absmax is None:
+            return self.lowp
+        return (*(self.lowp or (None, False, 0, 0)), self.absmax)
 
     def counters(self) -> Optional[List[torch.Tensor]]:
         steps = [e.step for e in self.entries if e.step is not None]
@@ -336,8 +438,10 @@ def _torch_names(message: str, entries: List[_Entry]) -> str:
     ``grads[1]`` -> ``params[7].grad``, ``exp_avgs[1]`` -> ``state[params[7]]['exp_avg']``."""
 
     def name(m: "re.Match[str]") -> str:
-        role, k = m.group(1), int(m.group(2))
+        role, suffix, k = m.group(1), m.group(2), int(m.group(3))
         i = entries[k].index if k < len(entries) else k
+        if suffix:  # an 8-bit state's absmax
+            return f"state[params[{i}]][{_ROLE_KEYS.get(role, role) + ABSMAX_SUFFIX!r}]"
         if role == "params":
             return f"params[{i}]"
         if role == "grads":
@@ -403,6 +507,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     master_weights = _lowp.FixedOption()
     stochastic_rounding = _lowp.FixedOption()
     state_dtype = _lowp.FixedOption()
+    min_8bit_size = _lowp.FixedOption()
     #: whether the state has torch's float ``'step'`` counter
     _HAS_STEP = True
     #: the group keys a loaded state dict must have (torch's step reads them; torch's
@@ -414,9 +519,10 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
     _tplan_groups: List[Tuple[Tuple[str, ...], bool]]
 
     def __init__(self, params: Any, defaults: Dict[str, Any],
-                 lowp: Tuple[Any, ...] = (None, False, None, None)) -> None:  # fmt: skip
+                 lowp: Tuple[Any, ...] = (None, False, None, None, MIN_8BIT_SIZE)) -> None:  # fmt: skip
         self._lock = _fork.new_lock(self)
-        mw, sr, seed, sd = _lowp.check_options(*lowp)
+        mw, sr, seed, sd = _lowp.check_options(*lowp[:4])
+        m8 = _check_min_8bit_size(lowp[4] if len(lowp) > 4 else MIN_8BIT_SIZE)
         if sr and seed is None:  # from torch's default generator: torch.manual_seed reproduces it
             seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
         #: the low-precision options (see the module docstring); ``seed`` is each param group's
@@ -425,6 +531,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         self.__dict__["stochastic_rounding"] = sr
         self.seed: Optional[int] = seed
         self.__dict__["state_dtype"] = sd
+        #: state_dtype="8bit": parameters with fewer elements keep float32 states
+        self.__dict__["min_8bit_size"] = m8
         #: each parameter with a master -> its autograd version after fusedopt's last step: a
         #: parameter changed in place since (``load_state_dict`` of the model, ``copy_`` or ``fill_``
         #: under ``no_grad``) gets its master made again from it (see sync_masters)
@@ -517,6 +625,26 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         missing FIRST_STEP buffer is started from the gradient, as torch does."""
         return tuple(r.key for r in self._algo.states if r.present(hyper) and r.init != FIRST_STEP)
 
+    def _new_states(self, key: str, p: torch.Tensor, group: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """State ``key`` of ``p``: ``{key: tensor}``, or for an 8-bit state ``{key: codes, key +
+        '_absmax': absmax}`` (zeros: the code of 0 and absmax 0, as q8_encode of zeros)."""
+        if not self._is_q8(p):
+            return {key: self._new_state(key, p, group)}
+        role = self._ROLES[key]
+        signed = not role.nonneg
+        if role.init in (ZEROS, FIRST_STEP):  # (a FIRST_STEP buffer is written by the step)
+            codes = torch.full_like(p, reference.q8_map(signed).zero, dtype=torch.uint8,
+                                    memory_format=torch.preserve_format)  # fmt: skip
+            absmax = torch.zeros(reference.q8_blocks(p.numel()), dtype=torch.float32)
+        else:
+            codes, absmax = _q8_encode_like(p, torch.full_like(p, float(group[role.init]), dtype=torch.float32), signed)
+        return {key: codes, key + ABSMAX_SUFFIX: absmax}
+
+    def _is_q8(self, p: torch.Tensor) -> bool:
+        """Whether ``p``'s states are 8-bit (state_dtype="8bit", not float64, ``min_8bit_size``
+        elements or more)."""
+        return bool(self.state_dtype == "8bit" and p.dtype != torch.float64 and p.numel() >= self.min_8bit_size)
+
     def _new_state(self, key: str, p: torch.Tensor, group: Dict[str, Any]) -> torch.Tensor:
         """A state tensor for ``p`` with ``p``'s strides (a parameter is one dense block, C order or
         not, e.g. channels_last: the state is stepped as the same flat memory), as torch makes it."""
@@ -533,6 +661,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         """The dtype of ``p``'s state tensors (:func:`fusedopt._lowp.state_kind`)."""
         if not self._lowp_path:
             return p.dtype
+        if self.state_dtype == "8bit":  # (the float states of small parameters; float64 keeps float64)
+            return torch.float64 if p.dtype == torch.float64 else torch.float32
         return _TORCH_DTYPE[_lowp.state_kind(_KIND.get(p.dtype, "float32"), self.master_weights, self.state_dtype)]
 
     def _master_kind(self, p: torch.Tensor) -> Optional[str]:
@@ -614,7 +744,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     f"params[{start + i}] is the same tensor as params[{start + j}]: a parameter may be listed only "
                     "once (a fused step would update it twice)"
                 )
-        for k in ("master_weights", "stochastic_rounding", "state_dtype"):
+        for k in ("master_weights", "stochastic_rounding", "state_dtype", "min_8bit_size"):
             if k in param_group:
                 raise ValueError(f"{k} is an option of the whole optimizer, not of a param group: give it to the "
                                  f"constructor ({type(self).__name__}(params, {k}=...))")  # fmt: skip
@@ -638,7 +768,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     if self._HAS_STEP:
                         st["step"] = torch.tensor(0.0, dtype=_step_dtype(group))
                     for k in eager:
-                        st[k] = self._new_state(k, p, group)
+                        st.update(self._new_states(k, p, group))
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         # (load_state_dict ends here too): a damaged state is refused before anything is replaced
@@ -647,7 +777,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         if "_lock" not in self.__dict__:  # unpickled or deep-copied: a lock of its own
             self._lock = _fork.new_lock(self)
         for k, v in (("master_weights", None), ("stochastic_rounding", False), ("seed", None), ("state_dtype", None),
-                     ("_lowp_path", False)):  # fmt: skip
+                     ("min_8bit_size", MIN_8BIT_SIZE), ("_lowp_path", False)):  # fmt: skip
             self.__dict__.setdefault(k, v)
         self._master_versions = WeakIdKeyDictionary()  # (loaded masters are taken as they are)
         self._forget_caches()
@@ -682,6 +812,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         if _fork.forked_mid_call(self):
             self._lock = _fork.new_lock(self)  # (forked child) loading replaces the half-updated state
         with self._lock:
+            # 8-bit states (ours or bitsandbytes'): checked and converted to what this optimizer keeps
+            state_dict, q8_keep, q8_skip = self._q8_load_prepare(state_dict)
             self._forget_caches()
             if not self._lowp_path:
                 super().load_state_dict(state_dict)
@@ -690,10 +822,10 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             # states of a bfloat16 parameter would lose their low bits. The tensors are checked and
             # kept here, and put back cast to the dtypes this optimizer keeps (exactly, or rounded
             # to nearest even when narrowing, e.g. float32 states into state_dtype="bfloat16").
-            state_dict, keep = self._lowp_load_prepare(state_dict)
+            state_dict, keep = self._lowp_load_prepare(state_dict, q8_skip)
             super().load_state_dict(state_dict)
             with torch.no_grad():
-                for p, kept in keep:
+                for p, kept in keep + q8_keep:
                     st = self.state[p]
                     for k, v in kept.items():
                         st[k] = v
@@ -702,7 +834,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     group.setdefault("seed", self.seed)
 
     def _lowp_load_prepare(
-        self, state_dict: Dict[str, Any]
+        self, state_dict: Dict[str, Any], skip: Any = frozenset()
     ) -> Tuple[Dict[str, Any], List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]]:
         """Check the state tensors of a state dict against this optimizer's low-precision layout
         and make them in the dtypes kept here (nothing is modified on error): state tensors must be
@@ -737,6 +869,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             dropped: List[str] = []
             for k, v in st.items():
                 name = f"state[params[{i}]][{k!r}]"
+                if (pid, k) in skip:  # an 8-bit state's placeholder (_q8_load_prepare)
+                    continue
                 if k in (MASTER_KEY, TRAIL_KEY) and not isinstance(v, torch.Tensor):
                     raise TypeError(f"{name} must be a tensor, got {type(v).__name__}; nothing was loaded")
                 if k == "step" or not isinstance(v, torch.Tensor):
@@ -779,10 +913,173 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                 keep.append((p, kept))
         return {**state_dict, "state": new_state}, keep
 
+    def _id_map(self, saved_groups: Any) -> Dict[Any, Tuple[int, torch.Tensor]]:
+        """Saved parameter id -> (index, parameter), as torch's loader pairs them."""
+        id_map: Dict[Any, Tuple[int, torch.Tensor]] = {}
+        index = 0
+        if not isinstance(saved_groups, (list, tuple)):
+            return id_map
+        for g, sg in zip(self.param_groups, saved_groups):
+            pids = sg.get("params", []) if isinstance(sg, dict) else []
+            for p, pid in zip(g["params"], pids):
+                id_map[pid] = (index, p)
+                index += 1
+        return id_map
+
+    def _from_bnb(self, i: int, st: Dict[str, Any]) -> Dict[str, Any]:
+        """A parameter's state in bitsandbytes' layout (``{'step', '__bnb_optimizer_quant_state__':
+        {'state1', 'state2', 'absmax1', 'absmax2', 'qmap1', 'qmap2'}}``, or unwrapped) in this
+        optimizer's keys (``'exp_avg'``, ``'exp_avg_absmax'``, ...)."""
+        if self._algo is not ADAM:
+            raise ValueError(f"state[params[{i}]] is a bitsandbytes Adam state ('state1', '{_BNB_KEY}'): it loads "
+                             f"into fusedopt.torch.Adam/AdamW only, not {type(self).__name__}; nothing was loaded")  # fmt: skip
+        inner = st.get(_BNB_KEY, {})
+        if not isinstance(inner, dict):
+            raise TypeError(f"state[params[{i}]][{_BNB_KEY!r}] must be a dict, got {type(inner).__name__}; "
+                            "nothing was loaded")  # fmt: skip
+        merged = {**{k: v for k, v in st.items() if k != _BNB_KEY}, **inner}
+        out: Dict[str, Any] = {}
+        for k, v in merged.items():
+            if k == "step":
+                out[k] = v
+            elif k in _BNB_NAMES:
+                out[_BNB_NAMES[k]] = v
+            else:  # e.g. 'unorm_vec' (max_unorm), 'gnorm_vec' (percentile_clipping): no such state here
+                raise ValueError(f"state[params[{i}]] (bitsandbytes layout) has {k!r}, which fusedopt has no "
+                                 "state for; nothing was loaded")  # fmt: skip
+        return out
+
+    def _q8_load_prepare(
+        self, state_dict: Any
+    ) -> Tuple[Any, List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]], Any]:
+        """Check and convert the 8-bit states of a state dict (nothing is modified on error):
+        ours (``'exp_avg'`` uint8 codes, ``'exp_avg_absmax'`` float32, optional ``'exp_avg_qmap'``
+        equal to fusedopt's code book bitwise) and bitsandbytes' (its keys and wrapping, mapped to
+        ours). A parameter with 8-bit states here gets them (copied exactly when the layout is
+        ours, else quantized with :func:`fusedopt.reference.q8_encode`, e.g. from a float32 state
+        dict); one with float states gets the decoded values. Returns the state dict to load (an
+        8-bit state's key holding a placeholder without memory), the (parameter, {key: tensor})
+        to put in the state afterwards and the (saved id, key) of the placeholders."""
+        keep: List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]] = []
+        skip: Set[Tuple[Any, str]] = set()
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
+            return state_dict, keep, skip  # torch's loader raises its own error
+        states = state_dict["state"]
+        bnb = any([isinstance(st, dict) and (_BNB_KEY in st or "state1" in st) for st in states.values()])
+        if not bnb and self.state_dtype != "8bit":
+            suffixes = (ABSMAX_SUFFIX, QMAP_SUFFIX)
+            if not any([isinstance(st, dict) and any([isinstance(k, str) and k.endswith(suffixes) for k in st])
+                        for st in states.values()]):  # fmt: skip
+                return state_dict, keep, skip  # nothing 8-bit here or in the state dict
+        id_map = self._id_map(state_dict.get("param_groups"))
+        new_state: Dict[Any, Any] = {}
+        for pid, st in states.items():
+            if pid not in id_map or not isinstance(st, dict):
+                new_state[pid] = st
+                continue
+            i, p = id_map[pid]
+            if _BNB_KEY in st or "state1" in st:
+                st = self._from_bnb(i, st)
+            want8 = self._is_q8(p)
+            out = dict(st)
+            kept: Dict[str, torch.Tensor] = {}
+            for k, role in self._ROLES.items():
+                signed = not role.nonneg
+                name = f"state[params[{i}]][{k!r}]"
+                v, a, q = st.get(k), out.pop(k + ABSMAX_SUFFIX, None), out.pop(k + QMAP_SUFFIX, None)
+                if v is None:
+                    if a is not None or q is not None:
+                        raise ValueError(f"state[params[{i}]] has {k + ABSMAX_SUFFIX!r}/{k + QMAP_SUFFIX!r} but no "
+                                         f"{k!r}; nothing was loaded")  # fmt: skip
+                    continue
+                if not isinstance(v, torch.Tensor):
+                    raise TypeError(f"{name} must be a tensor, got {type(v).__name__}; nothing was loaded")
+                if v.shape != p.shape:
+                    raise ValueError(f"{name} has shape {tuple(v.shape)}, params[{i}] {tuple(p.shape)}; "
+                                     "nothing was loaded")  # fmt: skip
+                is8 = v.dtype == torch.uint8
+                if is8:
+                    self._check_q8_loaded(i, k, v, a, q, signed)
+                elif a is not None or q is not None:
+                    raise ValueError(f"{name} has dtype {v.dtype} but the state dict has its 8-bit "
+                                     f"{k + ABSMAX_SUFFIX!r}/{k + QMAP_SUFFIX!r}; 8-bit codes are uint8; "
+                                     "nothing was loaded")  # fmt: skip
+                elif not v.is_floating_point():
+                    raise TypeError(f"{name} has dtype {v.dtype}; state tensors must be floating point or uint8 "
+                                    f"(8-bit codes with {k + ABSMAX_SUFFIX!r}); nothing was loaded")  # fmt: skip
+                if want8:
+                    mine = torch.empty_like(p, dtype=torch.uint8, memory_format=torch.preserve_format)
+                    if is8 and v.stride() == mine.stride():  # our layout: exact copies
+                        codes = mine.copy_(v)
+                        absmax = cast(torch.Tensor, a).detach().reshape(-1).to(torch.float32, copy=True)
+                    else:  # float values, or codes in another memory order: quantized in ours
+                        codes, absmax = _q8_encode_like(p, _q8_decode(v, cast(torch.Tensor, a), signed) if is8 else v,
+                                                        signed)  # fmt: skip
+                    kept[k], kept[k + ABSMAX_SUFFIX] = codes, absmax
+                    out[k] = torch.zeros((), dtype=p.dtype).expand(p.shape)  # (no memory; torch's loader keeps it)
+                    skip.add((pid, k))
+                elif is8:
+                    out[k] = _q8_decode(v, cast(torch.Tensor, a), signed)
+            new_state[pid] = out
+            if kept:
+                keep.append((p, kept))
+        result = {**state_dict, "state": new_state}
+        groups = state_dict.get("param_groups")
+        if bnb and isinstance(groups, (list, tuple)):
+            result["param_groups"] = [{k: v for k, v in g.items() if k not in _BNB_GROUP_KEYS or k in self.defaults}
+                                      if isinstance(g, dict) else g for g in groups]  # fmt: skip
+        return result, keep, skip
+
+    @staticmethod
+    def _check_q8_loaded(i: int, key: str, codes: torch.Tensor, absmax: Any, qmap: Any, signed: bool) -> None:
+        """A loaded 8-bit state: codes one dense CPU block, absmax float32 with one value per block,
+        the code book (when given) fusedopt's bitwise. ValueError/TypeError naming it."""
+        name = f"state[params[{i}]][{key!r}]"
+        _check_dense_cpu(name, codes)
+        if not _one_block(codes):
+            raise ValueError(f"{name} (8-bit codes) is not one dense block of memory; nothing was loaded")
+        aname = f"state[params[{i}]][{key + ABSMAX_SUFFIX!r}]"
+        if absmax is None:
+            raise ValueError(f"{name} holds 8-bit codes (uint8) but {aname} is missing; nothing was loaded")
+        if not isinstance(absmax, torch.Tensor) or absmax.dtype != torch.float32:
+            what = absmax.dtype if isinstance(absmax, torch.Tensor) else type(absmax).__name__
+            raise TypeError(f"{aname} must be a float32 tensor, got {what}; nothing was loaded")
+        _check_dense_cpu(aname, absmax)
+        want = reference.q8_blocks(codes.numel())
+        if absmax.numel() != want:
+            raise ValueError(f"{aname} has {absmax.numel()} elements; {want} expected (one per block of "
+                             f"{reference.Q8_BLOCK} of {codes.numel()}); nothing was loaded")  # fmt: skip
+        if qmap is not None:
+            qname = f"state[params[{i}]][{key + QMAP_SUFFIX!r}]"
+            if not isinstance(qmap, torch.Tensor) or qmap.dtype != torch.float32 or qmap.numel() != 256:
+                what = f"{qmap.dtype} {tuple(qmap.shape)}" if isinstance(qmap, torch.Tensor) else type(qmap).__name__
+                raise TypeError(f"{qname} must be a float32 tensor of 256 values, got {what}; nothing was loaded")
+            _check_dense_cpu(qname, qmap)
+            ours = reference.q8_map(signed).value
+            if not np.array_equal(qmap.detach().reshape(-1).numpy().view(np.uint32), ours.view(np.uint32)):
+                kind = "signed" if signed else "unsigned"
+                raise ValueError(f"{qname} is not the {kind} dynamic code book fusedopt uses (bitsandbytes' "
+                                 f"create_dynamic_map(signed={signed})): codes made with another map cannot be "
+                                 "stepped here; nothing was loaded")  # fmt: skip
+
+    def state_dict(self) -> Dict[str, Any]:  # type: ignore[override,unused-ignore]
+        """torch's ``state_dict()``; with 8-bit states, each one's code book as ``key + '_qmap'``
+        (a float32 tensor of 256 values) next to its codes (``key``, uint8) and ``key + '_absmax'``."""
+        sd: Dict[str, Any] = super().state_dict()
+        if self.state_dtype != "8bit":
+            return sd
+        state = sd["state"]
+        for pid, st in list(state.items()):
+            extra = {k + QMAP_SUFFIX: torch.from_numpy(reference.q8_map(not r.nonneg).value.copy())
+                     for k, r in self._ROLES.items() if _is_q8_state(st, k)}  # fmt: skip
+            if extra:
+                state[pid] = {**st, **extra}  # (torch's own dict is the live state: not modified)
+        return sd
+
     def __getstate__(self) -> Dict[str, Any]:
         """torch's, plus the low-precision options (pickle and copy.deepcopy keep them)."""
         out: Dict[str, Any] = super().__getstate__()
-        for k in ("master_weights", "stochastic_rounding", "seed", "state_dtype", "_lowp_path"):
+        for k in ("master_weights", "stochastic_rounding", "seed", "state_dtype", "min_8bit_size", "_lowp_path"):
             if k in self.__dict__:
                 out[k] = self.__dict__[k]
         if "_HAS_STEP" in self.__dict__:
@@ -830,17 +1127,22 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
 
     def fp32_state_dict(self) -> Dict[str, Any]:
         """:meth:`state_dict` for an fp32 copy of the model, as new tensors: every state tensor as
-        float32 (exact upcasts of bfloat16/float16 ones; float64 ones rounded to nearest), the master
+        float32 (exact upcasts of bfloat16/float16 ones, 8-bit ones decoded (their ``'_absmax'`` and
+        ``'_qmap'`` keys dropped); float64 ones rounded to nearest), the master
         keys dropped (their values are :meth:`master_params`), ``'step'`` as is, the ``'seed'`` group entries dropped. ``torch.optim``'s class of the same
         name loads it on a float32 model whose parameters hold :meth:`master_params`."""
         sd = self.state_dict()
         state = {}
         for pid, st in sd["state"].items():
             new = {}
+            q8 = {k for k in self._ROLES if _is_q8_state(st, k)}
+            dropped = {k + s for k in q8 for s in (ABSMAX_SUFFIX, QMAP_SUFFIX)}
             for k, v in st.items():
-                if k in (MASTER_KEY, TRAIL_KEY):
+                if k in (MASTER_KEY, TRAIL_KEY) or k in dropped:
                     continue
-                if isinstance(v, torch.Tensor):  # copies (torch's own state_dict() shares the tensors)
+                if k in q8:  # 8-bit: the decoded values
+                    v = _q8_decode(v, st[k + ABSMAX_SUFFIX], not self._ROLES[k].nonneg)
+                elif isinstance(v, torch.Tensor):  # copies (torch's own state_dict() shares the tensors)
                     v = v.to(torch.float32, copy=True) if k != "step" and v.is_floating_point() else v.clone()
                 new[k] = v
             state[pid] = new
@@ -925,6 +1227,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         algo = self._algo
         it = iter(S)
         lists = [next(it) if r.present(hyper) else None for r in algo.states]
+        if len(lowp) > 4 and lowp[4] is not None:  # 8-bit states: absmax lists in role order too
+            ia = iter(lowp[4])
+            lowp = (*lowp[:4], [next(ia) if r.present(hyper) else None for r in algo.states])
         if not algo.has_step:
             hyper = {**hyper, "first_step": bool(t)}
             t = 1
@@ -977,11 +1282,23 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             elif not isinstance(step, torch.Tensor):
                 raise TypeError(f"state[params[{index}]]['step'] must be a one-element tensor, got {type(step).__name__}")
         tensors = []
+        q8 = self._lowp_path and bool(keys) and self._is_q8(p)
+        absmax: Optional[List[torch.Tensor]] = [] if q8 else None
         for k in keys:
             t = st.get(k) if st else None
             if t is None:
                 with torch.no_grad():
-                    t = staged[k] = self._new_state(k, p, group)
+                    new = self._new_states(k, p, group)
+                staged.update(new)
+                t = new[k]
+                if absmax is not None:
+                    absmax.append(new[k + ABSMAX_SUFFIX])
+            elif absmax is not None:
+                absmax.append(self._check_q8(index, k, p, t, cast(Dict[str, Any], st).get(k + ABSMAX_SUFFIX)))
+            elif isinstance(t, torch.Tensor) and t.dtype == torch.uint8:
+                raise TypeError(f"state[params[{index}]][{k!r}] is uint8 (8-bit codes), but this optimizer keeps "
+                                f"float states for params[{index}] (state_dtype={self.state_dtype!r}, "
+                                f"{p.numel()} elements, min_8bit_size={self.min_8bit_size})")  # fmt: skip
             tensors.append(t)
         master = None
         kind = self._master_kind(p) if self._lowp_path else None
@@ -998,7 +1315,32 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             elif master.dtype != (torch.float32 if kind == "fp32" else torch.int16):
                 raise TypeError(f"state[params[{index}]][{mkey!r}] has dtype {master.dtype}; it must be "
                                 f"{'torch.float32' if kind == 'fp32' else 'torch.int16'}")  # fmt: skip
-        return _Entry(p, g, index, staged, tensors, step, master)
+        return _Entry(p, g, index, staged, tensors, step, master, absmax)
+
+    @staticmethod
+    def _check_q8(index: int, key: str, p: torch.Tensor, codes: Any, absmax: Any) -> torch.Tensor:
+        """An 8-bit state's codes and absmax as the step needs them (TypeError/ValueError naming the
+        state); returns the absmax."""
+        name = f"state[params[{index}]][{key!r}]"
+        if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8:
+            what = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise TypeError(f"{name} must be a uint8 tensor (8-bit codes: params[{index}] has 8-bit states), "
+                            f"got {what}")  # fmt: skip
+        _check_dense_cpu(name, codes)
+        if codes.shape != p.shape:
+            raise ValueError(f"{name} has shape {tuple(codes.shape)}, params[{index}] {tuple(p.shape)}")
+        aname = f"state[params[{index}]][{key + ABSMAX_SUFFIX!r}]"
+        if absmax is None:
+            raise ValueError(f"{name} holds 8-bit codes but {aname} is missing")
+        if not isinstance(absmax, torch.Tensor) or absmax.dtype != torch.float32:
+            what = absmax.dtype if isinstance(absmax, torch.Tensor) else type(absmax).__name__
+            raise TypeError(f"{aname} must be a float32 tensor, got {what}")
+        _check_dense_cpu(aname, absmax)
+        want = reference.q8_blocks(p.numel())
+        if absmax.numel() != want or not absmax.is_contiguous():
+            raise ValueError(f"{aname} must be a contiguous tensor of {want} elements (one per block of "
+                             f"{reference.Q8_BLOCK}), got shape {tuple(absmax.shape)}")  # fmt: skip
+        return absmax
 
     @staticmethod
     def _next_counts(entries: List[_Entry]) -> List[float]:
@@ -1120,7 +1462,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                 else:  # SGD: buffers created by this step start at b = g (FIRST_STEP)
                     key = (e.p.dtype, any([k in e.staged for k in first_keys]))
                 if lowp_path:  # one gradient dtype and (stochastic rounding's counter) one step count per call
-                    key = (*key, e.g.dtype, int(news[i]) if has_step else None)
+                    key = (*key, e.g.dtype, int(news[i]) if has_step else None, e.absmax is not None)
                 buckets.setdefault(key, []).append(i)
             for bkey, idx in buckets.items():
                 es = [entries[i] for i in idx]
@@ -1129,6 +1471,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         written = [e.p for e in entries] + [t for e in entries for t in e.tensors]
         if self._lowp_path:
             written += [e.master for e in entries if e.master is not None]
+            written += [a for e in entries if e.absmax is not None for a in e.absmax]
         if not torch.is_inference_mode_enabled() and any(map(_is_inference, written)):
             raise RuntimeError(_INFERENCE_MSG)
         if len(calls) > 1:
@@ -1137,9 +1480,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         staged = [e for e in entries if e.staged]
         with _core.defer_interrupts:  # a KeyboardInterrupt waits until the step is complete
             for (keys, c), nt in zip(calls, threads):
-                P, G, S = c.lists(len(keys))
+                P, G, S = c.native_lists(len(keys))
                 try:
-                    self._native(c.hyper, c.t, P, G, S, c.counters(), nt, c.lowp)
+                    self._native(c.hyper, c.t, P, G, S, c.counters(), nt, c.native_lowp())
                 except (TypeError, ValueError) as exc:  # (only a single call can fail here: prechecked)
                     raise type(exc)(_torch_names(str(exc), c.entries)) from None
             for e in staged:
@@ -1155,11 +1498,15 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         """A step of several native calls: everything any call would refuse is found before the
         first one writes (each call's own checks, and no overlap across calls)."""
         for keys, c in calls:
-            P, G, S = c.lists(len(keys))
+            P, G, S = c.native_lists(len(keys))
             roles = [("params", P, True), ("grads", G, False)]
             roles += [(_KEY_ROLES[k], S[j], True) for j, k in enumerate(keys)]
             try:
-                if c.lowp:
+                if c.absmax is not None:
+                    masters, sr = (c.lowp[0], c.lowp[1]) if c.lowp else (None, False)
+                    _core.check([*roles, ("masters", masters, True)], lowp=True, stochastic_rounding=sr,
+                                absmax=c.absmax)  # fmt: skip
+                elif c.lowp:
                     _core.check([*roles, ("masters", c.lowp[0], True)], lowp=True, stochastic_rounding=c.lowp[1])
                 else:
                     _core.check(roles, lowp=True)
@@ -1174,8 +1521,11 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                 written.append(e.p)
                 names.append(f"params[{e.index}]")
                 for k, t in zip(keys, e.tensors):
-                    written.append(t)
+                    written.append(_codes_arg(t) if e.absmax is not None else t)
                     names.append(f"state[params[{e.index}]][{k!r}]")
+                for k, a in zip(keys, e.absmax or []):
+                    written.append(a)
+                    names.append(f"state[params[{e.index}]][{k + ABSMAX_SUFFIX!r}]")
                 if e.master is not None:
                     written.append(_master_arg(e.master))  # (a trail as its uint16 view)
                     key = MASTER_KEY if e.master.dtype == torch.float32 else TRAIL_KEY
@@ -1188,6 +1538,15 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             msg = re.sub(r"\bwritten\[(\d+)\]", lambda m: names[int(m.group(1))], str(exc))
             msg = re.sub(r"\bread\[(\d+)\]", lambda m: read_names[int(m.group(1))], msg)
             raise ValueError(msg) from None
+
+
+def fp32_state_dict(optimizer: "_FusedOptimizer") -> Dict[str, Any]:
+    """``optimizer.fp32_state_dict()`` (:meth:`_FusedOptimizer.fp32_state_dict`): every state of a
+    ``fusedopt.torch`` optimizer (8-bit, bfloat16, masters) as a plain float32 ``state_dict`` that
+    the ``torch.optim`` class of the same name loads."""
+    if not isinstance(optimizer, _FusedOptimizer):
+        raise TypeError(f"optimizer must be a fusedopt.torch optimizer, got {type(optimizer).__name__}")
+    return optimizer.fp32_state_dict()
 
 
 #: the step inside torch's wrapper (step hooks, profiler range), when hooks or the profiler are on
@@ -1214,12 +1573,12 @@ class SGD(_FusedOptimizer):
         weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False,
         foreach: Optional[bool] = None, differentiable: bool = False, fused: Optional[bool] = None,
         master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
-        state_dtype: Optional[str] = None,
+        state_dtype: Optional[str] = None, min_8bit_size: int = MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
                         fused=fused)  # fmt: skip
-        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype))
+        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
 
 
 class Momentum(_FusedOptimizer):
@@ -1236,9 +1595,9 @@ class Momentum(_FusedOptimizer):
     def __init__(self, params: Any, lr: float, beta: float = 0.9, weight_decay: float = 0,
                  bias_correction: bool = False, *, master_weights: Optional[str] = None,
                  stochastic_rounding: bool = False, seed: Optional[int] = None,
-                 state_dtype: Optional[str] = None) -> None:  # fmt: skip
+                 state_dtype: Optional[str] = None, min_8bit_size: int = MIN_8BIT_SIZE) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay, bias_correction=bias_correction),
-                         (master_weights, stochastic_rounding, seed, state_dtype))
+                         (master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
 
 
 class RMSprop(_FusedOptimizer):
@@ -1256,11 +1615,11 @@ class RMSprop(_FusedOptimizer):
         momentum: float = 0, centered: bool = False, capturable: bool = False, foreach: Optional[bool] = None,
         maximize: bool = False, differentiable: bool = False, *,
         master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
-        state_dtype: Optional[str] = None,
+        state_dtype: Optional[str] = None, min_8bit_size: int = MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered, weight_decay=weight_decay,
                         capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable)  # fmt: skip
-        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype))
+        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
 
 
 class Adam(_FusedOptimizer):
@@ -1280,12 +1639,12 @@ class Adam(_FusedOptimizer):
         capturable: bool = False, differentiable: bool = False, fused: Optional[bool] = None,
         decoupled_weight_decay: bool = False,
         master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
-        state_dtype: Optional[str] = None,
+        state_dtype: Optional[str] = None, min_8bit_size: int = MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
                         fused=fused, decoupled_weight_decay=decoupled_weight_decay)  # fmt: skip
-        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype))
+        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
 
 
 class AdamW(Adam):
@@ -1297,12 +1656,13 @@ class AdamW(Adam):
         foreach: Optional[bool] = None, capturable: bool = False, differentiable: bool = False,
         fused: Optional[bool] = None,
         master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
-        state_dtype: Optional[str] = None,
+        state_dtype: Optional[str] = None, min_8bit_size: int = MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding, seed=seed, state_dtype=state_dtype)  # fmt: skip
+                         stochastic_rounding=stochastic_rounding, seed=seed, state_dtype=state_dtype,
+                         min_8bit_size=min_8bit_size)  # fmt: skip
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -1325,12 +1685,12 @@ class Adagrad(_FusedOptimizer):
         initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: Optional[bool] = None, *,
         maximize: bool = False, differentiable: bool = False, fused: Optional[bool] = None,
         master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
-        state_dtype: Optional[str] = None,
+        state_dtype: Optional[str] = None, min_8bit_size: int = MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
                         differentiable=differentiable, fused=fused)  # fmt: skip
-        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype))
+        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
 
 
 class Lion(_FusedOptimizer):
@@ -1349,7 +1709,7 @@ class Lion(_FusedOptimizer):
         self, params: Any, lr: float = 1e-4, betas: Tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0,
         maximize: bool = False, *,
         master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
-        state_dtype: Optional[str] = None,
+        state_dtype: Optional[str] = None, min_8bit_size: int = MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize),
-                         (master_weights, stochastic_rounding, seed, state_dtype))
+                         (master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
