@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import pathlib
+import zlib
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -203,9 +204,23 @@ class Q8Run:
                 + (self.masters or []))  # fmt: skip
 
 
+def _same(a: np.ndarray, b: np.ndarray, skip: Optional[np.ndarray]) -> bool:
+    """Bitwise equal, but any NaN equals any NaN: IEEE leaves a NaN's sign and payload to the
+    operand order, which the compiler may swap (NaNs arise here from centered RMSprop, whose
+    square_avg - grad_avg**2 goes negative once both are quantized, and poison whole blocks).
+    uint16 trails: compared where the parameter (``skip``) is not NaN."""
+    if a.dtype == np.uint8:
+        return np.array_equal(a, b)
+    if a.dtype == np.uint16:
+        keep = ~skip if skip is not None else np.ones(a.shape, bool)
+        return np.array_equal(a[keep], b[keep])
+    na, nb = np.isnan(a.astype(np.float32)), np.isnan(b.astype(np.float32))
+    return np.array_equal(na, nb) and np.array_equal(_bits(a)[~na], _bits(b)[~nb])
+
+
 def _q8_trajectory(algo: str, lay, sizes: Sequence[int], steps: int, threads=(1, 2, 3)) -> None:
     nonneg = _nonneg(algo)
-    rng = np.random.default_rng(abs(hash((algo, lay, tuple(sizes)))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((algo, lay, tuple(sizes))).encode()))
     ref = Q8Run(rng, sizes, lay, nonneg)
     runs = [ref.copy() for _ in threads]
     sr = lay[2] == "sr"
@@ -225,8 +240,9 @@ def _q8_trajectory(algo: str, lay, sizes: Sequence[int], steps: int, threads=(1,
         for th, run in zip(threads, runs):
             fn(run.params, grads, *run.codes, *scal, 1.0, 1.0, INF, *flags, th, None, None, run.masters, sr, 99, t,
                absmax=run.absmax)  # fmt: skip
+            nan_params = [np.isnan(a.astype(np.float32)) for a in ref.params]
             for i, (a, b) in enumerate(zip(run.buffers(), ref.buffers())):
-                if not np.array_equal(_bits(a) if a.dtype != np.uint8 else a, _bits(b) if b.dtype != np.uint8 else b):
+                if not _same(a, b, nan_params[i - len(run.buffers()) + len(nan_params)] if a.dtype == np.uint16 else None):
                     raise AssertionError(f"{algo} {lay} threads={th} step {t} buffer {i} (size {a.size}) differs")
 
 

@@ -184,3 +184,11 @@ def check_min_8bit_size(value: Any) -> int:
     if v < 0:
         raise ValueError(f"min_8bit_size must be an int >= 0, got {v}")
     return v
+
+
+def check_8bit_hypers(algorithm: str, hypers: Any, state_dtype: Optional[str]) -> None:
+    """Refuse what 8-bit states cannot do (ValueError): centered RMSprop, whose ``square_avg -
+    grad_avg**2`` goes negative (a NaN root) once both are quantized (bitsandbytes refuses it too)."""
+    if state_dtype == "8bit" and algorithm == "rmsprop" and hypers.get("centered"):
+        raise ValueError("centered=True is not available with state_dtype='8bit': once square_avg and grad_avg "
+                         "are quantized, square_avg - grad_avg**2 goes negative and the root is NaN")

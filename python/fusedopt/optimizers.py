@@ -209,7 +209,9 @@ class Optimizer:
         for name, value in algo.fixed:
             if name in hyper and hyper[name] != value:
                 raise ValueError(f"{type(self).__name__} always uses {name}={value!r}")
-        algo.relations(self._view(hyper))
+        view = self._view(hyper)
+        algo.relations(view)
+        _lowp.check_8bit_hypers(algo.name, view, self.__dict__.get("state_dtype"))
         return hyper
 
     def _view(self, hyper: Mapping[str, Any]) -> Dict[str, Any]:

@@ -614,6 +614,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             out[h.name] = _bool(shown, v) if h.is_flag else h.check(_finite(shown, v, nums[h.name]), shown)
         out.update(algo.fixed)
         algo.relations(out)
+        _lowp.check_8bit_hypers(algo.name, out, self.__dict__.get("state_dtype"))
         return out
 
     def _state_keys(self, hyper: Dict[str, Any]) -> Tuple[str, ...]:
