@@ -493,15 +493,19 @@ inline void q8_encode_block(const Q8Map& m, const float* __restrict x, u8* __res
     const __m256i absmask = _mm256_set1_epi32(0x7FFFFFFF), low16 = _mm256_set1_epi32(0xFFFF);
     const __m256i split_mask = _mm256_set1_epi32(0x1FFFF), one = _mm256_set1_epi32(1);
     const __m256i bucket_base = _mm256_set1_epi32(static_cast<int>(kQ8BucketBase));
-    const __m256i last = _mm256_set1_epi32(kQ8Buckets - 1), buckets = _mm256_set1_epi32(kQ8Buckets);
+    const __m256i buckets = _mm256_set1_epi32(kQ8Buckets);
     const __m256i zero = _mm256_setzero_si256();
+    const bool scaled = s != 1.0f;
     const __m256i top = _mm256_setr_epi8(3, 7, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                          3, 7, 11, 15, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
     for (; i + 8 <= len; i += 8) {
-      const __m256i u = _mm256_castps_si256(_mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), vr));
+      __m256 xs = _mm256_loadu_ps(x + i);
+      if (scaled) xs = _mm256_mul_ps(xs, vs);  // (x * 1 == x: the product is skipped when s == 1)
+      const __m256i u = _mm256_castps_si256(_mm256_mul_ps(xs, vr));
       const __m256i neg = _mm256_srai_epi32(u, 31);
+      // |q| <= (1 + 2^-24)^2 < 2: never past the last bucket, only below the first
       __m256i j = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_and_si256(u, absmask), bucket_base), kQ8BucketShift);
-      j = _mm256_min_epi32(_mm256_max_epi32(j, zero), last);
+      j = _mm256_max_epi32(j, zero);
       j = _mm256_add_epi32(j, _mm256_and_si256(neg, buckets));
       const __m256i key = _mm256_xor_si256(_mm256_and_si256(u, low16), _mm256_and_si256(neg, low16));
       const __m128i jl = _mm256_castsi256_si128(j), jh = _mm256_extracti128_si256(j, 1);
