@@ -370,6 +370,32 @@ struct LionBinding {
   static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
 };
 
+struct AdamaxBinding {
+  using Scalars = AdamaxScalars;
+  static constexpr const char* kName = "adamax";
+  static constexpr const char* kDoc = "Adamax step over lists of arrays. See fusedopt.functional.adamax.";
+  static constexpr const char* kRoles[] = {"params", "grads", "exp_avgs", "exp_infs"};
+  static constexpr bool kOptional[] = {false, false, false, false};
+  static constexpr const char* kScalars[] = {"neg_clr", "eps", "beta1", "one_minus_beta1", "beta2", "weight_decay"};
+  static constexpr const char* kFlags[] = {"maximize"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::adamax_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::adamax_f64;
+  static constexpr LowpFn<Scalars> KernelTable::*kLowp = &KernelTable::adamax_lowp;
+  static Scalars make(const double* d, const bool* f, const Buffers&) {
+    return Scalars{d[0], d[1], d[2], d[3], d[4], d[5], f[0]};
+  }
+  static constexpr const char* kValues[] = {"lr", "beta1", "beta2", "eps", "weight_decay"};
+  static constexpr const char* kBools[] = {"maximize"};
+  static void derive(const double* v, const bool* b, std::int64_t t, double* d, bool* f) {
+    const double clr = v[0] / (1.0 - std::pow(v[1], static_cast<double>(t)));
+    d[0] = -clr, d[1] = v[3], d[2] = v[1], d[3] = 1.0 - v[1], d[4] = v[2], d[5] = v[4];
+    f[0] = b[0];
+  }
+  static constexpr const char* const* kSwitches = nullptr;
+  static bool present(std::size_t, const double*, const bool*, const bool*) { return true; }
+  static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
+};
+
 // optax's trace (python/fusedopt/algorithms/sgd.py, TRACE): the SGD kernel under other names
 // (decay = momentum, no dampening, no first step; the traces always exist). Not a binding of its
 // own: only the functional (functional.cpp) uses it.

@@ -41,6 +41,8 @@ struct KernelTable {
   LowpFn<AdamScalars> adam_lowp;  // the Adam order only (torch_exact is float32-only)
   LowpFn<AdagradScalars> adagrad_lowp;
   LowpFn<LionScalars> lion_lowp;
+  StepFn<AdamaxScalars> adamax_f32, adamax_f64;
+  LowpFn<AdamaxScalars> adamax_lowp;
 };
 
 }  // namespace fusedopt

@@ -155,6 +155,17 @@ struct LionScalars {
   bool maximize;
 };
 
+// Adamax (torch.optim.Adamax). Buffers: param, grad, exp_avg, exp_inf.
+struct AdamaxScalars {
+  double neg_clr;  // -lr/(1-beta1^t)
+  double eps;
+  double beta1;
+  double one_minus_beta1;
+  double beta2;
+  double weight_decay;  // L2
+  bool maximize;
+};
+
 // EMA of weights: average = decay*average + (1-decay)*param. Buffers: average, param.
 struct EmaScalars {
   double decay;

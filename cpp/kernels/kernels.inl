@@ -49,6 +49,7 @@ using std::int64_t;
 #include "kernels/adam.inl"
 #include "kernels/ema.inl"
 #include "kernels/lion.inl"
+#include "kernels/adamax.inl"
 #include "kernels/momentum.inl"
 #include "kernels/probe.inl"
 #include "kernels/rmsprop.inl"
@@ -72,6 +73,7 @@ const KernelTable kernel_table = {
     &lowp_step<Sgd>,        &lowp_step<Momentum>,
     &lowp_step<Rmsprop>,    &lowp_step<Adam>,
     &lowp_step<Adagrad>,    &lowp_step<Lion>,
+    &step<Adamax, float>,   &step<Adamax, double>,  &lowp_step<Adamax>,
 };
 
 }  // namespace FUSEDOPT_ISA

@@ -170,6 +170,26 @@ def lion_scalars(*, lr: float, beta1: float, beta2: float, weight_decay: float) 
     return LionScalars(lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - lr * float(weight_decay))
 
 
+class AdamaxScalars(NamedTuple):
+    neg_clr: float  # -lr / (1 - beta1**t)
+    eps: float
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    weight_decay: float
+
+
+def adamax_scalars(
+    *, step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float
+) -> AdamaxScalars:
+    """torch.optim.Adamax's ``clr = lr / (1 - beta1**t)`` (float64), negated."""
+    beta1 = float(beta1)
+    if step >= _STEP_LIMIT:
+        _float_step(step)  # raises naming step
+    clr = float(lr) / (1.0 - beta1**step)
+    return AdamaxScalars(-clr, float(eps), beta1, 1.0 - beta1, float(beta2), float(weight_decay))
+
+
 class GradScalars(NamedTuple):
     """Gradient pre-processing of every algorithm (passed after the algorithm's scalars):
     ``g = clamp((g / grad_scale) * clip_coef, -clip_value, clip_value)``. The defaults are exact

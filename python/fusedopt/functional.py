@@ -76,6 +76,7 @@ ArrayOrList = Union[np.ndarray, Sequence[np.ndarray]]
 __all__ = [
     "adagrad",
     "adam",
+    "adamax",
     "adamw",
     "clip_coef",
     "found_inf_set",
@@ -306,3 +307,4 @@ adam: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adam
 adamw: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adamw"])
 adagrad: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adagrad"])
 lion: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lion"])
+adamax: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adamax"])

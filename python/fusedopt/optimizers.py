@@ -90,12 +90,12 @@ from . import _core, _engine, _fork, _lowp, _threads, reference
 from . import _validation as check
 from . import functional as F
 from ._lowp import ABSMAX_SUFFIX, MASTER_KEY, MASTER_KEYS, QMAP_SUFFIX, TRAIL_KEY
-from .algorithms import ADAGRAD, ADAM, ADAMW, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm, TorchName
+from .algorithms import ADAGRAD, ADAM, ADAMAX, ADAMW, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm, TorchName
 from .algorithms import SGD as _SGD
 from .algorithms._spec import StateRole
 from .arena import FlatParams
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Optimizer"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "Optimizer"]
 
 ParamsArg = Union[np.ndarray, FlatParams, Iterable[np.ndarray], Iterable[Mapping[str, Any]]]
 State = Dict[str, Any]
@@ -1512,4 +1512,23 @@ class Lion(Optimizer):
         min_8bit_size: int = _lowp.MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize),
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
+
+
+class Adamax(Optimizer):
+    """``torch.optim.Adamax``: see :func:`fusedopt.functional.adamax` for the exact update.
+
+    State per parameter: ``step``, ``exp_avg`` and ``exp_inf`` (zeros). ``eps`` sits inside the
+    max and is stored in ``exp_inf``; weight decay is L2.
+    """
+
+    _algo = ADAMAX
+
+    def __init__(
+        self, params: ParamsArg, lr: float = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+        weight_decay: float = 0.0, *, maximize: bool = False, master_weights: Optional[str] = None,
+        stochastic_rounding: bool = False, seed: Optional[int] = None, state_dtype: Optional[str] = None,
+        min_8bit_size: int = _lowp.MIN_8BIT_SIZE,
+    ) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
                          **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))

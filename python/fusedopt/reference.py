@@ -21,7 +21,7 @@ import numpy as np
 from . import _scalars
 
 __all__ = [
-    "adagrad", "adam", "adamw", "bf16_rne", "bf16_sr", "bf16_to_f32", "ema", "f16_rne", "f16_to_f32", "fma32",
+    "adagrad", "adam", "adamax", "adamw", "bf16_rne", "bf16_sr", "bf16_to_f32", "ema", "f16_rne", "f16_to_f32", "fma32",
     "global_norm", "lion", "lowp_step", "momentum", "philox4x32_10", "rmsprop", "sgd", "split_decode", "split_encode",
     "sr_bits", "sum_of_squares", "trace",
 ]  # fmt: skip
@@ -371,6 +371,44 @@ def lion(
     c = T(s.beta1) * exp_avg + T(s.one_minus_beta1) * g
     param[...] = param - T(s.lr) * _sign(c)
     exp_avg[...] = T(s.beta2) * exp_avg + T(s.one_minus_beta2) * g
+
+
+def adamax(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_inf: np.ndarray,
+    *,
+    step: int,
+    lr: float = 2e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    grad_scale: Optional[float] = None,
+    clip_coef: Optional[float] = None,
+    clip_value: Optional[float] = None,
+) -> None:
+    """torch.optim.Adamax (Kingma & Ba 2015, §7.1). See :func:`fusedopt.functional.adamax`::
+
+        g = g + wd*p                        (L2, when wd != 0)
+        m = beta1*m + (1-beta1)*g
+        u = max(beta2*u, |g| + eps)         (eps inside the max and stored; NaN propagates)
+        p = p + (S*m)/u                     S = -lr/(1 - beta1**t)  (float64)
+
+    torch rounds ``m`` as a lerp and the L2 term as a fused multiply-add; the rest is torch's own
+    operations in torch's order. ``eps = 0`` with ``g = u = 0`` gives 0/0 = NaN, as in torch."""
+    T = param.dtype.type
+    s = _scalars.adamax_scalars(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+    g = _signed(_preprocess(grad, grad_scale, clip_coef, clip_value), maximize)
+    if s.weight_decay != 0.0:
+        g = g + T(s.weight_decay) * param
+    exp_avg[...] = T(s.beta1) * exp_avg + T(s.one_minus_beta1) * g
+    a = T(s.beta2) * exp_inf
+    b = np.abs(g) + T(s.eps)
+    exp_inf[...] = np.where((a > b) | (a != a), a, b)
+    param[...] = param + (T(s.neg_clr) * exp_avg) / exp_inf
 
 
 def trace(

@@ -154,6 +154,7 @@ from ._lowp import ABSMAX_SUFFIX, MASTER_KEY, MIN_8BIT_SIZE, QMAP_SUFFIX, TRAIL_
 from .algorithms import (
     ADAGRAD,
     ADAM,
+    ADAMAX,
     ALGORITHMS,
     FIRST_STEP,
     LION,
@@ -171,7 +172,7 @@ from .algorithms import SGD as _SGD
 # through torch's own methods, without NumPy views.
 _core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided, torch.bfloat16, torch.float16)
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "fp32_state_dict"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "fp32_state_dict"]
 
 _DTYPES = (torch.float32, torch.float64)
 _LOWP_DTYPES = (torch.bfloat16, torch.float16)
@@ -1693,6 +1694,27 @@ class Adagrad(_FusedOptimizer):
                         differentiable=differentiable, fused=fused)  # fmt: skip
         super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
 
+
+class Adamax(_FusedOptimizer):
+    """``torch.optim.Adamax`` (infinity norm with ``eps`` inside the max, L2 weight decay, maximize).
+
+    State: ``'step'`` (0-dim float32 tensor), ``'exp_avg'``, ``'exp_inf'``, zeros, created on the
+    first step as in torch.
+    """
+
+    _algo = ADAMAX
+    _REQUIRED_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
+
+    def __init__(
+        self, params: Any, lr: float = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+        weight_decay: float = 0, foreach: Optional[bool] = None, *, maximize: bool = False,
+        differentiable: bool = False, capturable: bool = False,
+        master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+        state_dtype: Optional[str] = None, min_8bit_size: int = MIN_8BIT_SIZE,
+    ) -> None:  # fmt: skip
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach,
+                        maximize=maximize, differentiable=differentiable, capturable=capturable)  # fmt: skip
+        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
 
 class Lion(_FusedOptimizer):
     """Lion (Chen et al. 2023), torch-style: ``Lion(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,

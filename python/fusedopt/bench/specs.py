@@ -100,6 +100,7 @@ BENCHMARKED: Dict[str, Dict[str, Any]] = {
     "adamw": {"lr": 1e-3, "weight_decay": 1e-2},
     "adagrad": {"lr": 1e-2},
     "lion": {"lr": 1e-4},
+    "adamax": {"lr": 2e-3},
 }
 
 
