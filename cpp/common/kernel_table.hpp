@@ -41,6 +41,8 @@ struct KernelTable {
   LowpFn<AdamScalars> adam_lowp;  // the Adam order only (torch_exact is float32-only)
   LowpFn<AdagradScalars> adagrad_lowp;
   LowpFn<LionScalars> lion_lowp;
+  StepFn<MuonScalars> muon_f32, muon_f64;
+  LowpFn<MuonScalars> muon_lowp;
 };
 
 }  // namespace fusedopt

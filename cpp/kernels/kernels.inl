@@ -50,6 +50,7 @@ using std::int64_t;
 #include "kernels/ema.inl"
 #include "kernels/lion.inl"
 #include "kernels/momentum.inl"
+#include "kernels/muon.inl"
 #include "kernels/probe.inl"
 #include "kernels/rmsprop.inl"
 #include "kernels/sgd.inl"
@@ -72,6 +73,8 @@ const KernelTable kernel_table = {
     &lowp_step<Sgd>,        &lowp_step<Momentum>,
     &lowp_step<Rmsprop>,    &lowp_step<Adam>,
     &lowp_step<Adagrad>,    &lowp_step<Lion>,
+    &step<Muon, float>,     &step<Muon, double>,
+    &lowp_step<Muon>,
 };
 
 }  // namespace FUSEDOPT_ISA

@@ -25,6 +25,7 @@ from ._config import show_config
 from ._threads import MAX_THREADS, get_num_threads, set_num_threads
 from .arena import FlatParams
 from .ema import EMA
+from ._muon import Muon
 from .optimizers import SGD, Adagrad, Adam, AdamW, Lion, Momentum, Optimizer, RMSprop
 
 __version__: str = _core.__version__
@@ -39,6 +40,7 @@ __all__ = [
     "Lion",
     "MAX_THREADS",
     "Momentum",
+    "Muon",
     "Optimizer",
     "RMSprop",
     "__version__",

@@ -82,6 +82,7 @@ __all__ = [
     "global_norm",
     "lion",
     "momentum",
+    "muon",
     "rmsprop",
     "sgd",
     "trace",
@@ -306,3 +307,7 @@ adam: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adam
 adamw: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adamw"])
 adagrad: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adagrad"])
 lion: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lion"])
+
+# Muon (torch.optim.Muon): element-wise kernel phases around Newton-Schulz matrix products, not one
+# element-wise pass, so written by hand (fusedopt._muon), not generated from a description.
+from ._muon import muon  # noqa: E402
