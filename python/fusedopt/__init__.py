@@ -22,10 +22,10 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
 
 from . import functional, reference, schedules
 from ._config import show_config
+from ._muon import Muon
 from ._threads import MAX_THREADS, get_num_threads, set_num_threads
 from .arena import FlatParams
 from .ema import EMA
-from ._muon import Muon
 from .optimizers import SGD, Adagrad, Adam, AdamW, Lion, Momentum, Optimizer, RMSprop
 
 __version__: str = _core.__version__

@@ -23,7 +23,6 @@ them in float32 (float64 for float64 parameters), ~1e-6 from a float64 iteration
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -121,8 +120,8 @@ def step_lists(params: Sequence[Any], grads: Sequence[Any], bufs: Sequence[Any],
     for adjusted, idx in by_lr.items():
         s = _scalars.muon_scalars(lr=h["lr"], momentum=h["momentum"], weight_decay=h["weight_decay"],
                                   adjusted_lr=adjusted)  # fmt: skip
-        pick = (lambda lst: [lst[i] for i in idx]) if len(idx) != len(params) else (lambda lst: list(lst))
-        _core.muon(pick(params), pick(grads), pick(bufs), pick(xs), *s, *_scalars.NO_GRAD_TRANSFORM, nesterov, True,
+        ps, gs, bs, us = ([lst[i] for i in idx] for lst in (params, grads, bufs, xs))
+        _core.muon(ps, gs, bs, us, *s, *_scalars.NO_GRAD_TRANSFORM, nesterov, True,
                    _threads.resolve(threads, sum(int(np.prod(params[i].shape)) for i in idx), "muon"))  # fmt: skip
     return 1 + len(by_lr)
 
@@ -135,7 +134,7 @@ def check_numpy_lists(params: Sequence[Any], grads: Sequence[Any], bufs: Sequenc
             raise TypeError(f"params[{i}] must be a numpy.ndarray, got {type(p).__name__}")
         if p.ndim != 2:
             raise ValueError(not_2d_message(tuple(p.shape)))
-    for i, g in enumerate(grads):
+    for g in grads:
         if isinstance(g, np.ndarray) and g.ndim != 2:
             raise ValueError(GRAD_NOT_2D)
     _core.check([("params", params, True), ("grads", grads, False), ("momentum_buffers", bufs, True)])
@@ -197,7 +196,7 @@ class Muon:
             raise ValueError("params is an empty list: an optimizer needs at least one parameter")
         if all(isinstance(x, Mapping) for x in items):
             for group in items:
-                self.add_param_group(group)
+                self.add_param_group(group)  # type: ignore[arg-type]
         elif any(isinstance(x, Mapping) for x in items):
             raise TypeError("params must be a list of arrays or a list of param-group dicts, not a mix")
         else:
@@ -256,7 +255,7 @@ class Muon:
                 calls.append((h, ps, gs, bufs, idx))
         check.no_overlap("params and momentum buffers", self._params + [b for c in calls for b in c[3]])
         n = 0
-        for h, ps, gs, bufs, idx in calls:
+        for h, ps, gs, bufs, _idx in calls:
             n += step_lists(ps, gs, bufs, [np.empty_like(p) for p in ps], h, None, newton_schulz_numpy)
         for i, b in new_bufs.items():
             self.state[i]["momentum_buffer"] = b
