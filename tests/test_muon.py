@@ -6,6 +6,7 @@ dicts both ways; the first step by hand; bad input refused with nothing modified
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from typing import Any, Dict, List, Tuple
@@ -154,9 +155,10 @@ def test_torch_bf16_ns_is_bitwise_torch(flags: Dict[str, Any]) -> None:
 
 #: measured (this host, 20 steps, lr 0.02): fusedopt's float32 Newton-Schulz vs torch 2.13's
 #: bfloat16 one: relative distance of the parameter trajectories ||p - p_torch|| / ||p_torch - p0||
-#: 0.5-1.2e-2; vs a float64 iteration ~1e-6. Bounds with margin:
+#: up to 6.8e-3 (torch's own bf16 run is 5e-3 from a float64 iteration); vs a float64 iteration
+#: (reference.muon in float64) up to 1.2e-5, both front ends. Bounds with margin:
 TOL_VS_TORCH_BF16 = 3e-2
-TOL_VS_FLOAT64 = 2e-5
+TOL_VS_FLOAT64 = 5e-5
 
 
 def _rel(a: np.ndarray, b: np.ndarray, p0: np.ndarray) -> float:
@@ -192,7 +194,7 @@ def test_state_dict_interchange_with_torch() -> None:
     grads = _grads(6)
     kw = dict(lr=0.03, weight_decay=0.05, momentum=0.9, nesterov=False, adjust_lr_fn="match_rms_adamw")
     theirs, topt = _torch_run(torch.optim.Muon, p0, grads[:3], **kw)
-    sd = topt.state_dict()
+    sd = copy.deepcopy(topt.state_dict())  # (torch's load keeps same-dtype tensors: no sharing)
     # torch -> fusedopt.torch (bf16 NS: then the continuation is bitwise torch's)
     ours = [torch.nn.Parameter(t.detach().clone()) for t in theirs]
     oopt = ft.Muon(ours, ns_dtype=torch.bfloat16)
@@ -218,7 +220,7 @@ def test_state_dict_interchange_with_torch() -> None:
                    "param_groups": sd2["param_groups"]}  # fmt: skip
         fresh = [torch.nn.Parameter(t.detach().clone()) for t in theirs]
         back = torch.optim.Muon(fresh)
-        back.load_state_dict(sd2)
+        back.load_state_dict(copy.deepcopy(sd2))
         assert back.param_groups[0]["lr"] == 0.03 and back.param_groups[0]["nesterov"] is False
         for f, b in zip(fresh, theirs):
             assert torch.equal(back.state[f]["momentum_buffer"], topt.state[b]["momentum_buffer"])
@@ -321,15 +323,19 @@ def test_torch_bad_step_input_modifies_nothing() -> None:
     opt = ft.Muon([w, v])
     w.grad, v.grad = torch.randn(6, 4), torch.randn(4, 6)
     opt.step()
-    before = [w.detach().clone(), v.detach().clone(), opt.state[w]["momentum_buffer"].clone()]
-    v.grad = torch.randn(6)  # not a matrix: torch's message
-    with pytest.raises(ValueError, match="Param gradient must be a 2D matrix"):
-        opt.step()
-    v.grad = torch.randn(4, 6, dtype=torch.float64)  # dtype mismatch
+    before = [w.detach().clone(), v.detach().clone(), opt.state[w]["momentum_buffer"].clone(),
+              opt.state[v]["momentum_buffer"].clone()]
+    w.grad = torch.randn(6, 4)
+    v.grad = torch.randn(6, 4).T  # not C-contiguous: refused by the kernel's checks, before any write
     with pytest.raises((TypeError, ValueError)):
         opt.step()
+    v.grad = torch.randn(4, 6)
+    opt.param_groups[0]["ns_steps"] = 100  # torch's limit (torch checks it after updating the buffer)
+    with pytest.raises(ValueError, match="less than 100"):
+        opt.step()
     assert torch.equal(w, before[0]) and torch.equal(v, before[1])
-    assert torch.equal(opt.state[w]["momentum_buffer"], before[2]) and "momentum_buffer" not in opt.state[v]
+    assert torch.equal(opt.state[w]["momentum_buffer"], before[2])
+    assert torch.equal(opt.state[v]["momentum_buffer"], before[3])
     with pytest.raises(ValueError, match="ns_dtype"):
         ft.Muon([w], ns_dtype=torch.float16)
 
