@@ -396,6 +396,27 @@ struct AdamaxBinding {
   static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
 };
 
+// Muon's element-wise halves (cpp/kernels/muon.inl): `apply` selects the phase. Only the step
+// binding (the Muon classes and functional call it twice around the Newton-Schulz products), no
+// functional twin or Stepper.
+struct MuonBinding {
+  using Scalars = MuonScalars;
+  static constexpr const char* kName = "muon";
+  static constexpr const char* kDoc =
+      "Muon's element-wise phases over lists of arrays (apply=False: momentum, apply=True: decay and "
+      "update). See fusedopt.reference.muon_momentum / muon_apply.";
+  static constexpr const char* kRoles[] = {"params", "grads", "momentum_buffers", "updates"};
+  static constexpr bool kOptional[] = {false, false, false, false};
+  static constexpr const char* kScalars[] = {"one_minus_momentum", "momentum", "decay_factor", "neg_lr"};
+  static constexpr const char* kFlags[] = {"nesterov", "apply"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::muon_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::muon_f64;
+  static constexpr LowpFn<Scalars> KernelTable::*kLowp = &KernelTable::muon_lowp;
+  static Scalars make(const double* d, const bool* f, const Buffers&) {
+    return Scalars{d[0], d[1], d[2], d[3], f[0], f[1]};
+  }
+};
+
 // optax's trace (python/fusedopt/algorithms/sgd.py, TRACE): the SGD kernel under other names
 // (decay = momentum, no dampening, no first step; the traces always exist). Not a binding of its
 // own: only the functional (functional.cpp) uses it.

@@ -43,6 +43,8 @@ struct KernelTable {
   LowpFn<LionScalars> lion_lowp;
   StepFn<AdamaxScalars> adamax_f32, adamax_f64;
   LowpFn<AdamaxScalars> adamax_lowp;
+  StepFn<MuonScalars> muon_f32, muon_f64;
+  LowpFn<MuonScalars> muon_lowp;
 };
 
 }  // namespace fusedopt

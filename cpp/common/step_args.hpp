@@ -166,6 +166,18 @@ struct AdamaxScalars {
   bool maximize;
 };
 
+// Muon (torch.optim.Muon), the element-wise halves of its step. Buffers: param, grad,
+// momentum_buffer, update. Momentum phase (apply=false): momentum_buffer and update written from
+// grad; apply phase (apply=true): param written from update (the Newton-Schulz output).
+struct MuonScalars {
+  double one_minus_momentum;  // 1 - momentum (lerp weight of the buffer update)
+  double momentum;            // the Nesterov lerp weight
+  double decay_factor;        // 1 - lr*weight_decay (unadjusted lr; exactly 1 without decay)
+  double neg_lr;              // -adjusted lr of this call's tensors
+  bool nesterov;
+  bool apply;
+};
+
 // EMA of weights: average = decay*average + (1-decay)*param. Buffers: average, param.
 struct EmaScalars {
   double decay;

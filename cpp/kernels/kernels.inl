@@ -51,6 +51,7 @@ using std::int64_t;
 #include "kernels/lion.inl"
 #include "kernels/adamax.inl"
 #include "kernels/momentum.inl"
+#include "kernels/muon.inl"
 #include "kernels/probe.inl"
 #include "kernels/rmsprop.inl"
 #include "kernels/sgd.inl"
@@ -74,6 +75,8 @@ const KernelTable kernel_table = {
     &lowp_step<Rmsprop>,    &lowp_step<Adam>,
     &lowp_step<Adagrad>,    &lowp_step<Lion>,
     &step<Adamax, float>,   &step<Adamax, double>,  &lowp_step<Adamax>,
+    &step<Muon, float>,     &step<Muon, double>,
+    &lowp_step<Muon>,
 };
 
 }  // namespace FUSEDOPT_ISA

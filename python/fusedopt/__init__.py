@@ -22,6 +22,7 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
 
 from . import functional, reference, schedules
 from ._config import show_config
+from ._muon import Muon
 from ._threads import MAX_THREADS, get_num_threads, set_num_threads
 from .arena import FlatParams
 from .ema import EMA
@@ -40,6 +41,7 @@ __all__ = [
     "Lion",
     "MAX_THREADS",
     "Momentum",
+    "Muon",
     "Optimizer",
     "RMSprop",
     "__version__",

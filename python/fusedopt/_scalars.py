@@ -9,7 +9,7 @@ friends are never recomputed in float32 (torch computes them in double too; SEMA
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Sequence
 
 #: step counts at or above this do not convert to a float (2**1024 overflows float64)
 _STEP_LIMIT = 1 << 1023
@@ -188,6 +188,31 @@ def adamax_scalars(
         _float_step(step)  # raises naming step
     clr = float(lr) / (1.0 - beta1**step)
     return AdamaxScalars(-clr, float(eps), beta1, 1.0 - beta1, float(beta2), float(weight_decay))
+
+
+class MuonScalars(NamedTuple):
+    one_minus_momentum: float  # 1 - momentum: the buffer's lerp weight
+    momentum: float  # the Nesterov lerp weight
+    decay_factor: float  # 1 - lr*weight_decay (the unadjusted lr; exactly 1.0 without weight decay)
+    neg_lr: float  # -adjusted lr (muon_adjusted_lr)
+
+
+def muon_adjusted_lr(lr: float, adjust_lr_fn: Optional[str], shape: Sequence[int]) -> float:
+    """torch.optim.Muon's ``_adjust_lr``: ``lr*sqrt(max(1, A/B))`` ("original", None) or
+    ``lr*0.2*sqrt(max(A, B))`` ("match_rms_adamw"), ``A, B = shape[:2]``, in float64."""
+    a, b = int(shape[0]), int(shape[1])
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        ratio = math.sqrt(max(1, a / b))
+    elif adjust_lr_fn == "match_rms_adamw":
+        ratio = 0.2 * math.sqrt(max(a, b))
+    else:
+        raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported")
+    return float(lr) * ratio
+
+
+def muon_scalars(*, lr: float, momentum: float, weight_decay: float, adjusted_lr: float) -> MuonScalars:
+    momentum = float(momentum)
+    return MuonScalars(1.0 - momentum, momentum, 1.0 - float(lr) * float(weight_decay), -float(adjusted_lr))
 
 
 class GradScalars(NamedTuple):

@@ -83,6 +83,7 @@ __all__ = [
     "global_norm",
     "lion",
     "momentum",
+    "muon",
     "rmsprop",
     "sgd",
     "trace",
@@ -308,3 +309,7 @@ adamw: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["ada
 adagrad: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adagrad"])
 lion: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lion"])
 adamax: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adamax"])
+
+# Muon (torch.optim.Muon): element-wise kernel phases around Newton-Schulz matrix products, not one
+# element-wise pass, so written by hand (fusedopt._muon), not generated from a description.
+from ._muon import muon  # noqa: E402

@@ -22,7 +22,8 @@ from . import _scalars
 
 __all__ = [
     "adagrad", "adam", "adamax", "adamw", "bf16_rne", "bf16_sr", "bf16_to_f32", "ema", "f16_rne", "f16_to_f32", "fma32",
-    "global_norm", "lion", "lowp_step", "momentum", "philox4x32_10", "rmsprop", "sgd", "split_decode", "split_encode",
+    "global_norm", "lion", "lowp_step", "momentum", "muon", "muon_apply", "muon_momentum", "muon_newton_schulz",
+    "philox4x32_10", "rmsprop", "sgd", "split_decode", "split_encode",
     "sr_bits", "sum_of_squares", "trace",
 ]  # fmt: skip
 
@@ -863,3 +864,119 @@ class Q8State:
         codes, absmax = q8_encode(x, self.signed)
         self.codes[...] = codes.reshape(self.codes.shape)
         self.absmax[...] = absmax.reshape(self.absmax.shape)
+
+
+# -- Muon (torch.optim.Muon, torch 2.13) ------------------------------------------------------------
+#: torch.optim.Muon's Newton-Schulz coefficients (a, b, c), eps and step count
+MUON_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+MUON_EPS = 1e-7
+MUON_NS_STEPS = 5
+
+
+def _fma(a: Union[np.ndarray, np.floating], b: Union[np.ndarray, np.floating], c: np.ndarray) -> np.ndarray:
+    """The kernels' ``fma32``: correctly rounded for float32 (:func:`fma32`), ``a*b + c`` for float64."""
+    if c.dtype == np.float32:
+        return fma32(a, b, c)  # type: ignore[arg-type]
+    return np.asarray(a * b + c, c.dtype)
+
+
+def _torch_lerp(start: np.ndarray, end: np.ndarray, weight: float) -> np.ndarray:
+    """torch's CPU ``lerp`` with a Python-float weight (SEMANTICS-ALGORITHMS.md §0):
+    ``fma(w, end-start, start)`` if ``|w| < 0.5`` else ``fma(w-1, end-start, end)``, ``w`` rounded
+    to the dtype first."""
+    T = start.dtype.type
+    w = T(weight)
+    if -0.5 < w < 0.5:
+        return _fma(w, end - start, start)
+    return _fma(w - T(1), end - start, end)
+
+
+def muon_momentum(
+    grad: np.ndarray,
+    momentum_buffer: np.ndarray,
+    update: np.ndarray,
+    *,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    grad_scale: Optional[float] = None,
+    clip_coef: Optional[float] = None,
+    clip_value: Optional[float] = None,
+) -> None:
+    """Muon's momentum half (the kernel ``_core.muon(..., apply=False)``), torch's order::
+
+        B = lerp(B, g, 1 - momentum)               buf.lerp_(grad, 1 - momentum)
+        U = lerp(g, B, momentum) if nesterov else B   grad.lerp(buf, momentum)
+
+    writes ``momentum_buffer`` and ``update`` (the matrix Newton-Schulz orthogonalizes)."""
+    s = _scalars.muon_scalars(lr=0.0, momentum=momentum, weight_decay=0.0, adjusted_lr=0.0)
+    g = _preprocess(grad, grad_scale, clip_coef, clip_value)
+    momentum_buffer[...] = _torch_lerp(momentum_buffer, g, s.one_minus_momentum)
+    update[...] = _torch_lerp(g, momentum_buffer, s.momentum) if nesterov else momentum_buffer
+
+
+def muon_apply(param: np.ndarray, update: np.ndarray, *, lr: float, weight_decay: float, adjusted_lr: float) -> None:
+    """Muon's apply half (the kernel ``_core.muon(..., apply=True)``), torch's order::
+
+        p = p*(1 - lr*weight_decay)                param.mul_(1 - lr*weight_decay)   (unadjusted lr)
+        p = fma(update, -adjusted_lr, p)           param.add_(update, alpha=-adjusted_lr)
+
+    ``update`` is the Newton-Schulz output (:func:`muon_newton_schulz`)."""
+    T = param.dtype.type
+    s = _scalars.muon_scalars(lr=lr, momentum=0.0, weight_decay=weight_decay, adjusted_lr=adjusted_lr)
+    param[...] = param * T(s.decay_factor)
+    param[...] = _fma(T(s.neg_lr), update, param)
+
+
+def muon_newton_schulz(
+    update: np.ndarray,
+    *,
+    ns_coefficients: Sequence[float] = MUON_NS_COEFFICIENTS,
+    ns_steps: int = MUON_NS_STEPS,
+    eps: float = MUON_EPS,
+) -> np.ndarray:
+    """torch.optim.Muon's quintic Newton-Schulz iteration on a 2-D ``update``, in its dtype
+    (float32 or float64; torch 2.13 runs it in bfloat16), a new C-contiguous array::
+
+        X = U^T if rows > cols else U            (the Gram matrix is min(rows, cols)^2)
+        X = X / max(||X||_F, eps)                ||X||_F accumulated in float64, rounded once
+        repeat ns_steps:
+            A = X X^T;  B = b*A + c*(A A);  X = a*X + B X
+        X = X^T if transposed
+
+    The matrix products are NumPy's (BLAS: its own summation order, not bitwise reproducible
+    across BLAS builds; fusedopt's NumPy front end runs exactly this code)."""
+    T = update.dtype.type
+    a, b, c = (T(v) for v in ns_coefficients)
+    transposed = update.shape[0] > update.shape[1]
+    x = update.T if transposed else update
+    norm = T(math.sqrt(float(np.sum(np.square(update, dtype=np.float64)))))
+    x = x / max(norm, T(eps))
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        gu = b * gram + c * (gram @ gram)
+        x = a * x + gu @ x
+    return np.ascontiguousarray(x.T) if transposed else x
+
+
+def muon(
+    param: np.ndarray,
+    grad: np.ndarray,
+    momentum_buffer: np.ndarray,
+    *,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: Sequence[float] = MUON_NS_COEFFICIENTS,
+    eps: float = MUON_EPS,
+    ns_steps: int = MUON_NS_STEPS,
+    adjust_lr_fn: Optional[str] = None,
+) -> None:
+    """torch.optim.Muon's step on one 2-D parameter: :func:`muon_momentum`, then
+    :func:`muon_newton_schulz` (in the parameter's dtype), then :func:`muon_apply` with the lr
+    adjusted for the shape (:func:`fusedopt._scalars.muon_adjusted_lr`)."""
+    update = np.empty_like(param)
+    muon_momentum(grad, momentum_buffer, update, momentum=momentum, nesterov=nesterov)
+    x = muon_newton_schulz(update, ns_coefficients=ns_coefficients, ns_steps=ns_steps, eps=eps)
+    adjusted = _scalars.muon_adjusted_lr(lr, adjust_lr_fn, param.shape)
+    muon_apply(param, x, lr=lr, weight_decay=weight_decay, adjusted_lr=adjusted)

@@ -1736,3 +1736,128 @@ class Lion(_FusedOptimizer):
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize),
                          (master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
+
+
+# -- Muon ------------------------------------------------------------------------------------------
+def newton_schulz_torch(u: torch.Tensor, h: Dict[str, Any], ns_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Muon's Newton-Schulz iteration on a 2-D tensor with torch's matmul (BLAS), in ``u``'s dtype
+    (fusedopt._muon's docstring): the same algorithm as :func:`fusedopt.reference.muon_newton_schulz`
+    (norm accumulated in float64, rounded once) with torch's ``addmm`` for ``b*A + c*A@A`` and
+    ``a*X + B@X``. ``ns_dtype=torch.bfloat16``: torch 2.13's own iteration (the update cast to
+    bfloat16, its bfloat16 norm and GEMMs), returned upcast exactly to ``u``'s dtype.
+    A new contiguous tensor of ``u``'s shape and dtype."""
+    a, b, c = h["ns_coefficients"]
+    transposed = u.size(0) > u.size(1)
+    if ns_dtype == torch.bfloat16:
+        x = u.bfloat16()
+        if transposed:
+            x = x.T
+        x.div_(x.norm().clamp(min=h["eps"]))
+        for _ in range(h["ns_steps"]):
+            gram = x @ x.T
+            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        return (x.T if transposed else x).to(u.dtype).contiguous()
+    np_t = np.float32 if u.dtype == torch.float32 else np.float64
+    norm = float(np_t(math.sqrt(float(torch.linalg.vector_norm(u, dtype=torch.float64) ** 2))))
+    x = (u.T if transposed else u) / max(norm, float(np_t(h["eps"])))
+    for _ in range(h["ns_steps"]):
+        gram = torch.mm(x, x.T)
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T.contiguous() if transposed else x
+
+
+class Muon(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
+    """torch.optim.Muon, fused: ``Muon(params, lr=1e-3, weight_decay=0.1, momentum=0.95,
+    nesterov=True, ns_coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, ns_steps=5,
+    adjust_lr_fn=None, *, ns_dtype=None)``: torch's arguments, defaults, checks and messages, param
+    groups and state (``'momentum_buffer'``, made at the first step; no step counter), so state
+    dicts load both ways. Only 2-D float32/float64 CPU parameters (others: torch's ValueError).
+
+    A step per param group and dtype: one native momentum call, the Newton-Schulz products with
+    torch's matmul in the parameter's dtype (``ns_dtype=torch.bfloat16``: torch 2.13's bfloat16
+    iteration, then bitwise torch.optim.Muon's step), one native apply call per distinct adjusted
+    lr (see fusedopt._muon). ``ns_dtype`` is an option of the optimizer, not of its param groups
+    (not in the state dict)."""
+
+    def __init__(self, params: Any, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
+                 nesterov: bool = True,
+                 ns_coefficients: Tuple[float, float, float] = reference.MUON_NS_COEFFICIENTS,
+                 eps: float = reference.MUON_EPS, ns_steps: int = reference.MUON_NS_STEPS,
+                 adjust_lr_fn: Optional[str] = None, *, ns_dtype: Optional[torch.dtype] = None) -> None:  # fmt: skip
+        if isinstance(lr, torch.Tensor):
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+            lr = float(lr.item())
+        _muon.check_hypers(dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                                ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn))
+        if ns_dtype not in (None, torch.float32, torch.float64, torch.bfloat16):
+            raise ValueError(f"ns_dtype must be None (the parameter's dtype) or torch.bfloat16, got {ns_dtype}")
+        self.ns_dtype = None if ns_dtype in (torch.float32, torch.float64) else ns_dtype
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                        ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim != 2:
+                    raise ValueError(_muon.not_2d_message(p.size()))
+        #: native calls made by the last step (see the class docstring)
+        self.last_native_calls = 0
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for p in group["params"]:
+            if p.ndim != 2 and hasattr(self, "last_native_calls"):  # (the constructor checks its own)
+                self.param_groups.pop()
+                raise ValueError(_muon.not_2d_message(p.size()))
+
+    def _newton_schulz(self, u: torch.Tensor, h: Dict[str, Any]) -> torch.Tensor:
+        return newton_schulz_torch(u, h, self.ns_dtype)
+
+    @torch.no_grad()  # type: ignore[misc,untyped-decorator,unused-ignore]
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """One step of every parameter with a ``.grad`` (see the class docstring). Every group's
+        hyperparameters and every tensor are checked before anything is written."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        calls = []
+        new_bufs: Dict[torch.Tensor, torch.Tensor] = {}
+        for group in self.param_groups:
+            lr = group["lr"]
+            h = _muon.check_hypers({**group, "lr": float(lr.item()) if isinstance(lr, torch.Tensor) else lr})
+            buckets: Dict[torch.dtype, List[torch.Tensor]] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if torch.is_complex(p):
+                    raise RuntimeError("Muon does not support complex parameters")
+                if p.grad.is_sparse:
+                    raise RuntimeError("Muon does not support sparse gradients")
+                if p.grad.ndim != 2:
+                    raise ValueError(_muon.GRAD_NOT_2D)
+                buckets.setdefault(p.dtype, []).append(p)
+            for ps in buckets.values():
+                bufs = []
+                for p in ps:
+                    b = self.state[p].get("momentum_buffer")
+                    if b is None:
+                        b = new_bufs[p] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                    bufs.append(b)
+                gs = [p.grad for p in ps]
+                _core.check([("params", ps, True), ("grads", gs, False), ("momentum_buffers", bufs, True)])
+                calls.append((h, ps, gs, bufs))
+        n = 0
+        for h, ps, gs, bufs in calls:
+            n += _muon.step_lists(ps, gs, bufs, [torch.empty_like(p, memory_format=torch.contiguous_format)
+                                                 for p in ps], h, None, self._newton_schulz)  # fmt: skip
+        for p, b in new_bufs.items():
+            self.state[p]["momentum_buffer"] = b
+        self.last_native_calls = n
+        return loss
+
+
+from . import _muon  # noqa: E402
+
+__all__ += ["Muon"]
