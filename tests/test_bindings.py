@@ -26,6 +26,7 @@ CASES = [
     ("adam", 5, _scalars.AdamScalars, _GRAD + ["maximize", "torch_exact", "threads", "plan", "counters"] + _LOWP),
     ("adagrad", 3, _scalars.AdagradScalars, _GRAD + ["maximize", "threads", "plan", "counters"] + _LOWP),
     ("lion", 3, _scalars.LionScalars, _GRAD + ["maximize", "threads", "plan", "counters"] + _LOWP),
+    ("lamb", 4, _scalars.LambScalars, _GRAD + ["maximize", "adam", "threads", "plan", "counters"] + _LOWP),
     ("ema", 2, _scalars.EmaScalars, ["threads"]),
 ]
 
@@ -50,6 +51,7 @@ def test_positional_scalars_match_namedtuple(name: str, n_arrays: int, scalars: 
     ("adam", ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"]),
     ("adagrad", ["params", "grads", "state_sums"]),
     ("lion", ["params", "grads", "exp_avgs"]),
+    ("lamb", ["params", "grads", "exp_avgs", "exp_avg_sqs"]),
 ])  # fmt: skip
 def test_role_names_lead_the_signature(name: str, roles: list[str]) -> None:
     """The bindings are generated from per-algorithm traits (register_optimizers.cpp): the role

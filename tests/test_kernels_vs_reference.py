@@ -38,7 +38,7 @@ N_STEPS = 20
 # Configurations: an algorithm plus its (non-default) hyperparameters.
 # ---------------------------------------------------------------------------------------------
 
-BASE_LR = {"sgd": 0.05, "momentum": 0.1, "rmsprop": 0.01, "adam": 3e-3, "adamw": 3e-3, "adagrad": 0.05, "lion": 1e-3}
+BASE_LR = {"sgd": 0.05, "momentum": 0.1, "rmsprop": 0.01, "adam": 3e-3, "adamw": 3e-3, "adagrad": 0.05, "lion": 1e-3, "lamb": 1e-2}
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,8 @@ class Config:
             return ["state_sums"]
         if self.algo == "lion":
             return ["exp_avgs"]
+        if self.algo == "lamb":
+            return ["exp_avgs", "exp_avg_sqs"]
         raise AssertionError(self.algo)
 
     def step_kwargs(self, t: int) -> Dict[str, Any]:
@@ -141,7 +143,14 @@ def _lion_grid() -> List[Config]:
             for b1 in (0.9, 0.0)]  # fmt: skip
 
 
-FLAG_GRID = _sgd_grid() + _momentum_grid() + _rmsprop_grid() + _adam_grid() + _adagrad_grid() + _lion_grid()
+def _lamb_grid() -> List[Config]:
+    return [cfg("lamb", weight_decay=wd, maximize=mx, bias_correction=bc, debias=db, clamp_value=cv)
+            for wd in (0.0, 0.1) for mx in (False, True) for bc, db in ((True, False), (False, False), (False, True))
+            for cv in (1e30, 2.0)]  # fmt: skip
+
+
+FLAG_GRID = (_sgd_grid() + _momentum_grid() + _rmsprop_grid() + _adam_grid() + _adagrad_grid() + _lion_grid()
+             + _lamb_grid())  # fmt: skip
 
 REPRESENTATIVE = [
     cfg("sgd"),
@@ -155,6 +164,7 @@ REPRESENTATIVE = [
     cfg("adamw", amsgrad=True, weight_decay=0.1),
     cfg("adagrad", weight_decay=0.05, lr_decay=0.1, maximize=True),
     cfg("lion", weight_decay=0.1, maximize=True),
+    cfg("lamb", weight_decay=0.1, maximize=True, clamp_value=2.0),
 ]
 
 # one config per algorithm with most features on (multi-tensor, in-place and non-finite tests)
@@ -167,6 +177,7 @@ RICH = [
     cfg("adamw", amsgrad=True),
     cfg("adagrad", weight_decay=0.05, lr_decay=0.1, maximize=True),
     cfg("lion", weight_decay=0.1, beta2=0.9),
+    cfg("lamb", weight_decay=0.1, bias_correction=False, debias=True, clamp_value=2.0, adam=False),
 ]
 
 FLAG_GRID_SHAPES = [(), (0,), (17,), (40, 25)]
@@ -363,7 +374,7 @@ def test_grids_cover_every_flag_combination():
     counts: Dict[str, int] = {}
     for c in FLAG_GRID:
         counts[c.algo] = counts.get(c.algo, 0) + 1
-    assert counts == {"sgd": 20, "momentum": 4, "rmsprop": 16, "adam": 12, "adamw": 4, "adagrad": 8, "lion": 8}
+    assert counts == {"sgd": 20, "momentum": 4, "rmsprop": 16, "adam": 12, "adamw": 4, "adagrad": 8, "lion": 8, "lamb": 24}
     assert len({c.id for c in FLAG_GRID}) == len(FLAG_GRID)
 
 

@@ -25,7 +25,8 @@ TorchPlan::Algo algo_of() {
 const TorchPlan::Algo& find_algo(const std::string& name) {
   static const TorchPlan::Algo all[] = {algo_of<SgdBinding>(),     algo_of<MomentumBinding>(),
                                         algo_of<RmspropBinding>(), algo_of<AdamBinding>(),
-                                        algo_of<AdagradBinding>(), algo_of<LionBinding>()};
+                                        algo_of<AdagradBinding>(), algo_of<LionBinding>(),
+                                        algo_of<LambBinding>()};
   for (const TorchPlan::Algo& a : all) {
     if (name == a.name) return a;
   }

@@ -41,6 +41,7 @@ struct KernelTable {
   LowpFn<AdamScalars> adam_lowp;  // the Adam order only (torch_exact is float32-only)
   LowpFn<AdagradScalars> adagrad_lowp;
   LowpFn<LionScalars> lion_lowp;
+  StepFn<LambScalars> lamb_f32, lamb_f64;  // trust ratio: two phases in one call (kernels/trust.inl)
 };
 
 }  // namespace fusedopt

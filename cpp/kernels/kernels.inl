@@ -56,6 +56,10 @@ using std::int64_t;
 
 #include "kernels/norm.inl"
 
+// trust-ratio algorithms: two phases in one call (trust.inl)
+#include "kernels/trust.inl"
+#include "kernels/lamb.inl"
+
 }  // namespace
 
 const KernelTable kernel_table = {
@@ -72,6 +76,7 @@ const KernelTable kernel_table = {
     &lowp_step<Sgd>,        &lowp_step<Momentum>,
     &lowp_step<Rmsprop>,    &lowp_step<Adam>,
     &lowp_step<Adagrad>,    &lowp_step<Lion>,
+    &trust_step<Lamb, float>, &trust_step<Lamb, double>,
 };
 
 }  // namespace FUSEDOPT_ISA

@@ -45,6 +45,7 @@ SERIAL_BELOW: dict[str, int] = {
     "adam": 1 << 14,
     "adagrad": 1 << 14,
     "lion": 1 << 14,
+    "lamb": 1 << 14,  # (not measured: Adam's, whose pass it repeats twice)
 }
 
 #: The largest thread count accepted by ``threads=`` and :func:`set_num_threads` (the compiled core

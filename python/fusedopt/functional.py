@@ -80,6 +80,7 @@ __all__ = [
     "clip_coef",
     "found_inf_set",
     "global_norm",
+    "lamb",
     "lion",
     "momentum",
     "rmsprop",
@@ -306,3 +307,4 @@ adam: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adam
 adamw: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adamw"])
 adagrad: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adagrad"])
 lion: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lion"])
+lamb: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lamb"])

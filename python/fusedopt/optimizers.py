@@ -91,11 +91,13 @@ from . import _validation as check
 from . import functional as F
 from ._lowp import ABSMAX_SUFFIX, MASTER_KEY, MASTER_KEYS, QMAP_SUFFIX, TRAIL_KEY
 from .algorithms import ADAGRAD, ADAM, ADAMW, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm, TorchName
+from .algorithms import LAMB as _LAMB
 from .algorithms import SGD as _SGD
 from .algorithms._spec import StateRole
+from .algorithms.lamb import NO_CLAMP
 from .arena import FlatParams
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Optimizer"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "LAMB", "Optimizer"]
 
 ParamsArg = Union[np.ndarray, FlatParams, Iterable[np.ndarray], Iterable[Mapping[str, Any]]]
 State = Dict[str, Any]
@@ -1513,3 +1515,26 @@ class Lion(Optimizer):
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize),
                          **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
+
+
+class LAMB(Optimizer):
+    """LAMB (You et al. 2019, paper v5 Alg. 2; optax ``lamb``): Adam's direction plus decoupled weight
+    decay, scaled per parameter by the trust ratio ``min(||p||, clamp_value)/||u||`` (1 when either
+    norm is 0): see :func:`fusedopt.functional.lamb`. Norms and update in one native call, bitwise
+    independent of the thread count.
+
+    ``bias_correction=False`` (with ``clamp_value=10``) is torch_optimizer's ``Lamb``, ``debias=True``
+    its debiased form; ``adam=True`` makes every ratio 1. State per parameter: ``step``, ``exp_avg``,
+    ``exp_avg_sq`` (zeros). float32/float64 parameters only (no low-precision options).
+    """
+
+    _algo = _LAMB
+
+    def __init__(
+        self, params: ParamsArg, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+        weight_decay: float = 0.0, *, clamp_value: float = NO_CLAMP,
+        bias_correction: bool = True, debias: bool = False, adam: bool = False, maximize: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clamp_value=clamp_value,
+                                      bias_correction=bias_correction, debias=debias, adam=adam,
+                                      maximize=maximize))  # fmt: skip

@@ -156,6 +156,7 @@ from .algorithms import (
     ADAM,
     ALGORITHMS,
     FIRST_STEP,
+    LAMB_TORCH,
     LION,
     MOMENTUM,
     RMSPROP,
@@ -171,7 +172,7 @@ from .algorithms import SGD as _SGD
 # through torch's own methods, without NumPy views.
 _core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided, torch.bfloat16, torch.float16)
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "fp32_state_dict"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Lamb", "LAMB", "fp32_state_dict"]
 
 _DTYPES = (torch.float32, torch.float64)
 _LOWP_DTYPES = (torch.bfloat16, torch.float16)
@@ -1714,3 +1715,38 @@ class Lion(_FusedOptimizer):
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize),
                          (master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
+
+
+class Lamb(_FusedOptimizer):
+    """LAMB as torch_optimizer's ``Lamb`` (torch.optim has none): ``Lamb(params, lr=1e-3,
+    betas=(0.9, 0.999), eps=1e-6, weight_decay=0, clamp_value=10, adam=False, debias=False)``, its
+    argument names, defaults, checks and messages, and its state keys ``'step'``, ``'exp_avg'``,
+    ``'exp_avg_sq'``::
+
+        u = m/(sqrt(v) + eps) + weight_decay*p          (weight decay inside u and ||u||)
+        p = p - lr*c*min(||p||, clamp_value)/||u|| * u  (ratio 1 if either norm is 0, or adam=True)
+
+    with ``c = sqrt(1-beta2^t)/(1-beta1^t)`` when ``debias`` else 1: :func:`fusedopt.functional.lamb`
+    with ``bias_correction=False``. Differences from torch_optimizer: ``clamp_value``, ``adam`` and
+    ``debias`` are param-group keys (torch_optimizer keeps them on the optimizer; its state dicts load
+    here with this optimizer's values); ``'step'`` is a float32 tensor as in torch.optim (an int
+    ``'step'`` loads); the diagnostic state entries ``'weight_norm'``, ``'adam_norm'``,
+    ``'trust_ratio'`` are not kept. The norms are float64 sums in a fixed order (torch.norm's float32
+    order is not reproducible): parity with torch_optimizer is within float32 rounding, not bitwise.
+    float32/float64 parameters only (no low-precision options).
+    """
+
+    _algo = LAMB_TORCH
+    _REQUIRED_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
+
+    def __init__(
+        self, params: Any, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+        weight_decay: float = 0, clamp_value: float = 10, adam: bool = False, debias: bool = False, *,
+        maximize: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      clamp_value=clamp_value, adam=adam, debias=debias, maximize=maximize))
+
+
+#: the name of fusedopt's NumPy class (:class:`fusedopt.LAMB`) for the same optimizer
+LAMB = Lamb

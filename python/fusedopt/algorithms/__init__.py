@@ -19,15 +19,16 @@ from typing import Dict
 from ._spec import FIRST_STEP, REQUIRED, ZEROS, Algorithm, Hyper, Range, StateRole, TorchName
 from .adagrad import ADAGRAD
 from .adam import ADAM, ADAMW
+from .lamb import LAMB, LAMB_TORCH
 from .lion import LION
 from .momentum import MOMENTUM
 from .rmsprop import RMSPROP
 from .sgd import SGD, TRACE
 
 #: every functional form, by its function name in fusedopt.functional
-ALGORITHMS: Dict[str, Algorithm] = {a.name: a for a in (SGD, TRACE, MOMENTUM, RMSPROP, ADAM, ADAMW, ADAGRAD, LION)}
+ALGORITHMS: Dict[str, Algorithm] = {a.name: a for a in (SGD, TRACE, MOMENTUM, RMSPROP, ADAM, ADAMW, ADAGRAD, LION, LAMB)}
 
 __all__ = [
-    "ADAGRAD", "ADAM", "ADAMW", "ALGORITHMS", "FIRST_STEP", "LION", "MOMENTUM", "REQUIRED", "RMSPROP", "SGD", "TRACE",
+    "ADAGRAD", "ADAM", "ADAMW", "ALGORITHMS", "FIRST_STEP", "LAMB", "LAMB_TORCH", "LION", "MOMENTUM", "REQUIRED", "RMSPROP", "SGD", "TRACE",
     "ZEROS", "Algorithm", "Hyper", "Range", "StateRole", "TorchName",
 ]  # fmt: skip
