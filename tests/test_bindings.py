@@ -27,6 +27,7 @@ CASES = [
     ("adagrad", 3, _scalars.AdagradScalars, _GRAD + ["maximize", "threads", "plan", "counters"] + _LOWP),
     ("lion", 3, _scalars.LionScalars, _GRAD + ["maximize", "threads", "plan", "counters"] + _LOWP),
     ("lamb", 4, _scalars.LambScalars, _GRAD + ["maximize", "adam", "threads", "plan", "counters"] + _LOWP),
+    ("lars", 3, _scalars.LarsScalars, _GRAD + ["maximize", "lars_adaptation", "threads", "plan", "counters"] + _LOWP),
     ("ema", 2, _scalars.EmaScalars, ["threads"]),
 ]
 
@@ -52,6 +53,7 @@ def test_positional_scalars_match_namedtuple(name: str, n_arrays: int, scalars: 
     ("adagrad", ["params", "grads", "state_sums"]),
     ("lion", ["params", "grads", "exp_avgs"]),
     ("lamb", ["params", "grads", "exp_avgs", "exp_avg_sqs"]),
+    ("lars", ["params", "grads", "mus"]),
 ])  # fmt: skip
 def test_role_names_lead_the_signature(name: str, roles: list[str]) -> None:
     """The bindings are generated from per-algorithm traits (register_optimizers.cpp): the role

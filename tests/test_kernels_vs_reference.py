@@ -38,7 +38,7 @@ N_STEPS = 20
 # Configurations: an algorithm plus its (non-default) hyperparameters.
 # ---------------------------------------------------------------------------------------------
 
-BASE_LR = {"sgd": 0.05, "momentum": 0.1, "rmsprop": 0.01, "adam": 3e-3, "adamw": 3e-3, "adagrad": 0.05, "lion": 1e-3, "lamb": 1e-2}
+BASE_LR = {"sgd": 0.05, "momentum": 0.1, "rmsprop": 0.01, "adam": 3e-3, "adamw": 3e-3, "adagrad": 0.05, "lion": 1e-3, "lamb": 1e-2, "lars": 0.5}
 
 
 @dataclass(frozen=True)
@@ -76,13 +76,15 @@ class Config:
             return ["exp_avgs"]
         if self.algo == "lamb":
             return ["exp_avgs", "exp_avg_sqs"]
+        if self.algo == "lars":
+            return ["mus"]
         raise AssertionError(self.algo)
 
     def step_kwargs(self, t: int) -> Dict[str, Any]:
         """``step=t``; for SGD the first-step flag (True on the first call only); RMSprop: nothing."""
         if self.algo == "sgd":
             return {"first_step": t == 1}
-        return {} if self.algo in ("rmsprop", "lion") else {"step": t}
+        return {} if self.algo in ("rmsprop", "lion", "lars") else {"step": t}
 
 
 def cfg(algo: str, **hyper: Any) -> Config:
@@ -149,8 +151,13 @@ def _lamb_grid() -> List[Config]:
             for cv in (1e30, 2.0)]  # fmt: skip
 
 
+def _lars_grid() -> List[Config]:
+    return [cfg("lars", weight_decay=wd, maximize=mx, lars_adaptation=ad, momentum=mo)
+            for wd in (0.0, 0.01) for mx in (False, True) for ad in (True, False) for mo in (0.9, 0.0)]  # fmt: skip
+
+
 FLAG_GRID = (_sgd_grid() + _momentum_grid() + _rmsprop_grid() + _adam_grid() + _adagrad_grid() + _lion_grid()
-             + _lamb_grid())  # fmt: skip
+             + _lamb_grid() + _lars_grid())  # fmt: skip
 
 REPRESENTATIVE = [
     cfg("sgd"),
@@ -165,6 +172,7 @@ REPRESENTATIVE = [
     cfg("adagrad", weight_decay=0.05, lr_decay=0.1, maximize=True),
     cfg("lion", weight_decay=0.1, maximize=True),
     cfg("lamb", weight_decay=0.1, maximize=True, clamp_value=2.0),
+    cfg("lars", weight_decay=0.01, maximize=True, eta=0.02),
 ]
 
 # one config per algorithm with most features on (multi-tensor, in-place and non-finite tests)
@@ -178,6 +186,7 @@ RICH = [
     cfg("adagrad", weight_decay=0.05, lr_decay=0.1, maximize=True),
     cfg("lion", weight_decay=0.1, beta2=0.9),
     cfg("lamb", weight_decay=0.1, bias_correction=False, debias=True, clamp_value=2.0, adam=False),
+    cfg("lars", weight_decay=0.01, eps=1e-3, momentum=0.5),
 ]
 
 FLAG_GRID_SHAPES = [(), (0,), (17,), (40, 25)]
@@ -374,7 +383,7 @@ def test_grids_cover_every_flag_combination():
     counts: Dict[str, int] = {}
     for c in FLAG_GRID:
         counts[c.algo] = counts.get(c.algo, 0) + 1
-    assert counts == {"sgd": 20, "momentum": 4, "rmsprop": 16, "adam": 12, "adamw": 4, "adagrad": 8, "lion": 8, "lamb": 24}
+    assert counts == {"sgd": 20, "momentum": 4, "rmsprop": 16, "adam": 12, "adamw": 4, "adagrad": 8, "lion": 8, "lamb": 24, "lars": 16}
     assert len({c.id for c in FLAG_GRID}) == len(FLAG_GRID)
 
 

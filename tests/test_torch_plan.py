@@ -29,6 +29,7 @@ CONFIGS = [
     ("Momentum", {"lr": 0.1, "bias_correction": True}),
     ("Lion", {"weight_decay": 0.1}),
     ("Lamb", {"weight_decay": 0.01, "debias": True}),
+    ("LARS", {"lr": 0.1, "weight_decay": 1e-3, "eta": 0.01}),
 ]
 
 

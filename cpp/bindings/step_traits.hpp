@@ -417,6 +417,32 @@ struct LambBinding {
   static bool fast_ok(const double*, const bool* b, const bool*, DType) { return !(b[0] && b[1]); }
 };
 
+struct LarsBinding {
+  using Scalars = LarsScalars;
+  static constexpr const char* kName = "lars";
+  static constexpr const char* kDoc = "LARS step over lists of arrays (per-tensor trust ratios, one call). "
+                                      "See fusedopt.functional.lars.";
+  static constexpr const char* kRoles[] = {"params", "grads", "mus"};
+  static constexpr bool kOptional[] = {false, false, false};
+  static constexpr const char* kScalars[] = {"neg_lr", "momentum", "weight_decay", "eta", "eps"};
+  static constexpr const char* kFlags[] = {"maximize", "lars_adaptation"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::lars_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::lars_f64;
+  static constexpr LowpFn<Scalars> KernelTable::*kLowp = nullptr;  // float32/float64 only
+  static Scalars make(const double* d, const bool* f, const Buffers& b) {
+    return Scalars{d[0], d[1], d[2], d[3], d[4], f[0], f[1], trust_scratch(b)};
+  }
+  static constexpr const char* kValues[] = {"lr", "momentum", "weight_decay", "eta", "eps"};
+  static constexpr const char* kBools[] = {"lars_adaptation", "maximize"};
+  static void derive(const double* v, const bool* b, std::int64_t, double* d, bool* f) {
+    d[0] = -v[0], d[1] = v[1], d[2] = v[2], d[3] = v[3], d[4] = v[4];
+    f[0] = b[1], f[1] = b[0];
+  }
+  static constexpr const char* const* kSwitches = nullptr;
+  static bool present(std::size_t, const double*, const bool*, const bool*) { return true; }
+  static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
+};
+
 // optax's trace (python/fusedopt/algorithms/sgd.py, TRACE): the SGD kernel under other names
 // (decay = momentum, no dampening, no first step; the traces always exist). Not a binding of its
 // own: only the functional (functional.cpp) uses it.

@@ -42,6 +42,7 @@ struct KernelTable {
   LowpFn<AdagradScalars> adagrad_lowp;
   LowpFn<LionScalars> lion_lowp;
   StepFn<LambScalars> lamb_f32, lamb_f64;  // trust ratio: two phases in one call (kernels/trust.inl)
+  StepFn<LarsScalars> lars_f32, lars_f64;
 };
 
 }  // namespace fusedopt

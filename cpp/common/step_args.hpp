@@ -177,6 +177,22 @@ struct LambScalars {
   double* scratch;
 };
 
+// LARS for SGD with momentum (barlowtwins/DINO form), per-tensor trust ratio. Buffers: param,
+// grad, mu. Two phases in one call (kernels/trust.inl, kernels/lars.inl):
+//   d = g [+ wd*p];  q = (eta*||p||)/(||d|| + eps) (1 unless adapt and both norms > 0)
+//   mu = momentum*mu + q*d;  p = p + neg_lr*mu
+// `scratch` as LambScalars'.
+struct LarsScalars {
+  double neg_lr;        // -lr
+  double momentum;
+  double weight_decay;  // added to the gradient, inside ||d||
+  double eta;           // trust coefficient
+  double eps;           // added to ||d|| (optax's; 0 in barlowtwins)
+  bool maximize;
+  bool adapt;           // the trust ratio (false: q = 1, SGD with momentum and weight decay)
+  double* scratch;
+};
+
 // EMA of weights: average = decay*average + (1-decay)*param. Buffers: average, param.
 struct EmaScalars {
   double decay;

@@ -59,6 +59,7 @@ using std::int64_t;
 // trust-ratio algorithms: two phases in one call (trust.inl)
 #include "kernels/trust.inl"
 #include "kernels/lamb.inl"
+#include "kernels/lars.inl"
 
 }  // namespace
 
@@ -77,6 +78,7 @@ const KernelTable kernel_table = {
     &lowp_step<Rmsprop>,    &lowp_step<Adam>,
     &lowp_step<Adagrad>,    &lowp_step<Lion>,
     &trust_step<Lamb, float>, &trust_step<Lamb, double>,
+    &trust_step<Lars, float>, &trust_step<Lars, double>,
 };
 
 }  // namespace FUSEDOPT_ISA

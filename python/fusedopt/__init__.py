@@ -25,7 +25,7 @@ from ._config import show_config
 from ._threads import MAX_THREADS, get_num_threads, set_num_threads
 from .arena import FlatParams
 from .ema import EMA
-from .optimizers import LAMB, SGD, Adagrad, Adam, AdamW, Lion, Momentum, Optimizer, RMSprop
+from .optimizers import LAMB, LARS, SGD, Adagrad, Adam, AdamW, Lion, Momentum, Optimizer, RMSprop
 
 __version__: str = _core.__version__
 
@@ -37,6 +37,7 @@ __all__ = [
     "AdamW",
     "FlatParams",
     "LAMB",
+    "LARS",
     "Lion",
     "MAX_THREADS",
     "Momentum",

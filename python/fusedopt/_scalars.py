@@ -216,6 +216,28 @@ def lamb_tensor_scalar(s: LambScalars, sumsq_p: float, sumsq_u: float, adam: boo
     return s.neg_lr * ratio
 
 
+class LarsScalars(NamedTuple):
+    neg_lr: float  # -lr
+    momentum: float
+    weight_decay: float
+    eta: float  # trust coefficient
+    eps: float  # added to ||d||
+
+
+def lars_scalars(*, lr: float, momentum: float, weight_decay: float, eta: float, eps: float) -> LarsScalars:
+    return LarsScalars(-float(lr), float(momentum), float(weight_decay), float(eta), float(eps))
+
+
+def lars_tensor_scalar(s: LarsScalars, sumsq_p: float, sumsq_d: float, adapt: bool) -> float:
+    """A tensor's trust ratio ``q`` in float64 (Lars::tensor_scalar): ``(eta*||p||)/(||d|| + eps)``
+    when ``adapt`` and both norms are > 0, else 1 (a NaN norm gives 1, as barlowtwins' ``where``)."""
+    if not adapt:
+        return 1.0
+    w = math.sqrt(sumsq_p)
+    n = math.sqrt(sumsq_d)
+    return (s.eta * w) / (n + s.eps) if (w > 0.0 and n > 0.0) else 1.0
+
+
 class GradScalars(NamedTuple):
     """Gradient pre-processing of every algorithm (passed after the algorithm's scalars):
     ``g = clamp((g / grad_scale) * clip_coef, -clip_value, clip_value)``. The defaults are exact

@@ -81,6 +81,7 @@ __all__ = [
     "found_inf_set",
     "global_norm",
     "lamb",
+    "lars",
     "lion",
     "momentum",
     "rmsprop",
@@ -308,3 +309,4 @@ adamw: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["ada
 adagrad: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adagrad"])
 lion: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lion"])
 lamb: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lamb"])
+lars: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lars"])

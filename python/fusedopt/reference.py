@@ -22,7 +22,7 @@ from . import _scalars
 
 __all__ = [
     "adagrad", "adam", "adamw", "bf16_rne", "bf16_sr", "bf16_to_f32", "ema", "f16_rne", "f16_to_f32", "fma32",
-    "global_norm", "lamb", "lion", "lowp_step", "momentum", "philox4x32_10", "rmsprop", "sgd", "split_decode", "split_encode",
+    "global_norm", "lamb", "lars", "lion", "lowp_step", "momentum", "philox4x32_10", "rmsprop", "sgd", "split_decode", "split_encode",
     "sr_bits", "sum_of_squares", "trace",
 ]  # fmt: skip
 
@@ -426,6 +426,40 @@ def lamb(
         u = u + T(s.weight_decay) * param
     x = _scalars.lamb_tensor_scalar(s, _tensor_sumsq(param), _tensor_sumsq(u), adam)
     param[...] = param + T(x) * u
+
+
+def lars(
+    param: np.ndarray,
+    grad: np.ndarray,
+    mu: np.ndarray,
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    eta: float = 1e-3,
+    eps: float = 0.0,
+    lars_adaptation: bool = True,
+    maximize: bool = False,
+    grad_scale: Optional[float] = None,
+    clip_coef: Optional[float] = None,
+    clip_value: Optional[float] = None,
+) -> None:
+    """LARS for SGD with momentum (barlowtwins/DINO form), one tensor (the trust ratio is per tensor)::
+
+        d = g   [+ wd*p when wd != 0]
+        q = (eta*||p||)/(||d|| + eps) if lars_adaptation and ||p|| > 0 and ||d|| > 0 else 1
+        mu = momentum*mu + q*d
+        p = p + (-lr)*mu
+
+    The norms are float64 sums of squares in fixed blocks and a fixed tree (:func:`_tensor_sumsq`)
+    of the pre-step ``p`` and of ``d``; ``q`` in float64, cast once."""
+    T = param.dtype.type
+    s = _scalars.lars_scalars(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, eps=eps)
+    g = _signed(_preprocess(grad, grad_scale, clip_coef, clip_value), maximize)
+    d = g + T(s.weight_decay) * param if s.weight_decay != 0.0 else g
+    q = _scalars.lars_tensor_scalar(s, _tensor_sumsq(param), _tensor_sumsq(d), lars_adaptation)
+    mu[...] = T(s.momentum) * mu + T(q) * d
+    param[...] = param + T(s.neg_lr) * mu
 
 
 def trace(

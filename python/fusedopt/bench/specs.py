@@ -103,11 +103,13 @@ BENCHMARKED: Dict[str, Dict[str, Any]] = {
     "adagrad": {"lr": 1e-2},
     "lion": {"lr": 1e-4},
     "lamb": {"lr": 1e-3, "weight_decay": 1e-2},
+    "lars": {"lr": 0.1, "weight_decay": 1e-4},
 }
 
 #: passes beyond the one-pass count: LAMB's phase 2 reads param, exp_avg and exp_avg_sq again
 #: (phase 1: read p, g, m, v, write m, v; phase 2: read p, m, v, write p: 10 passes, not 7)
-EXTRA_PASSES: Dict[str, int] = {"lamb": 3}
+#: LARS: phase 1 reads p, g; phase 2 reads p, g, mu, writes mu, p: 7 passes, not 5
+EXTRA_PASSES: Dict[str, int] = {"lamb": 3, "lars": 2}
 
 
 def _spec(algo: Algorithm) -> Spec:
