@@ -39,7 +39,7 @@ N_STEPS = 20
 # ---------------------------------------------------------------------------------------------
 
 BASE_LR = {"sgd": 0.05, "momentum": 0.1, "rmsprop": 0.01, "adam": 3e-3, "adamw": 3e-3, "adagrad": 0.05, "lion": 1e-3,
-           "adamax": 3e-3}
+           "adamax": 3e-3, "lamb": 1e-2, "lars": 0.5}
 
 
 @dataclass(frozen=True)
@@ -77,13 +77,17 @@ class Config:
             return ["exp_avgs"]
         if self.algo == "adamax":
             return ["exp_avgs", "exp_infs"]
+        if self.algo == "lamb":
+            return ["exp_avgs", "exp_avg_sqs"]
+        if self.algo == "lars":
+            return ["mus"]
         raise AssertionError(self.algo)
 
     def step_kwargs(self, t: int) -> Dict[str, Any]:
         """``step=t``; for SGD the first-step flag (True on the first call only); RMSprop: nothing."""
         if self.algo == "sgd":
             return {"first_step": t == 1}
-        return {} if self.algo in ("rmsprop", "lion") else {"step": t}
+        return {} if self.algo in ("rmsprop", "lion", "lars") else {"step": t}
 
 
 def cfg(algo: str, **hyper: Any) -> Config:
@@ -148,7 +152,19 @@ def _adamax_grid() -> List[Config]:
     return [cfg("adamax", weight_decay=wd, maximize=mx) for wd in (0.0, 0.05) for mx in (False, True)]
 
 
-FLAG_GRID = _sgd_grid() + _momentum_grid() + _rmsprop_grid() + _adam_grid() + _adagrad_grid() + _lion_grid()
+def _lamb_grid() -> List[Config]:
+    return [cfg("lamb", weight_decay=wd, maximize=mx, bias_correction=bc, debias=db, clamp_value=cv)
+            for wd in (0.0, 0.1) for mx in (False, True) for bc, db in ((True, False), (False, False), (False, True))
+            for cv in (1e30, 2.0)]  # fmt: skip
+
+
+def _lars_grid() -> List[Config]:
+    return [cfg("lars", weight_decay=wd, maximize=mx, lars_adaptation=ad, momentum=mo)
+            for wd in (0.0, 0.01) for mx in (False, True) for ad in (True, False) for mo in (0.9, 0.0)]  # fmt: skip
+
+
+FLAG_GRID = (_sgd_grid() + _momentum_grid() + _rmsprop_grid() + _adam_grid() + _adagrad_grid() + _lion_grid()
+             + _lamb_grid() + _lars_grid())  # fmt: skip
 FLAG_GRID += _adamax_grid()
 
 REPRESENTATIVE = [
@@ -162,6 +178,8 @@ REPRESENTATIVE = [
     cfg("adam", weight_decay=0.05, amsgrad=True, maximize=True, beta2=0.99),
     cfg("adamw", amsgrad=True, weight_decay=0.1),
     cfg("adagrad", weight_decay=0.05, lr_decay=0.1, maximize=True),
+    cfg("lamb", weight_decay=0.1, maximize=True, clamp_value=2.0),
+    cfg("lars", weight_decay=0.01, maximize=True, eta=0.02),
     cfg("lion", weight_decay=0.1, maximize=True),
     cfg("adamax", weight_decay=0.05, maximize=True, beta2=0.99),
 ]
@@ -174,6 +192,8 @@ RICH = [
     cfg("rmsprop", centered=True, momentum=0.9, weight_decay=0.05, maximize=True),
     cfg("adam", weight_decay=0.05, amsgrad=True, maximize=True),
     cfg("adamw", amsgrad=True),
+    cfg("lamb", weight_decay=0.1, bias_correction=False, debias=True, clamp_value=2.0, adam=False),
+    cfg("lars", weight_decay=0.01, eps=1e-3, momentum=0.5),
     cfg("adagrad", weight_decay=0.05, lr_decay=0.1, maximize=True),
     cfg("lion", weight_decay=0.1, beta2=0.9),
     cfg("adamax", weight_decay=0.05, maximize=True),
@@ -374,7 +394,7 @@ def test_grids_cover_every_flag_combination():
     for c in FLAG_GRID:
         counts[c.algo] = counts.get(c.algo, 0) + 1
     assert counts == {"sgd": 20, "momentum": 4, "rmsprop": 16, "adam": 12, "adamw": 4, "adagrad": 8, "lion": 8,
-                      "adamax": 4}
+                      "adamax": 4, "lamb": 24, "lars": 16}
     assert len({c.id for c in FLAG_GRID}) == len(FLAG_GRID)
 
 

@@ -28,6 +28,8 @@ CONFIGS = [
     ("Adagrad", {"lr_decay": 0.01}),
     ("Momentum", {"lr": 0.1, "bias_correction": True}),
     ("Lion", {"weight_decay": 0.1}),
+    ("Lamb", {"weight_decay": 0.01, "debias": True}),
+    ("LARS", {"lr": 0.1, "weight_decay": 1e-3, "eta": 0.01}),
 ]
 
 

@@ -89,8 +89,13 @@ struct Step<Tr, std::index_sequence<R...>, std::index_sequence<D...>, std::index
       if constexpr (std::is_same_v<typename Tr::Scalars, AdamScalars>) {
         if (f[1]) throw py::value_error("torch_exact=True steps float32 params only (no low-precision storage)");
       }
-      run_lowp(b, Tr::kLowp, Tr::make(d, f, b), grad_scalars(grad_scale, clip_coef, clip_value), lowp, t, counters);
-      return;
+      if constexpr (Tr::kLowp == nullptr) {  // trust-ratio algorithms: float32/float64 arrays only
+        throw py::type_error(std::string(Tr::kName) + " steps float32 or float64 arrays only (no bfloat16/float16 "
+                             "storage, masters, stochastic rounding or 8-bit states)");
+      } else {
+        run_lowp(b, Tr::kLowp, Tr::make(d, f, b), grad_scalars(grad_scale, clip_coef, clip_value), lowp, t, counters);
+        return;
+      }
     }
     run(b, Tr::kF32, Tr::kF64, Tr::make(d, f, b), grad_scalars(grad_scale, clip_coef, clip_value), t, counters);
   }
@@ -234,6 +239,8 @@ void register_optimizers(py::module_& m) {
   define_step<AdamBinding>(m);
   define_step<AdagradBinding>(m);
   define_step<LionBinding>(m);
+  define_step<LambBinding>(m);
+  define_step<LarsBinding>(m);
   define_step<AdamaxBinding>(m);
   define_step<MuonBinding>(m);
   m.def("_traffic_probe", &traffic_probe, "written"_a, "read"_a, "scale"_a, "threads"_a,

@@ -417,6 +417,79 @@ struct MuonBinding {
   }
 };
 
+// Scratch of a trust-ratio step (kernels/trust.inl): 2 doubles per kNormBlock-block of every tensor
+// and one per tensor, owned by the calling thread and reused (the kernel runs on this thread, the
+// GIL released; nothing else uses this thread's scratch meanwhile).
+inline double* trust_scratch(const Buffers& b) {
+  thread_local std::vector<double> scratch;
+  const TensorList l = b.list();
+  std::size_t n = static_cast<std::size_t>(l.count);
+  for (std::int64_t k = 0; k < l.count; ++k) n += 2 * static_cast<std::size_t>((l.sizes[k] + kNormBlock - 1) / kNormBlock);
+  if (scratch.size() < n) scratch.resize(n);
+  return scratch.data();
+}
+
+struct LambBinding {
+  using Scalars = LambScalars;
+  static constexpr const char* kName = "lamb";
+  static constexpr const char* kDoc = "LAMB step over lists of arrays (per-tensor trust ratios, one call). "
+                                      "See fusedopt.functional.lamb.";
+  static constexpr const char* kRoles[] = {"params", "grads", "exp_avgs", "exp_avg_sqs"};
+  static constexpr bool kOptional[] = {false, false, false, false};
+  static constexpr const char* kScalars[] = {"neg_lr", "m_scale", "eps", "beta1", "one_minus_beta1", "beta2",
+                                             "one_minus_beta2", "weight_decay", "clamp_value"};
+  static constexpr const char* kFlags[] = {"maximize", "adam"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::lamb_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::lamb_f64;
+  static constexpr LowpFn<Scalars> KernelTable::*kLowp = nullptr;  // float32/float64 only
+  static Scalars make(const double* d, const bool* f, const Buffers& b) {
+    return Scalars{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], f[0], f[1], trust_scratch(b)};
+  }
+  static constexpr const char* kValues[] = {"lr", "beta1", "beta2", "eps", "weight_decay", "clamp_value"};
+  static constexpr const char* kBools[] = {"bias_correction", "debias", "adam", "maximize"};
+  static void derive(const double* v, const bool* b, std::int64_t t, double* d, bool* f) {
+    const double lr = v[0], beta1 = v[1], beta2 = v[2], eps = v[3];
+    const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(t));
+    const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(t));
+    const double root = std::sqrt(bias_correction2);
+    d[0] = b[1] ? -lr * root / bias_correction1 : -lr;
+    d[1] = b[0] ? root / bias_correction1 : 1.0;
+    d[2] = b[0] ? eps * root : eps;
+    d[3] = beta1, d[4] = 1.0 - beta1, d[5] = beta2, d[6] = 1.0 - beta2, d[7] = v[4], d[8] = v[5];
+    f[0] = b[3], f[1] = b[2];
+  }
+  static constexpr const char* const* kSwitches = nullptr;
+  static bool present(std::size_t, const double*, const bool*, const bool*) { return true; }
+  // bias_correction and debias exclude each other (the description's relations)
+  static bool fast_ok(const double*, const bool* b, const bool*, DType) { return !(b[0] && b[1]); }
+};
+
+struct LarsBinding {
+  using Scalars = LarsScalars;
+  static constexpr const char* kName = "lars";
+  static constexpr const char* kDoc = "LARS step over lists of arrays (per-tensor trust ratios, one call). "
+                                      "See fusedopt.functional.lars.";
+  static constexpr const char* kRoles[] = {"params", "grads", "mus"};
+  static constexpr bool kOptional[] = {false, false, false};
+  static constexpr const char* kScalars[] = {"neg_lr", "momentum", "weight_decay", "eta", "eps"};
+  static constexpr const char* kFlags[] = {"maximize", "lars_adaptation"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::lars_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::lars_f64;
+  static constexpr LowpFn<Scalars> KernelTable::*kLowp = nullptr;  // float32/float64 only
+  static Scalars make(const double* d, const bool* f, const Buffers& b) {
+    return Scalars{d[0], d[1], d[2], d[3], d[4], f[0], f[1], trust_scratch(b)};
+  }
+  static constexpr const char* kValues[] = {"lr", "momentum", "weight_decay", "eta", "eps"};
+  static constexpr const char* kBools[] = {"lars_adaptation", "maximize"};
+  static void derive(const double* v, const bool* b, std::int64_t, double* d, bool* f) {
+    d[0] = -v[0], d[1] = v[1], d[2] = v[2], d[3] = v[3], d[4] = v[4];
+    f[0] = b[1], f[1] = b[0];
+  }
+  static constexpr const char* const* kSwitches = nullptr;
+  static bool present(std::size_t, const double*, const bool*, const bool*) { return true; }
+  static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
+};
+
 // optax's trace (python/fusedopt/algorithms/sgd.py, TRACE): the SGD kernel under other names
 // (decay = momentum, no dampening, no first step; the traces always exist). Not a binding of its
 // own: only the functional (functional.cpp) uses it.

@@ -41,6 +41,8 @@ struct KernelTable {
   LowpFn<AdamScalars> adam_lowp;  // the Adam order only (torch_exact is float32-only)
   LowpFn<AdagradScalars> adagrad_lowp;
   LowpFn<LionScalars> lion_lowp;
+  StepFn<LambScalars> lamb_f32, lamb_f64;  // trust ratio: two phases in one call (kernels/trust.inl)
+  StepFn<LarsScalars> lars_f32, lars_f64;
   StepFn<AdamaxScalars> adamax_f32, adamax_f64;
   LowpFn<AdamaxScalars> adamax_lowp;
   StepFn<MuonScalars> muon_f32, muon_f64;

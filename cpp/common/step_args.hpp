@@ -178,6 +178,44 @@ struct MuonScalars {
   bool apply;
 };
 
+// LAMB (You et al. 2019, paper v5 Alg. 2 / optax; torch_optimizer's Lamb as a preset), per-tensor
+// trust ratio. Buffers: param, grad, exp_avg, exp_avg_sq. Two phases in one call (kernels/trust.inl):
+//   u = (m_scale*m)/(sqrt(v) + eps) [+ wd*p];  ratio = min(||p||, clamp)/||u|| (1 if either is 0 or adam)
+//   p = p + fl(neg_lr*ratio)*u
+// The norms are deterministic float64 sums (kNormBlock blocks, kNormLanes lanes, a pairwise tree per
+// tensor). `scratch` (set by the bindings, not by Python): 2 doubles per block of every tensor plus
+// one per tensor (bindings/step_traits.hpp, trust_scratch).
+struct LambScalars {
+  double neg_lr;           // -lr (torch_optimizer debias: -lr*sqrt(1-beta2^t)/(1-beta1^t))
+  double m_scale;          // sqrt(1-beta2^t)/(1-beta1^t) with bias correction, else exactly 1
+  double eps;              // eps*sqrt(1-beta2^t) with bias correction, else eps
+  double beta1;
+  double one_minus_beta1;
+  double beta2;
+  double one_minus_beta2;
+  double weight_decay;     // decoupled, inside u (and so inside ||u||)
+  double clamp_value;      // upper bound of ||p|| in the ratio (+inf: none)
+  bool maximize;
+  bool adam;               // ratio 1 for every tensor (torch_optimizer's adam=True)
+  double* scratch;
+};
+
+// LARS for SGD with momentum (barlowtwins/DINO form), per-tensor trust ratio. Buffers: param,
+// grad, mu. Two phases in one call (kernels/trust.inl, kernels/lars.inl):
+//   d = g [+ wd*p];  q = (eta*||p||)/(||d|| + eps) (1 unless adapt and both norms > 0)
+//   mu = momentum*mu + q*d;  p = p + neg_lr*mu
+// `scratch` as LambScalars'.
+struct LarsScalars {
+  double neg_lr;        // -lr
+  double momentum;
+  double weight_decay;  // added to the gradient, inside ||d||
+  double eta;           // trust coefficient
+  double eps;           // added to ||d|| (optax's; 0 in barlowtwins)
+  bool maximize;
+  bool adapt;           // the trust ratio (false: q = 1, SGD with momentum and weight decay)
+  double* scratch;
+};
+
 // EMA of weights: average = decay*average + (1-decay)*param. Buffers: average, param.
 struct EmaScalars {
   double decay;

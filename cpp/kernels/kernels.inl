@@ -58,6 +58,11 @@ using std::int64_t;
 
 #include "kernels/norm.inl"
 
+// trust-ratio algorithms: two phases in one call (trust.inl)
+#include "kernels/trust.inl"
+#include "kernels/lamb.inl"
+#include "kernels/lars.inl"
+
 }  // namespace
 
 const KernelTable kernel_table = {
@@ -74,6 +79,8 @@ const KernelTable kernel_table = {
     &lowp_step<Sgd>,        &lowp_step<Momentum>,
     &lowp_step<Rmsprop>,    &lowp_step<Adam>,
     &lowp_step<Adagrad>,    &lowp_step<Lion>,
+    &trust_step<Lamb, float>, &trust_step<Lamb, double>,
+    &trust_step<Lars, float>, &trust_step<Lars, double>,
     &step<Adamax, float>,   &step<Adamax, double>,  &lowp_step<Adamax>,
     &step<Muon, float>,     &step<Muon, double>,
     &lowp_step<Muon>,

@@ -26,7 +26,7 @@ from ._muon import Muon
 from ._threads import MAX_THREADS, get_num_threads, set_num_threads
 from .arena import FlatParams
 from .ema import EMA
-from .optimizers import SGD, Adagrad, Adam, Adamax, AdamW, Lion, Momentum, Optimizer, RMSprop
+from .optimizers import LAMB, LARS, SGD, Adagrad, Adam, Adamax, AdamW, Lion, Momentum, Optimizer, RMSprop
 
 __version__: str = _core.__version__
 
@@ -38,6 +38,8 @@ __all__ = [
     "Adamax",
     "AdamW",
     "FlatParams",
+    "LAMB",
+    "LARS",
     "Lion",
     "MAX_THREADS",
     "Momentum",

@@ -159,6 +159,21 @@ def muon(
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
     absmax: Optional[Sequence[Optional[_Arrays]]] = None,
 ) -> None: ...
+def lamb(
+    params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_avg_sqs: _Arrays, neg_lr: float, m_scale: float,
+    eps: float, beta1: float, one_minus_beta1: float, beta2: float, one_minus_beta2: float, weight_decay: float,
+    clamp_value: float, grad_scale: float, clip_coef: float, clip_value: float, maximize: bool, adam: bool,
+    threads: int, plan: Optional[Plan] = None, counters: _Counters = None, masters: Optional[_Arrays] = None,
+    stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+) -> None: ...
+def lars(
+    params: _Arrays, grads: _Arrays, mus: _Arrays, neg_lr: float, momentum: float, weight_decay: float, eta: float,
+    eps: float, grad_scale: float, clip_coef: float, clip_value: float, maximize: bool, lars_adaptation: bool,
+    threads: int, plan: Optional[Plan] = None, counters: _Counters = None, masters: Optional[_Arrays] = None,
+    stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+) -> None: ...
 def ema(averages: _Arrays, params: _Arrays, decay: float, one_minus_decay: float, threads: int) -> None: ...
 def sum_of_squares(arrays: _Arrays, threads: int) -> float: ...
 def compiled_isas() -> List[str]: ...

@@ -215,6 +215,74 @@ def muon_scalars(*, lr: float, momentum: float, weight_decay: float, adjusted_lr
     return MuonScalars(1.0 - momentum, momentum, 1.0 - float(lr) * float(weight_decay), -float(adjusted_lr))
 
 
+class LambScalars(NamedTuple):
+    neg_lr: float  # -lr (torch_optimizer's debias: -lr*sqrt(1-beta2^t)/(1-beta1^t))
+    m_scale: float  # sqrt(1-beta2^t)/(1-beta1^t) with bias correction, else 1
+    eps: float  # eps*sqrt(1-beta2^t) with bias correction, else eps
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    weight_decay: float
+    clamp_value: float  # upper bound of ||p|| in the trust ratio (inf: none)
+
+
+def lamb_scalars(
+    *, step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, clamp_value: float,
+    bias_correction: bool, debias: bool,
+) -> LambScalars:  # fmt: skip
+    """LAMB's per-step scalars (cpp/kernels/lamb.inl). ``bias_correction`` (paper, optax):
+    ``u = m_hat/(sqrt(v_hat) + eps)`` computed as ``(sqrt(bc2)/bc1*m)/(sqrt(v) + eps*sqrt(bc2))``;
+    ``debias`` (torch_optimizer): ``u = m/(sqrt(v) + eps)`` and the step scaled by ``sqrt(bc2)/bc1``."""
+    if step >= _STEP_LIMIT:
+        _float_step(step)  # raises naming step
+    lr, beta1, beta2, eps = float(lr), float(beta1), float(beta2), float(eps)
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2 = 1.0 - beta2**step
+    root = math.sqrt(bias_correction2)
+    return LambScalars(
+        -lr * root / bias_correction1 if debias else -lr,
+        root / bias_correction1 if bias_correction else 1.0,
+        eps * root if bias_correction else eps,
+        beta1, 1.0 - beta1, beta2, 1.0 - beta2, float(weight_decay), float(clamp_value),
+    )  # fmt: skip
+
+
+def lamb_tensor_scalar(s: LambScalars, sumsq_p: float, sumsq_u: float, adam: bool) -> float:
+    """A tensor's phase-2 scalar ``fl(neg_lr*ratio)`` in float64 (Lamb::tensor_scalar): ratio =
+    ``min(||p||, clamp_value)/||u||``, 1 when either is 0 (or ``adam``); NaN norms give NaN."""
+    if adam:
+        return s.neg_lr
+    w = math.sqrt(sumsq_p)
+    n = math.sqrt(sumsq_u)
+    if w > s.clamp_value:
+        w = s.clamp_value
+    ratio = 1.0 if (w == 0.0 or n == 0.0) else w / n
+    return s.neg_lr * ratio
+
+
+class LarsScalars(NamedTuple):
+    neg_lr: float  # -lr
+    momentum: float
+    weight_decay: float
+    eta: float  # trust coefficient
+    eps: float  # added to ||d||
+
+
+def lars_scalars(*, lr: float, momentum: float, weight_decay: float, eta: float, eps: float) -> LarsScalars:
+    return LarsScalars(-float(lr), float(momentum), float(weight_decay), float(eta), float(eps))
+
+
+def lars_tensor_scalar(s: LarsScalars, sumsq_p: float, sumsq_d: float, adapt: bool) -> float:
+    """A tensor's trust ratio ``q`` in float64 (Lars::tensor_scalar): ``(eta*||p||)/(||d|| + eps)``
+    when ``adapt`` and both norms are > 0, else 1 (a NaN norm gives 1, as barlowtwins' ``where``)."""
+    if not adapt:
+        return 1.0
+    w = math.sqrt(sumsq_p)
+    n = math.sqrt(sumsq_d)
+    return (s.eta * w) / (n + s.eps) if (w > 0.0 and n > 0.0) else 1.0
+
+
 class GradScalars(NamedTuple):
     """Gradient pre-processing of every algorithm (passed after the algorithm's scalars):
     ``g = clamp((g / grad_scale) * clip_coef, -clip_value, clip_value)``. The defaults are exact

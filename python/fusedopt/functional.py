@@ -81,6 +81,8 @@ __all__ = [
     "clip_coef",
     "found_inf_set",
     "global_norm",
+    "lamb",
+    "lars",
     "lion",
     "momentum",
     "muon",
@@ -307,6 +309,8 @@ rmsprop: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["r
 adam: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adam"])
 adamw: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adamw"])
 adagrad: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adagrad"])
+lamb: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lamb"])
+lars: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lars"])
 lion: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lion"])
 adamax: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adamax"])
 

@@ -91,11 +91,14 @@ from . import _validation as check
 from . import functional as F
 from ._lowp import ABSMAX_SUFFIX, MASTER_KEY, MASTER_KEYS, QMAP_SUFFIX, TRAIL_KEY
 from .algorithms import ADAGRAD, ADAM, ADAMAX, ADAMW, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm, TorchName
+from .algorithms import LAMB as _LAMB
+from .algorithms import LARS as _LARS
 from .algorithms import SGD as _SGD
+from .algorithms.lamb import NO_CLAMP
 from .algorithms._spec import StateRole
 from .arena import FlatParams
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "Optimizer"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "LAMB", "LARS", "Optimizer"]
 
 ParamsArg = Union[np.ndarray, FlatParams, Iterable[np.ndarray], Iterable[Mapping[str, Any]]]
 State = Dict[str, Any]
@@ -1532,3 +1535,47 @@ class Adamax(Optimizer):
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
                          **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
+
+
+class LAMB(Optimizer):
+    """LAMB (You et al. 2019, paper v5 Alg. 2; optax ``lamb``): Adam's direction plus decoupled weight
+    decay, scaled per parameter by the trust ratio ``min(||p||, clamp_value)/||u||`` (1 when either
+    norm is 0): see :func:`fusedopt.functional.lamb`. Norms and update in one native call, bitwise
+    independent of the thread count.
+
+    ``bias_correction=False`` (with ``clamp_value=10``) is torch_optimizer's ``Lamb``, ``debias=True``
+    its debiased form; ``adam=True`` makes every ratio 1. State per parameter: ``step``, ``exp_avg``,
+    ``exp_avg_sq`` (zeros). float32/float64 parameters only (no low-precision options).
+    """
+
+    _algo = _LAMB
+
+    def __init__(
+        self, params: ParamsArg, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+        weight_decay: float = 0.0, *, clamp_value: float = NO_CLAMP,
+        bias_correction: bool = True, debias: bool = False, adam: bool = False, maximize: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clamp_value=clamp_value,
+                                      bias_correction=bias_correction, debias=debias, adam=adam,
+                                      maximize=maximize))  # fmt: skip
+
+
+class LARS(Optimizer):
+    """LARS for SGD with momentum (You et al. 2017; barlowtwins/DINO form): ``d = g + wd*p``, the
+    per-parameter trust ratio ``q = eta*||p||/(||d|| + eps)`` (1 when either norm is 0),
+    ``mu = momentum*mu + q*d``, ``p -= lr*mu``: see :func:`fusedopt.functional.lars`. Norms and update
+    in one native call, bitwise independent of the thread count.
+
+    ``lars_adaptation=False`` (per param group) makes ``q = 1``: give biases and norm weights a group
+    with it and ``weight_decay=0`` (barlowtwins' filters). State per parameter: ``mu`` (zeros). No
+    step counter. float32/float64 parameters only (no low-precision options).
+    """
+
+    _algo = _LARS
+
+    def __init__(
+        self, params: ParamsArg, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 1e-3, *,
+        eps: float = 0.0, lars_adaptation: bool = True, maximize: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, eps=eps,
+                                      lars_adaptation=lars_adaptation, maximize=maximize))  # fmt: skip

@@ -22,7 +22,7 @@ from . import _scalars
 
 __all__ = [
     "adagrad", "adam", "adamax", "adamw", "bf16_rne", "bf16_sr", "bf16_to_f32", "ema", "f16_rne", "f16_to_f32", "fma32",
-    "global_norm", "lion", "lowp_step", "momentum", "muon", "muon_apply", "muon_momentum", "muon_newton_schulz",
+    "global_norm", "lamb", "lars", "lion", "lowp_step", "momentum", "muon", "muon_apply", "muon_momentum", "muon_newton_schulz",
     "philox4x32_10", "rmsprop", "sgd", "split_decode", "split_encode",
     "sr_bits", "sum_of_squares", "trace",
 ]  # fmt: skip
@@ -410,6 +410,95 @@ def adamax(
     b = np.abs(g) + T(s.eps)
     exp_inf[...] = np.where((a > b) | (a != a), a, b)
     param[...] = param + (T(s.neg_clr) * exp_avg) / exp_inf
+
+
+def _tensor_sumsq(x: np.ndarray) -> float:
+    """One tensor's deterministic float64 sum of squares (cpp/kernels/trust.inl): its blocks of
+    NORM_BLOCK elements (:func:`_block_sumsq`), then a pairwise tree over them in order."""
+    flat = x.reshape(-1)
+    partials = [_block_sumsq(flat[i : i + NORM_BLOCK]) for i in range(0, flat.size, NORM_BLOCK)]
+    return _tree_sum(partials, 0, len(partials))
+
+
+def lamb(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    *,
+    step: int,
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    clamp_value: float = math.inf,
+    bias_correction: bool = True,
+    debias: bool = False,
+    adam: bool = False,
+    maximize: bool = False,
+    grad_scale: Optional[float] = None,
+    clip_coef: Optional[float] = None,
+    clip_value: Optional[float] = None,
+) -> None:
+    """LAMB (paper v5 Alg. 2, optax ``lamb``; torch_optimizer ``Lamb`` with ``bias_correction=False``),
+    one tensor (the trust ratio is per tensor)::
+
+        m = b1*m + (1-b1)*g;   v = b2*v + ((1-b2)*g)*g
+        u = (m_scale*m)/(sqrt(v) + eps_s)   [+ wd*p when wd != 0]
+        w = min(||p||, clamp_value) (pre-step p);   n = ||u||
+        ratio = 1 if adam or w == 0 or n == 0 else w/n
+        p = p + fl(neg_lr*ratio)*u
+
+    ``m_scale = sqrt(bc2)/bc1``, ``eps_s = eps*sqrt(bc2)`` with ``bias_correction`` (then ``u`` is
+    ``m_hat/(sqrt(v_hat) + eps)`` in real arithmetic), else 1 and ``eps``; ``neg_lr = -lr``, or
+    ``-lr*sqrt(bc2)/bc1`` with torch_optimizer's ``debias``. The norms are float64 sums of squares
+    in fixed blocks and a fixed tree (:func:`_tensor_sumsq`); ratio and step in float64, cast once."""
+    T = param.dtype.type
+    s = _scalars.lamb_scalars(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                              clamp_value=clamp_value, bias_correction=bias_correction, debias=debias)  # fmt: skip
+    g = _signed(_preprocess(grad, grad_scale, clip_coef, clip_value), maximize)
+    exp_avg[...] = T(s.beta1) * exp_avg + T(s.one_minus_beta1) * g
+    exp_avg_sq[...] = T(s.beta2) * exp_avg_sq + (T(s.one_minus_beta2) * g) * g
+    u = (T(s.m_scale) * exp_avg) / (np.sqrt(exp_avg_sq) + T(s.eps))
+    if s.weight_decay != 0.0:
+        u = u + T(s.weight_decay) * param
+    x = _scalars.lamb_tensor_scalar(s, _tensor_sumsq(param), _tensor_sumsq(u), adam)
+    param[...] = param + T(x) * u
+
+
+def lars(
+    param: np.ndarray,
+    grad: np.ndarray,
+    mu: np.ndarray,
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    eta: float = 1e-3,
+    eps: float = 0.0,
+    lars_adaptation: bool = True,
+    maximize: bool = False,
+    grad_scale: Optional[float] = None,
+    clip_coef: Optional[float] = None,
+    clip_value: Optional[float] = None,
+) -> None:
+    """LARS for SGD with momentum (barlowtwins/DINO form), one tensor (the trust ratio is per tensor)::
+
+        d = g   [+ wd*p when wd != 0]
+        q = (eta*||p||)/(||d|| + eps) if lars_adaptation and ||p|| > 0 and ||d|| > 0 else 1
+        mu = momentum*mu + q*d
+        p = p + (-lr)*mu
+
+    The norms are float64 sums of squares in fixed blocks and a fixed tree (:func:`_tensor_sumsq`)
+    of the pre-step ``p`` and of ``d``; ``q`` in float64, cast once."""
+    T = param.dtype.type
+    s = _scalars.lars_scalars(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, eps=eps)
+    g = _signed(_preprocess(grad, grad_scale, clip_coef, clip_value), maximize)
+    d = g + T(s.weight_decay) * param if s.weight_decay != 0.0 else g
+    q = _scalars.lars_tensor_scalar(s, _tensor_sumsq(param), _tensor_sumsq(d), lars_adaptation)
+    mu[...] = T(s.momentum) * mu + T(q) * d
+    param[...] = param + T(s.neg_lr) * mu
 
 
 def trace(

@@ -157,6 +157,8 @@ from .algorithms import (
     ADAMAX,
     ALGORITHMS,
     FIRST_STEP,
+    LAMB_TORCH,
+    LARS_TORCH,
     LION,
     MOMENTUM,
     RMSPROP,
@@ -172,7 +174,7 @@ from .algorithms import SGD as _SGD
 # through torch's own methods, without NumPy views.
 _core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided, torch.bfloat16, torch.float16)
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "fp32_state_dict"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "Lamb", "LAMB", "LARS", "fp32_state_dict"]
 
 _DTYPES = (torch.float32, torch.float64)
 _LOWP_DTYPES = (torch.bfloat16, torch.float16)
@@ -1715,6 +1717,103 @@ class Adamax(_FusedOptimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach,
                         maximize=maximize, differentiable=differentiable, capturable=capturable)  # fmt: skip
         super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
+
+
+class Lamb(_FusedOptimizer):
+    """LAMB as torch_optimizer's ``Lamb`` (torch.optim has none): ``Lamb(params, lr=1e-3,
+    betas=(0.9, 0.999), eps=1e-6, weight_decay=0, clamp_value=10, adam=False, debias=False)``, its
+    argument names, defaults, checks and messages, and its state keys ``'step'``, ``'exp_avg'``,
+    ``'exp_avg_sq'``::
+
+        u = m/(sqrt(v) + eps) + weight_decay*p          (weight decay inside u and ||u||)
+        p = p - lr*c*min(||p||, clamp_value)/||u|| * u  (ratio 1 if either norm is 0, or adam=True)
+
+    with ``c = sqrt(1-beta2^t)/(1-beta1^t)`` when ``debias`` else 1: :func:`fusedopt.functional.lamb`
+    with ``bias_correction=False``. Differences from torch_optimizer: ``clamp_value``, ``adam`` and
+    ``debias`` are param-group keys (torch_optimizer keeps them on the optimizer; its state dicts load
+    here with this optimizer's values); ``'step'`` is a float32 tensor as in torch.optim (an int
+    ``'step'`` loads); the diagnostic state entries ``'weight_norm'``, ``'adam_norm'``,
+    ``'trust_ratio'`` are not kept. The norms are float64 sums in a fixed order (torch.norm's float32
+    order is not reproducible): parity with torch_optimizer is within float32 rounding, not bitwise.
+    float32/float64 parameters only (no low-precision options).
+    """
+
+    _algo = LAMB_TORCH
+    _REQUIRED_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
+
+    def __init__(
+        self, params: Any, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+        weight_decay: float = 0, clamp_value: float = 10, adam: bool = False, debias: bool = False, *,
+        maximize: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      clamp_value=clamp_value, adam=adam, debias=debias, maximize=maximize))
+
+
+#: the name of fusedopt's NumPy class (:class:`fusedopt.LAMB`) for the same optimizer
+LAMB = Lamb
+
+
+class LARS(_FusedOptimizer):
+    """LARS as facebookresearch/barlowtwins' (and DINO's) ``LARS`` (torch.optim has none):
+    ``LARS(params, lr, weight_decay=0, momentum=0.9, eta=0.001, weight_decay_filter=False,
+    lars_adaptation_filter=False)``, its argument names, defaults and state key ``'mu'``::
+
+        d = grad + weight_decay*p                 (not for 1-D p with weight_decay_filter)
+        q = eta*||p||/||d||, 1 if either is 0     (1 for 1-D p with lars_adaptation_filter)
+        mu = momentum*mu + q*d;  p -= lr*mu
+
+    :func:`fusedopt.functional.lars`. Differences from barlowtwins: ``lars_adaptation`` (default
+    True) and ``maximize`` are also group keys; hyperparameters are checked (finite, >= 0). The
+    norms are float64 sums in a fixed order (torch.norm's float32 order is not reproducible):
+    parity is within float32 rounding, not bitwise. With a filter on, the 1-D parameters of a group
+    take a native call of their own and every step takes the Python path. float32/float64
+    parameters only (no low-precision options).
+    """
+
+    _algo = LARS_TORCH
+    _REQUIRED_GROUP_KEYS = ("lr", "weight_decay", "momentum", "eta")
+
+    def __init__(
+        self, params: Any, lr: float, weight_decay: float = 0, momentum: float = 0.9, eta: float = 0.001,
+        weight_decay_filter: bool = False, lars_adaptation_filter: bool = False, *,
+        lars_adaptation: bool = True, maximize: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta,
+                                      weight_decay_filter=weight_decay_filter,
+                                      lars_adaptation_filter=lars_adaptation_filter, lars_adaptation=lars_adaptation,
+                                      maximize=maximize))  # fmt: skip
+
+    def _native(self, hyper: Dict[str, Any], t: Any, P: List[torch.Tensor], G: List[torch.Tensor],
+                S: List[List[torch.Tensor]], counters: Optional[List[torch.Tensor]], threads: int,
+                lowp: Tuple[Any, ...] = ()) -> None:  # fmt: skip
+        """barlowtwins' filters: the 1-D parameters (biases, norm weights) in a call of their own,
+        without weight decay (``weight_decay_filter``) / trust ratio (``lars_adaptation_filter``)."""
+        wf, af = hyper["weight_decay_filter"], hyper["lars_adaptation_filter"]
+        one_d = [i for i, p in enumerate(P) if p.ndim == 1] if wf or af else []
+        if not one_d:
+            super()._native(hyper, t, P, G, S, counters, threads, lowp)
+            return
+        rest = [i for i in range(len(P)) if P[i].ndim != 1]
+        filtered = {**hyper, **({"weight_decay": 0.0} if wf else {}), **({"lars_adaptation": False} if af else {})}
+        for idx, h in ((rest, hyper), (one_d, filtered)):
+            if idx:
+                super()._native(h, t, [P[i] for i in idx], [G[i] for i in idx], [[s[i] for i in idx] for s in S],
+                                None, _threads.resolve(None, sum(P[i].numel() for i in idx), self._algo.threads),
+                                lowp)  # fmt: skip
+
+    def _make_tplan(self, calls: List[Tuple[Tuple[str, ...], "_Call"]], groups: List[Tuple[Any, ...]],
+                    written: List[torch.Tensor]) -> Optional["_core.TorchPlan"]:  # fmt: skip
+        """No C++ steady-state step with a filter on (it would step the 1-D parameters unfiltered)."""
+        if any(g.get("weight_decay_filter") or g.get("lars_adaptation_filter") for g in self.param_groups):
+            return None
+        return super()._make_tplan(calls, groups, written)
+
+    def _fast_step(self, tp: "_core.TorchPlan") -> bool:
+        """(A filter switched on after the plan was made: the full step, which drops the plan.)"""
+        if any(g.get("weight_decay_filter") or g.get("lars_adaptation_filter") for g in self.param_groups):
+            return False
+        return super()._fast_step(tp)
 
 class Lion(_FusedOptimizer):
     """Lion (Chen et al. 2023), torch-style: ``Lion(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,

@@ -44,6 +44,8 @@ class Spec:
     nonneg: Tuple[bool, ...]
     hyper: Dict[str, Any]
     torch_state: Tuple[str, ...] = ()
+    #: passes beyond the one-pass count (a two-phase trust-ratio step re-reads its arrays)
+    extra_passes: int = 0
 
     @property
     def functional(self) -> Callable[..., Any]:
@@ -70,7 +72,7 @@ class Spec:
     @property
     def passes(self) -> int:
         """Array passes per element: read param, grad and every state; write param and every state."""
-        return 2 + 2 * len(self.state) + 1
+        return 2 + 2 * len(self.state) + 1 + self.extra_passes
 
     def kwargs(self, step: int) -> Dict[str, Any]:
         """The keyword arguments of one benchmarked call (functional and reference)."""
@@ -101,7 +103,14 @@ BENCHMARKED: Dict[str, Dict[str, Any]] = {
     "adagrad": {"lr": 1e-2},
     "lion": {"lr": 1e-4},
     "adamax": {"lr": 2e-3},
+    "lamb": {"lr": 1e-3, "weight_decay": 1e-2},
+    "lars": {"lr": 0.1, "weight_decay": 1e-4},
 }
+
+#: passes beyond the one-pass count: LAMB's phase 2 reads param, exp_avg and exp_avg_sq again
+#: (phase 1: read p, g, m, v, write m, v; phase 2: read p, m, v, write p: 10 passes, not 7)
+#: LARS: phase 1 reads p, g; phase 2 reads p, g, mu, writes mu, p: 7 passes, not 5
+EXTRA_PASSES: Dict[str, int] = {"lamb": 3, "lars": 2}
 
 
 def _spec(algo: Algorithm) -> Spec:
@@ -111,7 +120,8 @@ def _spec(algo: Algorithm) -> Spec:
     h = algo.check(hyper)
     roles = algo.present_states(h)
     torch_state = tuple(r.key for r in roles) if algo.torch_optim else ()
-    return Spec(algo.name, tuple(r.arg for r in roles), tuple(r.nonneg for r in roles), hyper, torch_state)
+    return Spec(algo.name, tuple(r.arg for r in roles), tuple(r.nonneg for r in roles), hyper, torch_state,
+                EXTRA_PASSES.get(algo.name, 0))
 
 
 #: derived from the algorithm descriptions (fusedopt.algorithms), one per functional form
