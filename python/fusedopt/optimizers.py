@@ -94,8 +94,8 @@ from .algorithms import ADAGRAD, ADAM, ADAMAX, ADAMW, FIRST_STEP, LION, MOMENTUM
 from .algorithms import LAMB as _LAMB
 from .algorithms import LARS as _LARS
 from .algorithms import SGD as _SGD
-from .algorithms.lamb import NO_CLAMP
 from .algorithms._spec import StateRole
+from .algorithms.lamb import NO_CLAMP
 from .arena import FlatParams
 
 __all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "LAMB", "LARS", "Optimizer"]
