@@ -27,6 +27,7 @@ CASES = [
     ("adagrad", 3, _scalars.AdagradScalars, _GRAD + ["maximize", "threads", "plan", "counters"] + _LOWP),
     ("lion", 3, _scalars.LionScalars, _GRAD + ["maximize", "threads", "plan", "counters"] + _LOWP),
     ("adamax", 4, _scalars.AdamaxScalars, _GRAD + ["maximize", "threads", "plan", "counters"] + _LOWP),
+    ("radam", 4, _scalars.RAdamScalars, _GRAD + ["maximize", "threads", "plan", "counters"] + _LOWP),
     ("ema", 2, _scalars.EmaScalars, ["threads"]),
 ]
 
@@ -52,6 +53,7 @@ def test_positional_scalars_match_namedtuple(name: str, n_arrays: int, scalars: 
     ("adagrad", ["params", "grads", "state_sums"]),
     ("lion", ["params", "grads", "exp_avgs"]),
     ("adamax", ["params", "grads", "exp_avgs", "exp_infs"]),
+    ("radam", ["params", "grads", "exp_avgs", "exp_avg_sqs"]),
 ])  # fmt: skip
 def test_role_names_lead_the_signature(name: str, roles: list[str]) -> None:
     """The bindings are generated from per-algorithm traits (register_optimizers.cpp): the role

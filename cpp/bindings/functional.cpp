@@ -113,7 +113,8 @@ const std::vector<Kernel>& kernels() {
       kernel_of<MomentumBinding>("momentum", "momentum"), kernel_of<RmspropBinding>("rmsprop", "rmsprop"),
       kernel_of<AdamBinding>("adam", "adam"),      kernel_of<AdagradBinding>("adagrad", "adagrad"),
       kernel_of<LionBinding>("lion", "lion"),
-      kernel_of<AdamaxBinding>("adamax", "adamax")};
+      kernel_of<AdamaxBinding>("adamax", "adamax"),
+      kernel_of<RadamBinding>("radam", "radam")};
   return all;
 }
 

@@ -235,6 +235,7 @@ void register_optimizers(py::module_& m) {
   define_step<AdagradBinding>(m);
   define_step<LionBinding>(m);
   define_step<AdamaxBinding>(m);
+  define_step<RadamBinding>(m);
   m.def("_traffic_probe", &traffic_probe, "written"_a, "read"_a, "scale"_a, "threads"_a,
         "Benchmark probe: x += scale*r on every written stream (the bytes of an optimizer step).");
   m.def("ema", &ema, "averages"_a, "params"_a, "decay"_a, "one_minus_decay"_a, "threads"_a,

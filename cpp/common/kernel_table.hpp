@@ -43,6 +43,8 @@ struct KernelTable {
   LowpFn<LionScalars> lion_lowp;
   StepFn<AdamaxScalars> adamax_f32, adamax_f64;
   LowpFn<AdamaxScalars> adamax_lowp;
+  StepFn<RadamScalars> radam_f32, radam_f64;
+  LowpFn<RadamScalars> radam_lowp;
 };
 
 }  // namespace fusedopt

@@ -50,6 +50,7 @@ using std::int64_t;
 #include "kernels/ema.inl"
 #include "kernels/lion.inl"
 #include "kernels/adamax.inl"
+#include "kernels/radam.inl"
 #include "kernels/momentum.inl"
 #include "kernels/probe.inl"
 #include "kernels/rmsprop.inl"
@@ -74,6 +75,7 @@ const KernelTable kernel_table = {
     &lowp_step<Rmsprop>,    &lowp_step<Adam>,
     &lowp_step<Adagrad>,    &lowp_step<Lion>,
     &step<Adamax, float>,   &step<Adamax, double>,  &lowp_step<Adamax>,
+    &step<Radam, float>,    &step<Radam, double>,   &lowp_step<Radam>,
 };
 
 }  // namespace FUSEDOPT_ISA

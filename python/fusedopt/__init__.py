@@ -25,7 +25,7 @@ from ._config import show_config
 from ._threads import MAX_THREADS, get_num_threads, set_num_threads
 from .arena import FlatParams
 from .ema import EMA
-from .optimizers import SGD, Adagrad, Adam, Adamax, AdamW, Lion, Momentum, Optimizer, RMSprop
+from .optimizers import SGD, Adagrad, Adam, Adamax, AdamW, Lion, Momentum, Optimizer, RAdam, RMSprop
 
 __version__: str = _core.__version__
 
@@ -38,6 +38,7 @@ __all__ = [
     "AdamW",
     "FlatParams",
     "Lion",
+    "RAdam",
     "MAX_THREADS",
     "Momentum",
     "Optimizer",

@@ -46,6 +46,7 @@ SERIAL_BELOW: dict[str, int] = {
     "adagrad": 1 << 14,
     "lion": 1 << 14,
     "adamax": 1 << 14,
+    "radam": 1 << 14,
 }
 
 #: The largest thread count accepted by ``threads=`` and :func:`set_num_threads` (the compiled core

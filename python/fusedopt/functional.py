@@ -78,6 +78,7 @@ __all__ = [
     "adam",
     "adamax",
     "adamw",
+    "radam",
     "clip_coef",
     "found_inf_set",
     "global_norm",
@@ -308,3 +309,4 @@ adamw: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["ada
 adagrad: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adagrad"])
 lion: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lion"])
 adamax: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adamax"])
+radam: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["radam"])

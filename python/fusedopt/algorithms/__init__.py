@@ -22,13 +22,14 @@ from .adam import ADAM, ADAMW
 from .adamax import ADAMAX
 from .lion import LION
 from .momentum import MOMENTUM
+from .radam import RADAM
 from .rmsprop import RMSPROP
 from .sgd import SGD, TRACE
 
 #: every functional form, by its function name in fusedopt.functional
-ALGORITHMS: Dict[str, Algorithm] = {a.name: a for a in (SGD, TRACE, MOMENTUM, RMSPROP, ADAM, ADAMW, ADAGRAD, LION, ADAMAX)}
+ALGORITHMS: Dict[str, Algorithm] = {a.name: a for a in (SGD, TRACE, MOMENTUM, RMSPROP, ADAM, ADAMW, ADAGRAD, LION, ADAMAX, RADAM)}
 
 __all__ = [
-    "ADAGRAD", "ADAM", "ADAMAX", "ADAMW", "ALGORITHMS", "FIRST_STEP", "LION", "MOMENTUM", "REQUIRED", "RMSPROP", "SGD", "TRACE",
+    "ADAGRAD", "ADAM", "ADAMAX", "ADAMW", "ALGORITHMS", "FIRST_STEP", "LION", "MOMENTUM", "RADAM", "REQUIRED", "RMSPROP", "SGD", "TRACE",
     "ZEROS", "Algorithm", "Hyper", "Range", "StateRole", "TorchName",
 ]  # fmt: skip

@@ -101,6 +101,7 @@ BENCHMARKED: Dict[str, Dict[str, Any]] = {
     "adagrad": {"lr": 1e-2},
     "lion": {"lr": 1e-4},
     "adamax": {"lr": 2e-3},
+    "radam": {"lr": 1e-3},
 }
 
 
