@@ -39,7 +39,7 @@ N_STEPS = 20
 # ---------------------------------------------------------------------------------------------
 
 BASE_LR = {"sgd": 0.05, "momentum": 0.1, "rmsprop": 0.01, "adam": 3e-3, "adamw": 3e-3, "adagrad": 0.05, "lion": 1e-3,
-           "adamax": 3e-3, "lamb": 1e-2, "lars": 0.5}
+           "adamax": 3e-3, "lamb": 1e-2, "lars": 0.5, "radam": 3e-3}
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,8 @@ class Config:
             return ["exp_avgs"]
         if self.algo == "adamax":
             return ["exp_avgs", "exp_infs"]
+        if self.algo == "radam":
+            return ["exp_avgs", "exp_avg_sqs"]
         if self.algo == "lamb":
             return ["exp_avgs", "exp_avg_sqs"]
         if self.algo == "lars":
@@ -167,6 +169,15 @@ FLAG_GRID = (_sgd_grid() + _momentum_grid() + _rmsprop_grid() + _adam_grid() + _
              + _lamb_grid() + _lars_grid())  # fmt: skip
 FLAG_GRID += _adamax_grid()
 
+
+def _radam_grid() -> List[Config]:
+    # 20 steps with beta2 = 0.999: steps 1-5 un-rectified, 6-20 rectified (both kernel variants)
+    return [cfg("radam", weight_decay=wd, decoupled_weight_decay=dec, maximize=mx)
+            for wd, dec in [(0.0, False), (0.05, False), (0.05, True)] for mx in (False, True)]  # fmt: skip
+
+
+FLAG_GRID += _radam_grid()
+
 REPRESENTATIVE = [
     cfg("sgd"),
     cfg("sgd", momentum=0.9, nesterov=True, weight_decay=0.05, maximize=True),
@@ -182,6 +193,8 @@ REPRESENTATIVE = [
     cfg("lars", weight_decay=0.01, maximize=True, eta=0.02),
     cfg("lion", weight_decay=0.1, maximize=True),
     cfg("adamax", weight_decay=0.05, maximize=True, beta2=0.99),
+    cfg("radam", weight_decay=0.05, decoupled_weight_decay=True, beta2=0.8),  # first rectified step t = 7
+    cfg("radam", weight_decay=0.05, maximize=True, beta2=0.6),  # never rectified (rho_inf <= 5)
 ]
 
 # one config per algorithm with most features on (multi-tensor, in-place and non-finite tests)
@@ -197,6 +210,7 @@ RICH = [
     cfg("adagrad", weight_decay=0.05, lr_decay=0.1, maximize=True),
     cfg("lion", weight_decay=0.1, beta2=0.9),
     cfg("adamax", weight_decay=0.05, maximize=True),
+    cfg("radam", weight_decay=0.05, maximize=True, beta2=0.9),
 ]
 
 FLAG_GRID_SHAPES = [(), (0,), (17,), (40, 25)]
@@ -394,7 +408,7 @@ def test_grids_cover_every_flag_combination():
     for c in FLAG_GRID:
         counts[c.algo] = counts.get(c.algo, 0) + 1
     assert counts == {"sgd": 20, "momentum": 4, "rmsprop": 16, "adam": 12, "adamw": 4, "adagrad": 8, "lion": 8,
-                      "adamax": 4, "lamb": 24, "lars": 16}
+                      "adamax": 4, "lamb": 24, "lars": 16, "radam": 6}
     assert len({c.id for c in FLAG_GRID}) == len(FLAG_GRID)
 
 

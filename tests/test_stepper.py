@@ -22,7 +22,7 @@ import pytest
 import fusedopt
 import fusedopt.optimizers as O
 from fusedopt import _core
-from fusedopt.algorithms import ADAGRAD, ADAM, ADAMAX, ADAMW, LAMB, LARS, LION, MOMENTUM, RMSPROP, SGD, Algorithm
+from fusedopt.algorithms import ADAGRAD, ADAM, ADAMAX, ADAMW, LAMB, LARS, LION, MOMENTUM, RADAM, RMSPROP, SGD, Algorithm
 
 
 def _bits(values: Tuple[Any, ...]) -> Tuple[Any, ...]:
@@ -60,7 +60,8 @@ def _random_views(algo: Algorithm, rng: random.Random) -> Dict[str, Any]:
     return _view(algo, **over)
 
 
-@pytest.mark.parametrize("algo", [SGD, MOMENTUM, RMSPROP, ADAM, ADAMW, ADAGRAD, LION, ADAMAX, LAMB, LARS], ids=lambda a: a.name)
+@pytest.mark.parametrize("algo", [SGD, MOMENTUM, RMSPROP, ADAM, ADAMW, ADAGRAD, LION, ADAMAX, LAMB, LARS, RADAM],
+                         ids=lambda a: a.name)
 def test_scalars_equal_the_python_derivation_bitwise(algo: Algorithm) -> None:
     rng = random.Random(algo.name)
     assert algo.kernel in _core._stepper_kernels
@@ -105,6 +106,7 @@ CONFIGS: List[Tuple[str, Callable[..., fusedopt.Optimizer]]] = [
     ("lamb-debias", lambda ps: fusedopt.LAMB(ps, lr=1e-2, bias_correction=False, debias=True, maximize=True)),
     ("lars", lambda ps: fusedopt.LARS(ps, lr=0.1, weight_decay=1e-3, eta=0.01)),
     ("adamax", lambda ps: fusedopt.Adamax(ps, lr=1e-2, weight_decay=0.01, maximize=True)),
+    ("radam", lambda ps: fusedopt.RAdam(ps, lr=1e-2, weight_decay=0.01, decoupled_weight_decay=True)),
 ]
 
 

@@ -114,6 +114,7 @@ const std::vector<Kernel>& kernels() {
       kernel_of<AdamBinding>("adam", "adam"),      kernel_of<AdagradBinding>("adagrad", "adagrad"),
       kernel_of<LionBinding>("lion", "lion"),
       kernel_of<AdamaxBinding>("adamax", "adamax"),
+      kernel_of<RadamBinding>("radam", "radam"),
       kernel_of<LambBinding>("lamb", "lamb"),
       kernel_of<LarsBinding>("lars", "lars")};
   return all;

@@ -235,6 +235,7 @@ void register_optimizers(py::module_& m) {
       .def_property_readonly("roles", &Plan::roles, "number of written roles (params and state lists)");
   define_step<SgdBinding>(m);
   define_step<MomentumBinding>(m);
+  define_step<RadamBinding>(m);
   define_step<RmspropBinding>(m);
   define_step<AdamBinding>(m);
   define_step<AdagradBinding>(m);

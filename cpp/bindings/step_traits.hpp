@@ -490,6 +490,47 @@ struct LarsBinding {
   static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
 };
 
+struct RadamBinding {
+  using Scalars = RadamScalars;
+  static constexpr const char* kName = "radam";
+  static constexpr const char* kDoc = "RAdam step over lists of arrays. See fusedopt.functional.radam.";
+  static constexpr const char* kRoles[] = {"params", "grads", "exp_avgs", "exp_avg_sqs"};
+  static constexpr bool kOptional[] = {false, false, false, false};
+  static constexpr const char* kScalars[] = {
+      "bias_correction1", "lr",              "eps",          "bias_correction2_sqrt", "rect",         "beta1",
+      "one_minus_beta1",  "beta2",           "one_minus_beta2", "weight_decay",       "decay_factor", "rectified"};
+  static constexpr const char* kFlags[] = {"maximize"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::radam_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::radam_f64;
+  static constexpr LowpFn<Scalars> KernelTable::*kLowp = &KernelTable::radam_lowp;
+  static Scalars make(const double* d, const bool* f, const Buffers&) {
+    return Scalars{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11] != 0.0, f[0]};
+  }
+  static constexpr const char* kValues[] = {"lr", "beta1", "beta2", "eps", "weight_decay"};
+  static constexpr const char* kBools[] = {"decoupled_weight_decay", "maximize"};
+  // torch.optim.RAdam's own float64 expressions, in its order (`x ** 0.5` is pow(x, 0.5) in CPython)
+  static void derive(const double* v, const bool* b, std::int64_t t, double* d, bool* f) {
+    const double lr = v[0], beta1 = v[1], beta2 = v[2], eps = v[3], wd = v[4], td = static_cast<double>(t);
+    const double bias_correction1 = 1.0 - std::pow(beta1, td);
+    const double bias_correction2 = 1.0 - std::pow(beta2, td);
+    const double rho_inf = 2.0 / (1.0 - beta2) - 1.0;
+    const double rho_t = rho_inf - 2.0 * td * std::pow(beta2, td) / bias_correction2;
+    const bool rectified = rho_t > 5.0;
+    d[0] = bias_correction1, d[1] = lr, d[2] = eps, d[3] = std::pow(bias_correction2, 0.5);
+    d[4] = rectified ? std::pow((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t),
+                                0.5)
+                     : 0.0;
+    d[5] = beta1, d[6] = 1.0 - beta1, d[7] = beta2, d[8] = 1.0 - beta2;
+    d[9] = b[0] ? 0.0 : wd;
+    d[10] = b[0] ? 1.0 - lr * wd : 1.0;
+    d[11] = rectified ? 1.0 : 0.0;
+    f[0] = b[1];
+  }
+  static constexpr const char* const* kSwitches = nullptr;
+  static bool present(std::size_t, const double*, const bool*, const bool*) { return true; }
+  static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
+};
+
 // optax's trace (python/fusedopt/algorithms/sgd.py, TRACE): the SGD kernel under other names
 // (decay = momentum, no dampening, no first step; the traces always exist). Not a binding of its
 // own: only the functional (functional.cpp) uses it.

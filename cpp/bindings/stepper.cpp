@@ -50,7 +50,7 @@ const std::vector<Stepper::Algo>& algos() {
   static const std::vector<Stepper::Algo> all = {algo_of<SgdBinding>(),     algo_of<MomentumBinding>(),
                                                   algo_of<RmspropBinding>(), algo_of<AdamBinding>(),
                                                   algo_of<AdagradBinding>(), algo_of<LionBinding>(),
-                                                  algo_of<AdamaxBinding>(), algo_of<LambBinding>(), algo_of<LarsBinding>()};
+                                                  algo_of<AdamaxBinding>(), algo_of<RadamBinding>(), algo_of<LambBinding>(), algo_of<LarsBinding>()};
   return all;
 }
 

@@ -26,7 +26,7 @@ const TorchPlan::Algo& find_algo(const std::string& name) {
   static const TorchPlan::Algo all[] = {algo_of<SgdBinding>(),     algo_of<MomentumBinding>(),
                                         algo_of<RmspropBinding>(), algo_of<AdamBinding>(),
                                         algo_of<AdagradBinding>(), algo_of<LionBinding>(),
-                                        algo_of<AdamaxBinding>(), algo_of<LambBinding>(), algo_of<LarsBinding>()};
+                                        algo_of<AdamaxBinding>(), algo_of<RadamBinding>(), algo_of<LambBinding>(), algo_of<LarsBinding>()};
   for (const TorchPlan::Algo& a : all) {
     if (name == a.name) return a;
   }

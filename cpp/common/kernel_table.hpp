@@ -43,6 +43,8 @@ struct KernelTable {
   LowpFn<LionScalars> lion_lowp;
   StepFn<LambScalars> lamb_f32, lamb_f64;  // trust ratio: two phases in one call (kernels/trust.inl)
   StepFn<LarsScalars> lars_f32, lars_f64;
+  StepFn<RadamScalars> radam_f32, radam_f64;
+  LowpFn<RadamScalars> radam_lowp;
   StepFn<AdamaxScalars> adamax_f32, adamax_f64;
   LowpFn<AdamaxScalars> adamax_lowp;
   StepFn<MuonScalars> muon_f32, muon_f64;

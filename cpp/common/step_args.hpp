@@ -216,6 +216,24 @@ struct LarsScalars {
   double* scratch;
 };
 
+// RAdam (torch.optim.RAdam). Buffers: param, grad, exp_avg, exp_avg_sq. Derived per step in
+// float64 (python/fusedopt/_scalars.py::radam_scalars); `rectified` is rho_t > 5 (strict).
+struct RadamScalars {
+  double bias_correction1;       // 1 - beta1^t
+  double lr;
+  double eps;
+  double bias_correction2_sqrt;  // (1 - beta2^t) ** 0.5
+  double rect;                   // the variance rectification term (0 when not rectified)
+  double beta1;
+  double one_minus_beta1;
+  double beta2;
+  double one_minus_beta2;
+  double weight_decay;  // L2 (0 when decoupled)
+  double decay_factor;  // 1 - lr*wd when decoupled, exactly 1 otherwise
+  bool rectified;
+  bool maximize;
+};
+
 // EMA of weights: average = decay*average + (1-decay)*param. Buffers: average, param.
 struct EmaScalars {
   double decay;

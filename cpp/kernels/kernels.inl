@@ -50,6 +50,7 @@ using std::int64_t;
 #include "kernels/ema.inl"
 #include "kernels/lion.inl"
 #include "kernels/adamax.inl"
+#include "kernels/radam.inl"
 #include "kernels/momentum.inl"
 #include "kernels/muon.inl"
 #include "kernels/probe.inl"
@@ -81,6 +82,7 @@ const KernelTable kernel_table = {
     &lowp_step<Adagrad>,    &lowp_step<Lion>,
     &trust_step<Lamb, float>, &trust_step<Lamb, double>,
     &trust_step<Lars, float>, &trust_step<Lars, double>,
+    &step<Radam, float>,    &step<Radam, double>,   &lowp_step<Radam>,
     &step<Adamax, float>,   &step<Adamax, double>,  &lowp_step<Adamax>,
     &step<Muon, float>,     &step<Muon, double>,
     &lowp_step<Muon>,

@@ -26,7 +26,7 @@ from ._muon import Muon
 from ._threads import MAX_THREADS, get_num_threads, set_num_threads
 from .arena import FlatParams
 from .ema import EMA
-from .optimizers import LAMB, LARS, SGD, Adagrad, Adam, Adamax, AdamW, Lion, Momentum, Optimizer, RMSprop
+from .optimizers import LAMB, LARS, SGD, Adagrad, Adam, Adamax, AdamW, Lion, Momentum, Optimizer, RAdam, RMSprop
 
 __version__: str = _core.__version__
 
@@ -41,6 +41,7 @@ __all__ = [
     "LAMB",
     "LARS",
     "Lion",
+    "RAdam",
     "MAX_THREADS",
     "Momentum",
     "Muon",

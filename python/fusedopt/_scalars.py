@@ -283,6 +283,52 @@ def lars_tensor_scalar(s: LarsScalars, sumsq_p: float, sumsq_d: float, adapt: bo
     return (s.eta * w) / (n + s.eps) if (w > 0.0 and n > 0.0) else 1.0
 
 
+class RAdamScalars(NamedTuple):
+    bias_correction1: float  # 1 - beta1**t
+    lr: float
+    eps: float
+    bias_correction2_sqrt: float  # (1 - beta2**t) ** 0.5
+    rect: float  # the variance rectification term (0.0 when not rectified)
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    weight_decay: float  # L2 (0.0 with decoupled decay)
+    decay_factor: float  # 1 - lr*weight_decay with decoupled decay, exactly 1.0 otherwise
+    rectified: float  # 1.0 if rho_t > 5 (strict) else 0.0: the kernel's per-step variant
+
+
+def radam_scalars(
+    *, step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+    decoupled_weight_decay: bool,
+) -> RAdamScalars:  # fmt: skip
+    """torch.optim.RAdam's per-step float64 values, with torch's own expressions in its order::
+
+        rho_inf = 2/(1-beta2) - 1;   rho_t = rho_inf - 2*t*beta2**t/(1-beta2**t)
+        rect = ((rho_t-4)*(rho_t-2)*rho_inf / ((rho_inf-4)*(rho_inf-2)*rho_t)) ** 0.5   (only if rho_t > 5)
+    """
+    lr, beta1, beta2, wd = float(lr), float(beta1), float(beta2), float(weight_decay)
+    if step >= _STEP_LIMIT:
+        _float_step(step)  # raises naming step
+    t = float(step)  # torch's step is a float
+    bias_correction1 = 1.0 - beta1**t
+    bias_correction2 = 1.0 - beta2**t
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * t * beta2**t / bias_correction2
+    rectified = rho_t > 5.0
+    rect = 0.0
+    if rectified:  # only then: the base can be negative otherwise
+        rect = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) ** 0.5
+    if decoupled_weight_decay:
+        l2, decay_factor = 0.0, 1.0 - lr * wd
+    else:
+        l2, decay_factor = wd, 1.0
+    return RAdamScalars(
+        bias_correction1, lr, float(eps), bias_correction2**0.5, rect, beta1, 1.0 - beta1, beta2, 1.0 - beta2, l2,
+        decay_factor, 1.0 if rectified else 0.0,
+    )  # fmt: skip
+
+
 class GradScalars(NamedTuple):
     """Gradient pre-processing of every algorithm (passed after the algorithm's scalars):
     ``g = clamp((g / grad_scale) * clip_coef, -clip_value, clip_value)``. The defaults are exact

@@ -78,6 +78,7 @@ __all__ = [
     "adam",
     "adamax",
     "adamw",
+    "radam",
     "clip_coef",
     "found_inf_set",
     "global_norm",
@@ -308,6 +309,7 @@ momentum: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["
 rmsprop: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["rmsprop"])
 adam: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adam"])
 adamw: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adamw"])
+radam: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["radam"])
 adagrad: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adagrad"])
 lamb: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lamb"])
 lars: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lars"])

@@ -90,7 +90,20 @@ from . import _core, _engine, _fork, _lowp, _threads, reference
 from . import _validation as check
 from . import functional as F
 from ._lowp import ABSMAX_SUFFIX, MASTER_KEY, MASTER_KEYS, QMAP_SUFFIX, TRAIL_KEY
-from .algorithms import ADAGRAD, ADAM, ADAMAX, ADAMW, FIRST_STEP, LION, MOMENTUM, RMSPROP, ZEROS, Algorithm, TorchName
+from .algorithms import (
+    ADAGRAD,
+    ADAM,
+    ADAMAX,
+    ADAMW,
+    FIRST_STEP,
+    LION,
+    MOMENTUM,
+    RADAM,
+    RMSPROP,
+    ZEROS,
+    Algorithm,
+    TorchName,
+)
 from .algorithms import LAMB as _LAMB
 from .algorithms import LARS as _LARS
 from .algorithms import SGD as _SGD
@@ -98,7 +111,7 @@ from .algorithms._spec import StateRole
 from .algorithms.lamb import NO_CLAMP
 from .arena import FlatParams
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "LAMB", "LARS", "Optimizer"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "RAdam", "LAMB", "LARS", "Optimizer"]
 
 ParamsArg = Union[np.ndarray, FlatParams, Iterable[np.ndarray], Iterable[Mapping[str, Any]]]
 State = Dict[str, Any]
@@ -1534,6 +1547,26 @@ class Adamax(Optimizer):
         min_8bit_size: int = _lowp.MIN_8BIT_SIZE,
     ) -> None:  # fmt: skip
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
+                         **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
+
+
+class RAdam(Optimizer):
+    """``torch.optim.RAdam``: see :func:`fusedopt.functional.radam` for the exact update.
+
+    State per parameter: ``step``, ``exp_avg`` and ``exp_avg_sq`` (zeros). Steps with
+    ``rho_t <= 5`` (the first five with the default betas) are bias-corrected momentum steps.
+    """
+
+    _algo = RADAM
+
+    def __init__(
+        self, params: ParamsArg, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+        weight_decay: float = 0.0, decoupled_weight_decay: bool = False, *, maximize: bool = False,
+        master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+        state_dtype: Optional[str] = None, min_8bit_size: int = _lowp.MIN_8BIT_SIZE,
+    ) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
                          **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
 
 

@@ -23,7 +23,7 @@ from . import _scalars
 __all__ = [
     "adagrad", "adam", "adamax", "adamw", "bf16_rne", "bf16_sr", "bf16_to_f32", "ema", "f16_rne", "f16_to_f32", "fma32",
     "global_norm", "lamb", "lars", "lion", "lowp_step", "momentum", "muon", "muon_apply", "muon_momentum", "muon_newton_schulz",
-    "philox4x32_10", "rmsprop", "sgd", "split_decode", "split_encode",
+    "philox4x32_10", "radam", "rmsprop", "sgd", "split_decode", "split_encode",
     "sr_bits", "sum_of_squares", "trace",
 ]  # fmt: skip
 
@@ -499,6 +499,54 @@ def lars(
     q = _scalars.lars_tensor_scalar(s, _tensor_sumsq(param), _tensor_sumsq(d), lars_adaptation)
     mu[...] = T(s.momentum) * mu + T(q) * d
     param[...] = param + T(s.neg_lr) * mu
+
+
+def radam(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    *,
+    step: int,
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    grad_scale: Optional[float] = None,
+    clip_coef: Optional[float] = None,
+    clip_value: Optional[float] = None,
+) -> None:
+    """torch.optim.RAdam (Liu et al. 2020). See :func:`fusedopt.functional.radam`::
+
+        g = g + wd*p                    (L2, when wd != 0 and not decoupled)
+        p = p*(1 - lr*wd)               (decoupled)
+        m = beta1*m + (1-beta1)*g
+        v = beta2*v + ((1-beta2)*g)*g
+        x = (m / bc1) * lr
+        x = (x * ((1 / (sqrt(v) + eps)) * sqrt(bc2))) * rect     (only when rho_t > 5)
+        p = p - x
+
+    bc1, sqrt(bc2), rect and rho_t > 5 are float64 (:func:`fusedopt._scalars.radam_scalars`). This
+    is torch's loop order; torch rounds ``m`` as a lerp and ``v``'s addcmul and the L2 term as fused
+    multiply-adds."""
+    T = param.dtype.type
+    s = _scalars.radam_scalars(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                               decoupled_weight_decay=decoupled_weight_decay)  # fmt: skip
+    g = _signed(_preprocess(grad, grad_scale, clip_coef, clip_value), maximize)
+    if s.weight_decay != 0.0:
+        g = g + T(s.weight_decay) * param
+    p = param * T(s.decay_factor)
+    exp_avg[...] = T(s.beta1) * exp_avg + T(s.one_minus_beta1) * g
+    exp_avg_sq[...] = T(s.beta2) * exp_avg_sq + (T(s.one_minus_beta2) * g) * g
+    x = (exp_avg / T(s.bias_correction1)) * T(s.lr)
+    if s.rectified:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = (T(1) / (np.sqrt(exp_avg_sq) + T(s.eps))) * T(s.bias_correction2_sqrt)
+            x = (x * r) * T(s.rect)
+    param[...] = p - x
 
 
 def trace(

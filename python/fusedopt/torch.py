@@ -161,6 +161,7 @@ from .algorithms import (
     LARS_TORCH,
     LION,
     MOMENTUM,
+    RADAM,
     RMSPROP,
     ZEROS,
     Algorithm,
@@ -174,7 +175,7 @@ from .algorithms import SGD as _SGD
 # through torch's own methods, without NumPy views.
 _core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided, torch.bfloat16, torch.float16)
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "Lamb", "LAMB", "LARS", "fp32_state_dict"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "RAdam", "Lamb", "LAMB", "LARS", "fp32_state_dict"]
 
 _DTYPES = (torch.float32, torch.float64)
 _LOWP_DTYPES = (torch.bfloat16, torch.float16)
@@ -1814,6 +1815,31 @@ class LARS(_FusedOptimizer):
         if any(g.get("weight_decay_filter") or g.get("lars_adaptation_filter") for g in self.param_groups):
             return False
         return super()._fast_step(tp)
+
+
+class RAdam(_FusedOptimizer):
+    """``torch.optim.RAdam`` (variance rectification when ``rho_t > 5``, L2 or decoupled weight decay,
+    maximize).
+
+    State: ``'step'`` (0-dim float32 tensor), ``'exp_avg'``, ``'exp_avg_sq'``, zeros, created on the
+    first step as in torch.
+    """
+
+    _algo = RADAM
+    _REQUIRED_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
+
+    def __init__(
+        self, params: Any, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+        weight_decay: float = 0, decoupled_weight_decay: bool = False, *, foreach: Optional[bool] = None,
+        maximize: bool = False, capturable: bool = False, differentiable: bool = False,
+        master_weights: Optional[str] = None, stochastic_rounding: bool = False, seed: Optional[int] = None,
+        state_dtype: Optional[str] = None, min_8bit_size: int = MIN_8BIT_SIZE,
+    ) -> None:  # fmt: skip
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, maximize=maximize,
+                        foreach=foreach, capturable=capturable, decoupled_weight_decay=decoupled_weight_decay,
+                        differentiable=differentiable)  # fmt: skip
+        super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
+
 
 class Lion(_FusedOptimizer):
     """Lion (Chen et al. 2023), torch-style: ``Lion(params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,

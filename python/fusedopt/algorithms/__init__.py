@@ -24,13 +24,14 @@ from .lamb import LAMB, LAMB_TORCH
 from .lars import LARS, LARS_TORCH
 from .lion import LION
 from .momentum import MOMENTUM
+from .radam import RADAM
 from .rmsprop import RMSPROP
 from .sgd import SGD, TRACE
 
 #: every functional form, by its function name in fusedopt.functional
-ALGORITHMS: Dict[str, Algorithm] = {a.name: a for a in (SGD, TRACE, MOMENTUM, RMSPROP, ADAM, ADAMW, ADAGRAD, LION, ADAMAX, LAMB, LARS)}
+ALGORITHMS: Dict[str, Algorithm] = {a.name: a for a in (SGD, TRACE, MOMENTUM, RMSPROP, ADAM, ADAMW, ADAGRAD, LION, ADAMAX, LAMB, LARS, RADAM)}
 
 __all__ = [
-    "ADAGRAD", "ADAM", "ADAMAX", "ADAMW", "ALGORITHMS", "FIRST_STEP", "LAMB", "LAMB_TORCH", "LARS", "LARS_TORCH", "LION", "MOMENTUM", "REQUIRED", "RMSPROP", "SGD", "TRACE",
+    "ADAGRAD", "ADAM", "ADAMAX", "ADAMW", "ALGORITHMS", "FIRST_STEP", "LAMB", "LAMB_TORCH", "LARS", "LARS_TORCH", "LION", "MOMENTUM", "RADAM", "REQUIRED", "RMSPROP", "SGD", "TRACE",
     "ZEROS", "Algorithm", "Hyper", "Range", "StateRole", "TorchName",
 ]  # fmt: skip
