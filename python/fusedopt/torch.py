@@ -262,6 +262,21 @@ def _check_dense_cpu(name: str, t: Any) -> None:
         )
 
 
+def _check_absmax(name: str, aname: str, absmax: Any, n: int, tail: str) -> None:
+    """The absmax of the 8-bit state ``name`` (``n`` elements): a float32 CPU tensor of one value per
+    block (TypeError/ValueError naming ``aname``; ``tail`` ends each message)."""
+    if absmax is None:
+        raise ValueError(f"{name} holds 8-bit codes (uint8) but {aname} is missing{tail}")
+    if not isinstance(absmax, torch.Tensor) or absmax.dtype != torch.float32:
+        what = absmax.dtype if isinstance(absmax, torch.Tensor) else type(absmax).__name__
+        raise TypeError(f"{aname} must be a float32 tensor, got {what}{tail}")
+    _check_dense_cpu(aname, absmax)
+    want = reference.q8_blocks(n)
+    if absmax.numel() != want:
+        raise ValueError(f"{aname} has {absmax.numel()} elements; {want} expected (one per block of "
+                         f"{reference.Q8_BLOCK} of {n}){tail}")  # fmt: skip
+
+
 def _check_dtype(name: str, t: torch.Tensor) -> None:
     if t.dtype in _DTYPES or t.dtype in _LOWP_DTYPES:
         return
@@ -1043,17 +1058,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         _check_dense_cpu(name, codes)
         if not _one_block(codes):
             raise ValueError(f"{name} (8-bit codes) is not one dense block of memory; nothing was loaded")
-        aname = f"state[params[{i}]][{key + ABSMAX_SUFFIX!r}]"
-        if absmax is None:
-            raise ValueError(f"{name} holds 8-bit codes (uint8) but {aname} is missing; nothing was loaded")
-        if not isinstance(absmax, torch.Tensor) or absmax.dtype != torch.float32:
-            what = absmax.dtype if isinstance(absmax, torch.Tensor) else type(absmax).__name__
-            raise TypeError(f"{aname} must be a float32 tensor, got {what}; nothing was loaded")
-        _check_dense_cpu(aname, absmax)
-        want = reference.q8_blocks(codes.numel())
-        if absmax.numel() != want:
-            raise ValueError(f"{aname} has {absmax.numel()} elements; {want} expected (one per block of "
-                             f"{reference.Q8_BLOCK} of {codes.numel()}); nothing was loaded")  # fmt: skip
+        _check_absmax(name, f"state[params[{i}]][{key + ABSMAX_SUFFIX!r}]", absmax, codes.numel(),
+                      "; nothing was loaded")  # fmt: skip
         if qmap is not None:
             qname = f"state[params[{i}]][{key + QMAP_SUFFIX!r}]"
             if not isinstance(qmap, torch.Tensor) or qmap.dtype != torch.float32 or qmap.numel() != 256:
@@ -1334,18 +1340,10 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         _check_dense_cpu(name, codes)
         if codes.shape != p.shape:
             raise ValueError(f"{name} has shape {tuple(codes.shape)}, params[{index}] {tuple(p.shape)}")
-        aname = f"state[params[{index}]][{key + ABSMAX_SUFFIX!r}]"
-        if absmax is None:
-            raise ValueError(f"{name} holds 8-bit codes but {aname} is missing")
-        if not isinstance(absmax, torch.Tensor) or absmax.dtype != torch.float32:
-            what = absmax.dtype if isinstance(absmax, torch.Tensor) else type(absmax).__name__
-            raise TypeError(f"{aname} must be a float32 tensor, got {what}")
-        _check_dense_cpu(aname, absmax)
-        want = reference.q8_blocks(p.numel())
-        if absmax.numel() != want or not absmax.is_contiguous():
-            raise ValueError(f"{aname} must be a contiguous tensor of {want} elements (one per block of "
-                             f"{reference.Q8_BLOCK}), got shape {tuple(absmax.shape)}")  # fmt: skip
-        return absmax
+        _check_absmax(name, f"state[params[{index}]][{key + ABSMAX_SUFFIX!r}]", absmax, p.numel(), "")
+        if not absmax.is_contiguous():
+            raise ValueError(f"state[params[{index}]][{key + ABSMAX_SUFFIX!r}] must be a contiguous tensor")
+        return cast(torch.Tensor, absmax)
 
     @staticmethod
     def _next_counts(entries: List[_Entry]) -> List[float]:
