@@ -145,7 +145,7 @@ inline bool check_lowp(const Buffers& b, const char* const* names, std::size_t n
     throw py::type_error(pname + " is float32 and no array is low-precision");
   }
   *out = LowpArgs{store_code(p), store_code(g), first ? store_code(p == DType::f32 ? DType::f32 : p) : store_code(st),
-                  write, seed, step, &q8_map(false), &q8_map(true)};
+                  write, seed, step, q8 ? &q8_map(false) : nullptr, q8 ? &q8_map(true) : nullptr};
   return true;
 }
 

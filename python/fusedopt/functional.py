@@ -269,8 +269,7 @@ def _check_arguments(threads: Optional[int], algorithm: str, roles: Sequence[Rol
     messages, low-precision storage and ``lowp``'s masters included), and the thread count."""
     _threads.resolve(threads, _n_elements(roles[0][1]), algorithm)
     if lowp:
-        _core.check([*roles, ("masters", lowp[2], True)], lowp=True, stochastic_rounding=lowp[3],
-                    absmax=lowp[6] if len(lowp) > 6 else None)  # fmt: skip
+        _core.check([*roles, ("masters", lowp[2], True)], lowp=True, stochastic_rounding=lowp[3], absmax=lowp[6])
     else:
         _core.check(roles, lowp=True)
 
