@@ -4,8 +4,11 @@
 #
 #   scripts/test_wheel.sh dist/fusedopt-<v>-<tags>.whl
 #
-# Two runs: at the best ISA this CPU supports, then (x86-64) with FUSEDOPT_DISABLE_ISA=avx512,avx2
-# so every kernel call takes the baseline (SSE2) path. The tests are copied to a temporary
+# Two runs: the whole suite at the best ISA this CPU supports (its kernel tests also force every
+# ISA the CPU has, baseline SSE2 included, through the `isa` fixture), then (x86-64) with
+# FUSEDOPT_DISABLE_ISA=avx512,avx2 the tests of run-time dispatch and of the default (unforced)
+# kernel path, so the wheel's SSE2-only selection is exercised end to end without running the
+# whole suite twice (CI's time budget). The tests are copied to a temporary
 # directory together with pyproject.toml, so pytest keeps the project's configuration
 # (filterwarnings=error, --strict-markers, --import-mode=importlib) and nothing under python/ is on
 # sys.path. Extra arguments after the wheel go to pytest (e.g. -x, -k ...).
@@ -51,6 +54,7 @@ case "$(uname -m)" in
     echo "--- pytest against the installed wheel, FUSEDOPT_DISABLE_ISA=avx512,avx2 (baseline SSE2)"
     FUSEDOPT_DISABLE_ISA=avx512,avx2 "$VENV/bin/python" -c \
       "import fusedopt._core as c; a = c.active_isa(); print('active ISA:', a); assert a == 'sse2', a"
-    FUSEDOPT_DISABLE_ISA=avx512,avx2 run_pytest "$@"
+    FUSEDOPT_DISABLE_ISA=avx512,avx2 run_pytest "$@" tests/test_dispatch.py tests/test_wheel_layout.py \
+      tests/test_engine.py tests/test_functional_fast.py tests/test_kernels_vs_reference.py
     ;;
 esac
