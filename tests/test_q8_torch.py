@@ -314,6 +314,9 @@ def _snapshot(opt: Any) -> List[Dict[str, torch.Tensor]]:
         (lambda st: st.__setitem__("exp_avg", st["exp_avg"][:-1]), ValueError, "shape"),
         (lambda st: st.__setitem__("exp_avg", st["exp_avg"].to(torch.int16)), ValueError, "has dtype torch.int16 but"),
         (lambda st: st.__setitem__("exp_avg_qmap", st["exp_avg_qmap"][:128]), TypeError, "256 values"),
+        (lambda st: st.__setitem__("exp_avg_absmax", -st["exp_avg_absmax"]), ValueError, "negative or infinite"),
+        (lambda st: st.__setitem__("exp_avg_sq_absmax", st["exp_avg_sq_absmax"].clone().fill_(float("inf"))),
+         ValueError, "negative or infinite value at block 0"),
     ],
 )
 def test_damaged_8bit_state_dict_refused_nothing_modified(damage: Callable[..., Any], exc: Any, match: str) -> None:

@@ -1058,8 +1058,12 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         _check_dense_cpu(name, codes)
         if not _one_block(codes):
             raise ValueError(f"{name} (8-bit codes) is not one dense block of memory; nothing was loaded")
-        _check_absmax(name, f"state[params[{i}]][{key + ABSMAX_SUFFIX!r}]", absmax, codes.numel(),
-                      "; nothing was loaded")  # fmt: skip
+        aname = f"state[params[{i}]][{key + ABSMAX_SUFFIX!r}]"
+        _check_absmax(name, aname, absmax, codes.numel(), "; nothing was loaded")
+        bad = torch.isinf(absmax) | (torch.signbit(absmax) & ~torch.isnan(absmax))
+        if bool(bad.any()):  # a negative absmax would decode to sign-flipped moments
+            raise ValueError(f"{aname} has a negative or infinite value at block {int(bad.reshape(-1).int().argmax())} "
+                             "(absmax values are >= 0 and finite, or NaN); nothing was loaded")  # fmt: skip
         if qmap is not None:
             qname = f"state[params[{i}]][{key + QMAP_SUFFIX!r}]"
             if not isinstance(qmap, torch.Tensor) or qmap.dtype != torch.float32 or qmap.numel() != 256:
