@@ -102,6 +102,7 @@ BENCHMARKED: Dict[str, Dict[str, Any]] = {
     "adamw": {"lr": 1e-3, "weight_decay": 1e-2},
     "adagrad": {"lr": 1e-2},
     "radam": {"lr": 1e-3},
+    "nadam": {"lr": 2e-3},
     "lion": {"lr": 1e-4},
     "adamax": {"lr": 2e-3},
     "lamb": {"lr": 1e-3, "weight_decay": 1e-2},
