@@ -79,6 +79,14 @@ class Spec:
         kw = dict(self.hyper)
         if self.uses_step:
             kw["step"] = step
+        algo = self.algorithm
+        if algo.scalar_states:  # NAdam's mu_product: its value after ``step`` steps from a new state
+            h = algo.check(self.hyper)
+            for s in algo.scalar_states:
+                v = s.init
+                for k in range(1, step + 1):
+                    v = s.advance(h, k, v, "float32")
+                kw[s.key] = v
         return kw
 
     def hyperparameters(self) -> Dict[str, Any]:
