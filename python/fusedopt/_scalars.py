@@ -334,7 +334,8 @@ def radam_scalars(
 def nadam_mu(*, step: int, beta1: float, momentum_decay: float) -> float:
     """torch.optim.NAdam's momentum factor of step ``t`` (float64):
     ``beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))`` (``momentum_decay = 0`` gives ``beta1/2``)."""
-    return float(beta1) * (1.0 - 0.5 * (0.96 ** (float(step) * float(momentum_decay))))
+    decay: float = 0.96 ** (float(step) * float(momentum_decay))
+    return float(beta1) * (1.0 - 0.5 * decay)
 
 
 #: the dtypes in which a mu_product may be kept (torch: its scalar dtype, or the parameter's after a load)
