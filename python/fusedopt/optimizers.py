@@ -1642,6 +1642,9 @@ class NAdam(Optimizer):
     def _step_planned(self, grads: List[Optional[np.ndarray]]) -> bool:
         return False  # the general path: the scalar states are read and advanced per step
 
+    def _make_stepper(self, plan: "_Plan") -> Optional[_core.Stepper]:
+        return None  # (the C++ Stepper derives its scalars from group hyperparameters only)
+
     def _check_loaded_state(self, i: int, st: Any) -> State:
         if not isinstance(st, Mapping):
             raise ValueError(f"state of parameter {i} must be a dict")
