@@ -542,6 +542,13 @@ def test_torch_bad_mu_product_at_step_raises_and_modifies_nothing() -> None:
     with pytest.raises(ValueError, match=r"params\[4\]"):
         opt.step()
     _unchanged(opt, snap, ps, before)
+    # deleted by hand: torch's KeyError, nothing modified
+    good = opt.state[ps[1]].pop("mu_product")
+    snap, before = _snapshot(opt), [p.detach().clone() for p in ps]
+    with pytest.raises(KeyError, match="mu_product"):
+        opt.step()
+    _unchanged(opt, snap, ps, before)
+    opt.state[ps[1]]["mu_product"] = good
     # a new parameter's staged product is not committed by a failed step
     ps[4].grad = None
     q = torch.nn.Parameter(torch.ones(3))

@@ -1489,6 +1489,12 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     name = f"state[params[{e.index}]][{s.key!r}]"
                     cur = st.get(s.key) if st else None
                     if cur is None:
+                        if st and "step" in st:  # (torch's step reads it: KeyError)
+                            err = KeyError(s.key)
+                            add_note = getattr(err, "add_note", None)  # (Python 3.11+)
+                            if add_note is not None:
+                                add_note(f"state[params[{e.index}]] has a 'step' but no {s.key!r}; nothing was modified")
+                            raise err
                         cur = e.staged[s.key] = torch.tensor(s.init, dtype=_scalar_dtype())
                     x = _check_scalar_state(name, cur)
                     new = s.advance(hyper, int(news[i]), x, _KIND[cur.dtype])
