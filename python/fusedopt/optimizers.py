@@ -1605,8 +1605,9 @@ class NAdam(Optimizer):
         return st
 
     def _bucket(self, state: State) -> Any:
-        """Also by the scalar states: one value per native call."""
-        return (super()._bucket(state), *[state.get(s.key) for s in self._algo.scalar_states])
+        """The step count and the scalar states: one value of each per native call (NAdam has no
+        FIRST_STEP arrays)."""
+        return (state.get("step"), state.get("mu_product"))
 
     def _scalar_news(self, hyper: Mapping[str, Any], i: int, st: State) -> Dict[str, float]:
         """The scalar states of parameter ``i`` after this step (checked; nothing written)."""
@@ -1644,6 +1645,10 @@ class NAdam(Optimizer):
 
     def _make_stepper(self, plan: "_Plan") -> Optional[_core.Stepper]:
         return None  # (the C++ Stepper derives its scalars from group hyperparameters only)
+
+    def _make_plan(self, hypers: List[Dict[str, Any]], grads: List[Optional[np.ndarray]]) -> "_Plan":
+        # no planned path (_step_planned): an empty plan, without the native Plans of the base class
+        return _Plan(version=-1, keys=(), snapshots=[], watched=[], hypers=[], structures=[], buckets=[], gdtypes=[])
 
     def _check_loaded_state(self, i: int, st: Any) -> State:
         if not isinstance(st, Mapping):

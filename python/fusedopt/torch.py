@@ -1475,32 +1475,74 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                              news: List[float]) -> List[Tuple[float, ...]]:  # fmt: skip
         """Per entry, the values of the per-parameter scalar states (:class:`~fusedopt.algorithms._spec.ScalarState`,
         NAdam's ``'mu_product'``) after this step, advanced in the dtype each is kept in; a missing
-        one is staged at its start value (a 0-dim tensor of torch's scalar dtype). Checks each (a
-        one-element float32/float64 CPU tensor, finite; the new value in the functional's range):
+        one is staged at its start value (a 0-dim tensor of torch's scalar dtype; a state with a
+        ``'step'`` but without it raises torch's KeyError). Checks each (a one-element
+        float32/float64 CPU tensor, finite; the new value in the functional's range):
         TypeError/ValueError naming it. Nothing is written here (committed after the update)."""
         specs = self._algo.scalar_states
+        per_key: List[List[Tuple[float, str]]] = []
+        for s in specs:
+            tensors = []
+            for e in entries:
+                st = self.state.get(e.p)
+                cur = st.get(s.key) if st else None
+                if cur is None:
+                    if st and "step" in st:  # (torch's step reads it: KeyError)
+                        err = KeyError(s.key)
+                        add_note = getattr(err, "add_note", None)  # (Python 3.11+)
+                        if add_note is not None:
+                            add_note(f"state[params[{e.index}]] has a 'step' but no {s.key!r}; nothing was modified")
+                        raise err
+                    cur = e.staged[s.key] = torch.tensor(s.init, dtype=_scalar_dtype())
+                tensors.append(cur)
+            values: Optional[List[float]] = None
+            if all([type(t) is torch.Tensor for t in tensors]):
+                dts = set(map(_dtype, tensors))
+                if dts <= set(_DTYPES):
+                    try:  # (one stack costs as much as a few item() calls; see _next_counts)
+                        stacked = torch.stack(tensors)
+                        if stacked.is_cpu and stacked.numel() == len(tensors) and stacked.layout == torch.strided:
+                            values = stacked.reshape(-1).tolist()
+                    except (RuntimeError, TypeError, ValueError):  # mixed shapes or devices: one by one, below
+                        values = None
+            if values is None:
+                values = [_check_scalar_state(f"state[params[{e.index}]][{s.key!r}]", t)
+                          for e, t in zip(entries, tensors)]  # fmt: skip
+            per_key.append([(x, _KIND[t.dtype]) for x, t in zip(values, tensors)])
         out: List[Tuple[float, ...]] = []
-        for hyper, _keys, _uses_step, a, b in groups:
+        cache: Dict[Tuple[Any, ...], float] = {}  # (group, key, step, value, dtype) -> new value
+        for a_gi, (hyper, _keys, _uses_step, a, b) in enumerate(groups):
             for i in range(a, b):
                 e = entries[i]
-                st = self.state.get(e.p)
                 vals = []
-                for s in specs:
-                    name = f"state[params[{e.index}]][{s.key!r}]"
-                    cur = st.get(s.key) if st else None
-                    if cur is None:
-                        if st and "step" in st:  # (torch's step reads it: KeyError)
-                            err = KeyError(s.key)
-                            add_note = getattr(err, "add_note", None)  # (Python 3.11+)
-                            if add_note is not None:
-                                add_note(f"state[params[{e.index}]] has a 'step' but no {s.key!r}; nothing was modified")
-                            raise err
-                        cur = e.staged[s.key] = torch.tensor(s.init, dtype=_scalar_dtype())
-                    x = _check_scalar_state(name, cur)
-                    new = s.advance(hyper, int(news[i]), x, _KIND[cur.dtype])
-                    vals.append(self._algo.hyper(s.key).check(new, f"{name} after this step"))
+                for j, s in enumerate(specs):
+                    x, kind = per_key[j][i]
+                    ck = (a_gi, j, news[i], x, kind)
+                    new = cache.get(ck)
+                    if new is None:
+                        name = f"state[params[{e.index}]][{s.key!r}]"
+                        if not math.isfinite(x):
+                            raise ValueError(f"{name} must be finite, got {x}")
+                        new = self._algo.hyper(s.key).check(s.advance(hyper, int(news[i]), x, kind),
+                                                            f"{name} after this step")  # fmt: skip
+                        cache[ck] = new
+                    vals.append(new)
                 out.append(tuple(vals))
         return out
+
+    def _commit_scalar_states(self, entries: List[_Entry], values: List[Tuple[float, ...]]) -> None:
+        """Write the scalar states' new values (:meth:`_scalar_state_values`) into their tensors, in
+        place (as torch's ``mu_product *= mu``): one ``_foreach_copy_`` per distinct value and dtype."""
+        by_value: Dict[Tuple[Any, ...], List[torch.Tensor]] = {}
+        for e, vals in zip(entries, values):
+            st = self.state[e.p]
+            for k, v in zip(self._SCALAR_KEYS, vals):
+                t = st[k]
+                by_value.setdefault((v, t.dtype), []).append(t)
+        with torch.no_grad():
+            for (v, dt), ts in by_value.items():
+                src = torch.tensor(v, dtype=dt)
+                torch._foreach_copy_(ts, [src] * len(ts))
 
     def _full_step(self) -> None:
         """Check everything (naming the culprit), stage missing state, step, commit."""
@@ -1563,11 +1605,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             for e in staged:
                 self.state[e.p].update(e.staged)
             if scalar_news is not None:  # committed with the step counts, only now that the step is applied
-                with torch.no_grad():
-                    for e, vals in zip(entries, scalar_news):
-                        st = self.state[e.p]
-                        for k, v in zip(self._SCALAR_KEYS, vals):
-                            st[k].fill_(v)
+                self._commit_scalar_states(entries, scalar_news)
             # as torch.optim's in-place updates do (a no-op for inference tensors, which have none)
             torch._C._increment_version(written + [e.step for e in entries if e.step is not None])
             for e in entries:
