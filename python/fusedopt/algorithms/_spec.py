@@ -6,7 +6,9 @@ argument name, torch's state key, the order of the native call's lists, when eac
 how it starts), how the per-step scalars derive from the hyperparameters and the step count
 (a function of :mod:`fusedopt._scalars`), the flags the kernel takes, its reference function and
 its native entry point. The functional API, the NumPy and torch optimizer classes, the benchmark
-and the test tables are built from it.
+and the test tables are built from it. A per-parameter scalar state that is not a function of the
+step count (NAdam's ``mu_product``) is a :class:`ScalarState`: a functional hyperparameter that the
+classes fill per parameter from their state and advance with the step count.
 """
 
 from __future__ import annotations
