@@ -174,7 +174,7 @@ def test_parse_errors():
     with pytest.raises(argparse.ArgumentTypeError):
         bench.parse_sizes(",")
     with pytest.raises(argparse.ArgumentTypeError):
-        bench.parse_list(bench.ALGORITHMS)("adam,nadam")
+        bench.parse_list(bench.ALGORITHMS)("adam,nope")
     assert bench.parse_list(bench.ALGORITHMS)("all") == list(bench.ALGORITHMS)
 
 

@@ -92,6 +92,7 @@ def test_numpy_class_steps_like_its_functional(cls_name: str, dtype: Any) -> Non
                 a.fill(h[r.init] if r.init in h else opt.param_groups[0][r.init])
     fn = getattr(functional, algo.name)
     kw = {x.name: h[x.name] for x in algo.arguments}
+    scalar_states = {s.key: s.init for s in algo.scalar_states}  # NAdam's mu_product: kept per parameter
     for t in range(1, 5):
         grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
         opt.step(grads)
@@ -100,6 +101,8 @@ def test_numpy_class_steps_like_its_functional(cls_name: str, dtype: Any) -> Non
             call["first_step"] = t == 1
         if algo.step_arg:
             call["step"] = t
+        for s in algo.scalar_states:  # the value after this step, as the class advances it
+            call[s.key] = scalar_states[s.key] = s.advance(h, t, scalar_states[s.key], "float32")
         fn(mine, grads, *states, **call)
         for a, b in zip(params, mine):
             assert a.tobytes() == b.tobytes(), (cls_name, t)

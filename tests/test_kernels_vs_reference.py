@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pytest
 
-from fusedopt import functional, reference
+from fusedopt import _scalars, functional, reference
 
 #: run_trajectory's thread spec: a serial run, and a run alternating 2 and 4 threads step by step
 THREADED = [1, (2, 4)]
@@ -39,7 +39,8 @@ N_STEPS = 20
 # ---------------------------------------------------------------------------------------------
 
 BASE_LR = {"sgd": 0.05, "momentum": 0.1, "rmsprop": 0.01, "adam": 3e-3, "adamw": 3e-3, "adagrad": 0.05, "lion": 1e-3,
-           "adamax": 3e-3, "lamb": 1e-2, "lars": 0.5, "radam": 3e-3}
+           "adamax": 3e-3, "lamb": 1e-2, "lars": 0.5, "radam": 3e-3,
+           "nadam": 3e-3}
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class Config:
             return ["exp_avgs", "exp_infs"]
         if self.algo == "radam":
             return ["exp_avgs", "exp_avg_sqs"]
+        if self.algo == "nadam":
+            return ["exp_avgs", "exp_avg_sqs"]
         if self.algo == "lamb":
             return ["exp_avgs", "exp_avg_sqs"]
         if self.algo == "lars":
@@ -89,6 +92,12 @@ class Config:
         """``step=t``; for SGD the first-step flag (True on the first call only); RMSprop: nothing."""
         if self.algo == "sgd":
             return {"first_step": t == 1}
+        if self.algo == "nadam":  # the per-parameter product after step t, as the classes keep it
+            kw, mp = self.kw, 1.0
+            for k in range(1, t + 1):
+                mp = _scalars.nadam_mu_product(mp, step=k, beta1=kw.get("beta1", 0.9),
+                                               momentum_decay=kw.get("momentum_decay", 4e-3))  # fmt: skip
+            return {"step": t, "mu_product": mp}
         return {} if self.algo in ("rmsprop", "lion", "lars") else {"step": t}
 
 
@@ -178,6 +187,15 @@ def _radam_grid() -> List[Config]:
 
 FLAG_GRID += _radam_grid()
 
+
+def _nadam_grid() -> List[Config]:
+    return [cfg("nadam", weight_decay=wd, decoupled_weight_decay=dec, maximize=mx, momentum_decay=psi)
+            for wd, dec in [(0.0, False), (0.05, False), (0.05, True)] for mx in (False, True)
+            for psi in (4e-3, 0.0)]  # fmt: skip
+
+
+FLAG_GRID += _nadam_grid()
+
 REPRESENTATIVE = [
     cfg("sgd"),
     cfg("sgd", momentum=0.9, nesterov=True, weight_decay=0.05, maximize=True),
@@ -195,6 +213,7 @@ REPRESENTATIVE = [
     cfg("adamax", weight_decay=0.05, maximize=True, beta2=0.99),
     cfg("radam", weight_decay=0.05, decoupled_weight_decay=True, beta2=0.8),  # first rectified step t = 7
     cfg("radam", weight_decay=0.05, maximize=True, beta2=0.6),  # never rectified (rho_inf <= 5)
+    cfg("nadam", weight_decay=0.05, decoupled_weight_decay=True, beta2=0.99, momentum_decay=0.5),
 ]
 
 # one config per algorithm with most features on (multi-tensor, in-place and non-finite tests)
@@ -211,6 +230,7 @@ RICH = [
     cfg("lion", weight_decay=0.1, beta2=0.9),
     cfg("adamax", weight_decay=0.05, maximize=True),
     cfg("radam", weight_decay=0.05, maximize=True, beta2=0.9),
+    cfg("nadam", weight_decay=0.05, maximize=True, beta2=0.9),
 ]
 
 FLAG_GRID_SHAPES = [(), (0,), (17,), (40, 25)]
@@ -408,7 +428,7 @@ def test_grids_cover_every_flag_combination():
     for c in FLAG_GRID:
         counts[c.algo] = counts.get(c.algo, 0) + 1
     assert counts == {"sgd": 20, "momentum": 4, "rmsprop": 16, "adam": 12, "adamw": 4, "adagrad": 8, "lion": 8,
-                      "adamax": 4, "lamb": 24, "lars": 16, "radam": 6}
+                      "adamax": 4, "lamb": 24, "lars": 16, "radam": 6, "nadam": 12}
     assert len({c.id for c in FLAG_GRID}) == len(FLAG_GRID)
 
 

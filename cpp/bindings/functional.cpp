@@ -116,7 +116,8 @@ const std::vector<Kernel>& kernels() {
       kernel_of<AdamaxBinding>("adamax", "adamax"),
       kernel_of<RadamBinding>("radam", "radam"),
       kernel_of<LambBinding>("lamb", "lamb"),
-      kernel_of<LarsBinding>("lars", "lars")};
+      kernel_of<LarsBinding>("lars", "lars"),
+      kernel_of<NadamBinding>("nadam", "nadam")};
   return all;
 }
 

@@ -236,6 +236,7 @@ void register_optimizers(py::module_& m) {
   define_step<SgdBinding>(m);
   define_step<MomentumBinding>(m);
   define_step<RadamBinding>(m);
+  define_step<NadamBinding>(m);
   define_step<RmspropBinding>(m);
   define_step<AdamBinding>(m);
   define_step<AdagradBinding>(m);

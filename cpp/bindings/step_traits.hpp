@@ -531,6 +531,48 @@ struct RadamBinding {
   static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
 };
 
+// NAdam: the per-step values depend on the parameter's mu_product (a per-parameter scalar state,
+// python/fusedopt/algorithms/_spec.py ScalarState), passed here as the functional hyperparameter
+// `mu_product` (its value after this step's factor). Only the functional's fast path derives
+// them in C++: the Stepper and TorchPlan (which read group hyperparameters only) are not used.
+struct NadamBinding {
+  using Scalars = NadamScalars;
+  static constexpr const char* kName = "nadam";
+  static constexpr const char* kDoc = "NAdam step over lists of arrays. See fusedopt.functional.nadam.";
+  static constexpr const char* kRoles[] = {"params", "grads", "exp_avgs", "exp_avg_sqs"};
+  static constexpr bool kOptional[] = {false, false, false, false};
+  static constexpr const char* kScalars[] = {
+      "grad_coef", "momentum_coef", "bias_correction2", "eps",          "beta1",       "one_minus_beta1",
+      "beta2",     "one_minus_beta2", "weight_decay",   "decay_factor"};
+  static constexpr const char* kFlags[] = {"maximize"};
+  static constexpr StepFn<Scalars> KernelTable::*kF32 = &KernelTable::nadam_f32;
+  static constexpr StepFn<Scalars> KernelTable::*kF64 = &KernelTable::nadam_f64;
+  static constexpr LowpFn<Scalars> KernelTable::*kLowp = nullptr;  // float32/float64 only
+  static Scalars make(const double* d, const bool* f, const Buffers&) {
+    return Scalars{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], f[0]};
+  }
+  static constexpr const char* kValues[] = {"lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay",
+                                            "mu_product"};
+  static constexpr const char* kBools[] = {"decoupled_weight_decay", "maximize"};
+  // torch.optim.NAdam's own float64 expressions, in its order (_scalars.py::nadam_scalars)
+  static void derive(const double* v, const bool* b, std::int64_t t, double* d, bool* f) {
+    const double lr = v[0], beta1 = v[1], beta2 = v[2], eps = v[3], wd = v[4], psi = v[5], mp = v[6];
+    const double td = static_cast<double>(t);
+    const double mu = beta1 * (1.0 - 0.5 * std::pow(0.96, td * psi));
+    const double mu_next = beta1 * (1.0 - 0.5 * std::pow(0.96, (td + 1.0) * psi));
+    d[0] = -lr * (1.0 - mu) / (1.0 - mp);
+    d[1] = (-lr * mu_next) / (1.0 - mp * mu_next);
+    d[2] = 1.0 - std::pow(beta2, td);
+    d[3] = eps, d[4] = beta1, d[5] = 1.0 - beta1, d[6] = beta2, d[7] = 1.0 - beta2;
+    d[8] = b[0] ? 0.0 : wd;
+    d[9] = b[0] ? 1.0 - lr * wd : 1.0;
+    f[0] = b[1];
+  }
+  static constexpr const char* const* kSwitches = nullptr;
+  static bool present(std::size_t, const double*, const bool*, const bool*) { return true; }
+  static bool fast_ok(const double*, const bool*, const bool*, DType) { return true; }
+};
+
 // optax's trace (python/fusedopt/algorithms/sgd.py, TRACE): the SGD kernel under other names
 // (decay = momentum, no dampening, no first step; the traces always exist). Not a binding of its
 // own: only the functional (functional.cpp) uses it.

@@ -49,6 +49,7 @@ struct KernelTable {
   LowpFn<AdamaxScalars> adamax_lowp;
   StepFn<MuonScalars> muon_f32, muon_f64;
   LowpFn<MuonScalars> muon_lowp;
+  StepFn<NadamScalars> nadam_f32, nadam_f64;  // float32/float64 only (no low-precision storage)
 };
 
 }  // namespace fusedopt

@@ -234,6 +234,22 @@ struct RadamScalars {
   bool maximize;
 };
 
+// NAdam (torch.optim.NAdam, loop form). Buffers: param, grad, exp_avg, exp_avg_sq. Derived per step
+// in float64 (python/fusedopt/_scalars.py::nadam_scalars) from the parameter's mu_product.
+struct NadamScalars {
+  double grad_coef;         // -lr*(1-mu_t)/(1-mu_product)
+  double momentum_coef;     // -lr*mu_{t+1}/(1-mu_product*mu_{t+1})
+  double bias_correction2;  // 1 - beta2^t
+  double eps;
+  double beta1;
+  double one_minus_beta1;
+  double beta2;
+  double one_minus_beta2;
+  double weight_decay;  // L2 (0 when decoupled)
+  double decay_factor;  // 1 - lr*wd when decoupled, exactly 1 otherwise
+  bool maximize;
+};
+
 // EMA of weights: average = decay*average + (1-decay)*param. Buffers: average, param.
 struct EmaScalars {
   double decay;

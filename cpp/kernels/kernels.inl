@@ -51,6 +51,7 @@ using std::int64_t;
 #include "kernels/lion.inl"
 #include "kernels/adamax.inl"
 #include "kernels/radam.inl"
+#include "kernels/nadam.inl"
 #include "kernels/momentum.inl"
 #include "kernels/muon.inl"
 #include "kernels/probe.inl"
@@ -86,6 +87,7 @@ const KernelTable kernel_table = {
     &step<Adamax, float>,   &step<Adamax, double>,  &lowp_step<Adamax>,
     &step<Muon, float>,     &step<Muon, double>,
     &lowp_step<Muon>,
+    &step<Nadam, float>,    &step<Nadam, double>,
 };
 
 }  // namespace FUSEDOPT_ISA

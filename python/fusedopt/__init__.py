@@ -26,7 +26,7 @@ from ._muon import Muon
 from ._threads import MAX_THREADS, get_num_threads, set_num_threads
 from .arena import FlatParams
 from .ema import EMA
-from .optimizers import LAMB, LARS, SGD, Adagrad, Adam, Adamax, AdamW, Lion, Momentum, Optimizer, RAdam, RMSprop
+from .optimizers import LAMB, LARS, SGD, Adagrad, Adam, Adamax, AdamW, Lion, Momentum, NAdam, Optimizer, RAdam, RMSprop
 
 __version__: str = _core.__version__
 
@@ -45,6 +45,7 @@ __all__ = [
     "MAX_THREADS",
     "Momentum",
     "Muon",
+    "NAdam",
     "Optimizer",
     "RMSprop",
     "__version__",

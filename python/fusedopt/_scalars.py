@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional, Sequence
 
+import numpy as np
+
 #: step counts at or above this do not convert to a float (2**1024 overflows float64)
 _STEP_LIMIT = 1 << 1023
 
@@ -327,6 +329,70 @@ def radam_scalars(
         bias_correction1, lr, float(eps), bias_correction2**0.5, rect, beta1, 1.0 - beta1, beta2, 1.0 - beta2, l2,
         decay_factor, 1.0 if rectified else 0.0,
     )  # fmt: skip
+
+
+def nadam_mu(*, step: int, beta1: float, momentum_decay: float) -> float:
+    """torch.optim.NAdam's momentum factor of step ``t`` (float64):
+    ``beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))`` (``momentum_decay = 0`` gives ``beta1/2``)."""
+    decay: float = 0.96 ** (float(step) * float(momentum_decay))
+    return float(beta1) * (1.0 - 0.5 * decay)
+
+
+#: the dtypes in which a mu_product may be kept (torch: its scalar dtype, or the parameter's after a load)
+_MU_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def nadam_mu_product(mu_product: float, *, step: int, beta1: float, momentum_decay: float,
+                     dtype: str = "float32") -> float:  # fmt: skip
+    """The mu_product after step ``t``: ``mu_product * mu_t`` rounded as torch.optim.NAdam's
+    ``mu_product *= mu`` rounds it in the state tensor's ``dtype`` ("float32", torch's default,
+    or "float64"): the factor ``mu_t`` (float64, :func:`nadam_mu`) is cast to ``dtype`` first, the
+    product rounded once (``mu_product`` is taken in ``dtype`` as stored). Rounded at every step,
+    so it is not a function of ``t`` alone."""
+    T = _MU_DTYPES[dtype]
+    mu = nadam_mu(step=step, beta1=beta1, momentum_decay=momentum_decay)
+    return float(T(T(mu_product) * T(mu)))
+
+
+class NAdamScalars(NamedTuple):
+    grad_coef: float  # -lr*(1 - mu_t)/(1 - mu_product)
+    momentum_coef: float  # -lr*mu_{t+1}/(1 - mu_product*mu_{t+1})
+    bias_correction2: float  # 1 - beta2**t
+    eps: float
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    weight_decay: float  # L2 (0.0 with decoupled decay)
+    decay_factor: float  # 1 - lr*weight_decay with decoupled decay, exactly 1.0 otherwise
+
+
+def nadam_scalars(
+    *, step: int, mu_product: float, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+    momentum_decay: float, decoupled_weight_decay: bool,
+) -> NAdamScalars:  # fmt: skip
+    """torch.optim.NAdam's per-step float64 values (its loop form, its expressions in its order)::
+
+        mu = beta1*(1 - 0.5*0.96**(t*psi));   mu_next = beta1*(1 - 0.5*0.96**((t+1)*psi))
+        grad_coef = -lr*(1 - mu)/(1 - P);     momentum_coef = (-lr*mu_next)/(1 - P*mu_next)
+
+    ``P = mu_product``: the parameter's product **after** this step's factor (torch's
+    ``mu_product *= mu`` comes first; :func:`nadam_mu_product`), promoted to float64."""
+    lr, beta1, beta2, wd, psi = float(lr), float(beta1), float(beta2), float(weight_decay), float(momentum_decay)
+    if step >= _STEP_LIMIT:
+        _float_step(step)  # raises naming step
+    t = float(step)  # torch's step is a float
+    mp = float(mu_product)
+    mu = beta1 * (1.0 - 0.5 * (0.96 ** (t * psi)))
+    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((t + 1.0) * psi)))
+    grad_coef = -lr * (1.0 - mu) / (1.0 - mp)
+    momentum_coef = (-lr * mu_next) / (1.0 - mp * mu_next)
+    if decoupled_weight_decay:
+        l2, decay_factor = 0.0, 1.0 - lr * wd
+    else:
+        l2, decay_factor = wd, 1.0
+    return NAdamScalars(grad_coef, momentum_coef, 1.0 - beta2**t, float(eps), beta1, 1.0 - beta1, beta2, 1.0 - beta2,
+                        l2, decay_factor)  # fmt: skip
 
 
 class GradScalars(NamedTuple):

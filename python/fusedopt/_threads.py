@@ -47,6 +47,7 @@ SERIAL_BELOW: dict[str, int] = {
     "lion": 1 << 14,
     "lamb": 1 << 14,  # (not measured: Adam's, whose pass it repeats twice)
     "radam": 1 << 14,
+    "nadam": 1 << 14,
     "lars": 1 << 14,  # (not measured: two passes of SGD with momentum and a square root per tensor)
     "adamax": 1 << 14,
     "muon": 1 << 14,

@@ -87,6 +87,8 @@ __all__ = [
     "lion",
     "momentum",
     "muon",
+    "nadam",
+    "nadam_mu_product",
     "rmsprop",
     "sgd",
     "trace",
@@ -314,6 +316,11 @@ lamb: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lamb
 lars: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lars"])
 lion: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["lion"])
 adamax: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["adamax"])
+nadam: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["nadam"])
+#: NAdam's ``mu_product`` after step ``t`` from the one before (1.0 before the first step), rounded as
+#: torch.optim.NAdam's float32 state: ``mu_product = nadam_mu_product(mu_product, step=t, beta1=...,
+#: momentum_decay=...)`` before each :func:`nadam` call (see :func:`fusedopt._scalars.nadam_mu_product`)
+nadam_mu_product = _scalars.nadam_mu_product
 
 # Muon (torch.optim.Muon): element-wise kernel phases around Newton-Schulz matrix products, not one
 # element-wise pass, so written by hand (fusedopt._muon), not generated from a description.

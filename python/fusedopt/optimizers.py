@@ -98,6 +98,7 @@ from .algorithms import (
     FIRST_STEP,
     LION,
     MOMENTUM,
+    NADAM,
     RADAM,
     RMSPROP,
     ZEROS,
@@ -111,7 +112,7 @@ from .algorithms._spec import StateRole
 from .algorithms.lamb import NO_CLAMP
 from .arena import FlatParams
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "RAdam", "LAMB", "LARS", "Optimizer"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "RAdam", "NAdam", "LAMB", "LARS", "Optimizer"]
 
 ParamsArg = Union[np.ndarray, FlatParams, Iterable[np.ndarray], Iterable[Mapping[str, Any]]]
 State = Dict[str, Any]
@@ -1568,6 +1569,115 @@ class RAdam(Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
                          **_lowp_kw(master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
+
+
+class NAdam(Optimizer):
+    """``torch.optim.NAdam`` (its loop form): see :func:`fusedopt.functional.nadam` for the exact update.
+
+    State per parameter: ``step``, ``mu_product`` (a float, kept in float32 as torch keeps it: each
+    step sets it to ``fl32(mu_product * fl32(mu_t))``, :func:`fusedopt._scalars.nadam_mu_product`;
+    1.0 before the first step), ``exp_avg`` and ``exp_avg_sq`` (zeros). Parameters with different
+    ``mu_product`` are updated by different native calls (as different step counts are); the
+    product is committed with the step count only when the step is applied (a step that raises or
+    is skipped by ``found_inf`` leaves it). A loaded ``mu_product`` must be a finite real number (or
+    a one-element float array) and is rounded to float32 (as torch's ``__setstate__`` makes a
+    number a float32 tensor); a product that would leave ``[0, 1)`` raises ValueError naming it.
+    Every step takes the general path (the C++ fast paths read group hyperparameters only).
+    float32/float64 parameters only (no low-precision options).
+    """
+
+    _algo = NADAM
+
+    def __init__(
+        self, params: ParamsArg, lr: float = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+        weight_decay: float = 0.0, momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *,
+        maximize: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize))  # fmt: skip
+
+    # -- the per-parameter scalar states (algorithms._spec.ScalarState) ----------------------------
+    def _new_state(self, param: np.ndarray, group: Mapping[str, Any]) -> State:
+        st = super()._new_state(param, group)
+        for s in self._algo.scalar_states:
+            st[s.key] = s.init
+        return st
+
+    def _bucket(self, state: State) -> Any:
+        """The step count and the scalar states: one value of each per native call (NAdam has no
+        FIRST_STEP arrays)."""
+        return (state.get("step"), state.get("mu_product"))
+
+    def _scalar_news(self, hyper: Mapping[str, Any], i: int, st: State) -> Dict[str, float]:
+        """The scalar states of parameter ``i`` after this step (checked; nothing written)."""
+        out = {}
+        t = check.steppable(f"state[{i}]['step']", st.get("step")) + 1
+        for s in self._algo.scalar_states:
+            name = f"state[{i}][{s.key!r}]"
+            x = check.real(name, st.get(s.key, s.init))
+            out[s.key] = self._algo.hyper(s.key).check(s.advance(hyper, t, x, "float32"), f"{name} after this step")
+        return out
+
+    def _update(
+        self, hyper: Mapping[str, Any], params: List[np.ndarray], grads: List[np.ndarray], states: List[State],
+        lowp: Tuple[Any, ...] = (),
+    ) -> None:  # fmt: skip
+        """One bucket (equal step counts and scalar states): the new scalar states are the
+        functional's hyperparameters; they are written into ``states`` (the general path's staged
+        copies, committed with the step counts) after the call succeeded."""
+        i = next((k for k, p in enumerate(self._params) if p is params[0]), 0) if params else 0
+        news = self._scalar_news(hyper, i, states[0]) if states else {}
+        super()._update({**hyper, **news}, params, grads, states, lowp)
+        for st in states:
+            st.update(news)
+
+    def _precheck(self, calls: List[Tuple[Dict[str, Any], List[int], List[Any], List[State]]],
+                  grads: List[Optional[np.ndarray]]) -> None:  # fmt: skip
+        """The base checks, and every parameter's scalar states (before any call writes)."""
+        super()._precheck(calls, grads)
+        for hyper, idx, _gs, states in calls:
+            for i, st in zip(idx, states):
+                self._scalar_news(hyper, i, st)
+
+    def _step_planned(self, grads: List[Optional[np.ndarray]]) -> bool:
+        return False  # the general path: the scalar states are read and advanced per step
+
+    def _make_stepper(self, plan: "_Plan") -> Optional[_core.Stepper]:
+        return None  # (the C++ Stepper derives its scalars from group hyperparameters only)
+
+    def _make_plan(self, hypers: List[Dict[str, Any]], grads: List[Optional[np.ndarray]]) -> "_Plan":
+        # no planned path (_step_planned): an empty plan, without the native Plans of the base class
+        return _Plan(version=-1, keys=(), snapshots=[], watched=[], hypers=[], structures=[], buckets=[], gdtypes=[])
+
+    def _check_loaded_state(self, i: int, st: Any) -> State:
+        if not isinstance(st, Mapping):
+            raise ValueError(f"state of parameter {i} must be a dict")
+        keys = [s.key for s in self._algo.scalar_states]
+        out = super()._check_loaded_state(i, {k: v for k, v in st.items() if k not in keys})
+        for s in self._algo.scalar_states:
+            name = f"state of parameter {i}: {s.key!r}"
+            if s.key not in st:
+                if out.get("step", 0) > 0:
+                    raise ValueError(f"state of parameter {i} lacks {s.key!r}")
+                out[s.key] = s.init
+                continue
+            v = st[s.key]
+            if isinstance(v, np.ndarray):
+                if v.size != 1 or v.dtype not in (np.float32, np.float64):
+                    raise ValueError(f"{name} must be a real number or a one-element float32/float64 array, "
+                                     f"got {v.dtype} array of shape {v.shape}")  # fmt: skip
+                v = v.reshape(()).item()
+            try:
+                x = check.real(name, v)
+            except TypeError as exc:  # a state dict that does not fit is a ValueError, whatever the field
+                raise ValueError(str(exc)) from None
+            with np.errstate(over="ignore"):
+                x32 = float(np.float32(x))
+            if not math.isfinite(x32):
+                raise ValueError(f"{name} must be finite in float32, got {x}")
+            out[s.key] = x32
+        return out
 
 
 class LAMB(Optimizer):

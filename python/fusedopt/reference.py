@@ -23,7 +23,7 @@ from . import _scalars
 __all__ = [
     "adagrad", "adam", "adamax", "adamw", "bf16_rne", "bf16_sr", "bf16_to_f32", "ema", "f16_rne", "f16_to_f32", "fma32",
     "global_norm", "lamb", "lars", "lion", "lowp_step", "momentum", "muon", "muon_apply", "muon_momentum", "muon_newton_schulz",
-    "philox4x32_10", "radam", "rmsprop", "sgd", "split_decode", "split_encode",
+    "nadam", "philox4x32_10", "radam", "rmsprop", "sgd", "split_decode", "split_encode",
     "sr_bits", "sum_of_squares", "trace",
 ]  # fmt: skip
 
@@ -547,6 +547,55 @@ def radam(
             r = (T(1) / (np.sqrt(exp_avg_sq) + T(s.eps))) * T(s.bias_correction2_sqrt)
             x = (x * r) * T(s.rect)
     param[...] = p - x
+
+
+def nadam(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    *,
+    step: int,
+    mu_product: float,
+    lr: float = 2e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    grad_scale: Optional[float] = None,
+    clip_coef: Optional[float] = None,
+    clip_value: Optional[float] = None,
+) -> None:
+    """torch.optim.NAdam (Dozat 2016), its loop form. See :func:`fusedopt.functional.nadam`::
+
+        g = g + wd*p                    (L2, when wd != 0 and not decoupled)
+        p = p*(1 - lr*wd)               (decoupled)
+        m = beta1*m + (1-beta1)*g
+        v = beta2*v + ((1-beta2)*g)*g
+        den = sqrt(v / bc2) + eps       (the loop form: the division inside the root)
+        p = p + (cg*g)/den
+        p = p + (cm*m)/den
+
+    ``cg``, ``cm``, ``bc2`` are float64 (:func:`fusedopt._scalars.nadam_scalars`) from ``mu_product``,
+    the product after this step's factor. torch rounds ``m`` as a lerp and ``v``'s addcmul and the
+    L2 term as fused multiply-adds."""
+    T = param.dtype.type
+    s = _scalars.nadam_scalars(step=step, mu_product=mu_product, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                               weight_decay=weight_decay, momentum_decay=momentum_decay,
+                               decoupled_weight_decay=decoupled_weight_decay)  # fmt: skip
+    g = _signed(_preprocess(grad, grad_scale, clip_coef, clip_value), maximize)
+    if s.weight_decay != 0.0:
+        g = g + T(s.weight_decay) * param
+    p = param * T(s.decay_factor)
+    exp_avg[...] = T(s.beta1) * exp_avg + T(s.one_minus_beta1) * g
+    exp_avg_sq[...] = T(s.beta2) * exp_avg_sq + (T(s.one_minus_beta2) * g) * g
+    with np.errstate(divide="ignore", invalid="ignore"):
+        den = np.sqrt(exp_avg_sq / T(s.bias_correction2)) + T(s.eps)
+        p = p + (T(s.grad_coef) * g) / den
+        param[...] = p + (T(s.momentum_coef) * exp_avg) / den
 
 
 def trace(

@@ -161,6 +161,7 @@ from .algorithms import (
     LARS_TORCH,
     LION,
     MOMENTUM,
+    NADAM,
     RADAM,
     RMSPROP,
     ZEROS,
@@ -175,7 +176,7 @@ from .algorithms import SGD as _SGD
 # through torch's own methods, without NumPy views.
 _core._register_torch(torch.Tensor, torch.float32, torch.float64, torch.strided, torch.bfloat16, torch.float16)
 
-__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "RAdam", "Lamb", "LAMB", "LARS", "fp32_state_dict"]
+__all__ = ["SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Lion", "Adamax", "RAdam", "NAdam", "Lamb", "LAMB", "LARS", "fp32_state_dict"]
 
 _DTYPES = (torch.float32, torch.float64)
 _LOWP_DTYPES = (torch.bfloat16, torch.float16)
@@ -247,6 +248,21 @@ def _check_step_value(name: str, value: Any) -> float:
         raise ValueError(f"{name} must be a finite number of steps, got {x}")
     if x < 0.0 or not x.is_integer():
         raise ValueError(f"{name} must be a whole number of steps >= 0, got {x}")
+    return x
+
+
+def _check_scalar_state(name: str, value: Any) -> float:
+    """A per-parameter scalar state (NAdam's ``'mu_product'``) as torch keeps it: a one-element
+    float32/float64 CPU tensor holding a finite value. TypeError/ValueError naming it otherwise."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a one-element float32/float64 tensor, got {type(value).__name__}")
+    _check_dense_cpu(name, value)
+    if value.numel() != 1 or value.dtype not in _DTYPES:
+        raise TypeError(f"{name} must be a one-element float32/float64 tensor, "
+                        f"got {value.dtype} with {value.numel()} elements")  # fmt: skip
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
     return x
 
 
@@ -574,10 +590,13 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
             cls._HAS_STEP = algo.has_step
             cls._PAIRS = {p.name: p for p in algo.torch_pairs}
             cls._ROLES = {r.key: r for r in algo.states}
+            cls._SCALAR_KEYS = tuple(s.key for s in algo.scalar_states)
 
     _algo: Algorithm
     _PAIRS: Dict[str, TorchName] = {}
     _ROLES: Dict[str, StateRole] = {}  # torch state key -> role
+    #: the state keys of the per-parameter scalar states (algorithms._spec.ScalarState)
+    _SCALAR_KEYS: Tuple[str, ...] = ()
     #: torch.optim's own check of a Tensor ``lr``/``betas`` with ``foreach`` (Adam and AdamW)
     _TENSOR_FOREACH_CHECK = False
 
@@ -809,6 +828,9 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     st = self.state.get(p)
                     if st and "step" in st and not torch.is_tensor(st["step"]):
                         st["step"] = torch.tensor(float(st["step"]), dtype=_step_dtype(group))
+                    for key in self._SCALAR_KEYS:  # as torch.optim.NAdam's __setstate__ ('mu_product')
+                        if st and key in st and not torch.is_tensor(st[key]):
+                            st[key] = torch.tensor(float(st[key]), dtype=_scalar_dtype())
 
     # -- caches ---------------------------------------------------------------------------------
     def _forget_caches(self) -> None:
@@ -893,7 +915,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     continue
                 if k in (MASTER_KEY, TRAIL_KEY) and not isinstance(v, torch.Tensor):
                     raise TypeError(f"{name} must be a tensor, got {type(v).__name__}; nothing was loaded")
-                if k == "step" or not isinstance(v, torch.Tensor):
+                if k == "step" or k in self._SCALAR_KEYS or not isinstance(v, torch.Tensor):
                     continue
                 if v.shape != p.shape:
                     raise ValueError(f"{name} has shape {tuple(v.shape)}, params[{i}] {tuple(p.shape)}; "
@@ -1184,6 +1206,19 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     raise _key_error("step", f"state[params[{i}]] has state but no 'step'")
             for i, _, st in entries:
                 _check_step_value(f"state[params[{i}]]['step']", st["step"])
+        for key in self._SCALAR_KEYS:  # torch's __setstate__ reads them too (KeyError), numbers made tensors
+            for i, _, st in entries:
+                if key not in st:
+                    raise _key_error(key, f"state[params[{i}]] has state but no {key!r}")
+                v = st[key]
+                name = f"state[params[{i}]][{key!r}]"
+                if isinstance(v, torch.Tensor):
+                    _check_scalar_state(name, v)
+                elif isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+                    raise TypeError(f"{name} must be a one-element float32/float64 tensor (or a number), "
+                                    f"got {type(v).__name__}")  # fmt: skip
+                elif not math.isfinite(float(v)):
+                    raise ValueError(f"{name} must be finite, got {v}")
         for k_group, group in enumerate(groups):
             for k in self._REQUIRED_GROUP_KEYS:
                 if k not in group:
@@ -1419,6 +1454,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         full path)."""
         if not _USE_TPLAN or not calls or self._lowp_path or any(map(_is_inference, written)):
             return None  # (low-precision storage: every step is a full step)
+        if self._algo.scalar_states:
+            return None  # per-parameter scalar states (NAdam's mu_product) are read and advanced in Python
         if len({(id(c.hyper), e.p.dtype) for _, c in calls for e in c.entries}) != len(calls):
             return None  # a group with several step counts
         get = cast(Callable[[Dict[str, Any]], Tuple[Any, ...]], self._hget)
@@ -1438,6 +1475,79 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         self._tplan_groups = layouts
         return tp
 
+    def _scalar_state_values(self, entries: List[_Entry], groups: List[Tuple[Any, ...]],
+                             news: List[float]) -> List[Tuple[float, ...]]:  # fmt: skip
+        """Per entry, the values of the per-parameter scalar states (:class:`~fusedopt.algorithms._spec.ScalarState`,
+        NAdam's ``'mu_product'``) after this step, advanced in the dtype each is kept in; a missing
+        one is staged at its start value (a 0-dim tensor of torch's scalar dtype; a state with a
+        ``'step'`` but without it raises torch's KeyError). Checks each (a one-element
+        float32/float64 CPU tensor, finite; the new value in the functional's range):
+        TypeError/ValueError naming it. Nothing is written here (committed after the update)."""
+        specs = self._algo.scalar_states
+        per_key: List[List[Tuple[float, str]]] = []
+        for s in specs:
+            tensors = []
+            for e in entries:
+                st = self.state.get(e.p)
+                cur = st.get(s.key) if st else None
+                if cur is None:
+                    if st and "step" in st:  # (torch's step reads it: KeyError)
+                        err = KeyError(s.key)
+                        add_note = getattr(err, "add_note", None)  # (Python 3.11+)
+                        if add_note is not None:
+                            add_note(f"state[params[{e.index}]] has a 'step' but no {s.key!r}; nothing was modified")
+                        raise err
+                    cur = e.staged[s.key] = torch.tensor(s.init, dtype=_scalar_dtype())
+                tensors.append(cur)
+            values: Optional[List[float]] = None
+            if all([type(t) is torch.Tensor for t in tensors]):
+                dts = set(map(_dtype, tensors))
+                if dts <= set(_DTYPES):
+                    try:  # (one stack costs as much as a few item() calls; see _next_counts)
+                        stacked = torch.stack(tensors)
+                        if stacked.is_cpu and stacked.numel() == len(tensors) and stacked.layout == torch.strided:
+                            values = stacked.reshape(-1).tolist()
+                    except (RuntimeError, TypeError, ValueError):  # mixed shapes or devices: one by one, below
+                        values = None
+            if values is None:
+                values = [_check_scalar_state(f"state[params[{e.index}]][{s.key!r}]", t)
+                          for e, t in zip(entries, tensors)]  # fmt: skip
+            per_key.append([(x, _KIND[t.dtype]) for x, t in zip(values, tensors)])
+        out: List[Tuple[float, ...]] = []
+        cache: Dict[Tuple[Any, ...], float] = {}  # (group, key, step, value, dtype) -> new value
+        for a_gi, (hyper, _keys, _uses_step, a, b) in enumerate(groups):
+            for i in range(a, b):
+                e = entries[i]
+                vals = []
+                for j, s in enumerate(specs):
+                    x, kind = per_key[j][i]
+                    ck = (a_gi, j, news[i], x, kind)
+                    new = cache.get(ck)
+                    if new is None:
+                        name = f"state[params[{e.index}]][{s.key!r}]"
+                        if not math.isfinite(x):
+                            raise ValueError(f"{name} must be finite, got {x}")
+                        new = self._algo.hyper(s.key).check(s.advance(hyper, int(news[i]), x, kind),
+                                                            f"{name} after this step")  # fmt: skip
+                        cache[ck] = new
+                    vals.append(new)
+                out.append(tuple(vals))
+        return out
+
+    def _commit_scalar_states(self, entries: List[_Entry], values: List[Tuple[float, ...]]) -> None:
+        """Write the scalar states' new values (:meth:`_scalar_state_values`) into their tensors, in
+        place (as torch's ``mu_product *= mu``): one ``_foreach_copy_`` per distinct value and dtype."""
+        by_value: Dict[Tuple[Any, ...], List[torch.Tensor]] = {}
+        for e, vals in zip(entries, values):
+            st = self.state[e.p]
+            for k, v in zip(self._SCALAR_KEYS, vals):
+                t = st[k]
+                by_value.setdefault((v, t.dtype), []).append(t)
+        with torch.no_grad():
+            for (v, dt), ts in by_value.items():
+                src = torch.tensor(v, dtype=dt)
+                torch._foreach_copy_(ts, [src] * len(ts))
+
     def _full_step(self) -> None:
         """Check everything (naming the culprit), stage missing state, step, commit."""
         has_step = self._HAS_STEP
@@ -1456,6 +1566,7 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
         if not entries:
             return
         news = self._next_counts(entries) if has_step else []
+        scalar_news = self._scalar_state_values(entries, groups, news) if self._algo.scalar_states else None
         first_keys = [r.key for r in self._algo.states if r.init == FIRST_STEP]
         calls: List[Tuple[Tuple[str, ...], _Call]] = []
         lowp_path = self._lowp_path
@@ -1470,11 +1581,14 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     key = (e.p.dtype, any([k in e.staged for k in first_keys]))
                 if lowp_path:  # one gradient dtype and (stochastic rounding's counter) one step count per call
                     key = (*key, e.g.dtype, int(news[i]) if has_step else None, e.absmax is not None)
+                if scalar_news is not None:  # per-parameter scalar states (NAdam's mu_product): one value per call
+                    key = (*key, scalar_news[i])
                 buckets.setdefault(key, []).append(i)
             for bkey, idx in buckets.items():
                 es = [entries[i] for i in idx]
                 lowp = self._lowp_args(self.param_groups[gi], es, bkey[3]) if lowp_path else ()
-                calls.append((keys, _Call(hyper, bkey[1], es, sum(map(_numel, [e.p for e in es])), lowp)))
+                h = hyper if scalar_news is None else {**hyper, **dict(zip(self._SCALAR_KEYS, scalar_news[idx[0]]))}
+                calls.append((keys, _Call(h, bkey[1], es, sum(map(_numel, [e.p for e in es])), lowp)))
         written = [e.p for e in entries] + [t for e in entries for t in e.tensors]
         if self._lowp_path:
             written += [e.master for e in entries if e.master is not None]
@@ -1494,6 +1608,8 @@ class _FusedOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore
                     raise type(exc)(_torch_names(str(exc), c.entries)) from None
             for e in staged:
                 self.state[e.p].update(e.staged)
+            if scalar_news is not None:  # committed with the step counts, only now that the step is applied
+                self._commit_scalar_states(entries, scalar_news)
             # as torch.optim's in-place updates do (a no-op for inference tensors, which have none)
             torch._C._increment_version(written + [e.step for e in entries if e.step is not None])
             for e in entries:
@@ -1841,6 +1957,39 @@ class RAdam(_FusedOptimizer):
                         foreach=foreach, capturable=capturable, decoupled_weight_decay=decoupled_weight_decay,
                         differentiable=differentiable)  # fmt: skip
         super().__init__(params, defaults, (master_weights, stochastic_rounding, seed, state_dtype, min_8bit_size))
+
+
+class NAdam(_FusedOptimizer):
+    """``torch.optim.NAdam`` (its loop form, torch's CPU default): the momentum schedule
+    ``mu_t = beta1*(1 - 0.5*0.96**(t*momentum_decay))``, L2 or decoupled weight decay (NAdamW),
+    maximize. See :func:`fusedopt.functional.nadam` for the exact update.
+
+    State: ``'step'`` and ``'mu_product'`` (0-dim tensors of torch's scalar dtype: float32, float64
+    under a float64 default dtype), ``'exp_avg'``, ``'exp_avg_sq'`` (zeros), created on the first step
+    as in torch. ``'mu_product'`` is advanced as torch's ``mu_product *= mu`` rounds it (in the dtype
+    it is kept in: a loaded state dict's ``'mu_product'`` is cast to the parameter's dtype by torch's
+    loader, as in torch.optim) and committed with the step count only when the step is applied;
+    parameters with different products are stepped by different native calls, as parameters with
+    different step counts. A loaded ``'mu_product'`` must be a finite one-element float tensor (or a
+    number); a product that would leave ``[0, 1)`` raises ValueError naming it (torch divides by
+    ``1 - mu_product``). Every step takes the Python path (no C++ plan: the products are read and
+    advanced in Python). float32/float64 parameters only (no low-precision options).
+    """
+
+    _algo = NADAM
+    _REQUIRED_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay", "momentum_decay")
+
+    def __init__(
+        self, params: Any, lr: float = 2e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+        weight_decay: float = 0, momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *,
+        foreach: Optional[bool] = None, maximize: bool = False, capturable: bool = False,
+        differentiable: bool = False,
+    ) -> None:  # fmt: skip
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
+                        maximize=maximize, foreach=foreach, capturable=capturable,
+                        differentiable=differentiable)  # fmt: skip
+        super().__init__(params, defaults)
 
 
 class Lion(_FusedOptimizer):

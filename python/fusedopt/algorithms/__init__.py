@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from ._spec import FIRST_STEP, REQUIRED, ZEROS, Algorithm, Hyper, Range, StateRole, TorchName
+from ._spec import FIRST_STEP, REQUIRED, ZEROS, Algorithm, Hyper, Range, ScalarState, StateRole, TorchName
 from .adagrad import ADAGRAD
 from .adam import ADAM, ADAMW
 from .adamax import ADAMAX
@@ -24,14 +24,15 @@ from .lamb import LAMB, LAMB_TORCH
 from .lars import LARS, LARS_TORCH
 from .lion import LION
 from .momentum import MOMENTUM
+from .nadam import NADAM
 from .radam import RADAM
 from .rmsprop import RMSPROP
 from .sgd import SGD, TRACE
 
 #: every functional form, by its function name in fusedopt.functional
-ALGORITHMS: Dict[str, Algorithm] = {a.name: a for a in (SGD, TRACE, MOMENTUM, RMSPROP, ADAM, ADAMW, ADAGRAD, LION, ADAMAX, LAMB, LARS, RADAM)}
+ALGORITHMS: Dict[str, Algorithm] = {a.name: a for a in (SGD, TRACE, MOMENTUM, RMSPROP, ADAM, ADAMW, ADAGRAD, LION, ADAMAX, LAMB, LARS, RADAM, NADAM)}
 
 __all__ = [
-    "ADAGRAD", "ADAM", "ADAMAX", "ADAMW", "ALGORITHMS", "FIRST_STEP", "LAMB", "LAMB_TORCH", "LARS", "LARS_TORCH", "LION", "MOMENTUM", "RADAM", "REQUIRED", "RMSPROP", "SGD", "TRACE",
-    "ZEROS", "Algorithm", "Hyper", "Range", "StateRole", "TorchName",
+    "ADAGRAD", "ADAM", "ADAMAX", "ADAMW", "ALGORITHMS", "FIRST_STEP", "LAMB", "LAMB_TORCH", "LARS", "LARS_TORCH", "LION", "MOMENTUM", "NADAM", "RADAM", "REQUIRED", "RMSPROP", "SGD", "TRACE",
+    "ZEROS", "Algorithm", "Hyper", "Range", "ScalarState", "StateRole", "TorchName",
 ]  # fmt: skip

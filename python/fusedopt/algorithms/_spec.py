@@ -6,7 +6,9 @@ argument name, torch's state key, the order of the native call's lists, when eac
 how it starts), how the per-step scalars derive from the hyperparameters and the step count
 (a function of :mod:`fusedopt._scalars`), the flags the kernel takes, its reference function and
 its native entry point. The functional API, the NumPy and torch optimizer classes, the benchmark
-and the test tables are built from it.
+and the test tables are built from it. A per-parameter scalar state that is not a function of the
+step count (NAdam's ``mu_product``) is a :class:`ScalarState`: a functional hyperparameter that the
+classes fill per parameter from their state and advance with the step count.
 """
 
 from __future__ import annotations
@@ -149,6 +151,28 @@ class StateRole:
         return None if self.init in (ZEROS, FIRST_STEP) else self.init
 
 
+@dataclass(frozen=True)
+class ScalarState:
+    """A per-parameter scalar state (NAdam's ``mu_product``): one number per parameter, not an array,
+    that the per-step scalars read and that is not a function of the step count alone (a loaded
+    checkpoint carries its own value; the hyperparameters it is updated with may change between
+    steps).
+
+    ``key``: its state key (torch's; the NumPy classes' too) and the name of the functional
+    hyperparameter that receives, per native call, its value **after** this step's update (the
+    description declares that hyperparameter; the classes do not keep it in their param groups).
+    ``init``: the value of a new state. ``advance(h, t, value, dtype)``: the value after step ``t``
+    from the value before, rounded as torch rounds it in the state's ``dtype`` (``"float32"`` or
+    ``"float64"``). The classes compute the new value before the step, bucket parameters by it (as
+    by step count), pass it as the hyperparameter, and commit it with the step count only when the
+    step is applied (a step that raises or is skipped leaves it unchanged).
+    """
+
+    key: str
+    init: float
+    advance: Callable[[Hypers, int, float, str], float]
+
+
 # -- the description ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TorchName:
@@ -207,6 +231,9 @@ class Algorithm:
     #: hyperparameters of the torch-style classes that the kernel does not read (Adagrad's
     #: initial_accumulator_value is only the state's start value): name -> Hyper
     class_only: Tuple[Hyper, ...] = ()
+    #: per-parameter scalar states (:class:`ScalarState`): functional hyperparameters of the same
+    #: names that the classes fill per parameter from their state, not from the param group
+    scalar_states: Tuple[ScalarState, ...] = ()
     _by_name: Dict[str, Hyper] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -237,7 +264,9 @@ class Algorithm:
     def group_hypers(self) -> Tuple[Hyper, ...]:
         """The hyperparameters a param group holds (not the conventions; torch-style pairs are
         kept as their parts here)."""
-        return tuple(h for h in self.hypers + self.class_only if not h.convention and h.name != "first_step")
+        scalar = {s.key for s in self.scalar_states}
+        return tuple(h for h in self.hypers + self.class_only
+                     if not h.convention and h.name != "first_step" and h.name not in scalar)  # fmt: skip
 
     @property
     def conventions(self) -> Tuple[Hyper, ...]:

@@ -10,6 +10,7 @@ the same memory layout and cache state.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -79,7 +80,11 @@ def torch_runner(mode: str) -> Factory:
             return Runner(opt.step, "rel", readback=readback, note="SGD(lr=lr*(1-beta), momentum=beta)", keep=keep)
         if not spec.torch_state:
             return None
-        cls = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad"}[name]
+        names = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad"}
+        cls = names.get(name, spec.algorithm.torch_optim)  # (the others: the description's torch.optim class)
+        if name not in names and (mode not in inspect.signature(getattr(torch.optim, cls)).parameters
+                                  or spec.algorithm.fixed or spec.algorithm.conventions):  # fmt: skip
+            return None  # no such implementation (torch has no fused NAdam), or not the same hyperparameters
         opt = getattr(torch.optim, cls)([pt], **h, **kw)  # Adagrad creates its state eagerly: replaced below
         state = opt.state[pt]
         for key, a in zip(spec.torch_state, st):
@@ -88,6 +93,8 @@ def torch_runner(mode: str) -> Factory:
             state["step"] = torch.tensor(float(STEP - 1), dtype=torch.float32)  # the first step then uses t = STEP
         elif name == "rmsprop":
             state["step"] = torch.tensor(0.0, dtype=torch.float32)  # counted, unused without schedules
+        for s in spec.algorithm.scalar_states:  # NAdam's mu_product: its value before step STEP
+            state[s.key] = torch.tensor(spec.kwargs(STEP - 1)[s.key] if STEP > 1 else s.init, dtype=torch.float32)
         keep.append(opt)
         return Runner(opt.step, "rel", keep=keep)
 

@@ -30,12 +30,15 @@ def peer_scalars(spec: Spec, dtype: Any, step: int = STEP) -> Any:
     fields of the ``_scalars`` tuples."""
     T = np.dtype(dtype).type
     algo = spec.algorithm
-    s: Any = algo.scalars(algo.check(spec.hyperparameters()), step)  # the description's derivation
+    h = algo.check(spec.hyperparameters())
+    for sc in algo.scalar_states:  # NAdam's mu_product: the benchmarked call's value
+        h[sc.key] = spec.kwargs(step)[sc.key]
+    s: Any = algo.scalars(h, step)  # the description's derivation
     return SimpleNamespace(**{k: T(v) if isinstance(v, float) else v for k, v in s._asdict().items()})
 
 
 #: the algorithms with NumPy peers (the other contenders still run for the rest)
-PEERS = ("sgd", "momentum", "rmsprop", "adam", "adamw", "adagrad")
+PEERS = ("sgd", "momentum", "rmsprop", "adam", "adamw", "adagrad", "nadam")
 
 
 def textbook(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Optional[Runner]:
@@ -84,6 +87,16 @@ def textbook(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Optional
         def step() -> None:
             ssum[...] = ssum + g * g
             p[...] = p + (c.neg_clr * g) / (np.sqrt(ssum) + c.eps)
+
+    elif name == "nadam":
+        m, v = st
+
+        def step() -> None:
+            m[...] = c.beta1 * m + c.one_minus_beta1 * g
+            v[...] = c.beta2 * v + (c.one_minus_beta2 * g) * g
+            den = np.sqrt(v / c.bias_correction2) + c.eps
+            p[...] = p + (c.grad_coef * g) / den
+            p[...] = p + (c.momentum_coef * m) / den
 
     else:
         raise KeyError(f"no NumPy peer for {name!r}")
@@ -163,6 +176,27 @@ def inplace(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Optional[
             sqrt(ssum, out=a)
             add(a, c.eps, out=a)
             mul(g, c.neg_clr, out=b)
+            div(b, a, out=b)
+            add(p, b, out=p)
+
+    elif name == "nadam":
+        m, v = st
+
+        def step() -> None:
+            mul(m, c.beta1, out=m)
+            mul(g, c.one_minus_beta1, out=a)
+            add(m, a, out=m)
+            mul(v, c.beta2, out=v)
+            mul(g, c.one_minus_beta2, out=a)
+            mul(a, g, out=a)
+            add(v, a, out=v)
+            div(v, c.bias_correction2, out=a)
+            sqrt(a, out=a)
+            add(a, c.eps, out=a)
+            mul(g, c.grad_coef, out=b)
+            div(b, a, out=b)
+            add(p, b, out=p)
+            mul(m, c.momentum_coef, out=b)
             div(b, a, out=b)
             add(p, b, out=p)
 

@@ -79,6 +79,14 @@ class Spec:
         kw = dict(self.hyper)
         if self.uses_step:
             kw["step"] = step
+        algo = self.algorithm
+        if algo.scalar_states:  # NAdam's mu_product: its value after ``step`` steps from a new state
+            h = algo.check(self.hyper)
+            for s in algo.scalar_states:
+                v = s.init
+                for k in range(1, step + 1):
+                    v = s.advance(h, k, v, "float32")
+                kw[s.key] = v
         return kw
 
     def hyperparameters(self) -> Dict[str, Any]:
@@ -102,6 +110,7 @@ BENCHMARKED: Dict[str, Dict[str, Any]] = {
     "adamw": {"lr": 1e-3, "weight_decay": 1e-2},
     "adagrad": {"lr": 1e-2},
     "radam": {"lr": 1e-3},
+    "nadam": {"lr": 2e-3},
     "lion": {"lr": 1e-4},
     "adamax": {"lr": 2e-3},
     "lamb": {"lr": 1e-3, "weight_decay": 1e-2},
