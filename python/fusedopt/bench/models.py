@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import functional
+from ..algorithms import ZEROS
 from ..arena import FlatParams
 from ..optimizers import Adam
 from . import ds_adam
@@ -174,6 +175,31 @@ def _torch_steps(torch: Any, name: str, shapes: List[Shape], ps: List[Any], mode
     return step_all
 
 
+def _functional_step(name: str, values: List[np.ndarray], grads: List[np.ndarray]) -> Optional[List[np.ndarray]]:
+    """The parameters after step 1 of :func:`fusedopt.functional.<name>` on copies of ``values``
+    (zero states), with the hyperparameters fusedopt.torch's class derives from the benchmark's
+    arguments; None when that is not this algorithm's first step (a state not starting at zero,
+    not an algorithm of the registry)."""
+    import torch
+
+    import fusedopt.torch as ft
+
+    if name not in SPECS:
+        return None
+    mo, algo = model_optimizer(name), SPECS[name].algorithm
+    opt = getattr(ft, mo.fusedopt_class)([torch.nn.Parameter(torch.zeros(1))], **mo.kwargs)
+    h = opt._hyper(opt.param_groups[0])
+    roles = algo.present_states(h)
+    if any(r.init != ZEROS for r in roles):
+        return None
+    ps = [v.copy() for v in values]
+    kw = {a.name: h[a.name] for a in algo.arguments}
+    if algo.step_arg:
+        kw["step"] = 1
+    SPECS[name].functional(ps, list(grads), *([np.zeros_like(v) for v in values] for _ in roles), **kw)
+    return ps
+
+
 def _model_runners(values: List[np.ndarray], grads: List[np.ndarray], torch: Any,
                    use_deepspeed: bool, algorithm: str = "adam") -> Dict[str, ModelRunner]:  # fmt: skip
     """One step of ``algorithm`` per contender on one model's parameter list (fresh copies for
@@ -225,8 +251,9 @@ def models_benchmark(models: Sequence[str], rounds: int = 7, use_torch: bool = T
     implementations (:func:`model_optimizer`). Interleaved rounds, medians (µs/step). After the
     first step every contender's parameters are compared with the fusedopt list's (Adam,
     :data:`MODEL_TOLERANCE`) or torch.optim's for-loop step's (the others: each parameter or its
-    change within "rel", since a step as large as the parameter cancels in ``p``): a contender that
-    disagrees is reported WRONG and not timed; without torch.optim's class nothing is compared."""
+    change within "rel", since a step as large as the parameter cancels in ``p``), or, when torch.optim
+    has no such class (LAMB, LARS), fusedopt.torch's against the functional step (bitwise): a
+    contender that disagrees is reported WRONG and not timed."""
     from .contenders import torch_module
 
     torch = torch_module() if use_torch else None
@@ -241,16 +268,19 @@ def models_benchmark(models: Sequence[str], rounds: int = 7, use_torch: bool = T
         log(f"models: {algorithm} on {name} ({len(shapes)} tensors, {n} elements): checking, calibrating")
         for step, _ in runners.values():
             step()  # step 1: state allocation, warm-up, and the values checked below
-        ref = next((k for k in ("fusedopt", "torch-forloop") if k in runners), None)
-        want = runners[ref][1]() if ref is not None else []
+        ref: Optional[str] = next((k for k in ("fusedopt", "torch-forloop") if k in runners), None)
+        want = runners[ref][1]() if ref is not None else None
+        if want is None and "fusedopt.torch" in runners:  # torch.optim has none (LAMB, LARS)
+            ref, want = "fusedopt.functional", _functional_step(algorithm, values, grads)
+        exact = ref in ("fusedopt", "fusedopt.functional")
         wrong: Dict[str, str] = {}
         for k, (_, current) in runners.items():
-            if current is None or k == ref or ref is None:
+            if current is None or k == ref or want is None:
                 continue
-            tol = MODEL_TOLERANCE[k] if ref == "fusedopt" else "rel"
+            tol = MODEL_TOLERANCE[k] if exact else "rel"
             for i, (got, w, v0) in enumerate(zip(current(), want, values)):
                 bad = mismatch(got, w, tol)
-                if bad is not None and ref != "fusedopt" and mismatch(got - v0, w - v0, tol) is None:
+                if bad is not None and not exact and mismatch(got - v0, w - v0, tol) is None:
                     bad = None  # against torch: p or its change (p cancels where the step is as large as p)
                 if bad is not None:
                     wrong[k] = f"parameter {i} after one step vs {ref}: {bad}"
@@ -272,7 +302,7 @@ def models_benchmark(models: Sequence[str], rounds: int = 7, use_torch: bool = T
                         ratios[f"{base}/{k}"] = paired(samples[base], samples[k])
         out.append({"model": name, "algorithm": algorithm, "tensors": len(shapes), "elements": n,
                     "us_per_step": med, "best_us": best, "ratios": ratios, "torch_best": fastest,
-                    "checked_against": ref, "wrong": wrong})  # fmt: skip
+                    "checked_against": ref if want is not None else None, "wrong": wrong})  # fmt: skip
     return out
 
 
@@ -303,6 +333,6 @@ def print_models(results: List[Dict[str, Any]]) -> None:
         print(line)
     for r in results:
         if r.get("checked_against") is None and len(r["us_per_step"]) > 0:
-            print(f"not checked: {r.get('algorithm')} on {r['model']} (torch.optim has no such optimizer, or no torch)")
+            print(f"not checked: {r.get('algorithm')} on {r['model']} (no reference step: torch not importable?)")
         for k, why in r.get("wrong", {}).items():
             print(f"WRONG RESULT (not timed): {r.get('algorithm', 'adam')} {r['model']} {k}: {why}")
