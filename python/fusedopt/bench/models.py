@@ -82,7 +82,6 @@ MODEL_SHAPES: Dict[str, Callable[[], List[Shape]]] = {
 }
 
 
-
 @dataclass(frozen=True)
 class ModelOptimizer:
     """How torch code steps a model with one algorithm: the class of :mod:`fusedopt.torch` and of
