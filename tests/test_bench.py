@@ -80,6 +80,29 @@ def test_contenders_pass_the_guard(name, dtype, form):
     assert verify(spec, arrays, runner) is None
 
 
+@pytest.mark.parametrize("name", bench.ALGORITHMS)
+@pytest.mark.parametrize("mode", ["torch-fused", "torch-foreach", "torch-forloop"])
+def test_torch_contenders_pass_the_guard(name, mode):
+    """Every algorithm with a torch.optim class (the description's ``torch_optim``) has its for-loop
+    and foreach contenders, and a fused one where the class takes ``fused=``; all agree with the reference."""
+    torch = pytest.importorskip("torch")
+    spec, arrays, alloc = _arrays(name, np.float32)
+    runner = FACTORIES[mode](spec, arrays, alloc)
+    cls = torch.optim.SGD if name == "momentum" else getattr(torch.optim, spec.algorithm.torch_optim or "-", None)
+    expected = cls is not None and (mode != "torch-fused" or "fused" in inspect.signature(cls).parameters)
+    assert (runner is not None) == expected
+    if runner is not None:
+        assert verify(spec, arrays, runner) is None
+
+
+@pytest.mark.parametrize("name", ["lamb", "lars"])
+def test_ceiling_moves_the_extra_passes_of_two_phase_steps(name):
+    spec, arrays, alloc = _arrays(name, np.float32)
+    assert spec.extra_passes > 0 and bench.bytes_per_element(name, np.float32) == 4 * spec.passes
+    res = bench.run_config(name, np.float32, 4096, contenders=["fusedopt", "ceiling"], rounds=1)
+    assert res["contenders"]["fusedopt"]["pct_ceiling"] > 0
+
+
 @pytest.mark.parametrize("name", ["momentum", "adam", "adagrad"])
 def test_guard_catches_a_wrong_contender(name):
     """A peer with another learning rate is one algorithm off: the guard must say so."""
@@ -189,6 +212,32 @@ def test_models_benchmark_checks_and_times_every_contender():
     assert r["wrong"] == {}
     assert set(r["us_per_step"]) == {"fusedopt", "fusedopt-arena", "fusedopt-flat"}
     assert r["ratios"]["list/flat"] > 0
+
+
+def test_models_option_runs_other_algorithms(capsys):
+    """``--models ... --algorithms``: fusedopt.torch against torch.optim's implementations of each
+    algorithm (Muon: 2-D parameters, the rest AdamW, in both), checked against torch's for-loop step."""
+    pytest.importorskip("torch")
+    argv = ["--models", "digits-mlp", "--algorithms", "adamax,lamb,muon", "--rounds", "1", "--json"]
+    assert bench.main(argv) == 0
+    rs = {r["algorithm"]: r for r in json.loads(capsys.readouterr().out)["models"]}
+    assert set(rs) == {"adamax", "lamb", "muon"} and all(not r["wrong"] for r in rs.values())
+    assert set(rs["adamax"]["us_per_step"]) == {"fusedopt.torch", "torch-foreach", "torch-forloop"}
+    assert rs["adamax"]["checked_against"] == "torch-forloop" and rs["adamax"]["torch_best"] in rs["adamax"]["us_per_step"]
+    assert f"{rs['muon']['torch_best']}/fusedopt.torch" in rs["muon"]["ratios"]
+    assert set(rs["muon"]["us_per_step"]) == {"fusedopt.torch", "torch-fused", "torch-foreach", "torch-forloop"}
+    assert set(rs["lamb"]["us_per_step"]) == {"fusedopt.torch"}  # torch.optim has no LAMB:
+    assert rs["lamb"]["checked_against"] == "fusedopt.functional"  # checked against the functional step
+    with pytest.raises(SystemExit):
+        bench.main(["--algorithms", "muon", "--sizes", "10"])  # no element-wise size benchmark
+
+
+def test_models_muon_split():
+    pytest.importorskip("torch")
+    mo = bench.models.model_optimizer("muon")
+    shapes = bench.transformer_shapes()
+    assert mo.rest == "adamw" and all(mo.takes(s) == (len(s) == 2) for s in shapes)
+    assert bench.models.model_optimizer("adamax").kwargs == bench.SPECS["adamax"].hyper
 
 
 # -- DeepSpeed (optional) --------------------------------------------------------------------------

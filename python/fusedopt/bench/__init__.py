@@ -8,6 +8,7 @@ Usage::
     python -m fusedopt.bench --algorithms adam --dtypes float32 --sizes 12,16,20,24
     python -m fusedopt.bench --threads-crossover   # threads=1 vs 2, back to back and after idle
     python -m fusedopt.bench --models all          # whole-model Adam steps on parameter lists
+    python -m fusedopt.bench --models all --algorithms radam,muon   # the same, other algorithms
     python -m fusedopt.bench --deepspeed           # float32 AdamW vs DeepSpeed's CPU Adam, 2^12..2^26
     python -m fusedopt.bench --json ...            # machine-readable results on stdout
 
@@ -22,6 +23,9 @@ Contenders (all update the same arrays, so they see the same memory layout and c
                    Adagrad, SGD; Momentum as ``SGD(lr=lr*(1-beta), momentum=beta)``, which is the same
                    update for a constant learning rate); torch has no fused RMSprop;
 ``torch-foreach``  the same with ``foreach=True`` (on CPU: one ATen op per tensor operation);
+``torch-forloop``  the same with ``foreach=False`` (torch's CPU default), for every algorithm whose
+                   description names a torch.optim class; "x torch (fastest)": the fastest of the
+                   three in the run;
 ``deepspeed``      DeepSpeed's compiled CPU Adam op (``adam_update``), float32 Adam/AdamW, when
                    DeepSpeed is importable (:mod:`fusedopt.bench.ds_adam`);
 ``deepspeed-step`` ``DeepSpeedCPUAdam.step()`` on one parameter, likewise;
@@ -31,7 +35,9 @@ Contenders (all update the same arrays, so they see the same memory layout and c
 
 Bytes an optimizer step must move: read every array once, write every updated array once, i.e.
 ``(2 + 2 * number_of_state_arrays + 1) * itemsize`` per element: float32 Adam 28 B (read p, g, m, v;
-write p, m, v), Momentum / RMSprop / Adagrad / SGD-with-momentum 20 B. Effective GB/s = those bytes
+write p, m, v), Momentum / RMSprop / Adagrad / SGD-with-momentum 20 B; a two-phase trust-ratio step
+re-reads arrays after its norm pass (the spec's ``extra_passes``): float32 LAMB 40 B, LARS 28 B, and
+its ceiling makes that re-read too. Effective GB/s = those bytes
 / time. "%copy" = effective GB/s / copy GB/s of the same run. An in-place read-modify-write stream
 needs no write-allocate read, so a fused step can exceed 100 % of the copy figure (copy is a
 single-threaded NumPy call).

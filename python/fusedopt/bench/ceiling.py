@@ -42,7 +42,9 @@ def ceiling(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Runner:
     """The same-run ceiling: a native probe (``_core._traffic_probe``) that moves exactly the bytes
     of this step -- the parameter and every state array read and written, the gradient read --
     with trivial arithmetic, on separate arrays placed like the optimizer's, with the same
-    thread policy as the fusedopt contender."""
+    thread policy as the fusedopt contender. A two-phase step (LAMB, LARS: the spec's
+    ``extra_passes``) first re-reads that many of those arrays (``_core.sum_of_squares``, the
+    norm pass such a step makes), so the ceiling moves the step's bytes in the same two phases."""
     n, dtype = arrays[0].size, arrays[0].dtype
     written = [alloc.empty(n, dtype) for _ in range(1 + len(spec.state))]
     read = alloc.empty(n, dtype)
@@ -52,8 +54,11 @@ def ceiling(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Runner:
     threads = _threads.resolve(None, n, policy)
     w_lists = [[a] for a in written]
     r_list = [read]
+    reread = (written + [read])[: spec.extra_passes]
 
     def step() -> None:
+        if reread:
+            _core.sum_of_squares(reread, threads)
         _core._traffic_probe(w_lists, r_list, 0.0, threads)
 
     return Runner(step, "none", keep=[written, read])

@@ -13,7 +13,7 @@ from .. import _core, _threads
 from . import ds_adam
 from .arrays import Allocator
 from .contenders import CONTENDERS, torch_module
-from .models import MODEL_SHAPES, models_benchmark, print_models
+from .models import MODEL_ALGORITHMS, MODEL_SHAPES, model_optimizer, models_benchmark, print_models
 from .report import header, plot, print_crossover, print_header, print_sizes, print_table
 from .run import CROSSOVER_SIZES, DEFAULT_SIZES, QUICK_SIZES, run, threads_crossover
 from .specs import ALGORITHMS, DEFAULT_ALGORITHMS
@@ -69,13 +69,15 @@ def _parser() -> argparse.ArgumentParser:
         "--models",
         type=parse_list(tuple(MODEL_SHAPES)),
         default=None,
-        help=f"whole-model float32 Adam steps on parameter lists: comma list of {', '.join(MODEL_SHAPES)} or 'all'",
+        help=f"whole-model float32 steps on parameter lists: comma list of {', '.join(MODEL_SHAPES)} or 'all'"
+        " (Adam, or each of --algorithms)",
     )
     ap.add_argument(
         "--algorithms",
-        type=parse_list(ALGORITHMS),
+        type=parse_list(MODEL_ALGORITHMS),
         default=None,
-        help=f"comma list of {', '.join(ALGORITHMS)} or 'all' (default {','.join(DEFAULT_ALGORITHMS)})",
+        help=f"comma list of {', '.join(ALGORITHMS)} or 'all' (default {','.join(DEFAULT_ALGORITHMS)}); with"
+        f" --models also {', '.join(a for a in MODEL_ALGORITHMS if a not in ALGORITHMS)} (default adam)",
     )
     ap.add_argument(
         "--dtypes",
@@ -116,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _has_model_optimizer(name: str) -> bool:
+    try:
+        model_optimizer(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _dump(doc: Dict[str, Any]) -> None:
     json.dump(doc, sys.stdout, indent=1)
     print()
@@ -133,6 +143,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.rounds is not None and args.rounds < 1:
         _parser().error("--rounds must be >= 1")
     use_deepspeed = not (args.no_torch or args.no_deepspeed)
+    if args.algorithms and not args.models:
+        if args.algorithms == list(MODEL_ALGORITHMS):  # 'all'
+            args.algorithms = list(ALGORITHMS)
+        only_models = [a for a in args.algorithms if a not in ALGORITHMS]
+        if only_models:
+            _parser().error(f"--algorithms {','.join(only_models)}: only with --models (no element-wise size benchmark)")
 
     if args.threads_crossover:
         h = header()
@@ -158,11 +174,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
     if args.models:
-        if use_deepspeed:
+        algorithms = args.algorithms or ["adam"]
+        if not args.no_torch and torch_module() is not None:
+            runnable = [a for a in algorithms if _has_model_optimizer(a)]
+            if runnable != algorithms and args.algorithms != list(MODEL_ALGORITHMS):  # ('all': those that run)
+                _parser().error(f"--models: fusedopt.torch has no class for {set(algorithms) - set(runnable)}")
+            algorithms = runnable
+        if use_deepspeed and "adam" in algorithms:
             ds_adam.load()  # first use compiles: before anything is timed, reported in the header
         h = header()
-        res_models = models_benchmark(args.models, rounds=args.rounds or 7, use_torch=not args.no_torch,
-                                      use_deepspeed=use_deepspeed)  # fmt: skip
+        res_models = [r for alg in algorithms
+                      for r in models_benchmark(args.models, rounds=args.rounds or 7, use_torch=not args.no_torch,
+                                                use_deepspeed=use_deepspeed, algorithm=alg)]  # fmt: skip
         alloc = "FlatParams for the arena; NumPy / torch allocations otherwise"
         if args.json:
             _dump({"header": h, "models": res_models})

@@ -20,7 +20,7 @@ from .arrays import Allocator
 from .runner import Factory, Runner
 from .specs import STEP, Spec
 
-__all__ = ["CONTENDERS", "FACTORIES", "fusedopt_runner", "torch_module", "torch_runner"]
+__all__ = ["CONTENDERS", "FACTORIES", "TORCH_MODES", "fusedopt_runner", "torch_mode_kwargs", "torch_module", "torch_runner"]
 
 
 def fusedopt_runner(threads: Optional[int]) -> Factory:
@@ -48,21 +48,37 @@ def torch_module() -> Any:
     return torch
 
 
+#: torch.optim's CPU implementations, by contender suffix: the fused kernel (Adam, AdamW, SGD,
+#: Adagrad), the multi-tensor foreach path, and the single-tensor for-loop (torch's CPU default)
+TORCH_MODES: Dict[str, Dict[str, bool]] = {"fused": {"fused": True}, "foreach": {"foreach": True},
+                                           "forloop": {"foreach": False}}  # fmt: skip
+
+
+def torch_mode_kwargs(cls: Any, mode: str) -> Optional[Dict[str, bool]]:
+    """The constructor arguments selecting implementation ``mode`` of torch.optim class ``cls``, or
+    None when the class has no such implementation (no ``fused`` argument: no fused kernel)."""
+    kw = TORCH_MODES[mode]
+    params = inspect.signature(cls.__init__).parameters
+    return kw if all(k in params for k in kw) else None
+
+
 def torch_runner(mode: str) -> Factory:
-    """torch.optim with fused=True or foreach=True, state tensors viewing our arrays where possible
-    (the spec's ``torch_state`` keys); fusedopt's EMA Momentum runs as SGD(lr*(1-beta), beta)."""
+    """torch.optim (its class named by the description's ``torch_optim``) with the implementation
+    ``mode`` (:data:`TORCH_MODES`), state tensors viewing our arrays where possible (the spec's
+    ``torch_state`` keys); fusedopt's EMA Momentum runs as SGD(lr*(1-beta), beta)."""
 
     def make(spec: Spec, arrays: List[np.ndarray], alloc: Allocator) -> Optional[Runner]:
         torch = torch_module()
         if torch is None:
             return None
         name = spec.name
-        if mode == "fused" and name == "rmsprop":
-            return None  # torch has no fused RMSprop
+        cls: Any = torch.optim.SGD if name == "momentum" else getattr(torch.optim, spec.algorithm.torch_optim or "", None)
+        kw = None if cls is None else torch_mode_kwargs(cls, mode)
+        if kw is None:
+            return None  # torch.optim has no such optimizer, or not this implementation of it
         p, g, *st = arrays
         pt = torch.from_numpy(p)
         pt.grad = torch.from_numpy(g)
-        kw: Dict[str, Any] = {mode: True}
         h = spec.hyper
         keep: List[Any] = [pt]
         if name == "momentum":
@@ -70,7 +86,7 @@ def torch_runner(mode: str) -> Factory:
             # torch's buffer b holds v / (1 - beta); SGD(lr*(1-beta), beta) then makes the same update
             b = alloc.empty(p.size, p.dtype)
             np.divide(st[0], p.dtype.type(1.0 - beta), out=b)
-            opt = torch.optim.SGD([pt], lr=h["lr"] * (1.0 - beta), momentum=beta, **kw)
+            opt = cls([pt], lr=h["lr"] * (1.0 - beta), momentum=beta, **kw)
             opt.state[pt] = {"momentum_buffer": torch.from_numpy(b)}
             keep += [b, opt]
 
@@ -78,21 +94,12 @@ def torch_runner(mode: str) -> Factory:
                 return [p, b * p.dtype.type(1.0 - beta)]
 
             return Runner(opt.step, "rel", readback=readback, note="SGD(lr=lr*(1-beta), momentum=beta)", keep=keep)
-        if not spec.torch_state:
-            return None
-        names = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad"}
-        cls = names.get(name, spec.algorithm.torch_optim)  # (the others: the description's torch.optim class)
-        if name not in names and (mode not in inspect.signature(getattr(torch.optim, cls)).parameters
-                                  or spec.algorithm.fixed or spec.algorithm.conventions):  # fmt: skip
-            return None  # no such implementation (torch has no fused NAdam), or not the same hyperparameters
-        opt = getattr(torch.optim, cls)([pt], **h, **kw)  # Adagrad creates its state eagerly: replaced below
+        opt = cls([pt], **h, **kw)  # Adagrad creates its state eagerly: replaced below
         state = opt.state[pt]
         for key, a in zip(spec.torch_state, st):
             state[key] = torch.from_numpy(a)
-        if spec.uses_step:
+        if spec.algorithm.has_step:  # (RMSprop counts steps too, unused without schedules)
             state["step"] = torch.tensor(float(STEP - 1), dtype=torch.float32)  # the first step then uses t = STEP
-        elif name == "rmsprop":
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)  # counted, unused without schedules
         for s in spec.algorithm.scalar_states:  # NAdam's mu_product: its value before step STEP
             state[s.key] = torch.tensor(spec.kwargs(STEP - 1)[s.key] if STEP > 1 else s.init, dtype=torch.float32)
         keep.append(opt)
@@ -109,6 +116,7 @@ FACTORIES: Dict[str, Factory] = {
     "numpy-inplace": numpy_peer.inplace,
     "torch-fused": torch_runner("fused"),
     "torch-foreach": torch_runner("foreach"),
+    "torch-forloop": torch_runner("forloop"),
     "deepspeed": ds_adam.raw_op_runner,
     "deepspeed-step": ds_adam.class_step_runner,
     "ceiling": ceiling.ceiling,

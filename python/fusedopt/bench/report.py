@@ -84,7 +84,7 @@ def print_table(results: List[Dict[str, Any]]) -> None:
     present = [c for c in CONTENDERS if any(c in r["contenders"] for r in results)]
     short = {"fusedopt": "fusedopt", "fusedopt-1t": "fusedopt 1t", "numpy-textbook": "np textbook",
              "numpy-inplace": "np inplace", "torch-fused": "torch fused", "torch-foreach": "torch foreach",
-             "deepspeed": "DS raw op", "deepspeed-step": "DS class step", "ceiling": "ceiling",
+             "torch-forloop": "torch forloop", "deepspeed": "DS raw op", "deepspeed-step": "DS class step", "ceiling": "ceiling",
              "copy": "copy"}  # fmt: skip
     cell = 17
     print()
@@ -92,8 +92,9 @@ def print_table(results: List[Dict[str, Any]]) -> None:
     head = f"{'algorithm':<9} {'dtype':<7} {'size':>5} {'B/el':>4} |"
     head += "".join(f" {short[c]:^{cell}}|" for c in present)
     head += f" {'fo %ceil':>8} {'fo %copy':>8} {'x inplace':>9} {'x textbk':>8}"
-    if "torch-fused" in present:
-        head += f" {'x t.fused':>9}"
+    has_torch = any(c.startswith("torch-") for c in present)
+    if has_torch:
+        head += f" {'x torch (fastest)':>19}"
     if "deepspeed" in present:
         head += f" {'x DS':>7}"
     print(head)
@@ -119,9 +120,10 @@ def print_table(results: List[Dict[str, Any]]) -> None:
         for base, w in (("numpy-inplace", 9), ("numpy-textbook", 8)):
             sp = r.get(f"speedup_vs_{base}")
             line += f" {sp:{w - 1}.2f}x" if sp is not None else f" {'-':>{w}}"
-        if "torch-fused" in present:
-            sp = r.get("speedup_vs_torch-fused")
-            line += f" {sp:8.2f}x" if sp is not None else f" {'-':>9}"
+        if has_torch:
+            sp = r.get("speedup_vs_torch")
+            best = str(r.get("torch_best", "")).replace("torch-", "")
+            line += f" {sp:8.2f}x {best:<9}" if sp is not None else f" {'-':>19}"
         if "deepspeed" in present:
             sp = r.get("speedup_vs_deepspeed")
             line += f" {sp:6.2f}x" if sp is not None else f" {'-':>7}"
@@ -129,6 +131,9 @@ def print_table(results: List[Dict[str, Any]]) -> None:
     notes = sorted({info["note"] for r in results for info in r["contenders"].values() if info.get("note")})
     for nt in notes:
         print(f"note: torch momentum runs as {nt} (same update for a constant lr; torch has no EMA momentum)")
+    if has_torch:
+        print("x torch (fastest) = time of torch.optim's fastest CPU implementation in this run (fused, foreach or"
+              " forloop: named) / fusedopt's time; '-': torch.optim has no such optimizer")  # fmt: skip
     if noisy:
         print(f"noisy (spread > {NOISY:.0%}; the machine was busy or the step is short): " + "; ".join(noisy))
     wrong = [f"{r['algorithm']} {r['dtype']} {fmt_n(r['n'])} {c}: {i['wrong']}"

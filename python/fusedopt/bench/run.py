@@ -17,19 +17,27 @@ from .specs import DEFAULT_ALGORITHMS, SPECS, STEP, bytes_per_element
 from .timing import IDLE_SECONDS, calibrate, interleaved, log, paired, summary
 from .verify import verify
 
-__all__ = ["CROSSOVER_SIZES", "DEFAULT_SIZES", "QUICK_SIZES", "SPEEDUP_BASES", "fmt_n", "run", "run_config",
-           "threads_crossover"]  # fmt: skip
+__all__ = ["CROSSOVER_SIZES", "DEFAULT_SIZES", "QUICK_SIZES", "SPEEDUP_BASES", "fastest_torch", "fmt_n", "run",
+           "run_config", "threads_crossover"]  # fmt: skip
 
 DEFAULT_SIZES = tuple(1 << e for e in range(10, 25, 2))
 QUICK_SIZES = (1 << 12, 1 << 16, 1 << 20)
 CROSSOVER_SIZES = tuple(1 << e for e in range(12, 21))
 #: contenders that get a "speedup of fusedopt over it" ratio (time of it / time of fusedopt)
-SPEEDUP_BASES = ("numpy-inplace", "numpy-textbook", "torch-fused", "torch-foreach", "deepspeed", "deepspeed-step")
+SPEEDUP_BASES = ("numpy-inplace", "numpy-textbook", "torch-fused", "torch-foreach", "torch-forloop", "deepspeed",
+                 "deepspeed-step")  # fmt: skip
 
 
 def fmt_n(n: int) -> str:
     e = n.bit_length() - 1
     return f"2^{e}" if n == 1 << e else str(n)
+
+
+def fastest_torch(samples: Dict[str, List[float]]) -> Optional[str]:
+    """The torch contender (``torch-*``) with the smallest median, or None: torch.optim's fastest
+    CPU implementation of the algorithm, measured in this run."""
+    timed = [c for c in samples if c.startswith("torch-")]
+    return min(timed, key=lambda c: summary(samples[c])["median_s"]) if timed else None
 
 
 def run_config(
@@ -92,6 +100,10 @@ def run_config(
     for base in SPEEDUP_BASES:
         if "fusedopt" in samples and base in samples:
             result[f"speedup_vs_{base}"] = paired(samples[base], samples["fusedopt"])
+    best = fastest_torch(samples)
+    if best is not None and "fusedopt" in samples:
+        result["torch_best"] = best
+        result["speedup_vs_torch"] = result[f"speedup_vs_{best}"]
     return result
 
 
