@@ -64,6 +64,9 @@ using std::int64_t;
 #include "kernels/lamb.inl"
 #include "kernels/lars.inl"
 
+// Adafactor: reductions and update in one call (its own phases)
+#include "kernels/adafactor.inl"
+
 }  // namespace
 
 const KernelTable kernel_table = {
@@ -86,6 +89,7 @@ const KernelTable kernel_table = {
     &step<Adamax, float>,   &step<Adamax, double>,  &lowp_step<Adamax>,
     &step<Muon, float>,     &step<Muon, double>,
     &lowp_step<Muon>,
+    &adafactor_step<float>, &adafactor_step<double>,
 };
 
 }  // namespace FUSEDOPT_ISA
