@@ -13,7 +13,7 @@
 //   den = max(1, fl(||u||)/(n**0.5*d))                  float64
 //   p = fma(u, fl(-alpha/den), p*decay)                 (decay only when weight_decay != 0)
 // lerp(s, e, w) = fma(w, e-s, s) if |w| < 0.5 else fma(w-1, e-s, e) (torch's); fma32 is the
-// correctly rounded float32 fma, a*b + c for float64 (torch_exact.inl). fl(||x||) is the float64
+// correctly rounded float32 fma (fma_rn below), a*b + c for float64. fl(||x||) is the float64
 // sum of squares rounded to T after its sqrt (torch.norm returns a T value).
 //
 // Deterministic for every ISA and thread count: all sums are float64 in a fixed order fixed by the
@@ -29,6 +29,18 @@
 // factors' lerp, mean(R) | 3 tiles: u (storing V), sums of u^2 | 4 tensors: fl(-alpha/den) |
 // 5 tiles: recompute u, update p. Threads only choose which tiles/tensors they compute.
 
+// The correctly rounded float32 fma: the hardware instruction where the ISA has one (x86 AVX2 and
+// AVX-512 objects are built with -mfma; AArch64 always has it), else fma32's exact emulation
+// (torch_exact.inl), ~10x slower: the same value either way. float64: a*b + c (as fma32).
+inline float fma_rn(float a, float b, float c) {
+#if defined(__FMA__) || defined(__aarch64__)
+  return __builtin_fmaf(a, b, c);
+#else
+  return fma32(a, b, c);
+#endif
+}
+inline double fma_rn(double a, double b, double c) { return fma32(a, b, c); }
+
 template <class T>
 struct Adafactor {
   struct Coef {
@@ -41,7 +53,7 @@ struct Adafactor {
           eps2(s.eps2), d(s.d) {}
   };
 
-  static T lerp(const Coef& c, T s, T e) { return fma32(c.from_s ? c.wf : c.wm1, e - s, choose(c.from_s, s, e)); }
+  static T lerp(const Coef& c, T s, T e) { return fma_rn(c.from_s ? c.wf : c.wm1, e - s, choose(c.from_s, s, e)); }
 
   // u of a factored element: rv = R[b,r], cv = C[b,c], mc = max(mean(R[b]), eps1)
   static T u_factored(const Coef& c, T rv, T cv, T mc, T g) {
@@ -54,8 +66,6 @@ struct Adafactor {
     const T v = var < c.e2 ? c.e2 : var;
     return (T(1) / std::sqrt(v)) * g;
   }
-
-  static double lanes(const double* a) { return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])); }
 
   static int64_t seg_len(int64_t n, int64_t s) {
     const int64_t rest = n - s * kAdafactorSeg;
@@ -74,29 +84,14 @@ struct Adafactor {
       const int64_t off = (b * t.rows + r) * t.cols + c0;
       const T* FUSEDOPT_RESTRICT p = static_cast<const T*>(t.param) + off;
       const T* FUSEDOPT_RESTRICT g = static_cast<const T*>(t.grad) + off;
-      double ap[kNormLanes], ag[kNormLanes];
-      for (int l = 0; l < kNormLanes; ++l) ap[l] = 0.0, ag[l] = 0.0;
-      int64_t i = 0;
-      for (; i + kNormLanes <= len; i += kNormLanes) {
 #pragma omp simd
-        for (int l = 0; l < kNormLanes; ++l) {
-          const double pv = static_cast<double>(p[i + l]), gv = static_cast<double>(g[i + l]);
-          const double g2 = gv * gv;
-          ap[l] += pv * pv;
-          ag[l] += g2;
-          cp[i + l] += g2;
-        }
-      }
-      for (int l = 0; i + l < len; ++l) {
-        const double pv = static_cast<double>(p[i + l]), gv = static_cast<double>(g[i + l]);
-        const double g2 = gv * gv;
-        ap[l] += pv * pv;
-        ag[l] += g2;
-        cp[i + l] += g2;
+      for (int64_t i = 0; i < len; ++i) {
+        const double gv = static_cast<double>(g[i]);
+        cp[i] += gv * gv;
       }
       double* slot = sc + t.seg + 2 * ((b * t.rows + r) * t.chunks + q);
-      slot[0] = lanes(ap);
-      slot[1] = lanes(ag);
+      slot[0] = block_sumsq<T>(p, len);  // norm.inl: the lanes and their tree
+      slot[1] = block_sumsq<T>(g, len);
     }
   }
 
@@ -104,23 +99,7 @@ struct Adafactor {
     const int64_t per = kAdafactorTile / kAdafactorSeg;
     const int64_t s1 = (item + 1) * per < t.chunks ? (item + 1) * per : t.chunks;
     for (int64_t s = item * per; s < s1; ++s) {
-      const T* FUSEDOPT_RESTRICT p = static_cast<const T*>(t.param) + s * kAdafactorSeg;
-      const int64_t len = seg_len(t.size, s);
-      double ap[kNormLanes];
-      for (int l = 0; l < kNormLanes; ++l) ap[l] = 0.0;
-      int64_t i = 0;
-      for (; i + kNormLanes <= len; i += kNormLanes) {
-#pragma omp simd
-        for (int l = 0; l < kNormLanes; ++l) {
-          const double pv = static_cast<double>(p[i + l]);
-          ap[l] += pv * pv;
-        }
-      }
-      for (int l = 0; i + l < len; ++l) {
-        const double pv = static_cast<double>(p[i + l]);
-        ap[l] += pv * pv;
-      }
-      sc[t.seg + 2 * s] = lanes(ap);
+      sc[t.seg + 2 * s] = block_sumsq<T>(static_cast<const T*>(t.param) + s * kAdafactorSeg, seg_len(t.size, s));
     }
   }
 
@@ -182,24 +161,13 @@ struct Adafactor {
         for (int64_t i = 0; i < len; ++i) {
           const T u = u_factored(c, rv, cv[i], mc, c.sign * g[i]);
           const T pd = p[i] * c.decay;
-          p[i] = fma32(u, x, c.has_wd ? pd : p[i]);
+          p[i] = fma_rn(u, x, c.has_wd ? pd : p[i]);
         }
       } else {
-        double au[kNormLanes];
-        for (int l = 0; l < kNormLanes; ++l) au[l] = 0.0;
-        int64_t i = 0;
-        for (; i + kNormLanes <= len; i += kNormLanes) {
+        T ub[kAdafactorSeg];
 #pragma omp simd
-          for (int l = 0; l < kNormLanes; ++l) {
-            const double u = static_cast<double>(u_factored(c, rv, cv[i + l], mc, c.sign * g[i + l]));
-            au[l] += u * u;
-          }
-        }
-        for (int l = 0; i + l < len; ++l) {
-          const double u = static_cast<double>(u_factored(c, rv, cv[i + l], mc, c.sign * g[i + l]));
-          au[l] += u * u;
-        }
-        sc[t.seg + 2 * ((b * t.rows + r) * t.chunks + q)] = lanes(au);
+        for (int64_t i = 0; i < len; ++i) ub[i] = u_factored(c, rv, cv[i], mc, c.sign * g[i]);
+        sc[t.seg + 2 * ((b * t.rows + r) * t.chunks + q)] = block_sumsq<T>(ub, len);
       }
     }
   }
@@ -219,30 +187,18 @@ struct Adafactor {
         for (int64_t i = 0; i < len; ++i) {
           const T u = u_plain(c, var[i], c.sign * g[i]);
           const T pd = p[i] * c.decay;
-          p[i] = fma32(u, x, c.has_wd ? pd : p[i]);
+          p[i] = fma_rn(u, x, c.has_wd ? pd : p[i]);
         }
       } else {
-        double au[kNormLanes];
-        for (int l = 0; l < kNormLanes; ++l) au[l] = 0.0;
-        int64_t i = 0;
-        for (; i + kNormLanes <= len; i += kNormLanes) {
+        T ub[kAdafactorSeg];
 #pragma omp simd
-          for (int l = 0; l < kNormLanes; ++l) {
-            const T gv = c.sign * g[i + l];
-            const T v = lerp(c, var[i + l], gv * gv);
-            var[i + l] = v;
-            const double u = static_cast<double>(u_plain(c, v, gv));
-            au[l] += u * u;
-          }
+        for (int64_t i = 0; i < len; ++i) {
+          const T gv = c.sign * g[i];
+          const T v = lerp(c, var[i], gv * gv);
+          var[i] = v;
+          ub[i] = u_plain(c, v, gv);
         }
-        for (int l = 0; i + l < len; ++l) {
-          const T gv = c.sign * g[i + l];
-          const T v = lerp(c, var[i + l], gv * gv);
-          var[i + l] = v;
-          const double u = static_cast<double>(u_plain(c, v, gv));
-          au[l] += u * u;
-        }
-        sc[t.seg + 2 * s] = lanes(au);
+        sc[t.seg + 2 * s] = block_sumsq<T>(ub, len);
       }
     }
   }

@@ -21,8 +21,8 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
     ) from exc
 
 from . import functional, reference, schedules
-from ._config import show_config
 from ._adafactor import Adafactor
+from ._config import show_config
 from ._muon import Muon
 from ._threads import MAX_THREADS, get_num_threads, set_num_threads
 from .arena import FlatParams

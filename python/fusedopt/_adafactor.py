@@ -219,7 +219,7 @@ class Adafactor:
                 lists = ([self._params[i] for i in idx], [grads[i] for i in idx],
                          [st.get("row_var") for st in sts], [st.get("col_var") for st in sts],
                          [st.get("variance") for st in sts])  # fmt: skip
-                call(*lists, h, eps1, t, None, sts, check_only=True)  # type: ignore[arg-type]
+                call(*lists, h, eps1, t, None, sts, check_only=True)
                 calls.append((lists, h, eps1, t, sts))
         written = list(self._params)
         for _, _, _, _, sts in calls:

@@ -343,12 +343,12 @@ class AdafactorScalars(NamedTuple):
 
 
 def adafactor_scalars(
-    *, step: int, lr: float, beta2_decay: float, eps1: float, eps2: float, d: float, weight_decay: float
+    *, step: float, lr: float, beta2_decay: float, eps1: float, eps2: float, d: float, weight_decay: float
 ) -> AdafactorScalars:
     """torch's ``one_minus_beta2_t = step**beta2_decay``, ``rho_t = min(lr, 1/step**0.5)``,
     ``eps1*eps1`` and ``1 - lr*weight_decay`` (``eps1`` already resolved: None is the first
     param's ``finfo(dtype).eps``)."""
-    t = _float_step(step)
+    t = _float_step(step) if isinstance(step, int) else float(step)  # torch: step_t.item(), a float
     lr, eps1 = float(lr), float(eps1)
     return AdafactorScalars(
         t ** float(beta2_decay), min(lr, 1 / (t**0.5)), eps1, eps1 * eps1, float(eps2), float(d),

@@ -318,8 +318,7 @@ adamax: Callable[..., Optional[float]] = _engine.make_functional(_ALGORITHMS["ad
 
 # Muon (torch.optim.Muon): element-wise kernel phases around Newton-Schulz matrix products, not one
 # element-wise pass, so written by hand (fusedopt._muon), not generated from a description.
-from ._muon import muon  # noqa: E402
-
 # Adafactor (torch.optim.Adafactor): states of other shapes than the params (row/column factors),
-# so written by hand (fusedopt._adafactor), not generated from a description; one native call.
+# so written by hand too (fusedopt._adafactor); one native call.
 from ._adafactor import adafactor  # noqa: E402
+from ._muon import muon  # noqa: E402

@@ -1152,7 +1152,7 @@ def _segment_sums(sq: np.ndarray) -> np.ndarray:
     x = x.reshape(sq.shape[:-1] + (nq, width // NORM_LANES, NORM_LANES))
     acc = np.cumsum(x, axis=-2)[..., -1, :] if width else np.zeros(sq.shape[:-1] + (nq, NORM_LANES))
     a = [acc[..., i] for i in range(NORM_LANES)]
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))  # type: ignore[no-any-return]
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
 
 
 def _in_order(x: np.ndarray, axis: int = -1) -> np.ndarray:
