@@ -355,7 +355,7 @@ def _snapshot(arrays: List[Any]) -> List[np.ndarray]:
 @pytest.mark.parametrize(
     "case",
     ["row_shape", "col_dtype", "var_missing", "factored_given_variance", "grad_shape", "overlap", "lengths",
-     "step", "beta2_decay", "d", "eps1", "lr", "threads", "not_array"],
+     "step", "beta2_decay", "d", "eps1", "lr", "threads", "not_array", "float16"],
 )  # fmt: skip
 def test_functional_bad_input_raises_and_writes_nothing(case: str) -> None:
     p = [np.ones((4, 5), np.float32), np.ones(3, np.float32)]
@@ -391,6 +391,8 @@ def test_functional_bad_input_raises_and_writes_nothing(case: str) -> None:
         kw["threads"] = 0
     elif case == "not_array":
         rows[0], err = [[0.0]] * 4, TypeError
+    elif case == "float16":  # low precision is refused (float32/float64 only)
+        p[1], g[1], var[1], err = np.ones(3, np.float16), np.ones(3, np.float16), np.zeros(3, np.float16), TypeError
     before = _snapshot(p + rows + cols + var)
     with pytest.raises(err):
         F.adafactor(p, g, rows, cols, var, **kw)
@@ -443,6 +445,14 @@ def test_classes_check_everything_before_writing() -> None:
     with pytest.raises((ValueError, TypeError)):
         topt.step()
     assert len(topt.state) == 0 and torch.equal(t0, torch.ones(3, 4))
+    # one group, one native call: the binding checks everything before writing anything
+    topt = ft.Adafactor([t0, t1], weight_decay=0.1)
+    with pytest.raises((ValueError, TypeError)):
+        topt.step()
+    assert len(topt.state) == 0 and torch.equal(t0, torch.ones(3, 4))
+    t1.grad = torch.ones(6)
+    topt.step()
+    assert float(topt.state[t0]["step"]) == 1.0 and not torch.equal(t0, torch.ones(3, 4))
 
 
 def test_one_native_call_per_bucket_and_functional_is_one_call(monkeypatch: pytest.MonkeyPatch) -> None:

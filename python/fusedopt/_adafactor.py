@@ -90,7 +90,7 @@ def call(params: Sequence[Any], grads: Sequence[Any], row_vars: Sequence[Any], c
     """One native call: every parameter of one dtype at step count ``step`` (the new count)."""
     s = _scalars.adafactor_scalars(step=step, lr=h["lr"], beta2_decay=h["beta2_decay"], eps1=eps1, eps2=h["eps"][1],
                                    d=h["d"], weight_decay=h["weight_decay"])  # fmt: skip
-    n = sum(int(np.prod(p.shape)) for p in params)
+    n = sum(p.size if isinstance(p, np.ndarray) else p.numel() for p in params)
     t = _threads.resolve(threads, n, "adafactor")
     _core.adafactor(params, grads, row_vars, col_vars, variances, *s, h["weight_decay"] != 0, h["maximize"], t,
                     counters, check_only)  # fmt: skip
@@ -219,12 +219,14 @@ class Adafactor:
                 lists = ([self._params[i] for i in idx], [grads[i] for i in idx],
                          [st.get("row_var") for st in sts], [st.get("col_var") for st in sts],
                          [st.get("variance") for st in sts])  # fmt: skip
-                call(*lists, h, eps1, t, None, sts, check_only=True)
                 calls.append((lists, h, eps1, t, sts))
-        written = list(self._params)
-        for _, _, _, _, sts in calls:
-            written += [a for st in sts for k, a in st.items() if k != "step"]
-        _core.check_overlap(written, [g for g in grads if g is not None])
+        if len(calls) > 1:  # (one call checks everything itself before writing anything)
+            for lists, h, eps1, t, sts in calls:
+                call(*lists, h, eps1, t, None, sts, check_only=True)
+            written = list(self._params)
+            for _, _, _, _, sts in calls:
+                written += [a for st in sts for k, a in st.items() if k != "step"]
+            _core.check_overlap(written, [g for g in grads if g is not None])
         for lists, h, eps1, t, sts in calls:
             call(*lists, h, eps1, t, None, sts)
         for i, st in new_states.items():

@@ -2006,7 +2006,7 @@ class Adafactor(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                  foreach: Optional[bool] = None, maximize: bool = False) -> None:  # fmt: skip
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        _adafactor.check_hypers(dict(lr=float(lr), beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
+        _adafactor.check_hypers(dict(lr=float(lr.item()) if isinstance(lr, torch.Tensor) else lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
                                      foreach=foreach, maximize=maximize))  # fmt: skip
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, foreach=foreach,
                         maximize=maximize)  # fmt: skip
@@ -2065,15 +2065,15 @@ class Adafactor(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                 ss = [sts[p] for p in ps]
                 lists = (ps, [p.grad for p in ps], [s.get("row_var") for s in ss], [s.get("col_var") for s in ss],
                          [s.get("variance") for s in ss])  # fmt: skip
-                counters = [s["step"] for s in ss]
+                calls.append((lists, h, eps1, t, [s["step"] for s in ss]))
+        if len(calls) > 1:  # (one call checks everything itself before writing anything)
+            written: List[torch.Tensor] = []
+            read: List[torch.Tensor] = []
+            for lists, h, eps1, t, counters in calls:
                 _adafactor.call(*lists, h, eps1, t, None, counters, check_only=True)
-                calls.append((lists, h, eps1, t, counters))
-        written: List[torch.Tensor] = []
-        read: List[torch.Tensor] = []
-        for lists, _, _, _, _ in calls:
-            written += lists[0] + [x for lst in lists[2:] for x in lst if x is not None]
-            read += lists[1]
-        _core.check_overlap(written, read)
+                written += lists[0] + [x for lst in lists[2:] for x in lst if x is not None]
+                read += lists[1]
+            _core.check_overlap(written, read)
         for lists, h, eps1, t, counters in calls:
             _adafactor.call(*lists, h, eps1, t, None, counters)
         for p, st in new_states.items():
