@@ -12,15 +12,16 @@
 //   unfactored (<= 1 dim): V = lerp(V, g*g, w) (stored);  u = 1/sqrt(max(V, eps1^2)) * g
 //   den = max(1, fl(||u||)/(n**0.5*d))                  float64
 //   p = fma(u, fl(-alpha/den), p*decay)                 (decay only when weight_decay != 0)
-// lerp(s, e, w) = fma(w, e-s, s) if |w| < 0.5 else fma(w-1, e-s, e) (torch's); fma32 is the
+// lerp(s, e, w) = fma(w, e-s, s) if |w| < 0.5 else fma(w-1, e-s, e) (torch's); fma is the
 // correctly rounded float32 fma (fma_rn below), a*b + c for float64. fl(||x||) is the float64
 // sum of squares rounded to T after its sqrt (torch.norm returns a T value).
 //
 // Deterministic for every ISA and thread count: all sums are float64 in a fixed order fixed by the
 // layout (bindings/adafactor.cpp), never by the threads:
 //  * a segment (<= kAdafactorSeg contiguous elements: row r of batch b, column chunk q; or a run of
-//    an unfactored tensor) sums x^2 over kNormLanes interleaved lanes combined as
-//    ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)) into its scratch slot (sum p^2 then sum u^2; sum g^2);
+//    an unfactored tensor) sums x^2 as norm.inl's block_sumsq (kNormLanes interleaved lanes
+//    combined as ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7))) into its scratch slot (sum p^2, then sum
+//    u^2; sum g^2);
 //  * a factored tile (tile_rows rows of batch b x chunk q) also sums g^2 per column over its rows
 //    in row order into colpart[b][tile][c];
 //  * per tensor: ||p||^2, ||u||^2 = sequential sums over its segments in order; row sums =
