@@ -33,6 +33,7 @@ CASES = [
     ("adamax", 4, _scalars.AdamaxScalars, _GRAD + ["maximize", "threads", "plan", "counters"] + _LOWP),
     ("muon", 4, _scalars.MuonScalars, _GRAD + ["nesterov", "apply", "threads", "plan", "counters"] + _LOWP),
     ("ema", 2, _scalars.EmaScalars, ["threads"]),
+    ("adafactor", 5, _scalars.AdafactorScalars, ["has_wd", "maximize", "threads", "counters", "check_only"]),
 ]
 
 
@@ -62,6 +63,7 @@ def test_positional_scalars_match_namedtuple(name: str, n_arrays: int, scalars: 
     ("lion", ["params", "grads", "exp_avgs"]),
     ("adamax", ["params", "grads", "exp_avgs", "exp_infs"]),
     ("muon", ["params", "grads", "momentum_buffers", "updates"]),
+    ("adafactor", ["params", "grads", "row_vars", "col_vars", "variances"]),
 ])  # fmt: skip
 def test_role_names_lead_the_signature(name: str, roles: list[str]) -> None:
     """The bindings are generated from per-algorithm traits (register_optimizers.cpp): the role

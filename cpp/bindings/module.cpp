@@ -9,6 +9,7 @@ void register_signals(pybind11::module_& m);
 void register_stepper(pybind11::module_& m);
 void register_torch_plan(pybind11::module_& m);
 void register_functional(pybind11::module_& m);
+void register_adafactor(pybind11::module_& m);
 }  // namespace bindings
 }  // namespace fusedopt
 
@@ -23,4 +24,5 @@ PYBIND11_MODULE(_core, m, pybind11::mod_gil_not_used()) {
   fusedopt::bindings::register_stepper(m);
   fusedopt::bindings::register_torch_plan(m);
   fusedopt::bindings::register_functional(m);
+  fusedopt::bindings::register_adafactor(m);
 }

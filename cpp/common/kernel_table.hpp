@@ -24,6 +24,9 @@ using PassFn = void (*)(const TensorList&, const Scalars&, int threads);
 // double per kNormBlock-block (see step_args.hpp). Returns the float64 sum.
 using SumSqFn = double (*)(const TensorList&, double* partials, int threads);
 
+// Adafactor (kernels/adafactor.inl): every phase of a step in one call.
+using AdafactorFn = void (*)(const AdafactorList&, const AdafactorScalars&, int threads);
+
 struct KernelTable {
   const char* isa;  // "sse2", "avx2", "avx512", "neon", "generic"
   StepFn<SgdScalars> sgd_f32, sgd_f64;
@@ -50,6 +53,7 @@ struct KernelTable {
   StepFn<MuonScalars> muon_f32, muon_f64;
   LowpFn<MuonScalars> muon_lowp;
   StepFn<NadamScalars> nadam_f32, nadam_f64;  // float32/float64 only (no low-precision storage)
+  AdafactorFn adafactor_f32, adafactor_f64;
 };
 
 }  // namespace fusedopt

@@ -262,4 +262,52 @@ struct ProbeScalars {
   int written;  // written streams, 1..4 (the last buffer is the read stream)
 };
 
+// Adafactor (torch.optim.Adafactor, torch 2.13, its loop form). Not a TensorList step: a tensor of
+// >= 2 dims has factored states of other shapes (row_var [..., R, 1], col_var [..., 1, C]), one of
+// <= 1 dim a same-shape `variance`. The bindings (bindings/adafactor.cpp) lay out each tensor
+// (AdafactorTensor) and the float64 scratch; the kernel (kernels/adafactor.inl) runs its phases
+// in one call. Scalars derived in float64 by python/fusedopt/_scalars.py::adafactor_scalars.
+struct AdafactorScalars {
+  double w;        // t**beta2_decay, the lerp weight of the factors / variance
+  double rho;      // min(lr, 1/t**0.5)
+  double eps1;     // None -> finfo(dtype of the group's first param).eps (resolved in Python)
+  double eps1_sq;  // eps1*eps1 (float64, cast once)
+  double eps2;
+  double d;        // clipping threshold
+  double decay;    // 1 - lr*weight_decay
+  bool has_wd;     // weight_decay != 0
+  bool maximize;
+};
+
+// Fixed blocking of an Adafactor step (never derived from the thread count): a tensor is cut into
+// segments of at most kAdafactorSeg contiguous elements (a factored tensor: row r of batch b,
+// column chunk q); float64 sums over a segment use kNormLanes lanes. A work item is a tile of
+// rows x one column chunk (factored: tile_rows rows of one batch; <= kAdafactorTile elements) or
+// kAdafactorTile / kAdafactorSeg segments (unfactored).
+constexpr std::int64_t kAdafactorSeg = 1024;
+constexpr std::int64_t kAdafactorTile = 65536;
+
+struct AdafactorTensor {
+  void* param;
+  const void* grad;
+  void* row;          // row_var (factored) or variance
+  void* col;          // col_var (factored) or nullptr
+  std::int64_t size;  // elements of param
+  std::int64_t batch, rows, cols;  // factored: the shape as [batch, rows, cols]
+  bool factored;
+  std::int64_t tile_rows, row_tiles, chunks;  // factored: rows per tile, tiles per batch, column chunks
+  std::int64_t items;                         // work items (0: empty tensor, untouched)
+  std::int64_t seg;      // scratch offset of its segment slots (2 doubles per segment)
+  std::int64_t colpart;  // scratch offset of the column partial sums (batch*row_tiles*cols doubles)
+  std::int64_t mean;     // scratch offset of max(mean(row_var), eps1) per batch
+  std::int64_t scal;     // scratch offset of its 2 scalars: alpha, fl(-alpha/den)
+};
+
+struct AdafactorList {
+  const AdafactorTensor* t;
+  std::int64_t count;
+  std::int64_t items;  // sum of t[k].items
+  double* scratch;
+};
+
 }  // namespace fusedopt

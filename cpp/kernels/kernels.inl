@@ -65,6 +65,9 @@ using std::int64_t;
 #include "kernels/lamb.inl"
 #include "kernels/lars.inl"
 
+// Adafactor: reductions and update in one call (its own phases)
+#include "kernels/adafactor.inl"
+
 }  // namespace
 
 const KernelTable kernel_table = {
@@ -88,6 +91,7 @@ const KernelTable kernel_table = {
     &step<Muon, float>,     &step<Muon, double>,
     &lowp_step<Muon>,
     &step<Nadam, float>,    &step<Nadam, double>,
+    &adafactor_step<float>, &adafactor_step<double>,
 };
 
 }  // namespace FUSEDOPT_ISA

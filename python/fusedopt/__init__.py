@@ -21,6 +21,7 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
     ) from exc
 
 from . import functional, reference, schedules
+from ._adafactor import Adafactor
 from ._config import show_config
 from ._muon import Muon
 from ._threads import MAX_THREADS, get_num_threads, set_num_threads
@@ -31,6 +32,7 @@ from .optimizers import LAMB, LARS, SGD, Adagrad, Adam, Adamax, AdamW, Lion, Mom
 __version__: str = _core.__version__
 
 __all__ = [
+    "Adafactor",
     "EMA",
     "SGD",
     "Adagrad",

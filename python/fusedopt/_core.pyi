@@ -159,6 +159,11 @@ def muon(
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
     absmax: Optional[Sequence[Optional[_Arrays]]] = None,
 ) -> None: ...
+def adafactor(
+    params: _Arrays, grads: _Arrays, row_vars: Sequence[Optional[Any]], col_vars: Sequence[Optional[Any]],
+    variances: Sequence[Optional[Any]], w: float, rho: float, eps1: float, eps1_sq: float, eps2: float, d: float,
+    decay: float, has_wd: bool, maximize: bool, threads: int, counters: _Counters = None, check_only: bool = False,
+) -> None: ...
 def lamb(
     params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_avg_sqs: _Arrays, neg_lr: float, m_scale: float,
     eps: float, beta1: float, one_minus_beta1: float, beta2: float, one_minus_beta2: float, weight_decay: float,

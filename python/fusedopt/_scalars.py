@@ -395,6 +395,33 @@ def nadam_scalars(
                         l2, decay_factor)  # fmt: skip
 
 
+class AdafactorScalars(NamedTuple):
+    """Adafactor's per-step scalars (torch.optim.Adafactor's float64 expressions, its order), the
+    positional scalars of ``_core.adafactor`` (cpp/common/step_args.hpp, AdafactorScalars)."""
+
+    w: float  # t**beta2_decay: the lerp weight of the factors / variance ("1 - beta2_t")
+    rho: float  # min(lr, 1/t**0.5): the relative step size, capped by lr
+    eps1: float
+    eps1_sq: float  # eps1*eps1 in float64 (torch squares the Python float)
+    eps2: float
+    d: float
+    decay: float  # 1 - lr*weight_decay (decoupled, with lr)
+
+
+def adafactor_scalars(
+    *, step: float, lr: float, beta2_decay: float, eps1: float, eps2: float, d: float, weight_decay: float
+) -> AdafactorScalars:
+    """torch's ``one_minus_beta2_t = step**beta2_decay``, ``rho_t = min(lr, 1/step**0.5)``,
+    ``eps1*eps1`` and ``1 - lr*weight_decay`` (``eps1`` already resolved: None is the first
+    param's ``finfo(dtype).eps``)."""
+    t = _float_step(step) if isinstance(step, int) else float(step)  # torch: step_t.item(), a float
+    lr, eps1 = float(lr), float(eps1)
+    return AdafactorScalars(
+        t ** float(beta2_decay), min(lr, 1 / (t**0.5)), eps1, eps1 * eps1, float(eps2), float(d),
+        1 - lr * float(weight_decay),
+    )  # fmt: skip
+
+
 class GradScalars(NamedTuple):
     """Gradient pre-processing of every algorithm (passed after the algorithm's scalars):
     ``g = clamp((g / grad_scale) * clip_coef, -clip_value, clip_value)``. The defaults are exact

@@ -51,6 +51,7 @@ SERIAL_BELOW: dict[str, int] = {
     "lars": 1 << 14,  # (not measured: two passes of SGD with momentum and a square root per tensor)
     "adamax": 1 << 14,
     "muon": 1 << 14,
+    "adafactor": 1 << 14,  # (not measured: Adam's; three passes over the gradient)
 }
 
 #: The largest thread count accepted by ``threads=`` and :func:`set_num_threads` (the compiled core

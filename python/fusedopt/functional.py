@@ -74,6 +74,7 @@ from . import _validation as check
 ArrayOrList = Union[np.ndarray, Sequence[np.ndarray]]
 
 __all__ = [
+    "adafactor",
     "adagrad",
     "adam",
     "adamax",
@@ -324,4 +325,7 @@ nadam_mu_product = _scalars.nadam_mu_product
 
 # Muon (torch.optim.Muon): element-wise kernel phases around Newton-Schulz matrix products, not one
 # element-wise pass, so written by hand (fusedopt._muon), not generated from a description.
+# Adafactor (torch.optim.Adafactor): states of other shapes than the params (row/column factors),
+# so written by hand too (fusedopt._adafactor); one native call.
+from ._adafactor import adafactor  # noqa: E402
 from ._muon import muon  # noqa: E402

@@ -21,7 +21,7 @@ import numpy as np
 from . import _scalars
 
 __all__ = [
-    "adagrad", "adam", "adamax", "adamw", "bf16_rne", "bf16_sr", "bf16_to_f32", "ema", "f16_rne", "f16_to_f32", "fma32",
+    "adafactor", "adagrad", "adam", "adamax", "adamw", "bf16_rne", "bf16_sr", "bf16_to_f32", "ema", "f16_rne", "f16_to_f32", "fma32",
     "global_norm", "lamb", "lars", "lion", "lowp_step", "momentum", "muon", "muon_apply", "muon_momentum", "muon_newton_schulz",
     "nadam", "philox4x32_10", "radam", "rmsprop", "sgd", "split_decode", "split_encode",
     "sr_bits", "sum_of_squares", "trace",
@@ -1166,3 +1166,139 @@ def muon(
     x = muon_newton_schulz(update, ns_coefficients=ns_coefficients, ns_steps=ns_steps, eps=eps)
     adjusted = _scalars.muon_adjusted_lr(lr, adjust_lr_fn, param.shape)
     muon_apply(param, x, lr=lr, weight_decay=weight_decay, adjusted_lr=adjusted)
+
+
+# -- Adafactor (torch.optim.Adafactor, torch 2.13, its loop form) ------------------------------------
+#: the fixed blocking of an Adafactor step (cpp/common/step_args.hpp: kAdafactorSeg, kAdafactorTile)
+ADAFACTOR_SEG = 1024
+ADAFACTOR_TILE = 65536
+
+
+class AdafactorReductions(NamedTuple):
+    """The reductions of an Adafactor step (a test hook: :func:`adafactor`'s ``reductions``).
+    Each receives arrays of the step's dtype and returns values of that dtype: ``norm(x)`` the
+    2-norm of a whole array (a Python float holding a dtype value), ``row_norms(g)`` of ``g``
+    ``[B, R, C]`` over its last dim (``[B, R]``), ``col_norms(g)`` over dim 1 (``[B, C]``),
+    ``row_mean(r)`` the mean of ``r`` ``[B, R]`` over its last dim (``[B]``). Passing torch's
+    (``torch.norm``, ``torch.mean``) reproduces torch.optim.Adafactor bitwise: the rest of the
+    step is torch's element-wise arithmetic."""
+
+    norm: Callable[[np.ndarray], float]
+    row_norms: Callable[[np.ndarray], np.ndarray]
+    col_norms: Callable[[np.ndarray], np.ndarray]
+    row_mean: Callable[[np.ndarray], np.ndarray]
+
+
+def _segment_sums(sq: np.ndarray) -> np.ndarray:
+    """Float64 sums of ``sq [..., L]`` over segments of ADAFACTOR_SEG elements of the last axis
+    (``[..., ceil(L/SEG)]``): 8 interleaved lanes each summed in order (np.cumsum is sequential),
+    combined as ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)) (cpp/kernels/adafactor.inl)."""
+    n = sq.shape[-1]
+    nq = max(1, -(-n // ADAFACTOR_SEG))
+    width = ADAFACTOR_SEG if nq > 1 else -(-n // NORM_LANES) * NORM_LANES
+    pad = nq * width - n  # adding +0.0 to a lane is exact
+    x = np.concatenate([sq, np.zeros(sq.shape[:-1] + (pad,))], axis=-1)
+    x = x.reshape(sq.shape[:-1] + (nq, width // NORM_LANES, NORM_LANES))
+    acc = np.cumsum(x, axis=-2)[..., -1, :] if width else np.zeros(sq.shape[:-1] + (nq, NORM_LANES))
+    a = [acc[..., i] for i in range(NORM_LANES)]
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+
+
+def _in_order(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Sequential float64 sums along ``axis`` (from 0.0, in index order)."""
+    if x.shape[axis] == 0:
+        return np.zeros(np.delete(np.array(x.shape), axis % x.ndim))
+    return np.cumsum(x, axis=axis).take(-1, axis=axis)  # type: ignore[no-any-return]
+
+
+def _adafactor_norm(segments: np.ndarray, T: type) -> float:
+    """A tensor's norm from its segments' sums of squares: sequential over the segments, sqrt in
+    float64, rounded to the dtype (torch.norm returns a dtype value)."""
+    return float(T(math.sqrt(float(_in_order(segments.reshape(-1))))))
+
+
+def adafactor(
+    param: np.ndarray,
+    grad: np.ndarray,
+    row_var: Optional[np.ndarray],
+    col_var: Optional[np.ndarray],
+    variance: Optional[np.ndarray],
+    *,
+    step: int,
+    lr: float = 1e-2,
+    beta2_decay: float = -0.8,
+    eps1: Optional[float] = None,
+    eps2: float = 1e-3,
+    d: float = 1.0,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    reductions: Optional[AdafactorReductions] = None,
+) -> None:
+    """torch.optim.Adafactor's loop step on one tensor (``step``: the new count, 1 first), in place.
+    ``row_var [..., R, 1]`` and ``col_var [..., 1, C]`` for a param of >= 2 dims (factored over its
+    last two, leading dims batch), ``variance`` (its shape) for <= 1 dim. ``eps1=None``: the
+    dtype's eps. Every ``fl`` rounds to the dtype; float64 sums are the kernel's fixed blocking::
+
+        w = t**beta2_decay;  rho = min(lr, 1/t**0.5);  alpha = max(eps2, fl(||p||)/n**0.5)*rho
+        p = fl(p*fl(1 - lr*wd))                         (weight_decay != 0; after alpha)
+        factored ([B, R, C]):  R = lerp(R, fl(r*r)/C, w)   r = fl(sqrt(sum_c g^2)), rows in 1024-chunks
+                               C = lerp(C, fl(k*k)/R, w)   k = fl(sqrt(sum_r g^2)), per row tile
+                               V = fl(fl(R_i*C_j) / max(fl(sum_r R/R), eps1))
+        else:                  variance = lerp(variance, g*g, w);  V = variance
+        u = fl(1/sqrt(max(V, fl(eps1^2)))) * g
+        den = max(1, fl(||u||)/(n**0.5*d));   p = fma(u, fl(-alpha/den), p)
+
+    ``lerp`` is torch's (:func:`_torch_lerp`); fma correctly rounded for float32, ``a*b + c`` for
+    float64 (as every kernel). ``reductions`` (a test hook) replaces the four reductions."""
+    T = param.dtype.type
+    e1 = float(np.finfo(param.dtype).eps) if eps1 is None else float(eps1)
+    s = _scalars.adafactor_scalars(step=step, lr=lr, beta2_decay=beta2_decay, eps1=e1, eps2=eps2, d=d,
+                                   weight_decay=weight_decay)  # fmt: skip
+    n = param.size
+    if n == 0:
+        return
+    g = _signed(grad, maximize)
+    factored = param.ndim >= 2
+    if factored:
+        R, C = param.shape[-2], param.shape[-1]
+        B = n // (R * C)
+        p3, g3 = param.reshape(B, R, C), g.reshape(B, R, C)
+        seg_p = _segment_sums(p3.astype(np.float64) ** 2)
+    else:
+        seg_p = _segment_sums(param.reshape(-1).astype(np.float64) ** 2)
+    pn = reductions.norm(param) if reductions else _adafactor_norm(seg_p, T)
+    rms = pn / n**0.5
+    alpha = max(s.eps2, rms) * s.rho
+    p = param * T(s.decay) if weight_decay != 0 else param.copy()
+    e2 = T(s.eps1_sq)
+    if factored:
+        assert row_var is not None and col_var is not None
+        g2 = g3.astype(np.float64) ** 2
+        if reductions:
+            rn, cn = reductions.row_norms(g3), reductions.col_norms(g3)
+        else:
+            rn = np.sqrt(_in_order(_segment_sums(g2), axis=-1)).astype(T)  # [B, R]
+            width = min(C, ADAFACTOR_SEG)
+            tile = min(R, max(1, ADAFACTOR_TILE // width))
+            tiles = -(-R // tile)
+            padded = np.concatenate([g2, np.zeros((B, tiles * tile - R, C))], axis=1)
+            colpart = _in_order(padded.reshape(B, tiles, tile, C), axis=2)  # [B, tiles, C]
+            cn = np.sqrt(_in_order(colpart, axis=1)).astype(T)  # [B, C]
+        rv = _torch_lerp(row_var.reshape(B, R), (rn * rn) / T(C), s.w)
+        cv = _torch_lerp(col_var.reshape(B, C), (cn * cn) / T(R), s.w)
+        row_var[...] = rv.reshape(row_var.shape)
+        col_var[...] = cv.reshape(col_var.shape)
+        mean = reductions.row_mean(rv) if reductions else (_in_order(rv.astype(np.float64), axis=-1) / R).astype(T)
+        mc = np.where(mean < T(e1), T(e1), mean)
+        v = (rv[:, :, None] * cv[:, None, :]) / mc[:, None, None]
+        u = (T(1) / np.sqrt(np.where(v < e2, e2, v))) * g3
+        seg_u = _segment_sums(u.astype(np.float64) ** 2)
+    else:
+        assert variance is not None
+        variance[...] = _torch_lerp(variance, g * g, s.w)
+        u = ((T(1) / np.sqrt(np.where(variance < e2, e2, variance))) * g).reshape(-1)
+        seg_u = _segment_sums(u.astype(np.float64) ** 2)
+    un = reductions.norm(u) if reductions else _adafactor_norm(seg_u, T)
+    den = max(1.0, un / (n**0.5 * s.d))
+    x = T(-alpha / den)
+    param[...] = _fma(u.reshape(param.shape), x, p).reshape(param.shape)

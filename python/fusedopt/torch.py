@@ -2137,3 +2137,104 @@ class Muon(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
 from . import _muon  # noqa: E402
 
 __all__ += ["Muon"]
+
+
+# -- Adafactor -------------------------------------------------------------------------------------
+class Adafactor(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
+    """torch.optim.Adafactor, fused: ``Adafactor(params, lr=1e-2, beta2_decay=-0.8,
+    eps=(None, 1e-3), d=1.0, weight_decay=0.0, *, foreach=None, maximize=False)``: torch's
+    arguments, defaults, checks and messages, param groups and state (``step`` a 0-dim float
+    tensor; ``row_var [..., R, 1]`` and ``col_var [..., 1, C]`` for parameters of two or more dims,
+    ``variance`` otherwise, made at the first step), so state dicts load both ways. float32/float64
+    CPU tensors (low precision is refused with a TypeError naming the parameter).
+
+    A step is one native call per param group, dtype and step count (usually one per group): the
+    reductions and the update of every parameter in one parallel region, deterministic for every
+    thread count (fusedopt._adafactor). torch's loop arithmetic; the norms/means are float64 sums in
+    a fixed order, so results agree with torch.optim.Adafactor to a few ulp. ``foreach`` is
+    accepted and ignored. Every tensor is checked before anything (state included) is written."""
+
+    def __init__(self, params: Any, lr: Any = 1e-2, beta2_decay: float = -0.8,
+                 eps: Tuple[Optional[float], float] = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0, *,
+                 foreach: Optional[bool] = None, maximize: bool = False) -> None:  # fmt: skip
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        _adafactor.check_hypers(dict(lr=float(lr.item()) if isinstance(lr, torch.Tensor) else lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
+                                     foreach=foreach, maximize=maximize))  # fmt: skip
+        defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, foreach=foreach,
+                        maximize=maximize)  # fmt: skip
+        super().__init__(params, defaults)
+        #: native calls made by the last step
+        self.last_native_calls = 0
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+            for p in group["params"]:
+                st = self.state.get(p, {})
+                if len(st) != 0 and not torch.is_tensor(st["step"]):
+                    st["step"] = torch.tensor(float(st["step"]), dtype=_scalar_dtype())
+
+    @torch.no_grad()  # type: ignore[misc,untyped-decorator,unused-ignore]
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """One step of every parameter with a ``.grad`` (see the class docstring)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        calls = []
+        new_states: Dict[torch.Tensor, Dict[str, torch.Tensor]] = {}
+        scalar_dtype = _scalar_dtype()
+        for group in self.param_groups:
+            lr = group["lr"]
+            h = _adafactor.check_hypers({**group, "lr": float(lr.item()) if isinstance(lr, torch.Tensor) else lr})
+            eps1 = h["eps"][0]
+            buckets: Dict[Tuple[torch.dtype, float], List[torch.Tensor]] = {}
+            sts: Dict[torch.Tensor, Dict[str, torch.Tensor]] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if torch.is_complex(p):
+                    raise RuntimeError("Adafactor does not support complex parameters")
+                if p.grad.is_sparse:
+                    raise RuntimeError("Adafactor does not support sparse gradients")
+                if p.dtype not in (torch.float32, torch.float64):
+                    raise TypeError(f"Adafactor steps float32 or float64 parameters only (no bfloat16/float16 "
+                                    f"storage), got a {p.dtype} parameter")  # fmt: skip
+                if eps1 is None:  # torch: the first param with a gradient fixes eps1 for the group
+                    eps1 = float(torch.finfo(p.dtype).eps)
+                st = self.state[p] if len(self.state.get(p, {})) else None
+                if st is None:
+                    g = p.grad
+                    st = new_states[p] = {"step": torch.tensor(0.0, dtype=scalar_dtype)}
+                    for k, shape in _adafactor.state_shapes(tuple(g.shape)).items():
+                        st[k] = g.new_zeros(shape) if k != "variance" else \
+                            torch.zeros_like(g, memory_format=torch.preserve_format)  # fmt: skip
+                sts[p] = st
+                t = float((st["step"] + 1).item())  # torch: step_t += 1 in its dtype, then .item()
+                buckets.setdefault((p.dtype, t), []).append(p)
+            for (_, t), ps in buckets.items():
+                ss = [sts[p] for p in ps]
+                lists = (ps, [p.grad for p in ps], [s.get("row_var") for s in ss], [s.get("col_var") for s in ss],
+                         [s.get("variance") for s in ss])  # fmt: skip
+                calls.append((lists, h, eps1, t, [s["step"] for s in ss]))
+        if len(calls) > 1:  # (one call checks everything itself before writing anything)
+            written: List[torch.Tensor] = []
+            read: List[torch.Tensor] = []
+            for lists, h, eps1, t, counters in calls:
+                _adafactor.call(*lists, h, eps1, t, None, counters, check_only=True)
+                written += lists[0] + [x for lst in lists[2:] for x in lst if x is not None]
+                read += lists[1]
+            _core.check_overlap(written, read)
+        for lists, h, eps1, t, counters in calls:
+            _adafactor.call(*lists, h, eps1, t, None, counters)
+        for p, st in new_states.items():
+            self.state[p].update(st)
+        self.last_native_calls = len(calls)
+        return loss
+
+
+from . import _adafactor  # noqa: E402
+
+__all__ += ["Adafactor"]
