@@ -1,0 +1,382 @@
+"""The sharding logic of ZeRO stage 1, NumPy only: layout, the exact global norm, the local step.
+
+Nothing here imports torch. The collectives are behind :class:`Communicator` (four methods on
+NumPy arrays); :class:`TorchCommunicator` runs them on a ``torch.distributed`` process group and
+:class:`MPICommunicator` on an ``mpi4py`` communicator.
+
+Layout. Parameters are packed per (param group, dtype) into one flat **bucket**. Every parameter
+starts at a multiple of :data:`ALIGN` elements (2048: the block of the deterministic norm, a
+multiple of the 256-element block of the 8-bit states) and the bucket is padded to a multiple
+of ``world_size * ALIGN``, so that rank ``r`` owns the element range ``[r*S, (r+1)*S)`` with
+``S = padded / world_size``, and no norm block (nor quantization block) straddles two ranks.
+Padding elements are zero in the parameter and gradient buffers and never reach a parameter.
+
+Global norm, bitwise the single process's. :func:`fusedopt.functional.global_norm` sums squares
+in float64 over 2048-element blocks of each tensor, then adds the block sums by a fixed pairwise
+tree over all blocks in order (float32 tensors first, then float64 ones).
+Adding each rank's partial sum would give another rounding; instead the tree is split at the
+rank boundaries: every maximal subtree whose blocks one rank owns is computed by that rank (one
+native ``sum_of_squares`` over the pieces of its tensors, which computes exactly that subtree),
+the subtree sums travel in one float64 all-reduce (each rank writes its own slots, the others
+are zero: a sum with zeros is exact) together with the ``found_inf`` flags, and every rank adds
+them along the same tree. The result is bitwise :func:`fusedopt.functional.global_norm` of the
+averaged gradients, so the clip coefficient and the skip decision are the single process's, on
+every rank.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union
+
+import numpy as np
+
+from .. import _core, _engine, _scalars, _threads
+from .. import functional as F
+from ..algorithms import FIRST_STEP, Algorithm
+from ..reference import NORM_BLOCK
+
+#: every parameter starts at a multiple of ALIGN elements in its bucket, and a rank's shard is a
+#: multiple of it (the norm's block; a multiple of the 8-bit states' 256-element block)
+ALIGN = NORM_BLOCK
+
+#: the dtypes of a bucket, in the order the single-process norm adds them
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Communicator(Protocol):
+    """The collectives the sharded step needs, on NumPy arrays (C-contiguous, 1-D).
+
+    Every rank calls the same methods in the same order with arrays of the same size and dtype.
+    """
+
+    rank: int
+    world_size: int
+
+    def reduce_scatter_sum(self, out: np.ndarray, inp: np.ndarray) -> None:
+        """``out`` (``inp.size / world_size`` elements) = this rank's chunk of the elementwise
+        sum of every rank's ``inp``."""
+
+    def all_gather(self, buf: np.ndarray) -> None:
+        """In place: chunk ``r`` of ``buf`` (``buf.size / world_size`` elements) is rank ``r``'s
+        input; afterwards every rank's ``buf`` holds every chunk."""
+
+    def all_reduce_sum(self, buf: np.ndarray) -> None:
+        """In place: the elementwise sum over ranks (float64 here)."""
+
+    def gather(self, arr: np.ndarray, root: int) -> Optional[List[np.ndarray]]:
+        """Every rank's ``arr`` (same size) at ``root`` (in rank order); None elsewhere."""
+
+
+class TorchCommunicator:
+    """:class:`Communicator` on a ``torch.distributed`` process group (gloo, or MPI where it has
+    the collectives). The arrays are shared with torch tensors (``torch.from_numpy``), no copy."""
+
+    def __init__(self, group: Any = None) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+
+    @staticmethod
+    def _t(a: np.ndarray) -> Any:
+        import torch
+
+        return torch.from_numpy(a)
+
+    def reduce_scatter_sum(self, out: np.ndarray, inp: np.ndarray) -> None:
+        d = self._dist
+        fn = getattr(d, "reduce_scatter_single", None) or d.reduce_scatter_tensor
+        fn(self._t(out), self._t(inp), group=self.group)
+
+    def all_gather(self, buf: np.ndarray) -> None:
+        d = self._dist
+        n = buf.size // self.world_size
+        t = self._t(buf)
+        fn = getattr(d, "all_gather_single", None) or d.all_gather_into_tensor
+        fn(t, t[self.rank * n : (self.rank + 1) * n], group=self.group)
+
+    def all_reduce_sum(self, buf: np.ndarray) -> None:
+        self._dist.all_reduce(self._t(buf), group=self.group)
+
+    def gather(self, arr: np.ndarray, root: int) -> Optional[List[np.ndarray]]:
+        d = self._dist
+        dst = d.get_global_rank(self.group, root) if self.group is not None else root
+        out = [np.empty_like(arr) for _ in range(self.world_size)] if self.rank == root else None
+        d.gather(self._t(arr), None if out is None else [self._t(a) for a in out], dst=dst, group=self.group)
+        return out
+
+
+class MPICommunicator:
+    """:class:`Communicator` on an ``mpi4py`` communicator (``MPI.COMM_WORLD`` by default):
+    buffer-based ``Reduce_scatter_block``, ``Allgather`` (in place), ``Allreduce`` and ``Gather``."""
+
+    def __init__(self, comm: Any = None) -> None:
+        from mpi4py import MPI
+
+        self._mpi = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank = int(self.comm.Get_rank())
+        self.world_size = int(self.comm.Get_size())
+
+    def reduce_scatter_sum(self, out: np.ndarray, inp: np.ndarray) -> None:
+        self.comm.Reduce_scatter_block(inp, out, op=self._mpi.SUM)
+
+    def all_gather(self, buf: np.ndarray) -> None:
+        self.comm.Allgather(self._mpi.IN_PLACE, buf)
+
+    def all_reduce_sum(self, buf: np.ndarray) -> None:
+        self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
+
+    def gather(self, arr: np.ndarray, root: int) -> Optional[List[np.ndarray]]:
+        recv = np.empty((self.world_size, arr.size), dtype=arr.dtype) if self.rank == root else None
+        self.comm.Gather(arr, recv, root=root)
+        return None if recv is None else [recv[r] for r in range(self.world_size)]
+
+
+# -- layout ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bucket:
+    """The parameters of one (param group, dtype), packed: parameter ``params[k]`` (its index in
+    the optimizer's order over all groups) occupies ``[offsets[k], offsets[k] + sizes[k])``."""
+
+    group: int
+    dtype: np.dtype
+    params: Tuple[int, ...]
+    shapes: Tuple[Tuple[int, ...], ...]
+    offsets: Tuple[int, ...]
+    padded: int
+    world_size: int
+
+    @property
+    def sizes(self) -> Tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @property
+    def shard(self) -> int:
+        """Elements per rank."""
+        return self.padded // self.world_size
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"group": self.group, "dtype": self.dtype.name, "params": list(self.params),
+                "shapes": [list(s) for s in self.shapes], "offsets": list(self.offsets), "padded": self.padded,
+                "world_size": self.world_size}  # fmt: skip
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def make_buckets(groups: Sequence[Sequence[Tuple[int, Tuple[int, ...], Any]]], world_size: int) -> List[Bucket]:
+    """Buckets for param groups given as lists of (index, shape, dtype): one per (group, dtype),
+    groups in order, float32 before float64, parameters in order within each."""
+    out = []
+    for g, items in enumerate(groups):
+        for dt in DTYPES:
+            mine = [(i, tuple(int(d) for d in s)) for i, s, d in items if np.dtype(d) == dt]
+            if not mine:
+                continue
+            offsets, pos = [], 0
+            for _, s in mine:
+                offsets.append(pos)
+                pos += _round_up(math.prod(s), ALIGN)
+            padded = max(_round_up(pos, ALIGN * world_size), ALIGN * world_size)
+            out.append(Bucket(g, dt, tuple(i for i, _ in mine), tuple(s for _, s in mine), tuple(offsets), padded,
+                              world_size))  # fmt: skip
+    return out
+
+
+# -- the exact global norm ---------------------------------------------------------------------
+Tree = Union[None, int, Tuple[Any, Any]]
+
+
+class NormPlan:
+    """The single-process norm tree split at rank boundaries (see the module docstring).
+
+    ``leaves[j] = (owner rank, dtype position, pieces)``, pieces ``(bucket index, start, stop)``
+    in the owner's shard coordinates; ``trees[d]`` combines the leaf values of dtype ``DTYPES[d]``.
+    """
+
+    def __init__(self, buckets: Sequence[Bucket]) -> None:
+        self.leaves: List[Tuple[int, int, List[Tuple[int, int, int]]]] = []
+        self.trees: List[Tuple[int, Tree]] = []
+        for d, dt in enumerate(DTYPES):
+            blocks: List[Tuple[int, int, int]] = []  # (bucket, param position, block k)
+            for b, bk in enumerate(buckets):
+                if bk.dtype != dt:
+                    continue
+                for k, n in enumerate(bk.sizes):
+                    blocks += [(b, k, j) for j in range(-(-n // NORM_BLOCK))]
+            if not any(bk.dtype == dt for bk in buckets):
+                continue
+            owners = [(buckets[b].offsets[k] + j * NORM_BLOCK) // buckets[b].shard for b, k, j in blocks]
+            self.trees.append((d, self._build(buckets, blocks, owners, d, 0, len(blocks))))
+
+    def _build(self, buckets: Sequence[Bucket], blocks: List[Tuple[int, int, int]], owners: List[int],
+               d: int, lo: int, hi: int) -> Tree:  # fmt: skip
+        n = hi - lo
+        if n <= 0:
+            return None
+        if self._one_owner(owners, lo, hi):  # (pieces of one rank in two buckets are fine: one list)
+            owner = owners[lo]
+            pieces: List[Tuple[int, int, int]] = []
+            i = lo
+            while i < hi:  # consecutive blocks of one parameter make one piece
+                b, k, j0 = blocks[i]
+                i2 = i
+                while i2 + 1 < hi and blocks[i2 + 1][:2] == (b, k):
+                    i2 += 1
+                bk = buckets[b]
+                j1 = blocks[i2][2] + 1
+                start = bk.offsets[k] + j0 * NORM_BLOCK
+                stop = bk.offsets[k] + min(j1 * NORM_BLOCK, bk.sizes[k])
+                base = owner * bk.shard
+                pieces.append((b, start - base, stop - base))
+                i = i2 + 1
+            self.leaves.append((owner, d, pieces))
+            return len(self.leaves) - 1
+        mid = lo + n // 2
+        return (self._build(buckets, blocks, owners, d, lo, mid),
+                self._build(buckets, blocks, owners, d, mid, hi))  # fmt: skip
+
+    @staticmethod
+    def _one_owner(owners: List[int], lo: int, hi: int) -> bool:
+        first = owners[lo]
+        return all(o == first for o in owners[lo:hi])
+
+    def local_values(self, rank: int, grad_shards: Sequence[np.ndarray], out: np.ndarray, threads: int) -> None:
+        """Write this rank's leaf sums into ``out`` (zeros elsewhere)."""
+        out[: len(self.leaves)] = 0.0
+        for j, (owner, _, pieces) in enumerate(self.leaves):
+            if owner == rank:
+                out[j] = _core.sum_of_squares([grad_shards[b][s:e] for b, s, e in pieces], threads)
+
+    def total(self, values: np.ndarray) -> float:
+        """The single process's float64 sum of squares from the all-reduced leaf values."""
+        vals = [float(v) for v in values[: len(self.leaves)]]
+
+        def ev(t: Tree) -> float:
+            if t is None:
+                return 0.0
+            if isinstance(t, int):
+                return vals[t]
+            return ev(t[0]) + ev(t[1])
+
+        sums = [ev(t) for _, t in self.trees]
+        if len(sums) == 2:
+            return sums[0] + sums[1]
+        return sums[0] if sums else 0.0
+
+
+# -- the local step ----------------------------------------------------------------------------
+class GradOptions:
+    """Validated gradient options of one step (the NumPy classes' ``step`` keywords)."""
+
+    def __init__(self, grad_scale: Any, found_inf: Any, clip_value: Any, max_grad_norm: Any,
+                 skip_if_nonfinite: Any) -> None:  # fmt: skip
+        self.scale, self.value, self.max_norm, _, self.skip_nonfinite = F._check_grad_options(
+            grad_scale, clip_value, max_grad_norm, None, skip_if_nonfinite
+        )
+        self.found_inf = F.found_inf_set(found_inf)
+        self.given_found_inf = found_inf is not None
+        self.grad_scale_given = grad_scale is not None
+
+    @property
+    def needs_exchange(self) -> bool:
+        """Whether the step needs the all-reduce of the norm's partial sums and the flags."""
+        return self.max_norm is not None or self.skip_nonfinite or self.given_found_inf
+
+
+class ShardEngine:
+    """The states of this rank's shards and the fused step on them (no parameters of its own:
+    the caller passes the shard views of its buckets at every step)."""
+
+    def __init__(self, algo: Algorithm, buckets: Sequence[Bucket], rank: int, threads: int) -> None:
+        self.algo = algo
+        self.buckets = list(buckets)
+        self.rank = rank
+        self.threads = threads
+        self.norm = NormPlan(self.buckets)
+        #: per bucket: role.arg -> state shard (made at the first step, or with the parameters
+        #: for states filled from a hyperparameter, as torch makes Adagrad's 'sum')
+        self.states: List[Dict[str, np.ndarray]] = [{} for _ in self.buckets]
+        #: per bucket: steps taken (all its parameters step together)
+        self.counts: List[int] = [0] * len(self.buckets)
+        self._exchange = np.zeros(len(self.norm.leaves) + 1, dtype=np.float64)
+        #: the global norm of the unscaled gradients of the last step (when computed)
+        self.last_norm: Optional[float] = None
+
+    def ensure_states(self, b: int, h: Dict[str, Any]) -> List[Optional[np.ndarray]]:
+        """The state shards of bucket ``b`` in role order (None for absent roles), made as needed."""
+        bk, st = self.buckets[b], self.states[b]
+        lists: List[Optional[np.ndarray]] = []
+        for r in self.algo.states:
+            if not r.present(h):
+                lists.append(None)
+                continue
+            a = st.get(r.arg)
+            if a is None:
+                a = st[r.arg] = np.zeros(bk.shard, dtype=bk.dtype)
+                if r.init_hyper is not None:
+                    a.fill(h[r.init_hyper])
+            lists.append(a)
+        return lists
+
+    def threads_for(self, n: int) -> int:
+        return 1 if _threads.serial(n, self.algo.threads) else self.threads
+
+    def decide(self, comm: Optional[Communicator], grad_shards: Sequence[np.ndarray],
+               opts: GradOptions) -> Tuple[_scalars.GradScalars, bool]:  # fmt: skip
+        """(gradient scalars, skip) of this step, the same on every rank: one float64 all-reduce
+        of the norm's subtree sums and the ``found_inf`` flags when any option needs them."""
+        self.last_norm = None
+        coef = 1.0
+        if not opts.needs_exchange:
+            return _scalars.GradScalars(opts.scale, coef, opts.value), False
+        ex = self._exchange
+        nleaf = len(self.norm.leaves)
+        wants_norm = opts.max_norm is not None or opts.skip_nonfinite
+        if wants_norm:
+            n = sum(int(g.size) for g in grad_shards)
+            self.norm.local_values(self.rank, grad_shards, ex, self.threads_for(n))
+        else:
+            ex[:nleaf] = 0.0
+        ex[nleaf] = 1.0 if opts.found_inf else 0.0
+        if comm is not None and comm.world_size > 1:
+            comm.all_reduce_sum(ex)
+        if ex[nleaf] != 0.0:
+            return _scalars.NO_GRAD_TRANSFORM, True
+        if wants_norm:
+            norm = math.sqrt(self.norm.total(ex)) / opts.scale
+            self.last_norm = norm
+            if opts.skip_nonfinite and not math.isfinite(norm):
+                return _scalars.NO_GRAD_TRANSFORM, True
+            if opts.max_norm is not None:
+                coef = _scalars.clip_coef(norm, opts.max_norm)
+        return _scalars.GradScalars(opts.scale, coef, opts.value), False
+
+    def apply(self, hypers: Sequence[Dict[str, Any]], param_shards: Sequence[np.ndarray],
+              grad_shards: Sequence[np.ndarray], gs: _scalars.GradScalars) -> None:  # fmt: skip
+        """The fused step of every bucket's shard: ``hypers[b]`` are bucket ``b``'s validated
+        functional hyperparameters. Every call is checked before the first writes (``_core.check``)."""
+        algo = self.algo
+        calls = []
+        for b, h in enumerate(hypers):
+            lists = self.ensure_states(b, h)
+            t = self.counts[b] + 1
+            if not algo.has_step:  # (SGD): FIRST_STEP buffers are written by the first step
+                fresh = self.counts[b] == 0 and any(r.init == FIRST_STEP and r.present(h) for r in algo.states)
+                h = {**h, "first_step": fresh}
+                t = 1
+            p, g = [param_shards[b]], [grad_shards[b]]
+            ls = [None if x is None else [x] for x in lists]
+            roles = [("params", p, True), ("grads", g, False)]
+            roles += [(r.arg, x, True) for r, x in zip(algo.states, ls) if x is not None]
+            _core.check(roles, lowp=True)
+            calls.append((b, h, t, p, g, ls))
+        for b, h, t, p, g, ls in calls:
+            _engine.native_call(algo, h, t, p, g, ls, self.threads_for(int(p[0].size)), grad=gs)
+            self.counts[b] += 1
