@@ -115,7 +115,7 @@ class MPICommunicator:
     buffer-based ``Reduce_scatter_block``, ``Allgather`` (in place), ``Allreduce`` and ``Gather``."""
 
     def __init__(self, comm: Any = None) -> None:
-        from mpi4py import MPI
+        from mpi4py import MPI  # type: ignore[import-not-found,unused-ignore]
 
         self._mpi = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm

@@ -11,7 +11,7 @@ import datetime
 import math
 import os
 import socket
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -30,12 +30,12 @@ _TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch
 
 
 def _optimizer_classes() -> List[str]:
-    out = []
+    out: Dict[Any, str] = {}
     for name in ftorch.__all__:
         c = getattr(ftorch, name, None)
-        if isinstance(c, type) and issubclass(c, ftorch._FusedOptimizer) and "_algo" in vars(c) and name not in out:
-            out.append(name)
-    return out
+        if isinstance(c, type) and issubclass(c, ftorch._FusedOptimizer) and hasattr(c, "_algo") and c not in out:
+            out[c] = name
+    return list(out.values())
 
 
 def _check_optimizer_class(cls: Any) -> Algorithm:
@@ -74,6 +74,15 @@ def _probe_elementwise(cls: Any, defaults: Mapping[str, Any], group: Mapping[str
         if not torch.equal(v, torch.cat([o2.state[q][key] for q in parts])):
             return f"its state {key!r} depends on other elements of its tensor"
     return None
+
+
+def _tensor_scalar(name: str, x: Any) -> Any:
+    """A one-element tensor (GradScaler's scale and found_inf) as a float; anything else as it is."""
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            raise ValueError(f"{name} must be a scalar or a one-element tensor, got shape {tuple(x.shape)}")
+        return float(x.detach().reshape(()).item())
+    return x
 
 
 def _default_threads(group: Any) -> int:
@@ -245,7 +254,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         return self._engine.last_norm
 
     def step(self, closure: Optional[Callable[[], Any]] = None, *, grad_scale: Any = None,
-             found_inf: Any = None) -> Any:  # type: ignore[override]  # fmt: skip
+             found_inf: Any = None) -> Any:  # fmt: skip
         """One step on every rank (a collective: every rank calls it with the same options).
 
         ``grad_scale`` (AMP unscaling, as the NumPy classes') and ``found_inf`` (this rank's AMP
@@ -255,7 +264,8 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        opts = GradOptions(grad_scale, found_inf, self.clip_value, self.max_grad_norm, self.skip_if_nonfinite)
+        opts = GradOptions(_tensor_scalar("grad_scale", grad_scale), _tensor_scalar("found_inf", found_inf),
+                           self.clip_value, self.max_grad_norm, self.skip_if_nonfinite)  # fmt: skip
         front = self.optim
         hypers = [front._group_plan(front.param_groups[bk.group])[0] for bk in self._buckets]
         grads = self._checked_grads()
@@ -391,7 +401,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             r = self.rank
             new_states: List[Dict[str, np.ndarray]] = []
             counts: List[int] = []
-            for b, bk in enumerate(self._buckets):
+            for bk in self._buckets:
                 h = front._group_plan(front.param_groups[bk.group])[0]
                 states: Dict[str, np.ndarray] = {}
                 count = 0
