@@ -1,10 +1,11 @@
 """Worlds of ZeroOptimizer ranks for tests/test_distributed.py (a helper script, not a test module).
 
-``python tests/zero_worker.py OUTDIR SCENARIO...`` runs each scenario as a world of processes
+``python tests/zero_worker.py OUTDIR WORLD...`` runs each world (:data:`WORLDS`) as processes
 forked from this one (torch and fusedopt imported once, before any thread pool starts), with a
-FileStore rendezvous in OUTDIR (no ports), on gloo. Every rank pickles its results (or its
-exception) to ``OUTDIR/<scenario>_r<rank>.pkl``; the launcher waits for each world with a
-deadline, kills what is left and writes ``OUTDIR/<scenario>_exit.pkl`` (exit codes, seconds).
+FileStore rendezvous in OUTDIR (no ports), on gloo, running its scenarios in order. Every rank
+pickles each scenario's results (or its exception) to ``OUTDIR/<scenario><world size>_r<rank>.pkl``;
+the launcher waits for each world with a deadline, kills what is left and writes
+``OUTDIR/<world>_exit.pkl`` (exit codes, seconds).
 
 Gradients: for the averaged gradient ``A`` of a step (multiples of 1/64 in [-1, 1)), rank 0
 gets ``W*A - (W-1)*B`` and the others ``B`` (B: other multiples of 1/64), so the sum over ranks is
@@ -192,7 +193,7 @@ def sc_save(rank: int, world: int, out: Dict[str, Any]) -> None:
 
 def sc_resume(rank: int, world: int, out: Dict[str, Any]) -> None:
     """Load the consolidated state dict saved by the 2-rank world and run steps 11 to 20."""
-    with open(os.path.join(os.environ["ZERO_OUT"], "save_r0.pkl"), "rb") as f:
+    with open(os.path.join(os.environ["ZERO_OUT"], "save2_r0.pkl"), "rb") as f:
         saved = pickle.load(f)
     for name in CKPT:
         cls, kw, dt = _ckpt_model(name)
@@ -238,58 +239,66 @@ def sc_hang(rank: int, world: int, out: Dict[str, Any]) -> None:
     out["seconds"] = time.monotonic() - t0
 
 
-#: scenario name -> (function, world size, deadline in seconds, group timeout)
-SCENARIOS = {
-    "elementwise1": (sc_elementwise, 1, 240, 60),
-    "elementwise2": (sc_elementwise, 2, 240, 60),
-    "elementwise3": (sc_elementwise, 3, 300, 60),
-    "options1": (sc_options, 1, 60, 30),
-    "options2": (sc_options, 2, 60, 30),
-    "options3": (sc_options, 3, 90, 30),
-    "save": (sc_save, 2, 90, 30),
-    "resume3": (sc_resume, 3, 90, 30),
-    "resume1": (sc_resume, 1, 60, 30),
-    "dead": (sc_dead, 2, 60, 10),
-    "hang": (sc_hang, 2, 60, 30),
+#: scenario name -> function
+SCENARIOS = {"elementwise": sc_elementwise, "options": sc_options, "save": sc_save, "resume": sc_resume,
+             "dead": sc_dead, "hang": sc_hang}  # fmt: skip
+#: world name -> (world size, scenarios run in it in order, deadline in seconds, group timeout); results
+#: go to ``<scenario><world size>_r<rank>.pkl``. "save" (2 ranks) runs before the worlds that resume.
+WORLDS = {
+    "w2": (2, ["elementwise", "options", "save"], 300, 60),
+    "w3": (3, ["elementwise", "options", "resume"], 400, 60),
+    "w1": (1, ["elementwise", "options", "resume"], 300, 60),
+    "dead": (2, ["dead"], 60, 10),
+    "hang": (2, ["hang"], 60, 30),
 }
 
 
-def _rank_main(scenario: str, rank: int, world: int, outdir: str) -> None:
-    fn, _, _, timeout = SCENARIOS[scenario]
-    out: Dict[str, Any] = {}
+def _rank_main(wname: str, rank: int, world: int, outdir: str) -> None:
+    _, scenarios, _, timeout = WORLDS[wname]
     try:
-        dist.init_process_group("gloo", init_method=f"file://{outdir}/store_{scenario}", rank=rank,
+        dist.init_process_group("gloo", init_method=f"file://{outdir}/store_{wname}", rank=rank,
                                 world_size=world, timeout=datetime.timedelta(seconds=timeout))  # fmt: skip
-        fn(rank, world, out)
     except BaseException:
-        out["error"] = traceback.format_exc()
-    with open(os.path.join(outdir, f"{scenario}_r{rank}.pkl"), "wb") as f:
-        pickle.dump(out, f)
-    if "error" not in out and dist.is_initialized() and scenario not in ("dead", "hang"):
+        scenarios, failed = [], traceback.format_exc()
+        with open(os.path.join(outdir, f"init_{wname}_r{rank}.txt"), "w") as f:
+            f.write(failed)
+    ok = True
+    for sc in scenarios:
+        out: Dict[str, Any] = {}
+        try:
+            SCENARIOS[sc](rank, world, out)
+        except BaseException:
+            out["error"] = traceback.format_exc()
+            ok = False
+        with open(os.path.join(outdir, f"{sc}{world}_r{rank}.pkl"), "wb") as f:
+            pickle.dump(out, f)
+        if not ok:  # (the other ranks may be inside a collective: they time out)
+            break
+    if ok and dist.is_initialized() and wname not in ("dead", "hang"):
         dist.destroy_process_group()
     os._exit(0)
 
 
-def main(outdir: str, scenarios: List[str]) -> None:
+def main(outdir: str, worlds: List[str]) -> None:
     os.environ["ZERO_OUT"] = outdir
     ctx = mp.get_context("fork")
-    for sc in scenarios:
-        _, world, deadline, _ = SCENARIOS[sc]
+    for wname in worlds:
+        world, _, deadline, _ = WORLDS[wname]
         t0 = time.monotonic()
-        procs = [ctx.Process(target=_rank_main, args=(sc, r, world, outdir)) for r in range(world)]
+        procs = [ctx.Process(target=_rank_main, args=(wname, r, world, outdir)) for r in range(world)]
         for p in procs:
             p.start()
         for p in procs:
             p.join(max(0.1, deadline - (time.monotonic() - t0)))
-            if sc == "hang":  # rank 1 sleeps on purpose: done when rank 0 is
+            if wname == "hang":  # rank 1 sleeps on purpose: done when rank 0 is
                 break
         for p in procs:
             if p.is_alive():
                 p.kill()
                 p.join(5)
-        with open(os.path.join(outdir, f"{sc}_exit.pkl"), "wb") as f:
+        with open(os.path.join(outdir, f"{wname}_exit.pkl"), "wb") as f:
             pickle.dump({"codes": [p.exitcode for p in procs], "seconds": time.monotonic() - t0}, f)
-        print(f"{sc}: {time.monotonic() - t0:.1f} s, exit codes {[p.exitcode for p in procs]}", flush=True)
+        print(f"{wname}: {time.monotonic() - t0:.1f} s, exit codes {[p.exitcode for p in procs]}", flush=True)
 
 
 if __name__ == "__main__":

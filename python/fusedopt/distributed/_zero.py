@@ -11,6 +11,7 @@ import datetime
 import math
 import os
 import socket
+import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -237,6 +238,10 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             for b, bk in enumerate(self._buckets):
                 self._engine.ensure_states(b, front._group_plan(front.param_groups[bk.group])[0])
         self._consolidated: Optional[Dict[str, Any]] = None
+        #: seconds of the last step's phases: pack (gradients into the flat buffers, the shard's
+        #: division), reduce_scatter, norm_exchange (norm and flags), step (the fused update),
+        #: all_gather
+        self.last_timings: Dict[str, float] = {}
         #: steps skipped (found_inf, or a non-finite norm with skip_if_nonfinite), the same on every rank
         self.skipped_steps = 0
 
@@ -269,16 +274,24 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         front = self.optim
         hypers = [front._group_plan(front.param_groups[bk.group])[0] for bk in self._buckets]
         grads = self._checked_grads()
+        tm = self.last_timings = {"pack": 0.0, "reduce_scatter": 0.0, "norm_exchange": 0.0, "step": 0.0,
+                                  "all_gather": 0.0}  # fmt: skip
         with torch.no_grad():
-            self._load_grads(grads)
+            self._load_grads(grads, tm)
+        t0 = time.perf_counter()
         gs, skip = self._engine.decide(self._comm, self._grad_shards, opts)
+        t1 = time.perf_counter()
+        tm["norm_exchange"] = t1 - t0
         if skip:
             self.skipped_steps += 1
             return loss
         self._engine.apply(hypers, self._param_shards, self._grad_shards, gs)
+        t2 = time.perf_counter()
+        tm["step"] = t2 - t1
         if self.world_size > 1:
             for flat in self._flat:
                 self._comm.all_gather(flat.numpy())
+        tm["all_gather"] = time.perf_counter() - t2
         return loss
 
     def _checked_grads(self) -> List[Optional[torch.Tensor]]:
@@ -295,8 +308,11 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             out.append(g)
         return out
 
-    def _load_grads(self, grads: List[Optional[torch.Tensor]]) -> None:
+    def _load_grads(self, grads: List[Optional[torch.Tensor]], tm: Dict[str, float]) -> None:
+        """Pack the gradients into the flat buffers and reduce-scatter them (``tm``: seconds of the
+        packing and of the collective, added)."""
         r, w = self.rank, self.world_size
+        t0 = time.perf_counter()
         for b, bk in enumerate(self._buckets):
             for k, i in enumerate(bk.params):  # a parameter whose .data was replaced is packed again
                 p, v = self._params[i], self._views[b][k]
@@ -313,7 +329,11 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                     else:
                         dst.copy_(g.reshape(-1))
                 if w > 1:
+                    t1 = time.perf_counter()
+                    tm["pack"] += t1 - t0
                     self._comm.reduce_scatter_sum(self._grad_shards[b], flat.numpy())
+                    t0 = time.perf_counter()
+                    tm["reduce_scatter"] += t0 - t1
                     shard = self._grad_shards[b]
                     np.divide(shard, shard.dtype.type(w), out=shard)
             else:  # DDP mode: this rank's part of each (already averaged) gradient
@@ -329,6 +349,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                         dst.zero_()
                     else:
                         dst.copy_(g.reshape(-1)[a - bk.offsets[k] : e - bk.offsets[k]])
+        tm["pack"] += time.perf_counter() - t0
 
     # -- checkpoints -----------------------------------------------------------------------------
     def shard_state_dict(self) -> Dict[str, Any]:
