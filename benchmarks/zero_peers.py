@@ -26,11 +26,11 @@ torchrun's ``OMP_NUM_THREADS=1`` does on this 2-core machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import multiprocessing as mp
 import os
 import pickle
-import statistics
 import sys
 import tempfile
 import time
@@ -74,61 +74,67 @@ def _time_steps(step: Callable[[], Tuple[float, float]], steps: int, warmup: int
     return tuple(rows[len(rows) // 2])  # type: ignore[return-value]
 
 
+def _fusedopt_step(opt: ZeroOptimizer) -> Tuple[float, float]:
+    opt.step()
+    tm = opt.last_timings
+    return tm["pack"] + tm["step"], tm["reduce_scatter"] + tm["all_gather"] + tm["norm_exchange"]
+
+
+class _TorchZero:
+    """torch's ZeroRedundancyOptimizer with its local step timed (compute), optionally after one
+    flat all-reduce of the gradients (what DDP would add)."""
+
+    def __init__(self, ps: List[torch.Tensor], allreduce: bool) -> None:
+        self.zero = ZeroRedundancyOptimizer(ps, optimizer_class=torch.optim.AdamW, lr=1e-3, fused=True)
+        self.inner = self.zero.optim.step
+        self.zero.optim.step = self._timed_inner
+        self.flat = torch.cat([p.grad.reshape(-1) for p in ps if p.grad is not None]) if allreduce else None
+        self.compute = 0.0
+
+    def _timed_inner(self, *a: Any, **k: Any) -> Any:
+        t0 = time.perf_counter()
+        r = self.inner(*a, **k)
+        self.compute = time.perf_counter() - t0
+        return r
+
+    def __call__(self) -> Tuple[float, float]:
+        ar = 0.0
+        if self.flat is not None:
+            t0 = time.perf_counter()
+            dist.all_reduce(self.flat)
+            ar = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self.zero.step()
+        total = time.perf_counter() - t1
+        return self.compute, total - self.compute + ar
+
+    def state_bytes(self) -> int:
+        return sum(int(v.numel() * v.element_size()) for st in self.zero.optim.state.values() for v in st.values()
+                   if isinstance(v, torch.Tensor) and v.numel() > 1)  # fmt: skip
+
+
 def _bench_model(name: str, rank: int, world: int, steps: int) -> List[Dict[str, Any]]:
     shapes = MODELS[name]()
     n = sum(int(torch.Size(s).numel()) for s in shapes)
     out = []
-
     for label, reduce in (("fusedopt ZeroOptimizer", True), ("fusedopt ZeroOptimizer, DDP mode", False)):
         ps = _params(shapes)
         _grads(ps, rank)
         opt = ZeroOptimizer(ps, ft.AdamW, lr=1e-3, reduce_grads=reduce)
-
-        def step() -> Tuple[float, float]:
-            opt.step()
-            tm = opt.last_timings
-            return tm["pack"] + tm["step"], tm["reduce_scatter"] + tm["all_gather"] + tm["norm_exchange"]
-
-        total, compute, comm = _time_steps(step, steps)
+        total, compute, comm = _time_steps(functools.partial(_fusedopt_step, opt), steps)
         out.append(dict(model=name, n=n, contender=label, step=total, compute=compute, comm=comm,
                         state=opt.state_bytes(), threads=opt.threads))  # fmt: skip
-        del opt, ps
+        opt = ps = None  # type: ignore[assignment]
         gc.collect()
-
     for label, allreduce in (("torch ZeroRedundancyOptimizer(AdamW, fused=True)", False),
                              ("torch ZeroRedundancyOptimizer + all-reduce of the gradients", True)):  # fmt: skip
         ps = _params(shapes)
         _grads(ps, rank)
-        zero = ZeroRedundancyOptimizer(ps, optimizer_class=torch.optim.AdamW, lr=1e-3, fused=True)
-        inner_step = zero.optim.step
-        flat = torch.cat([p.grad.reshape(-1) for p in ps]) if allreduce else None
-        spent = {"compute": 0.0, "comm": 0.0}
-
-        def timed_inner(*a: Any, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            r = inner_step(*a, **k)
-            spent["compute"] = time.perf_counter() - t0
-            return r
-
-        zero.optim.step = timed_inner
-
-        def step() -> Tuple[float, float]:
-            ar = 0.0
-            if flat is not None:
-                t0 = time.perf_counter()
-                dist.all_reduce(flat)
-                ar = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            zero.step()
-            total = time.perf_counter() - t1
-            return spent["compute"], total - spent["compute"] + ar
-
-        total, compute, comm = _time_steps(step, steps)
-        state = sum(int(v.numel() * v.element_size()) for st in zero.optim.state.values() for v in st.values()
-                    if isinstance(v, torch.Tensor) and v.numel() > 1)  # fmt: skip
-        out.append(dict(model=name, n=n, contender=label, step=total, compute=compute, comm=comm, state=state,
-                        threads=torch.get_num_threads()))  # fmt: skip
-        del zero, ps
+        tz = _TorchZero(ps, allreduce)
+        total, compute, comm = _time_steps(tz, steps)
+        out.append(dict(model=name, n=n, contender=label, step=total, compute=compute, comm=comm,
+                        state=tz.state_bytes(), threads=torch.get_num_threads()))  # fmt: skip
+        tz = ps = None  # type: ignore[assignment]
         gc.collect()
     return out
 
@@ -171,7 +177,7 @@ def main() -> None:
             rows = pickle.load(f)
     print(f"{args.world} ranks (gloo, loopback), {rows[0]['threads']} thread(s) per rank, AdamW float32, "
           f"median of {args.steps} steps of the slowest rank; state = optimizer state held by each rank")  # fmt: skip
-    print(f"| model | contender | step ms | compute ms | comm ms | state MB per rank | vs 1 process | step vs torch ZeRO |")
+    print("| model | contender | step ms | compute ms | comm ms | state MB per rank | vs 1 process | step vs torch ZeRO |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         single = 2 * r["n"] * 4

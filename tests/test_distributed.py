@@ -385,3 +385,29 @@ def test_norm_plan_gives_the_single_process_norm_for_many_layouts() -> None:
         assert math.sqrt(plan.total(total)) == want, (trial, world)
         naive_differs += math.sqrt(naive) != want
     assert naive_differs > 0  # adding per-rank sums would not have been bitwise
+
+
+# -- the NumPy route under mpirun (optional: mpi4py and Open MPI) ----------------------------------
+@pytest.mark.parametrize("world", [2, 3])
+def test_numpy_route_over_mpi(tmp_path: Path, world: int) -> None:
+    import shutil
+
+    pytest.importorskip("mpi4py")
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        pytest.skip("mpirun (Open MPI) is not installed")
+    worker = Path(__file__).with_name("zero_mpi_worker.py")
+    proc = subprocess.run([mpirun, "--allow-run-as-root", "--oversubscribe", "-n", str(world), sys.executable,
+                           str(worker), str(tmp_path)], capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for dt in ("float32", "float64"):
+        ps = W.init_params(W.SHAPES, dt)
+        m = [np.zeros_like(p) for p in ps]
+        v = [np.zeros_like(p) for p in ps]
+        for t in range(1, W.STEPS + 1):
+            F.adamw(ps, W.grads_for(600, t, W.SHAPES, dt, 1, 0)[0], m, v, step=t, lr=W.LR, max_grad_norm=5.0)
+        for r in range(world):
+            with open(tmp_path / f"mpi_r{r}.pkl", "rb") as f:
+                got = pickle.load(f)
+            assert got["torch_imported"] is False  # the NumPy route needs no torch
+            assert _equal(got[dt], ps), f"{dt}: MPI rank {r} of {world}"

@@ -7,10 +7,8 @@ pickles each scenario's results (or its exception) to ``OUTDIR/<scenario><world 
 the launcher waits for each world with a deadline, kills what is left and writes
 ``OUTDIR/<world>_exit.pkl`` (exit codes, seconds).
 
-Gradients: for the averaged gradient ``A`` of a step (multiples of 1/64 in [-1, 1)), rank 0
-gets ``W*A - (W-1)*B`` and the others ``B`` (B: other multiples of 1/64), so the sum over ranks is
-exactly ``W*A`` in any order and the averaged gradient is exactly ``A`` for every world size W:
-the single-process reference steps on ``A``.
+Gradients (tests/zero_data.py): the averaged gradient of every step is exactly the same ``A``
+for every world size, so the single-process reference steps on ``A``.
 """
 
 from __future__ import annotations
@@ -32,10 +30,10 @@ import fusedopt.torch as ft
 from fusedopt.distributed import ZeroOptimizer
 from fusedopt.distributed._zero import _probe_elementwise
 
-STEPS = 20
-#: 3000 and 2800 elements: 2 norm blocks each; 7: one; 2049: two (one element in the second)
-SHAPES = [(3000,), (40, 70), (7,), (2049,)]
-LR = 1e-2
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from zero_data import LR, SHAPES, STEPS, grads_for, init_params
+
+__all__ = ["LR", "SHAPES", "STEPS", "grads_for", "init_params"]
 
 #: option variants per class (classes not listed run with their defaults only)
 OPTIONS: Dict[str, List[Dict[str, Any]]] = {
@@ -74,21 +72,6 @@ def elementwise_cases() -> Tuple[List[Tuple[str, str, Dict[str, Any], str]], Dic
             for dt in ("float32", "float64"):
                 cases.append((f"{name}-{v}-{dt}", name, {"lr": LR, **kw}, dt))
     return cases, refused
-
-
-def grads_for(seed: int, step: int, shapes: List[Tuple[int, ...]], dtype: str, world: int, rank: int
-              ) -> Tuple[List[np.ndarray], List[np.ndarray]]:  # fmt: skip
-    """(averaged gradients A, this rank's gradients) of a step (see the module docstring)."""
-    rng = np.random.default_rng([seed, step])
-    a = [(rng.integers(-64, 64, s) / 64).astype(dtype) for s in shapes]
-    b = [(rng.integers(-64, 64, s) / 64).astype(dtype) for s in shapes]
-    mine = [x * world - y * (world - 1) for x, y in zip(a, b)] if rank == 0 else b
-    return a, [m.astype(dtype) for m in mine]
-
-
-def init_params(shapes: List[Tuple[int, ...]], dtype: str, seed: int = 7) -> List[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(s).astype(dtype) for s in shapes]
 
 
 def _set_grads(params: List[torch.Tensor], grads: List[np.ndarray]) -> None:
