@@ -365,7 +365,14 @@ def test_norm_plan_gives_the_single_process_norm_for_many_layouts() -> None:
                 index += 1
             groups.append(items)
         buckets = make_buckets(groups, world)
-        assert all(bk.padded % (world * ALIGN) == 0 and all(o % ALIGN == 0 for o in bk.offsets) for bk in buckets)
+        for bk in buckets:  # shards of whole blocks; no parameter's 2048-block straddles two ranks
+            assert bk.padded % (world * ALIGN) == 0 and all(o % 16 == 0 for o in bk.offsets)
+            assert bk.offsets[-1] + bk.sizes[-1] <= bk.padded
+            assert all(bk.offsets[k] + bk.sizes[k] <= bk.offsets[k + 1] for k in range(len(bk.sizes) - 1))
+            for off, n in zip(bk.offsets, bk.sizes):
+                cuts = range(bk.shard, bk.padded, bk.shard)
+                assert all((c - off) % ALIGN == 0 for c in cuts if off < c < off + n), (trial, world, off, n)
+            assert bk.padded - sum(bk.sizes) < (world - 1 + 1) * ALIGN + 16 * len(bk.sizes) + world * ALIGN
         flats = []
         for bk in buckets:
             f = np.zeros(bk.padded, dtype=bk.dtype)

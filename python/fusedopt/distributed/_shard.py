@@ -4,12 +4,13 @@ Nothing here imports torch. The collectives are behind :class:`Communicator` (fo
 NumPy arrays); :class:`TorchCommunicator` runs them on a ``torch.distributed`` process group and
 :class:`MPICommunicator` on an ``mpi4py`` communicator.
 
-Layout. Parameters are packed per (param group, dtype) into one flat **bucket**. Every parameter
-starts at a multiple of :data:`ALIGN` elements (2048: the block of the deterministic norm, a
-multiple of the 256-element block of the 8-bit states) and the bucket is padded to a multiple
-of ``world_size * ALIGN``, so that rank ``r`` owns the element range ``[r*S, (r+1)*S)`` with
-``S = padded / world_size``, and no norm block (nor quantization block) straddles two ranks.
-Padding elements are zero in the parameter and gradient buffers and never reach a parameter.
+Layout (:func:`layout`). Parameters are packed per (param group, dtype) into one flat **bucket**,
+each starting at a multiple of 16 elements; rank ``r`` owns the element range ``[r*S, (r+1)*S)``
+with ``S`` a multiple of :data:`ALIGN` (2048: the block of the deterministic norm, a multiple of
+the 256-element block of the 8-bit states), and a parameter that crosses a rank boundary is
+shifted so that the boundary falls on one of its 2048-element block edges: no norm block (nor
+quantization block) straddles two ranks, at a cost of less than 2048 padding elements per rank
+boundary. Padding elements are zero in the parameter and gradient buffers and reach no parameter.
 
 Global norm, bitwise the single process's. :func:`fusedopt.functional.global_norm` sums squares
 in float64 over 2048-element blocks of each tensor, then adds the block sums by a fixed pairwise
@@ -37,9 +38,11 @@ from .. import functional as F
 from ..algorithms import FIRST_STEP, Algorithm
 from ..reference import NORM_BLOCK
 
-#: every parameter starts at a multiple of ALIGN elements in its bucket, and a rank's shard is a
-#: multiple of it (the norm's block; a multiple of the 8-bit states' 256-element block)
+#: a rank's shard is a multiple of ALIGN elements and no ALIGN-element block of a parameter (counted
+#: from its start) straddles two ranks: the norm's block, a multiple of the 8-bit states' 256
 ALIGN = NORM_BLOCK
+#: every parameter starts at a multiple of START_ALIGN elements (64 bytes or more)
+START_ALIGN = 16
 
 #: the dtypes of a bucket, in the order the single-process norm adds them
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -150,10 +153,7 @@ class Bucket:
     offsets: Tuple[int, ...]
     padded: int
     world_size: int
-
-    @property
-    def sizes(self) -> Tuple[int, ...]:
-        return tuple(math.prod(s) for s in self.shapes)
+    sizes: Tuple[int, ...]
 
     @property
     def shard(self) -> int:
@@ -170,6 +170,28 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def layout(sizes: Sequence[int], world_size: int) -> Tuple[List[int], int]:
+    """(offsets, shard size S) of parameters of these sizes packed in order: each starts at a
+    multiple of :data:`START_ALIGN` elements; S is a multiple of :data:`ALIGN`; a parameter that
+    crosses a rank boundary is moved forward (by less than ALIGN) so that the boundary falls on one
+    of its ALIGN-element block edges. Then no norm block (nor 8-bit block) straddles two ranks,
+    and the padding is at most ``ALIGN`` per rank boundary plus ``START_ALIGN`` per parameter."""
+    need = sum(_round_up(n, START_ALIGN) for n in sizes)
+    shard = max(_round_up(-(-need // world_size), ALIGN), ALIGN)
+    while True:
+        offsets, pos = [], 0
+        for n in sizes:
+            start = _round_up(pos, START_ALIGN)
+            first = (start // shard + 1) * shard  # the first rank boundary after start
+            if first < start + n and (first - start) % ALIGN:
+                start += (first - start) % ALIGN  # (S is a multiple of ALIGN: every boundary is on an edge)
+            offsets.append(start)
+            pos = start + n
+        if pos <= shard * world_size:
+            return offsets, shard
+        shard += ALIGN
+
+
 def make_buckets(groups: Sequence[Sequence[Tuple[int, Tuple[int, ...], Any]]], world_size: int) -> List[Bucket]:
     """Buckets for param groups given as lists of (index, shape, dtype): one per (group, dtype),
     groups in order, float32 before float64, parameters in order within each."""
@@ -179,13 +201,10 @@ def make_buckets(groups: Sequence[Sequence[Tuple[int, Tuple[int, ...], Any]]], w
             mine = [(i, tuple(int(d) for d in s)) for i, s, d in items if np.dtype(d) == dt]
             if not mine:
                 continue
-            offsets, pos = [], 0
-            for _, s in mine:
-                offsets.append(pos)
-                pos += _round_up(math.prod(s), ALIGN)
-            padded = max(_round_up(pos, ALIGN * world_size), ALIGN * world_size)
-            out.append(Bucket(g, dt, tuple(i for i, _ in mine), tuple(s for _, s in mine), tuple(offsets), padded,
-                              world_size))  # fmt: skip
+            sizes = tuple(math.prod(s) for _, s in mine)
+            offsets, shard = layout(sizes, world_size)
+            out.append(Bucket(g, dt, tuple(i for i, _ in mine), tuple(s for _, s in mine), tuple(offsets),
+                              shard * world_size, world_size, sizes))  # fmt: skip
     return out
 
 

@@ -12,7 +12,7 @@ import math
 import os
 import socket
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -231,6 +231,20 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                     self._grad_shard.append(self._flat_grad[-1])
                 else:
                     self._grad_shard.append(torch.zeros(bk.shard, dtype=dt))
+        #: per bucket: (parameter index, start, stop, destination) of the gradient copies of a step:
+        #: whole gradients into the flat gradient buffer, or (DDP mode) this rank's part of each
+        self._pack: List[List[Tuple[int, int, int, torch.Tensor]]] = []
+        for b, bk in enumerate(self._buckets):
+            lo, hi = r * bk.shard, (r + 1) * bk.shard
+            plan = []
+            for k, i in enumerate(bk.params):
+                off, n = bk.offsets[k], bk.sizes[k]
+                if self._reduce_grads:
+                    plan.append((i, 0, n, self._flat_grad[b][off : off + n]))
+                elif max(lo, off) < min(hi, off + n):
+                    a, e = max(lo, off), min(hi, off + n)
+                    plan.append((i, a - off, e - off, self._grad_shard[b][a - lo : e - lo]))
+            self._pack.append(plan)
         self._param_shards = [f[r * bk.shard : (r + 1) * bk.shard].numpy() for f, bk in zip(self._flat, self._buckets)]
         self._grad_shards = [g.numpy() for g in self._grad_shard]
         self._engine = ShardEngine(algo, self._buckets, r, self.threads)
@@ -311,7 +325,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
     def _load_grads(self, grads: List[Optional[torch.Tensor]], tm: Dict[str, float]) -> None:
         """Pack the gradients into the flat buffers and reduce-scatter them (``tm``: seconds of the
         packing and of the collective, added)."""
-        r, w = self.rank, self.world_size
+        w = self.world_size
         t0 = time.perf_counter()
         for b, bk in enumerate(self._buckets):
             for k, i in enumerate(bk.params):  # a parameter whose .data was replaced is packed again
@@ -319,36 +333,24 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                 if p.data_ptr() != v.data_ptr() or p.shape != v.shape:
                     v.copy_(p.reshape(v.shape))
                     p.data = v
-            if self._reduce_grads:
-                flat = self._flat_grad[b]
-                for k, i in enumerate(bk.params):
-                    dst = flat[bk.offsets[k] : bk.offsets[k] + bk.sizes[k]]
-                    g = grads[i]
-                    if g is None:
-                        dst.zero_()
-                    else:
-                        dst.copy_(g.reshape(-1))
-                if w > 1:
-                    t1 = time.perf_counter()
-                    tm["pack"] += t1 - t0
-                    self._comm.reduce_scatter_sum(self._grad_shards[b], flat.numpy())
-                    t0 = time.perf_counter()
-                    tm["reduce_scatter"] += t0 - t1
-                    shard = self._grad_shards[b]
-                    np.divide(shard, shard.dtype.type(w), out=shard)
-            else:  # DDP mode: this rank's part of each (already averaged) gradient
-                lo, hi = r * bk.shard, (r + 1) * bk.shard
-                out = self._grad_shard[b]
-                for k, i in enumerate(bk.params):
-                    a, e = max(lo, bk.offsets[k]), min(hi, bk.offsets[k] + bk.sizes[k])
-                    if a >= e:
-                        continue
-                    dst = out[a - lo : e - lo]
-                    g = grads[i]
-                    if g is None:
-                        dst.zero_()
-                    else:
-                        dst.copy_(g.reshape(-1)[a - bk.offsets[k] : e - bk.offsets[k]])
+            dsts, srcs = [], []
+            for i, a, e, dst in self._pack[b]:  # (a, e): the part of parameter i this rank packs
+                g = grads[i]
+                if g is None:
+                    dst.zero_()
+                elif g.data_ptr() != dst.data_ptr() or a != 0:
+                    dsts.append(dst)
+                    srcs.append(g.reshape(-1)[a:e])
+            if dsts:
+                torch._foreach_copy_(dsts, srcs)
+            if self._reduce_grads and w > 1:
+                t1 = time.perf_counter()
+                tm["pack"] += t1 - t0
+                self._comm.reduce_scatter_sum(self._grad_shards[b], self._flat_grad[b].numpy())
+                t0 = time.perf_counter()
+                tm["reduce_scatter"] += t0 - t1
+                shard = self._grad_shards[b]
+                np.divide(shard, shard.dtype.type(w), out=shard)
         tm["pack"] += time.perf_counter() - t0
 
     # -- checkpoints -----------------------------------------------------------------------------
