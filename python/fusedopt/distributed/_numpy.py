@@ -58,8 +58,7 @@ class ShardedOptimizer:
         self.buckets = make_buckets([[(i, a.shape, a.dtype) for i, a in enumerate(arrays)]], w)
         self.flat = [np.zeros(bk.padded, dtype=bk.dtype) for bk in self.buckets]
         self.flat_grad = [np.zeros(bk.padded, dtype=bk.dtype) for bk in self.buckets]
-        self.grad_shards = [g if w == 1 else np.zeros(bk.shard, dtype=bk.dtype)
-                            for g, bk in zip(self.flat_grad, self.buckets)]  # fmt: skip
+        self.grad_shards = [g[r * bk.shard : (r + 1) * bk.shard] for g, bk in zip(self.flat_grad, self.buckets)]
         self.params: List[np.ndarray] = [np.empty(0)] * len(arrays)
         for bk, flat in zip(self.buckets, self.flat):
             for k, i in enumerate(bk.params):
@@ -85,7 +84,7 @@ class ShardedOptimizer:
             for k, i in enumerate(bk.params):
                 self.flat_grad[b][bk.offsets[k] : bk.offsets[k] + bk.sizes[k]] = grads[i].reshape(-1)
             if w > 1:
-                self.comm.reduce_scatter_sum(self.grad_shards[b], self.flat_grad[b])
+                self.comm.reduce_scatter_sum(self.flat_grad[b])
                 s = self.grad_shards[b]
                 np.divide(s, s.dtype.type(w), out=s)
         gs, skip = self.engine.decide(self.comm, self.grad_shards, opts)

@@ -57,9 +57,10 @@ class Communicator(Protocol):
     rank: int
     world_size: int
 
-    def reduce_scatter_sum(self, out: np.ndarray, inp: np.ndarray) -> None:
-        """``out`` (``inp.size / world_size`` elements) = this rank's chunk of the elementwise
-        sum of every rank's ``inp``."""
+    def reduce_scatter_sum(self, buf: np.ndarray) -> None:
+        """In place: chunk ``r`` of ``buf`` (``buf.size / world_size`` elements) of rank ``r``
+        becomes the elementwise sum of every rank's chunk ``r``; the other chunks are scratch
+        (undefined afterwards)."""
 
     def all_gather(self, buf: np.ndarray) -> None:
         """In place: chunk ``r`` of ``buf`` (``buf.size / world_size`` elements) is rank ``r``'s
@@ -73,8 +74,13 @@ class Communicator(Protocol):
 
 
 class TorchCommunicator:
-    """:class:`Communicator` on a ``torch.distributed`` process group (gloo, or MPI where it has
-    the collectives). The arrays are shared with torch tensors (``torch.from_numpy``), no copy."""
+    """:class:`Communicator` on a ``torch.distributed`` process group (gloo, or MPI: reduce and
+    broadcast are all it needs). The arrays are shared with torch tensors (``torch.from_numpy``).
+
+    The reduce-scatter is ``world_size`` in-place ``reduce`` calls (chunk ``j`` to rank ``j``) and
+    the all-gather ``world_size`` in-place ``broadcast`` calls: gloo runs those on the caller's
+    memory, while its ``reduce_scatter``/``all_gather`` into one tensor go through staging copies
+    (measured on 2 ranks with 47 MB: 59 ms against 190 ms, and 42 ms against 191 ms)."""
 
     def __init__(self, group: Any = None) -> None:
         import torch.distributed as dist
@@ -83,6 +89,9 @@ class TorchCommunicator:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
+        #: the global rank of each rank of the group (reduce/broadcast take global ranks)
+        self._global = [dist.get_global_rank(group, j) if group not in (None, dist.group.WORLD) else j
+                        for j in range(self.world_size)]  # fmt: skip
 
     @staticmethod
     def _t(a: np.ndarray) -> Any:
@@ -90,24 +99,24 @@ class TorchCommunicator:
 
         return torch.from_numpy(a)
 
-    def reduce_scatter_sum(self, out: np.ndarray, inp: np.ndarray) -> None:
-        d = self._dist
-        fn = getattr(d, "reduce_scatter_single", None) or d.reduce_scatter_tensor
-        fn(self._t(out), self._t(inp), group=self.group)
-
-    def all_gather(self, buf: np.ndarray) -> None:
-        d = self._dist
+    def reduce_scatter_sum(self, buf: np.ndarray) -> None:
         n = buf.size // self.world_size
         t = self._t(buf)
-        fn = getattr(d, "all_gather_single", None) or d.all_gather_into_tensor
-        fn(t, t[self.rank * n : (self.rank + 1) * n], group=self.group)
+        for j in range(self.world_size):
+            self._dist.reduce(t[j * n : (j + 1) * n], dst=self._global[j], group=self.group)
+
+    def all_gather(self, buf: np.ndarray) -> None:
+        n = buf.size // self.world_size
+        t = self._t(buf)
+        for j in range(self.world_size):
+            self._dist.broadcast(t[j * n : (j + 1) * n], src=self._global[j], group=self.group)
 
     def all_reduce_sum(self, buf: np.ndarray) -> None:
         self._dist.all_reduce(self._t(buf), group=self.group)
 
     def gather(self, arr: np.ndarray, root: int) -> Optional[List[np.ndarray]]:
         d = self._dist
-        dst = d.get_global_rank(self.group, root) if self.group is not None else root
+        dst = self._global[root]
         out = [np.empty_like(arr) for _ in range(self.world_size)] if self.rank == root else None
         d.gather(self._t(arr), None if out is None else [self._t(a) for a in out], dst=dst, group=self.group)
         return out
@@ -125,8 +134,11 @@ class MPICommunicator:
         self.rank = int(self.comm.Get_rank())
         self.world_size = int(self.comm.Get_size())
 
-    def reduce_scatter_sum(self, out: np.ndarray, inp: np.ndarray) -> None:
-        self.comm.Reduce_scatter_block(inp, out, op=self._mpi.SUM)
+    def reduce_scatter_sum(self, buf: np.ndarray) -> None:
+        n = buf.size // self.world_size
+        out = np.empty(n, dtype=buf.dtype)
+        self.comm.Reduce_scatter_block(buf, out, op=self._mpi.SUM)
+        buf[self.rank * n : (self.rank + 1) * n] = out
 
     def all_gather(self, buf: np.ndarray) -> None:
         self.comm.Allgather(self._mpi.IN_PLACE, buf)

@@ -207,7 +207,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             items.append([(index + k, tuple(p.shape), p.detach().numpy().dtype) for k, p in enumerate(g["params"])])
             index += len(g["params"])
         self._buckets: List[Bucket] = make_buckets(items, self.world_size)
-        r, w = self.rank, self.world_size
+        r = self.rank
         self._flat: List[torch.Tensor] = []
         self._flat_grad: List[torch.Tensor] = []
         self._grad_shard: List[torch.Tensor] = []
@@ -225,11 +225,11 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                     views.append(v)
                 self._flat.append(flat)
                 self._views.append(views)
-                need_flat_grad = self._reduce_grads
-                self._flat_grad.append(torch.zeros(bk.padded, dtype=dt) if need_flat_grad else flat[:0])
-                if w == 1 and need_flat_grad:
-                    self._grad_shard.append(self._flat_grad[-1])
+                if self._reduce_grads:  # reduced in place: this rank's chunk is its shard
+                    self._flat_grad.append(torch.zeros(bk.padded, dtype=dt))
+                    self._grad_shard.append(self._flat_grad[-1][r * bk.shard : (r + 1) * bk.shard])
                 else:
+                    self._flat_grad.append(flat[:0])
                     self._grad_shard.append(torch.zeros(bk.shard, dtype=dt))
         #: per bucket: (parameter index, start, stop, destination) of the gradient copies of a step:
         #: whole gradients into the flat gradient buffer, or (DDP mode) this rank's part of each
@@ -346,7 +346,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             if self._reduce_grads and w > 1:
                 t1 = time.perf_counter()
                 tm["pack"] += t1 - t0
-                self._comm.reduce_scatter_sum(self._grad_shards[b], self._flat_grad[b].numpy())
+                self._comm.reduce_scatter_sum(self._flat_grad[b].numpy())
                 t0 = time.perf_counter()
                 tm["reduce_scatter"] += t0 - t1
                 shard = self._grad_shards[b]
