@@ -10,11 +10,13 @@ AdamW steps of, in the same run:
   already averaged; only the state is sharded;
 * ``torch ZeroRedundancyOptimizer(torch.optim.AdamW, fused=True)``: whole-parameter partitions,
   the local fused AdamW, one broadcast per parameter. It does not average gradients (that is
-  DDP's all-reduce), so it compares with the DDP-mode row; the row ``+ all-reduce`` adds one
-  all-reduce of all gradients (flat, as a DDP bucket would) to compare with the first row.
+  DDP's all-reduce), so it compares with the DDP-mode row; the row ``+ all-reduce`` first
+  averages the gradients as DDP does by default (copy into one flat bucket, divide, all-reduce,
+  copy back) to compare with the first row.
 
-A step's time is the slowest rank's (barrier before each step; median over ``--steps``). The
-split: compute (packing, the optimizer's arithmetic) and communication (collectives). State memory
+A step's time is the slowest rank's (barrier before each step; median over ``--steps``; the
+contenders' steps interleaved, so that other load on the machine hits all of them alike). The
+medians of the three columns are taken separately (they need not add up). The split: compute (packing, the optimizer's arithmetic) and communication (collectives). State memory
 is the optimizer state a rank holds, against a single process's AdamW (2 float32 per parameter).
 Each rank uses ``cores / world`` threads for both fusedopt and torch (torch.set_num_threads), as
 torchrun's ``OMP_NUM_THREADS=1`` does on this 2-core machine.
@@ -31,6 +33,7 @@ import gc
 import multiprocessing as mp
 import os
 import pickle
+import statistics
 import sys
 import tempfile
 import time
@@ -58,20 +61,15 @@ def _grads(ps: List[torch.Tensor], rank: int) -> None:
         p.grad = torch.randn(p.shape, generator=g) * 1e-2
 
 
-def _time_steps(step: Callable[[], Tuple[float, float]], steps: int, warmup: int = 3) -> Tuple[float, float, float]:
-    """(median step seconds of the slowest rank, its compute seconds, its communication seconds)."""
-    rows = []
-    for i in range(warmup + steps):
-        dist.barrier()
-        t0 = time.perf_counter()
-        compute, comm = step()
-        total = time.perf_counter() - t0
-        t = torch.tensor([total, compute, comm], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        if i >= warmup:
-            rows.append(t.tolist())
-    rows.sort()
-    return tuple(rows[len(rows) // 2])  # type: ignore[return-value]
+def _timed(step: Callable[[], Tuple[float, float]]) -> List[float]:
+    """[step seconds, compute seconds, communication seconds] of the slowest rank (barrier first)."""
+    dist.barrier()
+    t0 = time.perf_counter()
+    compute, comm = step()
+    total = time.perf_counter() - t0
+    t = torch.tensor([total, compute, comm], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [float(x) for x in t.tolist()]
 
 
 def _fusedopt_step(opt: ZeroOptimizer) -> Tuple[float, float]:
@@ -81,14 +79,22 @@ def _fusedopt_step(opt: ZeroOptimizer) -> Tuple[float, float]:
 
 
 class _TorchZero:
-    """torch's ZeroRedundancyOptimizer with its local step timed (compute), optionally after one
-    flat all-reduce of the gradients (what DDP would add)."""
+    """torch's ZeroRedundancyOptimizer with its local step timed (compute); with ``allreduce``,
+    the gradients are first averaged as DDP does by default (copied into one flat bucket,
+    divided by the world size, all-reduced, copied back), the copies counted as compute."""
 
     def __init__(self, ps: List[torch.Tensor], allreduce: bool) -> None:
         self.zero = ZeroRedundancyOptimizer(ps, optimizer_class=torch.optim.AdamW, lr=1e-3, fused=True)
         self.inner = self.zero.optim.step
         self.zero.optim.step = self._timed_inner
-        self.flat = torch.cat([p.grad.reshape(-1) for p in ps if p.grad is not None]) if allreduce else None
+        self.grads = [p.grad for p in ps if p.grad is not None]
+        self.flat = torch.zeros(sum(g.numel() for g in self.grads)) if allreduce else None
+        self.views: List[torch.Tensor] = []
+        if self.flat is not None:
+            pos = 0
+            for g in self.grads:
+                self.views.append(self.flat[pos : pos + g.numel()].view_as(g))
+                pos += g.numel()
         self.compute = 0.0
 
     def _timed_inner(self, *a: Any, **k: Any) -> Any:
@@ -98,44 +104,56 @@ class _TorchZero:
         return r
 
     def __call__(self) -> Tuple[float, float]:
-        ar = 0.0
+        ar = copies = 0.0
         if self.flat is not None:
             t0 = time.perf_counter()
+            torch._foreach_copy_(self.views, self.grads)
+            self.flat.div_(dist.get_world_size())
+            t1 = time.perf_counter()
             dist.all_reduce(self.flat)
-            ar = time.perf_counter() - t0
+            t2 = time.perf_counter()
+            torch._foreach_copy_(self.grads, self.views)
+            ar, copies = t2 - t1, (t1 - t0) + (time.perf_counter() - t2)
         t1 = time.perf_counter()
         self.zero.step()
         total = time.perf_counter() - t1
-        return self.compute, total - self.compute + ar
+        return self.compute + copies, total - self.compute + ar
 
     def state_bytes(self) -> int:
         return sum(int(v.numel() * v.element_size()) for st in self.zero.optim.state.values() for v in st.values()
                    if isinstance(v, torch.Tensor) and v.numel() > 1)  # fmt: skip
 
 
-def _bench_model(name: str, rank: int, world: int, steps: int) -> List[Dict[str, Any]]:
+def _bench_model(name: str, rank: int, world: int, steps: int, warmup: int = 3) -> List[Dict[str, Any]]:
+    """Every contender built, then their steps interleaved (one step of each in turn), so that a
+    busy machine's noise falls on all of them alike; medians over ``steps``."""
     shapes = MODELS[name]()
     n = sum(int(torch.Size(s).numel()) for s in shapes)
-    out = []
+    contenders: List[Tuple[str, Callable[[], Tuple[float, float]], Callable[[], int], int]] = []
     for label, reduce in (("fusedopt ZeroOptimizer", True), ("fusedopt ZeroOptimizer, DDP mode", False)):
         ps = _params(shapes)
         _grads(ps, rank)
         opt = ZeroOptimizer(ps, ft.AdamW, lr=1e-3, reduce_grads=reduce)
-        total, compute, comm = _time_steps(functools.partial(_fusedopt_step, opt), steps)
-        out.append(dict(model=name, n=n, contender=label, step=total, compute=compute, comm=comm,
-                        state=opt.state_bytes(), threads=opt.threads))  # fmt: skip
-        opt = ps = None  # type: ignore[assignment]
-        gc.collect()
+        contenders.append((label, functools.partial(_fusedopt_step, opt), opt.state_bytes, opt.threads))
     for label, allreduce in (("torch ZeroRedundancyOptimizer(AdamW, fused=True)", False),
                              ("torch ZeroRedundancyOptimizer + all-reduce of the gradients", True)):  # fmt: skip
         ps = _params(shapes)
         _grads(ps, rank)
         tz = _TorchZero(ps, allreduce)
-        total, compute, comm = _time_steps(tz, steps)
+        contenders.append((label, tz, tz.state_bytes, torch.get_num_threads()))
+    rows: List[List[List[float]]] = [[] for _ in contenders]
+    for i in range(warmup + steps):
+        for k, (_, step, _, _) in enumerate(contenders):
+            t = _timed(step)
+            if i >= warmup:
+                rows[k].append(t)
+    out = []
+    for (label, _, state, threads), rs in zip(contenders, rows):
+        total, compute, comm = (statistics.median(r[j] for r in rs) for j in range(3))
         out.append(dict(model=name, n=n, contender=label, step=total, compute=compute, comm=comm,
-                        state=tz.state_bytes(), threads=torch.get_num_threads()))  # fmt: skip
-        tz = ps = None  # type: ignore[assignment]
-        gc.collect()
+                        state=state(), threads=threads))  # fmt: skip
+    contenders.clear()
+    gc.collect()
     return out
 
 
@@ -160,7 +178,7 @@ def _rank(rank: int, world: int, store: str, args: argparse.Namespace, result: s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--world", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--models", default="resnet18,transformer")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

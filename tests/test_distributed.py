@@ -347,7 +347,7 @@ def test_lr_scheduler_closure_and_ddp_mode_in_one_process(group: Any) -> None:
 
 # -- the norm plan without processes: every rank's leaves simulated here ---------------------------
 def test_norm_plan_gives_the_single_process_norm_for_many_layouts() -> None:
-    from fusedopt.distributed._shard import ALIGN, NormPlan, make_buckets
+    from fusedopt.distributed._shard import ALIGN, NormPlan, make_buckets, shard_grad_of
 
     rng = np.random.default_rng(5)
     naive_differs = 0
@@ -385,7 +385,7 @@ def test_norm_plan_gives_the_single_process_norm_for_many_layouts() -> None:
         for r in range(world):  # each rank fills its leaves; the all-reduce is a sum with zeros
             vals = np.zeros_like(total)
             shards = [f[r * bk.shard : (r + 1) * bk.shard] for f, bk in zip(flats, buckets)]
-            plan.local_values(r, shards, vals, 1)
+            plan.local_values(r, shard_grad_of(shards), vals, 1)
             total += vals
             naive += F.global_norm([s for s in shards]) ** 2 if any(s.size for s in shards) else 0.0
         want = F.global_norm(arrays)

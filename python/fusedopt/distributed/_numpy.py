@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _threads
 from ..algorithms import ALGORITHMS
-from ._shard import DTYPES, Communicator, GradOptions, ShardEngine, make_buckets
+from ._shard import DTYPES, Communicator, GradOptions, ShardEngine, make_buckets, shard_grad_of
 
 
 class ShardedOptimizer:
@@ -87,10 +87,12 @@ class ShardedOptimizer:
                 self.comm.reduce_scatter_sum(self.flat_grad[b])
                 s = self.grad_shards[b]
                 np.divide(s, s.dtype.type(w), out=s)
-        gs, skip = self.engine.decide(self.comm, self.grad_shards, opts)
+        n = sum(int(g.size) for g in self.grad_shards)
+        gs, skip = self.engine.decide(self.comm, shard_grad_of(self.grad_shards), n, opts)
         if skip:
             return False
-        self.engine.apply([self.hypers] * len(self.buckets), self._param_shards, self.grad_shards, gs)
+        self.engine.apply([self.hypers] * len(self.buckets), [[p] for p in self._param_shards],
+                          [[g] for g in self.grad_shards], gs)  # fmt: skip
         if w > 1:
             for flat in self.flat:
                 self.comm.all_gather(flat)

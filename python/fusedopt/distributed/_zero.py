@@ -6,6 +6,7 @@ NumPy-only sharding logic in :mod:`fusedopt.distributed._shard`.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import datetime
 import math
@@ -22,7 +23,7 @@ from .. import _threads
 from .. import _validation as check
 from .. import torch as ftorch
 from ..algorithms import Algorithm
-from ._shard import Bucket, GradOptions, ShardEngine, TorchCommunicator, make_buckets
+from ._shard import Bucket, GradOptions, ShardEngine, TorchCommunicator, make_buckets, shard_grad_of
 
 #: the ``format`` entry of a shard state dict (:meth:`ZeroOptimizer.shard_state_dict`)
 SHARD_FORMAT = "fusedopt.zero/1"
@@ -228,23 +229,32 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                 if self._reduce_grads:  # reduced in place: this rank's chunk is its shard
                     self._flat_grad.append(torch.zeros(bk.padded, dtype=dt))
                     self._grad_shard.append(self._flat_grad[-1][r * bk.shard : (r + 1) * bk.shard])
-                else:
+                else:  # DDP mode: the kernel reads this rank's parts of the .grad tensors themselves
                     self._flat_grad.append(flat[:0])
-                    self._grad_shard.append(torch.zeros(bk.shard, dtype=dt))
-        #: per bucket: (parameter index, start, stop, destination) of the gradient copies of a step:
-        #: whole gradients into the flat gradient buffer, or (DDP mode) this rank's part of each
+                    self._grad_shard.append(flat[:0])
+        #: reduce_grads: per bucket, (parameter index, 0, size, destination) of the gradient copies
+        #: into the flat gradient buffer. DDP mode: per bucket, (parameter index, start, stop, shard
+        #: start, shard stop) of each parameter's part in this rank's shard: the step reads those
+        #: parts of the .grad tensors in place (no copy), with the matching pieces of the parameter
+        #: and state shards (``_piece_params``, ``_piece_ranges``)
         self._pack: List[List[Tuple[int, int, int, torch.Tensor]]] = []
+        self._pieces: List[List[Tuple[int, int, int, int, int]]] = []
+        self._piece_params: List[List[np.ndarray]] = []
+        self._piece_ranges: List[List[Tuple[int, int]]] = []
         for b, bk in enumerate(self._buckets):
             lo, hi = r * bk.shard, (r + 1) * bk.shard
-            plan = []
+            plan, pieces = [], []
             for k, i in enumerate(bk.params):
                 off, n = bk.offsets[k], bk.sizes[k]
                 if self._reduce_grads:
                     plan.append((i, 0, n, self._flat_grad[b][off : off + n]))
                 elif max(lo, off) < min(hi, off + n):
                     a, e = max(lo, off), min(hi, off + n)
-                    plan.append((i, a - off, e - off, self._grad_shard[b][a - lo : e - lo]))
+                    pieces.append((i, a - off, e - off, a - lo, e - lo))
             self._pack.append(plan)
+            self._pieces.append(pieces)
+            self._piece_params.append([self._flat[b][lo + s : lo + e].numpy() for _, _, _, s, e in pieces])
+            self._piece_ranges.append([(s, e) for _, _, _, s, e in pieces])
         self._param_shards = [f[r * bk.shard : (r + 1) * bk.shard].numpy() for f, bk in zip(self._flat, self._buckets)]
         self._grad_shards = [g.numpy() for g in self._grad_shard]
         self._engine = ShardEngine(algo, self._buckets, r, self.threads)
@@ -293,13 +303,25 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         with torch.no_grad():
             self._load_grads(grads, tm)
         t0 = time.perf_counter()
-        gs, skip = self._engine.decide(self._comm, self._grad_shards, opts)
+        if self._reduce_grads:
+            n = sum(int(bk.shard) for bk in self._buckets)
+            gs, skip = self._engine.decide(self._comm, shard_grad_of(self._grad_shards), n, opts)
+        else:
+            pieces = self._grad_pieces(grads)
+            t1 = time.perf_counter()
+            tm["pack"] += t1 - t0
+            t0 = t1
+            n = sum(e - s for rs in self._piece_ranges for s, e in rs)
+            gs, skip = self._engine.decide(self._comm, self._piece_grad_of(pieces), n, opts)
         t1 = time.perf_counter()
         tm["norm_exchange"] = t1 - t0
         if skip:
             self.skipped_steps += 1
             return loss
-        self._engine.apply(hypers, self._param_shards, self._grad_shards, gs)
+        if self._reduce_grads:
+            self._engine.apply(hypers, [[p] for p in self._param_shards], [[g] for g in self._grad_shards], gs)
+        else:
+            self._engine.apply(hypers, self._piece_params, pieces, gs, self._piece_ranges)
         t2 = time.perf_counter()
         tm["step"] = t2 - t1
         if self.world_size > 1:
@@ -352,6 +374,28 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                 shard = self._grad_shards[b]
                 np.divide(shard, shard.dtype.type(w), out=shard)
         tm["pack"] += time.perf_counter() - t0
+
+    def _grad_pieces(self, grads: List[Optional[torch.Tensor]]) -> List[List[torch.Tensor]]:
+        """DDP mode: per bucket, this rank's part of each gradient (views; zeros for None)."""
+        out = []
+        for b in range(len(self._buckets)):
+            row = []
+            for i, a, e, _, _ in self._pieces[b]:
+                g = grads[i]
+                row.append(torch.zeros(e - a, dtype=self._flat[b].dtype) if g is None else g.reshape(-1)[a:e])
+            out.append(row)
+        return out
+
+    def _piece_grad_of(self, pieces: List[List[torch.Tensor]]) -> Callable[[int, int, int], Any]:
+        """The norm's view of the gradient pieces: shard elements [s, e) of bucket b."""
+        starts = [[s for s, _ in rs] for rs in self._piece_ranges]
+
+        def grad_of(b: int, s: int, e: int) -> Any:
+            k = bisect.bisect_right(starts[b], s) - 1
+            s0 = starts[b][k]
+            return pieces[b][k][s - s0 : e - s0]
+
+        return grad_of
 
     # -- checkpoints -----------------------------------------------------------------------------
     def shard_state_dict(self) -> Dict[str, Any]:
