@@ -115,15 +115,24 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
     A step:
 
     1. the gradients are copied into the flat gradient buffer (``None``: zeros, as DDP makes
-       them) and **reduce-scattered** (sum, then divided by the world size in the parameter's
-       dtype: the averaged gradient is ``fl(sum / world_size)``); with ``reduce_grads=False``
-       the ``.grad`` are already averaged (DDP) and each rank only copies its shard of them;
+       them) and **reduce-scattered** (summed; :class:`TorchCommunicator` does it with one
+       in-place all-reduce, which gloo runs faster than its reduce-scatter; each rank then uses
+       its own range, divided by the world size in the parameter's dtype: the averaged gradient
+       is ``fl(sum / world_size)``); with ``reduce_grads=False`` the ``.grad`` are already
+       averaged (DDP) and the step reads this rank's parts of them in place (no copy);
     2. with ``max_grad_norm``, ``skip_if_nonfinite`` or a ``found_inf``: one float64 all-reduce
        of the norm's per-rank subtree sums and the flags: the clip coefficient and the skip
        decision are the single process's, bitwise, on every rank;
     3. the fused step of ``optimizer_class``'s algorithm on this rank's shard only (one native
        call per bucket, ``threads`` OpenMP threads);
-    4. an **all-gather** of the updated shards into every rank's parameters.
+    4. an **all-gather** of the updated shards into every rank's parameters (``world_size``
+       in-place broadcasts with gloo).
+
+    Semantics to know: a ``.grad`` of ``None`` counts as zeros (DDP's convention; a single torch
+    optimizer would skip that parameter); every rank must call ``step`` with the same kinds of
+    options (``found_inf`` on all or none); a rank raising on bad input leaves the others in a
+    collective until the group's timeout; the parameters' ``.data`` become views into the flat
+    buffers; ``self.state`` stays empty (:meth:`state_bytes`, :meth:`shard_state_dict`).
 
     Args:
         params: parameters or param groups (CPU float32/float64, contiguous, dense).
