@@ -1,0 +1,557 @@
+"""``ZeroOptimizer``: ZeRO stage 1 over ``torch.distributed`` for the fusedopt.torch optimizers.
+
+See :mod:`fusedopt.distributed` for the design; this module is the torch front-end of the
+NumPy-only sharding logic in :mod:`fusedopt.distributed._shard`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import datetime
+import math
+import os
+import socket
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import _threads
+from .. import _validation as check
+from .. import torch as ftorch
+from ..algorithms import Algorithm
+from ._shard import Bucket, GradOptions, ShardEngine, TorchCommunicator, make_buckets, shard_grad_of
+
+#: the ``format`` entry of a shard state dict (:meth:`ZeroOptimizer.shard_state_dict`)
+SHARD_FORMAT = "fusedopt.zero/1"
+
+_TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+
+def _optimizer_classes() -> List[str]:
+    out: Dict[Any, str] = {}
+    for name in ftorch.__all__:
+        c = getattr(ftorch, name, None)
+        if isinstance(c, type) and issubclass(c, ftorch._FusedOptimizer) and hasattr(c, "_algo") and c not in out:
+            out[c] = name
+    return list(out.values())
+
+
+def _check_optimizer_class(cls: Any) -> Algorithm:
+    if not (isinstance(cls, type) and issubclass(cls, ftorch._FusedOptimizer) and hasattr(cls, "_algo")):
+        name = getattr(cls, "__name__", type(cls).__name__)
+        raise TypeError(f"optimizer_class must be one of fusedopt.torch's optimizers built on the algorithm registry "
+                        f"({', '.join(_optimizer_classes())}), got {name}")  # fmt: skip
+    algo: Algorithm = cls._algo
+    return algo
+
+
+def _probe_elementwise(cls: Any, defaults: Mapping[str, Any], group: Mapping[str, Any]) -> Optional[str]:
+    """Why ``cls`` with this group's hyperparameters is not element-wise (None if it is): three
+    steps of one 12-element tensor against the same values split in two tensors must agree
+    bitwise, states included (an update that reads a norm, trust ratio or factored statistic of
+    its tensor does not)."""
+    gen = torch.Generator().manual_seed(1234)
+    kw = {k: v for k, v in group.items() if k != "params"}
+    whole = torch.randn(12, dtype=torch.float64, generator=gen)
+    parts = [whole[:5].clone(), whole[5:].clone()]
+    w = whole.clone()
+    o1 = cls([{"params": [w], **kw}], **defaults)
+    o2 = cls([{"params": parts, **kw}], **defaults)
+    for _ in range(3):
+        g = torch.randn(12, dtype=torch.float64, generator=gen)
+        w.grad, parts[0].grad, parts[1].grad = g.clone(), g[:5].clone(), g[5:].clone()
+        o1.step()
+        o2.step()
+    if not torch.equal(w, torch.cat(parts)):
+        return "the update of an element depends on other elements of its tensor"
+    for key, v in o1.state[w].items():
+        if key == "step":
+            continue
+        if not isinstance(v, torch.Tensor) or v.shape != w.shape:
+            return f"its state {key!r} is not shaped like the parameter"
+        if not torch.equal(v, torch.cat([o2.state[q][key] for q in parts])):
+            return f"its state {key!r} depends on other elements of its tensor"
+    return None
+
+
+def _tensor_scalar(name: str, x: Any) -> Any:
+    """A one-element tensor (GradScaler's scale and found_inf) as a float; anything else as it is."""
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            raise ValueError(f"{name} must be a scalar or a one-element tensor, got shape {tuple(x.shape)}")
+        return float(x.detach().reshape(()).item())
+    return x
+
+
+def _default_threads(group: Any) -> int:
+    """CPUs this process may run on, divided by the number of ranks of the group on this host."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    if local.isdigit() and int(local) > 0:
+        n_local = int(local)
+    else:
+        hosts: List[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(hosts, socket.gethostname(), group=group)
+        n_local = max(1, hosts.count(socket.gethostname()))
+    return max(1, min(_threads.MAX_THREADS, _threads._process_cpu_count() // n_local))
+
+
+class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
+    """ZeRO stage 1: the state of a fusedopt.torch optimizer sharded by element ranges over the
+    ranks of a ``torch.distributed`` process group (gloo; CPU tensors).
+
+    ``ZeroOptimizer(params, optimizer_class=fusedopt.torch.AdamW, process_group=None, **defaults)``
+    has ``torch.distributed.optim.ZeroRedundancyOptimizer``'s signature and methods: ``step(closure=None)``,
+    ``param_groups`` (lr schedulers work), ``zero_grad``, ``consolidate_state_dict(to=0)`` then
+    ``state_dict()`` on that rank, and ``load_state_dict`` (of an ordinary state dict of
+    ``optimizer_class``, from any world size or a single process).
+
+    Each (param group, dtype) is packed into one flat buffer (every parameter becomes a view into
+    it, as ZeroRedundancyOptimizer's ``parameters_as_bucket_view=True``), padded so that every
+    rank owns an equal range of whole 2048-element blocks (:mod:`fusedopt.distributed._shard`).
+    A step:
+
+    1. the gradients are copied into the flat gradient buffer (``None``: zeros, as DDP makes
+       them) and **reduce-scattered** (summed; :class:`TorchCommunicator` does it with one
+       in-place all-reduce, which gloo runs faster than its reduce-scatter; each rank then uses
+       its own range, divided by the world size in the parameter's dtype: the averaged gradient
+       is ``fl(sum / world_size)``); with ``reduce_grads=False`` the ``.grad`` are already
+       averaged (DDP) and the step reads this rank's parts of them in place (no copy);
+    2. with ``max_grad_norm``, ``skip_if_nonfinite`` or a ``found_inf``: one float64 all-reduce
+       of the norm's per-rank subtree sums and the flags: the clip coefficient and the skip
+       decision are the single process's, bitwise, on every rank;
+    3. the fused step of ``optimizer_class``'s algorithm on this rank's shard only (one native
+       call per bucket, ``threads`` OpenMP threads);
+    4. an **all-gather** of the updated shards into every rank's parameters (``world_size``
+       in-place broadcasts with gloo).
+
+    Semantics to know: a ``.grad`` of ``None`` counts as zeros (DDP's convention; a single torch
+    optimizer would skip that parameter); every rank must call ``step`` with the same kinds of
+    options (``found_inf`` on all or none); a rank raising on bad input leaves the others in a
+    collective until the group's timeout; the parameters' ``.data`` become views into the flat
+    buffers; ``self.state`` stays empty (:meth:`state_bytes`, :meth:`shard_state_dict`).
+
+    Args:
+        params: parameters or param groups (CPU float32/float64, contiguous, dense).
+        optimizer_class: a fusedopt.torch optimizer class whose update is element-wise
+            (``SGD``, ``Momentum``, ``RMSprop``, ``Adam``, ``AdamW``, ``Adagrad``, ``Adamax``,
+            ``RAdam``, ``Lion``, and any later one that passes the check); per-tensor updates
+            (``Lamb``, ``LARS`` with trust ratios, ``Muon``) are refused with ValueError/TypeError.
+        process_group: the group to shard over (default: the default group).
+        reduce_grads: True (default): reduce-scatter the gradients here (use without DDP);
+            False: the gradients are already averaged on every rank (DDP's all-reduce).
+        max_grad_norm: clip by the global norm of all gradients (every group and dtype), as
+            :meth:`fusedopt.Adam.step`'s ``max_grad_norm``; ``skip_if_nonfinite``: skip the step
+            on every rank when that norm is NaN/inf; ``clip_value``: clamp each gradient element.
+        threads: OpenMP threads of this rank's step (default: the CPUs this process may use
+            divided by the ranks of the group on this host; ``OMP_NUM_THREADS``, which torchrun
+            sets to 1, is deliberately not read).
+        timeout: a ``datetime.timedelta``: the optimizer runs its collectives on a new gloo group
+            over the same ranks with this timeout (``new_group`` is collective: every rank of the
+            default group must construct the optimizer). Without it the group's own timeout
+            bounds how long a rank waits for a dead peer.
+        **defaults: ``optimizer_class``'s keyword arguments (``lr``, ``betas``, ...).
+    """
+
+    def __init__(self, params: Any, optimizer_class: Any = ftorch.AdamW, process_group: Any = None, *,
+                 reduce_grads: bool = True, max_grad_norm: Optional[float] = None, skip_if_nonfinite: bool = False,
+                 clip_value: Optional[float] = None, threads: Optional[int] = None,
+                 timeout: Optional[datetime.timedelta] = None, **defaults: Any) -> None:  # fmt: skip
+        algo = _check_optimizer_class(optimizer_class)
+        self._reduce_grads = check.flag("reduce_grads", reduce_grads)
+        GradOptions(None, None, clip_value, max_grad_norm, skip_if_nonfinite)  # validation only
+        self.max_grad_norm = max_grad_norm
+        self.skip_if_nonfinite = bool(skip_if_nonfinite)
+        self.clip_value = clip_value
+        if threads is not None:
+            _threads._check_count("threads", threads)
+        if timeout is not None and not isinstance(timeout, datetime.timedelta):
+            raise TypeError(f"timeout must be a datetime.timedelta or None, got {type(timeout).__name__}")
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("ZeroOptimizer needs torch.distributed: call torch.distributed.init_process_group("
+                               "backend='gloo', timeout=...) first")  # fmt: skip
+        params = list(params) if not isinstance(params, torch.Tensor) else [params]
+        front = optimizer_class(params, **defaults)
+        if front.master_weights is not None or front.stochastic_rounding or front.state_dtype is not None:
+            raise ValueError("ZeroOptimizer does not support the low-precision options (master_weights, "
+                             "stochastic_rounding, state_dtype) yet")  # fmt: skip
+        all_params: List[torch.Tensor] = [p for g in front.param_groups for p in g["params"]]
+        for i, p in enumerate(all_params):
+            if p.dtype not in (torch.float32, torch.float64):
+                raise TypeError(f"params[{i}] has dtype {p.dtype}; ZeroOptimizer takes float32/float64 parameters")
+            if p.device.type != "cpu" or p.layout != torch.strided:
+                raise ValueError(f"params[{i}] must be a dense CPU tensor, got {p.device} {p.layout}")
+            if not p.is_contiguous():
+                raise ValueError(f"params[{i}] must be contiguous")
+        for g in front.param_groups:
+            why = _probe_elementwise(optimizer_class, defaults, g)
+            if why is not None:
+                raise ValueError(f"{optimizer_class.__name__} ({algo.name}) cannot be sharded by element ranges: "
+                                 f"{why} (per-tensor norms, trust ratios or factored statistics); ZeroOptimizer "
+                                 "supports element-wise updates only")  # fmt: skip
+        front.state.clear()  # (Adagrad makes its state with the parameters: the shards hold it here)
+        #: the wrapped optimizer: holds the param groups (hyperparameters, lr schedulers), never stepped
+        self.optim = front
+        self._algo = algo
+        self._cls = optimizer_class
+        self._initializing = True
+        super().__init__(all_params, dict(front.defaults))
+        self._initializing = False
+        self.param_groups = front.param_groups
+        self.defaults = front.defaults
+
+        group = process_group if process_group is not None else dist.group.WORLD
+        if timeout is not None:
+            group = dist.new_group(ranks=dist.get_process_group_ranks(group), timeout=timeout, backend="gloo")
+        self.process_group = group
+        self._comm = TorchCommunicator(group)
+        self.rank, self.world_size = self._comm.rank, self._comm.world_size
+        self.threads = threads if threads is not None else _default_threads(group)
+        self._params = all_params
+        items = []
+        index = 0
+        for g in front.param_groups:
+            items.append([(index + k, tuple(p.shape), p.detach().numpy().dtype) for k, p in enumerate(g["params"])])
+            index += len(g["params"])
+        self._buckets: List[Bucket] = make_buckets(items, self.world_size)
+        r = self.rank
+        self._flat: List[torch.Tensor] = []
+        self._flat_grad: List[torch.Tensor] = []
+        self._grad_shard: List[torch.Tensor] = []
+        self._views: List[List[torch.Tensor]] = []
+        with torch.no_grad():
+            for bk in self._buckets:
+                dt = _TORCH_DTYPE[bk.dtype]
+                flat = torch.zeros(bk.padded, dtype=dt)
+                views = []
+                for k, i in enumerate(bk.params):
+                    p = all_params[i]
+                    v = flat[bk.offsets[k] : bk.offsets[k] + bk.sizes[k]].view(p.shape)
+                    v.copy_(p)
+                    p.data = v
+                    views.append(v)
+                self._flat.append(flat)
+                self._views.append(views)
+                if self._reduce_grads:  # reduced in place: this rank's chunk is its shard
+                    self._flat_grad.append(torch.zeros(bk.padded, dtype=dt))
+                    self._grad_shard.append(self._flat_grad[-1][r * bk.shard : (r + 1) * bk.shard])
+                else:  # DDP mode: the kernel reads this rank's parts of the .grad tensors themselves
+                    self._flat_grad.append(flat[:0])
+                    self._grad_shard.append(flat[:0])
+        #: reduce_grads: per bucket, (parameter index, 0, size, destination) of the gradient copies
+        #: into the flat gradient buffer. DDP mode: per bucket, (parameter index, start, stop, shard
+        #: start, shard stop) of each parameter's part in this rank's shard: the step reads those
+        #: parts of the .grad tensors in place (no copy), with the matching pieces of the parameter
+        #: and state shards (``_piece_params``, ``_piece_ranges``)
+        self._pack: List[List[Tuple[int, int, int, torch.Tensor]]] = []
+        self._pieces: List[List[Tuple[int, int, int, int, int]]] = []
+        self._piece_params: List[List[np.ndarray]] = []
+        self._piece_ranges: List[List[Tuple[int, int]]] = []
+        for b, bk in enumerate(self._buckets):
+            lo, hi = r * bk.shard, (r + 1) * bk.shard
+            plan, pieces = [], []
+            for k, i in enumerate(bk.params):
+                off, n = bk.offsets[k], bk.sizes[k]
+                if self._reduce_grads:
+                    plan.append((i, 0, n, self._flat_grad[b][off : off + n]))
+                elif max(lo, off) < min(hi, off + n):
+                    a, e = max(lo, off), min(hi, off + n)
+                    pieces.append((i, a - off, e - off, a - lo, e - lo))
+            self._pack.append(plan)
+            self._pieces.append(pieces)
+            self._piece_params.append([self._flat[b][lo + s : lo + e].numpy() for _, _, _, s, e in pieces])
+            self._piece_ranges.append([(s, e) for _, _, _, s, e in pieces])
+        self._param_shards = [f[r * bk.shard : (r + 1) * bk.shard].numpy() for f, bk in zip(self._flat, self._buckets)]
+        self._grad_shards = [g.numpy() for g in self._grad_shard]
+        self._engine = ShardEngine(algo, self._buckets, r, self.threads)
+        if any(role.init_hyper is not None for role in algo.states):  # made with the parameters, as torch
+            for b, bk in enumerate(self._buckets):
+                self._engine.ensure_states(b, front._group_plan(front.param_groups[bk.group])[0])
+        self._consolidated: Optional[Dict[str, Any]] = None
+        #: seconds of the last step's phases: pack (gradients into the flat buffers, the shard's
+        #: division), reduce_scatter, norm_exchange (norm and flags), step (the fused update),
+        #: all_gather
+        self.last_timings: Dict[str, float] = {}
+        #: steps skipped (found_inf, or a non-finite norm with skip_if_nonfinite), the same on every rank
+        self.skipped_steps = 0
+
+    # -- torch.optim.Optimizer surface -----------------------------------------------------------
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        if getattr(self, "_initializing", False):
+            super().add_param_group(param_group)
+            return
+        raise NotImplementedError("ZeroOptimizer.add_param_group: the flat shards are laid out at construction; "
+                                  "give every param group to the constructor")  # fmt: skip
+
+    @property
+    def last_grad_norm(self) -> Optional[float]:
+        """The global norm of the unscaled averaged gradients at the last step, when computed."""
+        return self._engine.last_norm
+
+    def step(self, closure: Optional[Callable[[], Any]] = None, *, grad_scale: Any = None,
+             found_inf: Any = None) -> Any:  # fmt: skip
+        """One step on every rank (a collective: every rank calls it with the same options).
+
+        ``grad_scale`` (AMP unscaling, as the NumPy classes') and ``found_inf`` (this rank's AMP
+        flag: any rank's nonzero flag skips the step on every rank) are optional.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        opts = GradOptions(_tensor_scalar("grad_scale", grad_scale), _tensor_scalar("found_inf", found_inf),
+                           self.clip_value, self.max_grad_norm, self.skip_if_nonfinite)  # fmt: skip
+        front = self.optim
+        hypers = [front._group_plan(front.param_groups[bk.group])[0] for bk in self._buckets]
+        grads = self._checked_grads()
+        tm = self.last_timings = {"pack": 0.0, "reduce_scatter": 0.0, "norm_exchange": 0.0, "step": 0.0,
+                                  "all_gather": 0.0}  # fmt: skip
+        with torch.no_grad():
+            self._load_grads(grads, tm)
+        t0 = time.perf_counter()
+        if self._reduce_grads:
+            n = sum(int(bk.shard) for bk in self._buckets)
+            gs, skip = self._engine.decide(self._comm, shard_grad_of(self._grad_shards), n, opts)
+        else:
+            pieces = self._grad_pieces(grads)
+            t1 = time.perf_counter()
+            tm["pack"] += t1 - t0
+            t0 = t1
+            n = sum(e - s for rs in self._piece_ranges for s, e in rs)
+            gs, skip = self._engine.decide(self._comm, self._piece_grad_of(pieces), n, opts)
+        t1 = time.perf_counter()
+        tm["norm_exchange"] = t1 - t0
+        if skip:
+            self.skipped_steps += 1
+            return loss
+        if self._reduce_grads:
+            self._engine.apply(hypers, [[p] for p in self._param_shards], [[g] for g in self._grad_shards], gs)
+        else:
+            self._engine.apply(hypers, self._piece_params, pieces, gs, self._piece_ranges)
+        t2 = time.perf_counter()
+        tm["step"] = t2 - t1
+        if self.world_size > 1:
+            for flat in self._flat:
+                self._comm.all_gather(flat.numpy())
+        tm["all_gather"] = time.perf_counter() - t2
+        return loss
+
+    def _checked_grads(self) -> List[Optional[torch.Tensor]]:
+        out: List[Optional[torch.Tensor]] = []
+        for i, p in enumerate(self._params):
+            g = p.grad
+            if g is not None:
+                if g.dtype != p.dtype:
+                    raise TypeError(f"grads[{i}] has dtype {g.dtype} but params[{i}] has {p.dtype}")
+                if g.shape != p.shape:
+                    raise ValueError(f"grads[{i}] has shape {tuple(g.shape)} but params[{i}] has {tuple(p.shape)}")
+                if g.device.type != "cpu" or g.layout != torch.strided:
+                    raise ValueError(f"grads[{i}] must be a dense CPU tensor, got {g.device} {g.layout}")
+            out.append(g)
+        return out
+
+    def _load_grads(self, grads: List[Optional[torch.Tensor]], tm: Dict[str, float]) -> None:
+        """Pack the gradients into the flat buffers and reduce-scatter them (``tm``: seconds of the
+        packing and of the collective, added)."""
+        w = self.world_size
+        t0 = time.perf_counter()
+        for b, bk in enumerate(self._buckets):
+            for k, i in enumerate(bk.params):  # a parameter whose .data was replaced is packed again
+                p, v = self._params[i], self._views[b][k]
+                if p.data_ptr() != v.data_ptr() or p.shape != v.shape:
+                    v.copy_(p.reshape(v.shape))
+                    p.data = v
+            dsts, srcs = [], []
+            for i, a, e, dst in self._pack[b]:  # (a, e): the part of parameter i this rank packs
+                g = grads[i]
+                if g is None:
+                    dst.zero_()
+                elif g.data_ptr() != dst.data_ptr() or a != 0:
+                    dsts.append(dst)
+                    srcs.append(g.reshape(-1)[a:e])
+            if dsts:
+                torch._foreach_copy_(dsts, srcs)
+            if self._reduce_grads and w > 1:
+                t1 = time.perf_counter()
+                tm["pack"] += t1 - t0
+                self._comm.reduce_scatter_sum(self._flat_grad[b].numpy())
+                t0 = time.perf_counter()
+                tm["reduce_scatter"] += t0 - t1
+                shard = self._grad_shards[b]
+                np.divide(shard, shard.dtype.type(w), out=shard)
+        tm["pack"] += time.perf_counter() - t0
+
+    def _grad_pieces(self, grads: List[Optional[torch.Tensor]]) -> List[List[torch.Tensor]]:
+        """DDP mode: per bucket, this rank's part of each gradient (views; zeros for None)."""
+        out = []
+        for b in range(len(self._buckets)):
+            row = []
+            for i, a, e, _, _ in self._pieces[b]:
+                g = grads[i]
+                row.append(torch.zeros(e - a, dtype=self._flat[b].dtype) if g is None else g.reshape(-1)[a:e])
+            out.append(row)
+        return out
+
+    def _piece_grad_of(self, pieces: List[List[torch.Tensor]]) -> Callable[[int, int, int], Any]:
+        """The norm's view of the gradient pieces: shard elements [s, e) of bucket b."""
+        starts = [[s for s, _ in rs] for rs in self._piece_ranges]
+
+        def grad_of(b: int, s: int, e: int) -> Any:
+            k = bisect.bisect_right(starts[b], s) - 1
+            s0 = starts[b][k]
+            return pieces[b][k][s - s0 : e - s0]
+
+        return grad_of
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def shard_state_dict(self) -> Dict[str, Any]:
+        """This rank's shard of the optimizer state with its layout (``torch.save`` it per rank;
+        :func:`consolidate_state_dicts` of every rank's shard gives an ordinary state dict)."""
+        buckets = []
+        for b, bk in enumerate(self._buckets):
+            d = bk.as_dict()
+            roles = {r.arg: r.key for r in self._algo.states}
+            d["state"] = {roles[arg]: torch.from_numpy(a.copy()) for arg, a in self._engine.states[b].items()}
+            d["step"] = self._engine.counts[b]
+            buckets.append(d)
+        groups = self.optim.state_dict()["param_groups"]
+        return {"format": SHARD_FORMAT, "algorithm": self._algo.name, "world_size": self.world_size,
+                "rank": self.rank, "has_step": bool(self.optim._HAS_STEP),
+                "step_dtypes": [str(ftorch._step_dtype(g)).replace("torch.", "") for g in self.param_groups],
+                "buckets": buckets, "param_groups": groups}  # fmt: skip
+
+    def consolidate_state_dict(self, to: int = 0) -> None:
+        """Gather every rank's shard on rank ``to`` of the group (a collective: every rank calls
+        it); :meth:`state_dict` on that rank then returns the ordinary state dict."""
+        if isinstance(to, bool) or not isinstance(to, int) or not 0 <= to < self.world_size:
+            raise ValueError(f"to must be a rank of the group (0 to {self.world_size - 1}), got {to!r}")
+        mine = self.shard_state_dict()
+        shards: Optional[List[Dict[str, Any]]] = None
+        if self.rank == to:
+            shards = [copy.copy(mine) for _ in range(self.world_size)]
+            for r, s in enumerate(shards):
+                s["rank"] = r
+                s["buckets"] = [dict(b, state=dict(b["state"])) for b in mine["buckets"]]
+        for b, bd in enumerate(mine["buckets"]):
+            for key in sorted(bd["state"]):
+                got = self._comm.gather(bd["state"][key].numpy(), to)
+                if shards is not None and got is not None:
+                    for r in range(self.world_size):
+                        shards[r]["buckets"][b]["state"][key] = torch.from_numpy(got[r])
+        self._consolidated = consolidate_state_dicts(shards) if shards is not None else None
+
+    def state_dict(self) -> Dict[str, Any]:  # type: ignore[override,unused-ignore]
+        """The ordinary state dict of ``optimizer_class`` made by the last
+        :meth:`consolidate_state_dict` on this rank (RuntimeError elsewhere, as torch's ZeRO)."""
+        if self._consolidated is None:
+            raise RuntimeError("Optimizer state has not been consolidated on this rank: call "
+                               "consolidate_state_dict(to=rank) on every rank first")  # fmt: skip
+        return self._consolidated
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load an ordinary state dict of ``optimizer_class`` (consolidated from any world size,
+        or from a single-process optimizer); every rank loads the same dict and keeps its shard.
+        Nothing is modified when it raises."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise TypeError("state_dict must be a dict with 'state' and 'param_groups'")
+        st = state_dict["state"]
+        has_step = bool(self.optim._HAS_STEP)
+        for bk in self._buckets:  # one step count per bucket: the same for all its parameters
+            entries = [st.get(i) for i in bk.params]
+            present = [e is not None and len(e) > 0 for e in entries]
+            if any(present) and not all(present):
+                raise ValueError(f"state_dict['state'] has state for some parameters of param group {bk.group} "
+                                 f"({bk.dtype.name}) but not all: ZeroOptimizer steps them together")  # fmt: skip
+            if has_step and all(present):
+                steps = {float(e["step"]) if "step" in e else None for e in entries if e is not None}
+                if len(steps) != 1 or None in steps:
+                    raise ValueError(f"state_dict['state'] of param group {bk.group} ({bk.dtype.name}) has different "
+                                     f"or missing 'step' values {sorted(map(str, steps))}: ZeroOptimizer keeps one "
+                                     "step count per param group and dtype")  # fmt: skip
+        front = self.optim
+        front.load_state_dict(state_dict)
+        try:
+            r = self.rank
+            new_states: List[Dict[str, np.ndarray]] = []
+            counts: List[int] = []
+            for bk in self._buckets:
+                h = front._group_plan(front.param_groups[bk.group])[0]
+                states: Dict[str, np.ndarray] = {}
+                count = 0
+                p0 = self._params[bk.params[0]]
+                loaded = front.state.get(p0)
+                if loaded:
+                    if has_step:
+                        count = int(float(loaded["step"]))
+                    for role in self._algo.states:
+                        if not role.present(h) or role.key not in loaded:
+                            continue
+                        a = np.zeros(bk.shard, dtype=bk.dtype)
+                        lo, hi = r * bk.shard, (r + 1) * bk.shard
+                        for k, i in enumerate(bk.params):
+                            s, e = max(lo, bk.offsets[k]), min(hi, bk.offsets[k] + bk.sizes[k])
+                            if s < e:
+                                src = front.state[self._params[i]][role.key].detach().reshape(-1).numpy()
+                                a[s - lo : e - lo] = src[s - bk.offsets[k] : e - bk.offsets[k]]
+                        states[role.arg] = a
+                    if not has_step and states:
+                        count = 1
+                new_states.append(states)
+                counts.append(count)
+        finally:
+            front.state.clear()
+        self._engine.states = new_states
+        self._engine.counts = counts
+        for b, bk in enumerate(self._buckets):
+            if not new_states[b] and any(role.init_hyper is not None for role in self._algo.states):
+                self._engine.ensure_states(b, front._group_plan(front.param_groups[bk.group])[0])
+        self._consolidated = None
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state held by this rank (its shards)."""
+        return sum(int(a.nbytes) for st in self._engine.states for a in st.values())
+
+
+def consolidate_state_dicts(shards: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """One ordinary state dict of the wrapped optimizer from every rank's
+    :meth:`ZeroOptimizer.shard_state_dict` (any order): loadable by a single-process
+    fusedopt.torch optimizer, by ``torch.optim``'s optimizer of the same algorithm, and by a
+    :class:`ZeroOptimizer` of any world size. (The offline tool, as DeepSpeed's ``zero_to_fp32``.)"""
+    if not isinstance(shards, (list, tuple)) or not shards:
+        raise TypeError("shards must be a non-empty list of shard state dicts (one per rank)")
+    for j, s in enumerate(shards):
+        if not isinstance(s, dict) or s.get("format") != SHARD_FORMAT:
+            raise ValueError(f"shards[{j}] is not a ZeroOptimizer shard state dict (format {SHARD_FORMAT!r})")
+    w = shards[0]["world_size"]
+    by_rank = {s["rank"]: s for s in shards}
+    if len(shards) != w or sorted(by_rank) != list(range(w)):
+        raise ValueError(f"shards must hold ranks 0 to {w - 1} once each (world size {w}), got ranks "
+                         f"{sorted(s['rank'] for s in shards)}")  # fmt: skip
+    layout = [{k: v for k, v in b.items() if k not in ("state", "step")} for b in shards[0]["buckets"]]
+    for s in shards:
+        other = [{k: v for k, v in b.items() if k not in ("state", "step")} for b in s["buckets"]]
+        if other != layout or s["world_size"] != w or s["algorithm"] != shards[0]["algorithm"]:
+            raise ValueError(f"shards[{shards.index(s)}] has another layout or algorithm than shards[0]")
+    state: Dict[int, Dict[str, Any]] = {}
+    first = by_rank[0]
+    for b, lay in enumerate(layout):
+        bd = first["buckets"][b]
+        keys = sorted(bd["state"])
+        count = int(bd["step"])
+        if count == 0 and not keys:
+            continue
+        full = {key: torch.cat([by_rank[r]["buckets"][b]["state"][key].reshape(-1) for r in range(w)]) for key in keys}
+        step_dtype = getattr(torch, first["step_dtypes"][lay["group"]])
+        for k, i in enumerate(lay["params"]):
+            n, off = math.prod(lay["shapes"][k]), lay["offsets"][k]
+            entry: Dict[str, Any] = {}
+            if first["has_step"]:
+                entry["step"] = torch.tensor(float(count), dtype=step_dtype)
+            for key in keys:
+                entry[key] = full[key][off : off + n].reshape(lay["shapes"][k]).clone()
+            if entry:
+                state[i] = entry
+    return {"state": dict(sorted(state.items())), "param_groups": copy.deepcopy(first["param_groups"])}
