@@ -102,7 +102,7 @@ def test_every_elementwise_algorithm_is_bitwise_the_single_process(worlds: Dict[
     ranks = _ranks_ok(worlds, f"elementwise{world}")
     cases = ranks[0]["cases"]
     names = {c[1] for c in cases}
-    assert {"SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Adamax", "RAdam", "Lion"} <= names
+    assert {"SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Adamax", "RAdam", "NAdam", "Lion"} <= names
     assert {c[3] for c in cases} == {"float32", "float64"}
     for seed, (cid, name, kw, dt) in enumerate(cases):
         want = _reference_elementwise(seed, name, kw, dt)
@@ -343,6 +343,27 @@ def test_lr_scheduler_closure_and_ddp_mode_in_one_process(group: Any) -> None:
     n = sum(p.numel() for p in ps)
     assert 2 * n * 8 <= opt.state_bytes() <= 2 * (n + len(ps) * 2048) * 8
     assert math.isfinite(float(opt.param_groups[0]["lr"]))
+
+
+@pytest.mark.parametrize("reduce_grads", [True, False])
+def test_step_advances_autograd_version_counters(group: Any, reduce_grads: bool) -> None:
+    """As an in-place torch update: a tensor saved for backward before the step is stale after it."""
+    ps = _model(torch.float32)
+    opt = ZeroOptimizer(ps, ft.AdamW, lr=0.05, reduce_grads=reduce_grads)
+    w = ps[0]
+    loss = (w * w).sum()  # saves w for backward
+    before = [p._version for p in ps]
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert all(p._version > v for p, v in zip(ps, before))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    skipped = [p._version for p in ps]
+    ps[1].grad[0] = float("nan")
+    opt.skip_if_nonfinite = True
+    opt.step()  # skipped: nothing written, no version change
+    assert opt.skipped_steps == 1 and [p._version for p in ps] == skipped
 
 
 # -- the norm plan without processes: every rank's leaves simulated here ---------------------------

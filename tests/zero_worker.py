@@ -145,10 +145,13 @@ def sc_options(rank: int, world: int, out: Dict[str, Any]) -> None:
 def _ckpt_model(name: str) -> Tuple[str, Dict[str, Any], str]:
     return {"AdamW": ("AdamW", {"lr": LR, "amsgrad": True}, "float32"),
             "SGD": ("SGD", {"lr": LR, "momentum": 0.9}, "float32"),
-            "Adagrad": ("Adagrad", {"lr": LR, "initial_accumulator_value": 0.1}, "float64")}[name]  # fmt: skip
+            "Adagrad": ("Adagrad", {"lr": LR, "initial_accumulator_value": 0.1}, "float64"),
+            "NAdam": ("NAdam", {"lr": LR, "momentum_decay": 0.01, "weight_decay": 0.01, "decoupled_weight_decay": True},
+                      "float32")}[name]  # fmt: skip
 
 
-CKPT = ("AdamW", "SGD", "Adagrad")
+#: (NAdam: its per-parameter scalar state mu_product goes through the checkpoint too)
+CKPT = ("AdamW", "SGD", "Adagrad", "NAdam")
 
 
 def sc_save(rank: int, world: int, out: Dict[str, Any]) -> None:

@@ -343,6 +343,12 @@ class ShardEngine:
         self.states: List[Dict[str, np.ndarray]] = [{} for _ in self.buckets]
         #: per bucket: steps taken (all its parameters step together)
         self.counts: List[int] = [0] * len(self.buckets)
+        #: per bucket: the per-parameter scalar states (NAdam's ``mu_product``: algorithm
+        #: ``scalar_states``), one value for the bucket since its parameters step together; kept in
+        #: ``scalar_dtypes[b]`` ("float32": torch's default scalar dtype, as a single fusedopt.torch
+        #: optimizer keeps them; a loaded state keeps its own)
+        self.scalars: List[Dict[str, float]] = [{s.key: s.init for s in algo.scalar_states} for _ in self.buckets]
+        self.scalar_dtypes: List[str] = ["float32"] * len(self.buckets)
         self._exchange = np.zeros(len(self.norm.leaves) + 1, dtype=np.float64)
         #: the global norm of the unscaled gradients of the last step (when computed)
         self.last_norm: Optional[float] = None
@@ -404,9 +410,15 @@ class ShardEngine:
         bucket. Every call is checked before the first writes (``_core.check``)."""
         algo = self.algo
         calls = []
+        news: List[Dict[str, float]] = []
         for b, h in enumerate(hypers):
             lists = self.ensure_states(b, h)
             t = self.counts[b] + 1
+            new = {sc.key: algo.hyper(sc.key).check(sc.advance(h, t, self.scalars[b][sc.key], self.scalar_dtypes[b]),
+                                                    f"{sc.key} after step {t}")
+                   for sc in algo.scalar_states}  # fmt: skip
+            news.append(new)
+            h = {**h, **new}
             if not algo.has_step:  # (SGD): FIRST_STEP buffers are written by the first step
                 fresh = self.counts[b] == 0 and any(r.init == FIRST_STEP and r.present(h) for r in algo.states)
                 h = {**h, "first_step": fresh}
@@ -425,3 +437,4 @@ class ShardEngine:
             if p:  # (a rank whose part of a bucket is all padding has nothing to update)
                 _engine.native_call(algo, h, t, p, g, ls, self.threads_for(sum(int(x.shape[0]) for x in p)), grad=gs)
             self.counts[b] += 1
+            self.scalars[b] = news[b]

@@ -68,14 +68,25 @@ def _probe_elementwise(cls: Any, defaults: Mapping[str, Any], group: Mapping[str
         o2.step()
     if not torch.equal(w, torch.cat(parts)):
         return "the update of an element depends on other elements of its tensor"
+    scalar_keys = {s.key for s in cls._algo.scalar_states}
     for key, v in o1.state[w].items():
         if key == "step":
+            continue
+        if key in scalar_keys:  # one number per parameter (NAdam's mu_product): the same for every part
+            if not all(torch.equal(v, o2.state[q][key]) for q in parts):
+                return f"its per-parameter scalar state {key!r} depends on the tensor's elements"
             continue
         if not isinstance(v, torch.Tensor) or v.shape != w.shape:
             return f"its state {key!r} is not shaped like the parameter"
         if not torch.equal(v, torch.cat([o2.state[q][key] for q in parts])):
             return f"its state {key!r} depends on other elements of its tensor"
     return None
+
+
+def _scalar_dtype_name() -> str:
+    """The dtype of new per-parameter scalar states (NAdam's mu_product), as fusedopt.torch makes
+    them: torch's default dtype when it is float64, else float32."""
+    return "float64" if torch.get_default_dtype() == torch.float64 else "float32"
 
 
 def _tensor_scalar(name: str, x: Any) -> Any:
@@ -138,8 +149,13 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         params: parameters or param groups (CPU float32/float64, contiguous, dense).
         optimizer_class: a fusedopt.torch optimizer class whose update is element-wise
             (``SGD``, ``Momentum``, ``RMSprop``, ``Adam``, ``AdamW``, ``Adagrad``, ``Adamax``,
-            ``RAdam``, ``Lion``, and any later one that passes the check); per-tensor updates
-            (``Lamb``, ``LARS`` with trust ratios, ``Muon``) are refused with ValueError/TypeError.
+            ``RAdam``, ``NAdam``, ``Lion``, and any later one that passes the check); per-tensor
+            updates (``Lamb``, ``LARS`` with trust ratios, ``Muon``, ``Adafactor``) are refused
+            with ValueError/TypeError. NAdam's per-parameter ``mu_product`` is kept once per
+            (group, dtype) bucket (its parameters step together), in torch's scalar dtype;
+            a loaded one keeps the dtype it was saved in (torch's own loader casts it to the
+            parameter's dtype, so a float64 torch.optim.NAdam resumed from a checkpoint continues
+            in float64: not bitwise the uninterrupted run; this one is).
         process_group: the group to shard over (default: the default group).
         reduce_grads: True (default): reduce-scatter the gradients here (use without DDP);
             False: the gradients are already averaged on every rank (DDP's all-reduce).
@@ -267,6 +283,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         self._param_shards = [f[r * bk.shard : (r + 1) * bk.shard].numpy() for f, bk in zip(self._flat, self._buckets)]
         self._grad_shards = [g.numpy() for g in self._grad_shard]
         self._engine = ShardEngine(algo, self._buckets, r, self.threads)
+        self._engine.scalar_dtypes = [_scalar_dtype_name()] * len(self._buckets)
         if any(role.init_hyper is not None for role in algo.states):  # made with the parameters, as torch
             for b, bk in enumerate(self._buckets):
                 self._engine.ensure_states(b, front._group_plan(front.param_groups[bk.group])[0])
@@ -337,6 +354,9 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             for flat in self._flat:
                 self._comm.all_gather(flat.numpy())
         tm["all_gather"] = time.perf_counter() - t2
+        # written through NumPy views of the flat buffers: advance the autograd version counters as
+        # an in-place torch update does (a tensor saved for backward before this step then raises)
+        torch._C._increment_version(self._params)
         return loss
 
     def _checked_grads(self) -> List[Optional[torch.Tensor]]:
@@ -416,6 +436,8 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             roles = {r.arg: r.key for r in self._algo.states}
             d["state"] = {roles[arg]: torch.from_numpy(a.copy()) for arg, a in self._engine.states[b].items()}
             d["step"] = self._engine.counts[b]
+            d["scalars"] = dict(self._engine.scalars[b])  # (NAdam's mu_product: one value per bucket)
+            d["scalar_dtype"] = self._engine.scalar_dtypes[b]
             buckets.append(d)
         groups = self.optim.state_dict()["param_groups"]
         return {"format": SHARD_FORMAT, "algorithm": self._algo.name, "world_size": self.world_size,
@@ -471,21 +493,39 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                     raise ValueError(f"state_dict['state'] of param group {bk.group} ({bk.dtype.name}) has different "
                                      f"or missing 'step' values {sorted(map(str, steps))}: ZeroOptimizer keeps one "
                                      "step count per param group and dtype")  # fmt: skip
+            if all(present):
+                for sc in self._algo.scalar_states:
+                    vals = {(float(e[sc.key]), str(e[sc.key].dtype)) if isinstance(e[sc.key], torch.Tensor)
+                            else (float(e[sc.key]), "") for e in entries if e is not None and sc.key in e}  # fmt: skip
+                    if len(vals) > 1:
+                        raise ValueError(f"state_dict['state'] of param group {bk.group} ({bk.dtype.name}) has different "
+                                         f"{sc.key!r} values {sorted(vals)}: ZeroOptimizer keeps one per param group "
+                                         "and dtype")  # fmt: skip
         front = self.optim
         front.load_state_dict(state_dict)
         try:
             r = self.rank
             new_states: List[Dict[str, np.ndarray]] = []
             counts: List[int] = []
+            scalars: List[Dict[str, float]] = []
+            scalar_dtypes: List[str] = []
             for bk in self._buckets:
                 h = front._group_plan(front.param_groups[bk.group])[0]
                 states: Dict[str, np.ndarray] = {}
                 count = 0
                 p0 = self._params[bk.params[0]]
                 loaded = front.state.get(p0)
+                sc_values = {sc.key: sc.init for sc in self._algo.scalar_states}
+                sc_dtype = _scalar_dtype_name()
                 if loaded:
                     if has_step:
                         count = int(float(loaded["step"]))
+                    for sc in self._algo.scalar_states:  # (the loader checked them; equal in the bucket, above)
+                        sc_values[sc.key] = float(loaded[sc.key])
+                        # the dtype it was saved in (torch's loader casts it to the parameter's dtype, so
+                        # a float64 model would continue in float64): a resumed run continues bitwise
+                        raw = st[bk.params[0]][sc.key]
+                        sc_dtype = "float64" if getattr(raw, "dtype", None) == torch.float64 else "float32"
                     for role in self._algo.states:
                         if not role.present(h) or role.key not in loaded:
                             continue
@@ -501,10 +541,14 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                         count = 1
                 new_states.append(states)
                 counts.append(count)
+                scalars.append(sc_values)
+                scalar_dtypes.append(sc_dtype)
         finally:
             front.state.clear()
         self._engine.states = new_states
         self._engine.counts = counts
+        self._engine.scalars = scalars
+        self._engine.scalar_dtypes = scalar_dtypes
         for b, bk in enumerate(self._buckets):
             if not new_states[b] and any(role.init_hyper is not None for role in self._algo.states):
                 self._engine.ensure_states(b, front._group_plan(front.param_groups[bk.group])[0])
@@ -530,9 +574,10 @@ def consolidate_state_dicts(shards: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     if len(shards) != w or sorted(by_rank) != list(range(w)):
         raise ValueError(f"shards must hold ranks 0 to {w - 1} once each (world size {w}), got ranks "
                          f"{sorted(s['rank'] for s in shards)}")  # fmt: skip
-    layout = [{k: v for k, v in b.items() if k not in ("state", "step")} for b in shards[0]["buckets"]]
+    skip = ("state", "step", "scalars", "scalar_dtype")
+    layout = [{k: v for k, v in b.items() if k not in skip} for b in shards[0]["buckets"]]
     for s in shards:
-        other = [{k: v for k, v in b.items() if k not in ("state", "step")} for b in s["buckets"]]
+        other = [{k: v for k, v in b.items() if k not in skip} for b in s["buckets"]]
         if other != layout or s["world_size"] != w or s["algorithm"] != shards[0]["algorithm"]:
             raise ValueError(f"shards[{shards.index(s)}] has another layout or algorithm than shards[0]")
     state: Dict[int, Dict[str, Any]] = {}
@@ -552,6 +597,9 @@ def consolidate_state_dicts(shards: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
                 entry["step"] = torch.tensor(float(count), dtype=step_dtype)
             for key in keys:
                 entry[key] = full[key][off : off + n].reshape(lay["shapes"][k]).clone()
+            if count:
+                for key, v in bd.get("scalars", {}).items():
+                    entry[key] = torch.tensor(v, dtype=getattr(torch, bd["scalar_dtype"]))
             if entry:
                 state[i] = entry
     return {"state": dict(sorted(state.items())), "param_groups": copy.deepcopy(first["param_groups"])}
