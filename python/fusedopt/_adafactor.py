@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _core, _scalars, _threads
 from . import _validation as check
+from ._handwritten import HandWrittenOptimizer
 
 #: torch.optim.Adafactor's defaults (the param-group keys, in torch's order; the docstring says
 #: weight_decay 1e-2, the code default is 0.0)
@@ -131,7 +132,7 @@ def adafactor(params: Any, grads: Any, row_vars: Any, col_vars: Any, variances: 
     call(p, g, r, c, v, h, e1, int(step), threads)
 
 
-class Adafactor:
+class Adafactor(HandWrittenOptimizer):
     """torch.optim.Adafactor on NumPy arrays: ``Adafactor(params, lr=1e-2, beta2_decay=-0.8,
     eps=(None, 1e-3), d=1.0, weight_decay=0.0, *, foreach=None, maximize=False)`` (torch's
     arguments, defaults, checks and messages; ``foreach`` is accepted and ignored: there is one
@@ -145,58 +146,22 @@ class Adafactor:
     is written. ``state_dict()`` has torch's layout (loads into torch.optim.Adafactor with tensors
     made from its arrays, and torch's loads here)."""
 
+    NAME = "Adafactor"
+    DEFAULTS = DEFAULTS
+    OPTIONAL_KEYS = frozenset({"foreach"})
+
+    def _check_hypers(self, h: Mapping[str, Any]) -> Hypers:
+        return check_hypers(h)
+
     def __init__(self, params: Any, lr: float = 1e-2, beta2_decay: float = -0.8,
                  eps: Tuple[Optional[float], float] = (None, 1e-3), d: float = 1.0, weight_decay: float = 0.0, *,
                  foreach: Optional[bool] = None, maximize: bool = False) -> None:  # fmt: skip
-        self.defaults: Hypers = check_hypers(dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d,
-                                                  weight_decay=weight_decay, foreach=foreach, maximize=maximize))
-        self.param_groups: List[Dict[str, Any]] = []
-        self._params: List[np.ndarray] = []
-        self.state: List[Dict[str, Any]] = []
-        #: native calls made by the last step
-        self.last_native_calls = 0
-        items = [params] if isinstance(params, np.ndarray) else list(params)
-        if not items:
-            raise ValueError("params is an empty list: an optimizer needs at least one parameter")
-        if all(isinstance(x, Mapping) for x in items):
-            for group in items:
-                self.add_param_group(group)  # type: ignore[arg-type]
-        elif any(isinstance(x, Mapping) for x in items):
-            raise TypeError("params must be a list of arrays or a list of param-group dicts, not a mix")
-        else:
-            self.add_param_group({"params": items})
-
-    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
-        """Add a group of parameters with its own hyperparameters (missing ones: the defaults)."""
-        if not isinstance(param_group, Mapping) or "params" not in param_group:
-            raise TypeError("param_group must be a dict with a 'params' entry")
-        raw = param_group["params"]
-        arrays = [raw] if isinstance(raw, np.ndarray) else list(raw)
-        start = len(self._params)
-        for i, a in enumerate(arrays):
-            check.param_array(f"params[{start + i}]", a)
-        unknown = set(param_group) - set(DEFAULTS) - {"params"}
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for Adafactor")
-        group = check_hypers({k: param_group.get(k, v) for k, v in self.defaults.items()})
-        check.no_overlap("params", self._params + arrays)
-        group["params"] = list(range(start, start + len(arrays)))
-        self.param_groups.append(group)
-        self._params.extend(arrays)
-        self.state.extend({} for _ in arrays)
-
-    @property
-    def params(self) -> List[np.ndarray]:
-        """All parameter arrays, in the order ``step`` expects their gradients."""
-        return list(self._params)
+        self._init_groups(check_hypers(dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
+                                            foreach=foreach, maximize=maximize)), params)  # fmt: skip
 
     def step(self, grads: Any) -> None:
         """Update every parameter with a gradient (``None``: skip it) in place; see the class doc."""
-        if isinstance(grads, np.ndarray):
-            grads = [grads]
-        grads = list(grads)
-        if len(grads) != len(self._params):
-            raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(self._params)} parameters")
+        grads = self._grads(grads)
         calls = []
         new_states: Dict[int, Dict[str, Any]] = {}
         for group in self.param_groups:  # every check first: nothing is written before they all pass
@@ -233,70 +198,18 @@ class Adafactor:
             self.state[i] = st
         self.last_native_calls = len(calls)
 
-    def state_dict(self) -> Dict[str, Any]:
-        """A copy in torch.optim.Adafactor's layout: ``{"state": {i: {"step": int, "row_var",
-        "col_var" | "variance": array}}, "param_groups": [{lr, beta2_decay, eps, d, weight_decay,
-        foreach, maximize, "params": [i...]}]}``."""
-        state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
-                 for i, st in enumerate(self.state) if st}  # fmt: skip
-        groups = [{**{k: g[k] for k in DEFAULTS}, "params": list(g["params"])} for g in self.param_groups]
-        return {"state": state, "param_groups": groups}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load :meth:`state_dict`'s layout (also torch.optim.Adafactor's: tensors are copied into
-        arrays of the parameter's dtype, a tensor ``step`` becomes an int). Everything is checked
-        first; on error nothing changes."""
-        if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
-            raise ValueError("state_dict must be a mapping with 'state' and 'param_groups'")
-        groups_in = list(state_dict["param_groups"])
-        if len(groups_in) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(groups_in)} param groups but the optimizer has "
-                             f"{len(self.param_groups)}")  # fmt: skip
-        index: Dict[Any, int] = {}
-        new_groups = []
-        for gi, (gin, mine) in enumerate(zip(groups_in, self.param_groups)):
-            if not isinstance(gin, Mapping) or "params" not in gin:
-                raise ValueError(f"state_dict['param_groups'][{gi}] must be a dict with 'params'")
-            ids = list(gin["params"])
-            if len(ids) != len(mine["params"]):
-                raise ValueError(f"param group {gi} of state_dict has {len(ids)} parameters, the optimizer's has "
-                                 f"{len(mine['params'])}")  # fmt: skip
-            missing = set(DEFAULTS) - {"foreach"} - set(gin)
-            if missing:
-                raise ValueError(f"param group {gi} of state_dict lacks {sorted(missing)}")
-            hyper = check_hypers({k: gin.get(k) for k in DEFAULTS})
-            new_groups.append({**hyper, "params": list(mine["params"])})
-            index.update(zip(ids, mine["params"]))
-        states_in = state_dict["state"]
-        if not isinstance(states_in, Mapping):
-            raise ValueError("state_dict['state'] must be a dict")
-        new_state: List[Dict[str, Any]] = [{} for _ in self._params]
-        for key, st in states_in.items():
-            if key not in index:
-                raise ValueError(f"state_dict['state'] has an entry for unknown parameter {key!r}")
-            i, p = index[key], self._params[index[key]]
-            shapes = state_shapes(p.shape)
-            if not isinstance(st, Mapping) or set(st) != {"step", *shapes}:
-                raise ValueError(f"state of parameter {key!r} must be a dict with 'step' and {sorted(shapes)} "
-                                 f"(a parameter of shape {p.shape})")  # fmt: skip
-            step = st["step"]
-            step = float(step.item()) if hasattr(step, "item") else step
-            if isinstance(step, bool) or not isinstance(step, (int, float, np.integer, np.floating)) or \
-                    not float(step).is_integer() or step < 0:  # fmt: skip
-                raise ValueError(f"'step' of parameter {key!r} must be a whole number >= 0, got {st['step']!r}")
-            out: Dict[str, Any] = {"step": int(step)}
-            for k, shape in shapes.items():
-                a = st[k]
-                a = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
-                if tuple(a.shape) != shape or a.dtype.kind != "f":
-                    raise ValueError(f"{k} of parameter {key!r} must be a float array of shape {shape}, "
-                                     f"got {a.dtype} {tuple(a.shape)}")  # fmt: skip
-                out[k] = np.array(a, dtype=p.dtype, order="C")
-            new_state[i] = out
-        for group, new in zip(self.param_groups, new_groups):
-            group.clear()
-            group.update(new)
-        self.state = new_state
-
-    def __repr__(self) -> str:
-        return f"Adafactor({len(self._params)} parameters, {len(self.param_groups)} groups, defaults={self.defaults})"
+    def _load_param_state(self, key: Any, st: Any, p: np.ndarray) -> Dict[str, Any]:
+        """``step`` (a tensor becomes an int) and ``row_var``/``col_var`` or ``variance``."""
+        shapes = state_shapes(p.shape)
+        if not isinstance(st, Mapping) or set(st) != {"step", *shapes}:
+            raise ValueError(f"state of parameter {key!r} must be a dict with 'step' and {sorted(shapes)} "
+                             f"(a parameter of shape {p.shape})")  # fmt: skip
+        step = st["step"]
+        step = float(step.item()) if hasattr(step, "item") else step
+        if isinstance(step, bool) or not isinstance(step, (int, float, np.integer, np.floating)) or \
+                not float(step).is_integer() or step < 0:  # fmt: skip
+            raise ValueError(f"'step' of parameter {key!r} must be a whole number >= 0, got {st['step']!r}")
+        out: Dict[str, Any] = {"step": int(step)}
+        for k, shape in shapes.items():
+            out[k] = self._array(k, key, st[k], p, shape)
+        return out

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import _core, _scalars, _threads, reference
 from . import _validation as check
+from ._handwritten import HandWrittenOptimizer
 
 #: torch.optim.Muon's defaults (the param-group keys, in torch's order)
 DEFAULTS: Dict[str, Any] = {
@@ -163,7 +164,7 @@ def _as_list(name: str, x: Any) -> List[Any]:
     raise TypeError(f"{name} must be a numpy.ndarray or a list/tuple of them, got {type(x).__name__}")
 
 
-class Muon:
+class Muon(HandWrittenOptimizer):
     """torch.optim.Muon on NumPy arrays: ``Muon(params, lr=1e-3, weight_decay=0.1, momentum=0.95,
     nesterov=True, ns_coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, ns_steps=5,
     adjust_lr_fn=None)`` (torch's arguments, defaults, checks and messages).
@@ -177,64 +178,29 @@ class Muon:
     written. ``state_dict()`` has torch's layout (loads into torch.optim.Muon with tensors made
     from its arrays, and torch's loads here)."""
 
+    NAME = "Muon"
+    DEFAULTS = DEFAULTS
+
+    def _check_hypers(self, h: Mapping[str, Any]) -> Hypers:
+        return check_hypers(h)
+
     def __init__(self, params: Any, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
                  nesterov: bool = True,
                  ns_coefficients: Tuple[float, float, float] = reference.MUON_NS_COEFFICIENTS,
                  eps: float = reference.MUON_EPS, ns_steps: int = reference.MUON_NS_STEPS,
                  adjust_lr_fn: Optional[str] = None) -> None:  # fmt: skip
-        self.defaults: Hypers = check_hypers(dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
-                                                  nesterov=nesterov, ns_coefficients=ns_coefficients, eps=eps,
-                                                  ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn))  # fmt: skip
-        self.param_groups: List[Dict[str, Any]] = []
-        self._params: List[np.ndarray] = []
-        self.state: List[Dict[str, np.ndarray]] = []
-        #: native calls made by the last step (1 momentum call + 1 apply call per distinct adjusted
-        #: lr, per param group and dtype)
-        self.last_native_calls = 0
-        items = [params] if isinstance(params, np.ndarray) else list(params)
-        if not items:
-            raise ValueError("params is an empty list: an optimizer needs at least one parameter")
-        if all(isinstance(x, Mapping) for x in items):
-            for group in items:
-                self.add_param_group(group)  # type: ignore[arg-type]
-        elif any(isinstance(x, Mapping) for x in items):
-            raise TypeError("params must be a list of arrays or a list of param-group dicts, not a mix")
-        else:
-            self.add_param_group({"params": items})
+        self._init_groups(check_hypers(dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                                            ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
+                                            adjust_lr_fn=adjust_lr_fn)), params)  # fmt: skip
 
-    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
-        """Add a group of 2-D parameters with its own hyperparameters (missing ones: the defaults)."""
-        if not isinstance(param_group, Mapping) or "params" not in param_group:
-            raise TypeError("param_group must be a dict with a 'params' entry")
-        raw = param_group["params"]
-        arrays = [raw] if isinstance(raw, np.ndarray) else list(raw)
-        start = len(self._params)
-        for i, a in enumerate(arrays):
-            check.param_array(f"params[{start + i}]", a)
-            if a.ndim != 2:
-                raise ValueError(not_2d_message(tuple(a.shape)))
-        unknown = set(param_group) - set(DEFAULTS) - {"params"}
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for Muon")
-        group = check_hypers({k: param_group.get(k, v) for k, v in self.defaults.items()})
-        check.no_overlap("params", self._params + arrays)
-        group["params"] = list(range(start, start + len(arrays)))
-        self.param_groups.append(group)
-        self._params.extend(arrays)
-        self.state.extend({} for _ in arrays)
-
-    @property
-    def params(self) -> List[np.ndarray]:
-        """All parameter arrays, in the order ``step`` expects their gradients."""
-        return list(self._params)
+    def _check_param(self, name: str, a: Any) -> None:
+        check.param_array(name, a)
+        if a.ndim != 2:
+            raise ValueError(not_2d_message(tuple(a.shape)))
 
     def step(self, grads: Any) -> None:
         """Update every parameter with a gradient (``None``: skip it) in place; see the class doc."""
-        if isinstance(grads, np.ndarray):
-            grads = [grads]
-        grads = list(grads)
-        if len(grads) != len(self._params):
-            raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(self._params)} parameters")
+        grads = self._grads(grads)
         calls: List[Tuple[Hypers, List[np.ndarray], List[np.ndarray], List[np.ndarray], List[int]]] = []
         new_bufs: Dict[int, np.ndarray] = {}
         for group in self.param_groups:  # every check first: nothing is written before they all pass
@@ -261,59 +227,10 @@ class Muon:
             self.state[i]["momentum_buffer"] = b
         self.last_native_calls = n
 
-    def state_dict(self) -> Dict[str, Any]:
-        """A copy in torch.optim.Muon's layout: ``{"state": {i: {"momentum_buffer": array}},
-        "param_groups": [{lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
-        adjust_lr_fn, "params": [i...]}]}``."""
-        state = {i: {k: v.copy() for k, v in st.items()} for i, st in enumerate(self.state) if st}
-        groups = [{**{k: g[k] for k in DEFAULTS}, "params": list(g["params"])} for g in self.param_groups]
-        return {"state": state, "param_groups": groups}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load :meth:`state_dict`'s layout (also torch.optim.Muon's, tensors accepted: copied into
-        arrays of the parameter's dtype). Everything is checked first; on error nothing changes."""
-        if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
-            raise ValueError("state_dict must be a mapping with 'state' and 'param_groups'")
-        groups_in = list(state_dict["param_groups"])
-        if len(groups_in) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(groups_in)} param groups but the optimizer has "
-                             f"{len(self.param_groups)}")  # fmt: skip
-        index: Dict[Any, int] = {}
-        new_groups = []
-        for gi, (gin, mine) in enumerate(zip(groups_in, self.param_groups)):
-            if not isinstance(gin, Mapping) or "params" not in gin:
-                raise ValueError(f"state_dict['param_groups'][{gi}] must be a dict with 'params'")
-            ids = list(gin["params"])
-            if len(ids) != len(mine["params"]):
-                raise ValueError(f"param group {gi} of state_dict has {len(ids)} parameters, the optimizer's has "
-                                 f"{len(mine['params'])}")  # fmt: skip
-            missing = set(DEFAULTS) - set(gin)
-            if missing:
-                raise ValueError(f"param group {gi} of state_dict lacks {sorted(missing)}")
-            hyper = check_hypers({k: gin[k] for k in DEFAULTS})
-            new_groups.append({**hyper, "params": list(mine["params"])})
-            index.update(zip(ids, mine["params"]))
-        states_in = state_dict["state"]
-        if not isinstance(states_in, Mapping):
-            raise ValueError("state_dict['state'] must be a dict")
-        new_state: List[Dict[str, np.ndarray]] = [{} for _ in self._params]
-        for key, st in states_in.items():
-            if key not in index:
-                raise ValueError(f"state_dict['state'] has an entry for unknown parameter {key!r}")
-            i, p = index[key], self._params[index[key]]
-            if not isinstance(st, Mapping) or set(st) - {"momentum_buffer"}:
-                raise ValueError(f"state of parameter {key!r} must be a dict with only 'momentum_buffer'")
-            if "momentum_buffer" in st:
-                b = st["momentum_buffer"]
-                b = b.detach().cpu().numpy() if hasattr(b, "detach") else np.asarray(b)
-                if b.shape != p.shape or b.dtype.kind != "f":
-                    raise ValueError(f"momentum_buffer of parameter {key!r} must be a float array of shape "
-                                     f"{p.shape}, got {b.dtype} {b.shape}")  # fmt: skip
-                new_state[i]["momentum_buffer"] = np.array(b, dtype=p.dtype, order="C")
-        for group, new in zip(self.param_groups, new_groups):
-            group.clear()
-            group.update(new)
-        self.state = new_state
-
-    def __repr__(self) -> str:
-        return f"Muon({len(self._params)} parameters, {len(self.param_groups)} groups, defaults={self.defaults})"
+    def _load_param_state(self, key: Any, st: Any, p: np.ndarray) -> Dict[str, Any]:
+        """At most ``momentum_buffer`` (no step counter)."""
+        if not isinstance(st, Mapping) or set(st) - {"momentum_buffer"}:
+            raise ValueError(f"state of parameter {key!r} must be a dict with only 'momentum_buffer'")
+        if "momentum_buffer" not in st:
+            return {}
+        return {"momentum_buffer": self._array("momentum_buffer", key, st["momentum_buffer"], p, p.shape)}
