@@ -211,6 +211,61 @@ def test_checkpoint_saved_on_2_resumes_on_3_and_on_1(worlds: Dict[str, Any]) -> 
         assert {k for st in topt.state.values() for k in st} == {k for st in sd["state"].values() for k in st}
 
 
+def _lowp_reference(seed: int, name: str, kw: Dict[str, Any], dt: str, zkw: Dict[str, Any]) -> Dict[str, Any]:
+    """The single process on the averaged gradients: fusedopt.torch's class with master weights
+    (its state dict after 10 steps, its parameters after 20), or with ``max_grad_norm`` the
+    functional form over the same bfloat16 arrays and float32 masters (the global norm of the
+    bfloat16 gradients' exact float32 values)."""
+    if "max_grad_norm" in zkw:
+        import ml_dtypes
+
+        ps = [p.float().numpy().astype(ml_dtypes.bfloat16) for p in W.lowp_params(dt)]
+        ms = [p.astype(np.float32) for p in ps]
+        m = [np.zeros(p.shape, np.float32) for p in ps]
+        v = [np.zeros(p.shape, np.float32) for p in ps]
+        for t in range(1, W.STEPS + 1):
+            g = [x.float().numpy().astype(ml_dtypes.bfloat16) for x in W.lowp_grads(600 + seed, t, dt, 1, 0)[0]]
+            F.adamw(ps, g, m, v, step=t, lr=kw["lr"], weight_decay=0.01, masters=ms, max_grad_norm=zkw["max_grad_norm"])
+        return {"final": [p.astype(np.float32) for p in ps], "sd": None}
+    ps = [p.requires_grad_() for p in W.lowp_params(dt)]
+    opt = getattr(ft, name)(ps, **kw)
+    sd = None
+    for t in range(1, W.STEPS + 1):
+        if t == 11:
+            sd = pickle.loads(pickle.dumps(opt.state_dict()))
+        for p, g in zip(ps, W.lowp_grads(600 + seed, t, dt, 1, 0)[0]):
+            p.grad = g
+        opt.step()
+    return {"final": [p.detach().float().numpy() for p in ps], "sd": sd}
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_lowp_master_weights_are_bitwise_the_single_process(worlds: Dict[str, Any], world: int) -> None:
+    ranks = _ranks_ok(worlds, f"lowp{world}")
+    for seed, (cid, name, kw, dt, zkw) in enumerate(W.LOWP_CASES):
+        want = _lowp_reference(seed, name, kw, dt, zkw)
+        for r, d in enumerate(ranks):
+            assert _equal(d[f"{cid}_final"], want["final"]), f"{cid}: rank {r} of {world} differs from the single process"
+            if world != 2:  # resumed at step 10 from the 2-rank world's consolidated state dict
+                assert _equal(d[f"{cid}_resumed"], want["final"]), f"{cid}: resumed rank {r} of {world}"
+        sd = ranks[0][f"{cid}_sd"]
+        if want["sd"] is not None:  # the consolidated state dict is the single process's, masters included
+            ref = want["sd"]
+            assert sd["state"].keys() == ref["state"].keys(), cid
+            for i, st in ref["state"].items():
+                master = "master_param" if kw["master_weights"] == "fp32" else "master_trail"
+                assert master in st and st.keys() == sd["state"][i].keys(), (cid, i, st.keys(), sd["state"][i].keys())
+                for k, v in st.items():
+                    assert v.dtype == sd["state"][i][k].dtype and torch.equal(v, sd["state"][i][k]), (cid, i, k)
+        # each rank keeps the master and states of its shard only
+        n = sum(math.prod(s) for s in W.SHAPES)
+        per = 12  # (a float32 master and two float32 states: AdamW, Adam, RMSprop with momentum)
+        if kw["master_weights"] == "split":
+            per -= 2
+        for r, d in enumerate(ranks):
+            assert d[f"{cid}_bytes"] <= per * n / world + per * 2048 * len(W.SHAPES), (cid, r, d[f"{cid}_bytes"])
+
+
 def test_a_dead_rank_or_a_timeout_raises_in_bounded_time(worlds: Dict[str, Any]) -> None:
     dead = _ranks_ok(worlds, "dead2", 1)[0]
     assert dead["raised"] is not None and dead["seconds"] < 30, dead
@@ -256,7 +311,9 @@ def _same(a: Any, b: Any) -> bool:
         (dict(clip_value=-1.0), ValueError, "clip_value"),
         (dict(timeout=5), TypeError, "timeout"),
         (dict(reduce_grads="yes"), TypeError, "reduce_grads"),
-        (dict(state_dtype="bfloat16"), ValueError, "low-precision"),
+        (dict(state_dtype="bfloat16"), ValueError, "state_dtype"),
+        (dict(state_dtype="8bit"), ValueError, "state_dtype"),
+        (dict(stochastic_rounding=True), ValueError, "stochastic_rounding"),
     ],
 )
 def test_bad_constructor_arguments_raise_naming_them(group: Any, kwargs: Dict[str, Any], exc: Any, match: str) -> None:
@@ -276,6 +333,13 @@ def test_bad_parameters_raise_naming_them(group: Any) -> None:
     ps[1] = ps[1].detach().t().requires_grad_()
     with pytest.raises(ValueError, match=r"params\[1\]"):
         ZeroOptimizer(ps)
+    ps = _model(torch.bfloat16)  # low precision without a master: refused, nothing modified
+    before = [p.detach().clone() for p in ps]
+    with pytest.raises(TypeError, match=r"params\[0\].*master_weights"):
+        ZeroOptimizer(ps)
+    with pytest.raises(ValueError, match="split"):
+        ZeroOptimizer(_model(torch.float16), master_weights="split")
+    assert all(torch.equal(p, b) for p, b in zip(ps, before))
 
 
 def test_bad_step_input_raises_with_nothing_modified(group: Any) -> None:

@@ -192,6 +192,69 @@ def sc_resume(rank: int, world: int, out: Dict[str, Any]) -> None:
         out[f"{name}_final"] = _numpy(ps)
 
 
+#: bfloat16/float16 parameters with master weights: (id, class, kwargs, dtype, ZeroOptimizer-only kwargs)
+LOWP_CASES: List[Tuple[str, str, Dict[str, Any], str, Dict[str, Any]]] = [
+    ("AdamW-bf16-fp32", "AdamW", {"lr": LR, "weight_decay": 0.01, "master_weights": "fp32"}, "bfloat16", {}),
+    ("RMSprop-bf16-fp32", "RMSprop", {"lr": LR, "momentum": 0.5, "master_weights": "fp32"}, "bfloat16", {}),
+    ("Adam-fp16-fp32", "Adam", {"lr": LR, "master_weights": "fp32"}, "float16", {}),
+    ("AdamW-bf16-split", "AdamW", {"lr": LR, "master_weights": "split"}, "bfloat16", {}),
+    ("AdamW-bf16-ddp", "AdamW", {"lr": LR, "master_weights": "fp32"}, "bfloat16", {"reduce_grads": False}),
+    ("AdamW-bf16-clip", "AdamW", {"lr": LR, "master_weights": "fp32"}, "bfloat16", {"max_grad_norm": 5.0}),
+]
+
+
+def lowp_grads(seed: int, step: int, dtype: str, world: int, rank: int) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """(averaged gradients A, this rank's) as bfloat16/float16 tensors: multiples of 1/16 in [-1, 1),
+    rank 0's ``W*A - (W-1)*B`` has at most 7 significant bits (exact in bfloat16 and float16), so the
+    float32 sum over ranks is exact and the averaged gradient is exactly A."""
+    rng = np.random.default_rng([seed, step])
+    a = [(rng.integers(-16, 16, s) / 16).astype(np.float32) for s in SHAPES]
+    b = [(rng.integers(-16, 16, s) / 16).astype(np.float32) for s in SHAPES]
+    mine = [x * world - y * (world - 1) for x, y in zip(a, b)] if rank == 0 else b
+    dt = getattr(torch, dtype)
+    return [torch.from_numpy(x).to(dt) for x in a], [torch.from_numpy(x).to(dt) for x in mine]
+
+
+def lowp_params(dtype: str) -> List[torch.Tensor]:
+    return [torch.from_numpy(a).to(getattr(torch, dtype)) for a in init_params(SHAPES, "float32")]
+
+
+def _f32(params: List[torch.Tensor]) -> List[np.ndarray]:
+    return [p.detach().float().numpy().copy() for p in params]
+
+
+def sc_lowp(rank: int, world: int, out: Dict[str, Any]) -> None:
+    """bfloat16/float16 parameters with master weights, 20 steps, consolidated at step 10; worlds other
+    than 2 also resume from the 2-rank world's consolidated state dict at step 10."""
+    for seed, (cid, name, kw, dt, zkw) in enumerate(LOWP_CASES):
+        ps = [p.requires_grad_() for p in lowp_params(dt)]
+        opt = ZeroOptimizer(ps, getattr(ft, name), threads=1, **zkw, **kw)
+        for t in range(1, STEPS + 1):
+            if t == 11:
+                opt.consolidate_state_dict(to=0)
+                out[f"{cid}_at10"] = [p.detach().clone() for p in ps]
+                if rank == 0:
+                    out[f"{cid}_sd"] = opt.state_dict()
+                out[f"{cid}_bytes"] = opt.state_bytes()
+            avg, mine = lowp_grads(600 + seed, t, dt, world, rank)
+            for p, g in zip(ps, avg if zkw.get("reduce_grads") is False else mine):
+                p.grad = g.clone()
+            opt.step()
+        out[f"{cid}_final"] = _f32(ps)
+        if world != 2:
+            with open(os.path.join(os.environ["ZERO_OUT"], "lowp2_r0.pkl"), "rb") as f:
+                saved = pickle.load(f)
+            ps = [p.clone().requires_grad_() for p in saved[f"{cid}_at10"]]
+            opt = ZeroOptimizer(ps, getattr(ft, name), threads=1, **zkw, **kw)
+            opt.load_state_dict(saved[f"{cid}_sd"])
+            for t in range(11, STEPS + 1):
+                avg, mine = lowp_grads(600 + seed, t, dt, world, rank)
+                for p, g in zip(ps, avg if zkw.get("reduce_grads") is False else mine):
+                    p.grad = g.clone()
+                opt.step()
+            out[f"{cid}_resumed"] = _f32(ps)
+
+
 def sc_dead(rank: int, world: int, out: Dict[str, Any]) -> None:
     """Rank 1 dies after construction: rank 0's step must raise, not hang."""
     ps = [torch.from_numpy(a).requires_grad_() for a in init_params(SHAPES, "float32")]
@@ -227,13 +290,13 @@ def sc_hang(rank: int, world: int, out: Dict[str, Any]) -> None:
 
 #: scenario name -> function
 SCENARIOS = {"elementwise": sc_elementwise, "options": sc_options, "save": sc_save, "resume": sc_resume,
-             "dead": sc_dead, "hang": sc_hang}  # fmt: skip
+             "lowp": sc_lowp, "dead": sc_dead, "hang": sc_hang}  # fmt: skip
 #: world name -> (world size, scenarios run in it in order, deadline in seconds, group timeout); results
 #: go to ``<scenario><world size>_r<rank>.pkl``. "save" (2 ranks) runs before the worlds that resume.
 WORLDS = {
-    "w2": (2, ["elementwise", "options", "save"], 300, 60),
-    "w3": (3, ["elementwise", "options", "resume"], 400, 60),
-    "w1": (1, ["elementwise", "options", "resume"], 300, 60),
+    "w2": (2, ["elementwise", "options", "save", "lowp"], 300, 60),
+    "w3": (3, ["elementwise", "options", "resume", "lowp"], 400, 60),
+    "w1": (1, ["elementwise", "options", "resume", "lowp"], 300, 60),
     "dead": (2, ["dead"], 60, 10),
     "hang": (2, ["hang"], 60, 30),
 }

@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tupl
 
 import numpy as np
 
-from .. import _core, _engine, _scalars, _threads
+from .. import _core, _engine, _lowp, _scalars, _threads
 from .. import functional as F
 from ..algorithms import FIRST_STEP, Algorithm
 from ..reference import NORM_BLOCK
@@ -44,8 +44,30 @@ ALIGN = NORM_BLOCK
 #: every parameter starts at a multiple of START_ALIGN elements (64 bytes or more)
 START_ALIGN = 16
 
-#: the dtypes of a bucket, in the order the single-process norm adds them
+#: the dtypes of the norm's two sums, in the order the single-process norm adds them
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_F16 = np.dtype(np.float16)
+
+
+def bucket_dtypes() -> Tuple[np.dtype, ...]:
+    """The dtypes of buckets, in bucket order within a param group: float32, bfloat16 (when
+    ml_dtypes is installed), float16, float64. A bfloat16/float16 gradient enters the norm as its
+    exact float32 upcast (:func:`fusedopt.functional.global_norm`): in the float32 sum."""
+    try:
+        bf16: Tuple[np.dtype, ...] = (_lowp.bf16_dtype(),)
+    except ImportError:
+        bf16 = ()
+    return (DTYPES[0], *bf16, _F16, DTYPES[1])
+
+
+def is_lowp(dtype: np.dtype) -> bool:
+    """Whether a bucket dtype is bfloat16 or float16."""
+    return dtype == _F16 or _lowp.is_bf16(dtype)
+
+
+def norm_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype of the norm's sum a bucket's gradients enter (float32 for bfloat16/float16)."""
+    return DTYPES[1] if dtype == DTYPES[1] else DTYPES[0]
 
 
 class Communicator(Protocol):
@@ -205,10 +227,10 @@ def layout(sizes: Sequence[int], world_size: int) -> Tuple[List[int], int]:
 
 def make_buckets(groups: Sequence[Sequence[Tuple[int, Tuple[int, ...], Any]]], world_size: int) -> List[Bucket]:
     """Buckets for param groups given as lists of (index, shape, dtype): one per (group, dtype),
-    groups in order, float32 before float64, parameters in order within each."""
+    groups in order, dtypes in :func:`bucket_dtypes` order, parameters in order within each."""
     out = []
     for g, items in enumerate(groups):
-        for dt in DTYPES:
+        for dt in bucket_dtypes():
             mine = [(i, tuple(int(d) for d in s)) for i, s, d in items if np.dtype(d) == dt]
             if not mine:
                 continue
@@ -243,11 +265,11 @@ class NormPlan:
         for d, dt in enumerate(DTYPES):
             blocks: List[Tuple[int, int, int]] = []  # (bucket, param position, block k)
             for b, bk in enumerate(buckets):
-                if bk.dtype != dt:
+                if norm_dtype(bk.dtype) != dt:
                     continue
                 for k, n in enumerate(bk.sizes):
                     blocks += [(b, k, j) for j in range(-(-n // NORM_BLOCK))]
-            if not any(bk.dtype == dt for bk in buckets):
+            if not any(norm_dtype(bk.dtype) == dt for bk in buckets):
                 continue
             owners = [(buckets[b].offsets[k] + j * NORM_BLOCK) // buckets[b].shard for b, k, j in blocks]
             self.trees.append((d, self._build(buckets, blocks, owners, d, 0, len(blocks))))
@@ -290,7 +312,7 @@ class NormPlan:
         out[: len(self.leaves)] = 0.0
         for j, (owner, _, pieces) in enumerate(self.leaves):
             if owner == rank:
-                out[j] = _core.sum_of_squares([grad_of(b, s, e) for b, s, e in pieces], threads)
+                out[j] = _core.sum_of_squares(F._upcast_lowp([grad_of(b, s, e) for b, s, e in pieces]), threads)
 
     def total(self, values: np.ndarray) -> float:
         """The single process's float64 sum of squares from the all-reduced leaf values."""
@@ -332,9 +354,22 @@ class ShardEngine:
     """The states of this rank's shards and the fused step on them (no parameters of its own:
     the caller passes the shard views of its buckets at every step)."""
 
-    def __init__(self, algo: Algorithm, buckets: Sequence[Bucket], rank: int, threads: int) -> None:
+    def __init__(self, algo: Algorithm, buckets: Sequence[Bucket], rank: int, threads: int,
+                 master_kinds: Optional[Sequence[Optional[str]]] = None) -> None:  # fmt: skip
         self.algo = algo
         self.buckets = list(buckets)
+        #: per bucket: the master of its (bfloat16/float16) parameters: "fp32" (a float32 copy of
+        #: the shard), "split" (the uint16 low halves of the float32 masters of bfloat16
+        #: parameters) or None; a low-precision bucket has float32 states (as fusedopt.torch's
+        #: master_weights) and needs a master
+        self.master_kinds: List[Optional[str]] = list(master_kinds) if master_kinds is not None else [None] * len(buckets)
+        for bk, kind in zip(self.buckets, self.master_kinds):
+            if is_lowp(bk.dtype) != (kind is not None):
+                raise ValueError(f"a {bk.dtype.name} bucket needs master kind {'fp32/split' if is_lowp(bk.dtype) else None}, "
+                                 f"got {kind!r}")  # fmt: skip
+        #: per bucket: this rank's master shard (made from the parameter shard at its first step,
+        #: the exact float32 upcast, or a zero trail, as fusedopt.torch makes a master), or None
+        self.masters: List[Optional[np.ndarray]] = [None] * len(self.buckets)
         self.rank = rank
         self.threads = threads
         self.norm = NormPlan(self.buckets)
@@ -363,11 +398,32 @@ class ShardEngine:
                 continue
             a = st.get(r.arg)
             if a is None:
-                a = st[r.arg] = np.zeros(bk.shard, dtype=bk.dtype)
+                a = st[r.arg] = np.zeros(bk.shard, dtype=self.state_dtype(b))
                 if r.init_hyper is not None:
                     a.fill(h[r.init_hyper])
             lists.append(a)
         return lists
+
+    def state_dtype(self, b: int) -> np.dtype:
+        """The dtype of bucket ``b``'s state shards: float32 for bfloat16/float16 parameters (they
+        have masters), else the parameters' own."""
+        dt = self.buckets[b].dtype
+        return DTYPES[0] if is_lowp(dt) else dt
+
+    def master_dtype(self, b: int) -> np.dtype:
+        """The dtype of bucket ``b``'s master shard: float32 ("fp32") or uint16 ("split")."""
+        return np.dtype(np.uint16) if self.master_kinds[b] == "split" else DTYPES[0]
+
+    def ensure_master(self, b: int, params: Sequence[np.ndarray], pieces: Optional[Sequence[Tuple[int, int]]]) -> np.ndarray:
+        """Bucket ``b``'s master shard, made from this rank's parameter pieces when it has none."""
+        m = self.masters[b]
+        if m is None:
+            m = np.zeros(self.buckets[b].shard, dtype=self.master_dtype(b))
+            if self.master_kinds[b] == "fp32":  # (a split master's trail starts at zero)
+                for (a, e), x in zip(pieces if pieces is not None else [(0, m.size)], params):
+                    m[a:e] = np.asarray(x).astype(np.float32)
+            self.masters[b] = m
+        return m
 
     def threads_for(self, n: int) -> int:
         return 1 if _threads.serial(n, self.algo.threads) else self.threads
@@ -430,11 +486,18 @@ class ShardEngine:
                 ls = [None if x is None else [x[a:e] for a, e in pieces[b]] for x in lists]
             roles = [("params", p, True), ("grads", g, False)]
             roles += [(r.arg, x, True) for r, x in zip(algo.states, ls) if x is not None]
+            lowp: Tuple[Any, ...] = ()
+            if self.master_kinds[b] is not None and p:
+                m = self.ensure_master(b, p, None if pieces is None else pieces[b])
+                ms = [m] if pieces is None else [m[a:e] for a, e in pieces[b]]
+                roles.append(("masters", ms, True))
+                lowp = (ms, False, 0, 0)
             if p:
                 _core.check(roles, lowp=True)
-            calls.append((b, h, t, p, g, ls))
-        for b, h, t, p, g, ls in calls:
+            calls.append((b, h, t, p, g, ls, lowp))
+        for b, h, t, p, g, ls, lowp in calls:
             if p:  # (a rank whose part of a bucket is all padding has nothing to update)
-                _engine.native_call(algo, h, t, p, g, ls, self.threads_for(sum(int(x.shape[0]) for x in p)), grad=gs)
+                _engine.native_call(algo, h, t, p, g, ls, self.threads_for(sum(int(x.shape[0]) for x in p)), grad=gs,
+                                    lowp=lowp)  # fmt: skip
             self.counts[b] += 1
             self.scalars[b] = news[b]

@@ -19,16 +19,48 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import _threads
+from .. import _lowp, _threads
 from .. import _validation as check
 from .. import torch as ftorch
 from ..algorithms import Algorithm
-from ._shard import Bucket, GradOptions, ShardEngine, TorchCommunicator, make_buckets, shard_grad_of
+from ._shard import Bucket, GradOptions, ShardEngine, TorchCommunicator, is_lowp, make_buckets, shard_grad_of
 
 #: the ``format`` entry of a shard state dict (:meth:`ZeroOptimizer.shard_state_dict`)
 SHARD_FORMAT = "fusedopt.zero/1"
 
-_TORCH_DTYPE = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+_TORCH_DTYPE: Dict[np.dtype, torch.dtype] = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+                np.dtype(np.float16): torch.float16}
+_LOWP_TORCH = (torch.bfloat16, torch.float16)
+
+
+def _numpy_dtype(dt: torch.dtype) -> np.dtype:
+    """The NumPy dtype of a parameter dtype (bfloat16: ml_dtypes')."""
+    if dt == torch.bfloat16:
+        return _lowp.bf16_dtype("bfloat16 parameters of ZeroOptimizer")
+    for k, v in _TORCH_DTYPE.items():
+        if v == dt:
+            return k
+    raise TypeError(f"no NumPy dtype for {dt}")
+
+
+def _torch_dtype(dt: np.dtype) -> torch.dtype:
+    return torch.bfloat16 if _lowp.is_bf16(dt) else _TORCH_DTYPE[dt]
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a contiguous CPU tensor's memory, bfloat16 as ml_dtypes' bfloat16."""
+    if t.dtype == torch.bfloat16:
+        out: np.ndarray = t.view(torch.int16).numpy().view(_lowp.bf16_dtype())
+        return out
+    plain: np.ndarray = t.numpy()
+    return plain
+
+
+def _raw(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a tensor's memory for the collectives that only move it: bfloat16 as bytes
+    (gloo takes neither int16 nor every bfloat16 collective)."""
+    out: np.ndarray = t.view(torch.uint8).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+    return out
 
 
 def _optimizer_classes() -> List[str]:
@@ -146,7 +178,8 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
     buffers; ``self.state`` stays empty (:meth:`state_bytes`, :meth:`shard_state_dict`).
 
     Args:
-        params: parameters or param groups (CPU float32/float64, contiguous, dense).
+        params: parameters or param groups (CPU float32/float64, contiguous, dense; bfloat16/float16
+            with ``master_weights``, below).
         optimizer_class: a fusedopt.torch optimizer class whose update is element-wise
             (``SGD``, ``Momentum``, ``RMSprop``, ``Adam``, ``AdamW``, ``Adagrad``, ``Adamax``,
             ``RAdam``, ``NAdam``, ``Lion``, and any later one that passes the check); per-tensor
@@ -169,7 +202,18 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             over the same ranks with this timeout (``new_group`` is collective: every rank of the
             default group must construct the optimizer). Without it the group's own timeout
             bounds how long a rank waits for a dead peer.
-        **defaults: ``optimizer_class``'s keyword arguments (``lr``, ``betas``, ...).
+        **defaults: ``optimizer_class``'s keyword arguments (``lr``, ``betas``, ...), among them
+            ``master_weights="fp32"`` (or ``"split"``, bfloat16 only) for bfloat16/float16
+            parameters: each rank keeps the float32 master (or the uint16 trail) of its shard only,
+            made from the parameter shard at the first step as fusedopt.torch makes it, with float32
+            states; the step updates the master and writes the parameter shard (round to nearest
+            even), and the all-gather moves the low-precision parameters. Their gradients are summed
+            in float32 (exact upcasts) and divided by the world size in float32, then rounded to the
+            parameter's dtype: the averaged gradient is ``dtype(fl32(sum) / world_size)``, and a
+            step is bitwise fusedopt.torch's class with the same option given that gradient
+            (masters in the consolidated state dict under its keys). A master is not made again
+            from a parameter changed outside ``step`` (fusedopt.torch's ``sync_masters``): load a
+            state dict instead. ``stochastic_rounding`` and ``state_dtype`` are refused (ValueError).
     """
 
     def __init__(self, params: Any, optimizer_class: Any = ftorch.AdamW, process_group: Any = None, *,
@@ -191,13 +235,20 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                                "backend='gloo', timeout=...) first")  # fmt: skip
         params = list(params) if not isinstance(params, torch.Tensor) else [params]
         front = optimizer_class(params, **defaults)
-        if front.master_weights is not None or front.stochastic_rounding or front.state_dtype is not None:
-            raise ValueError("ZeroOptimizer does not support the low-precision options (master_weights, "
-                             "stochastic_rounding, state_dtype) yet")  # fmt: skip
+        if front.stochastic_rounding:
+            raise ValueError("ZeroOptimizer does not support stochastic_rounding=True yet (give master_weights='fp32' "
+                             "or 'split' for bfloat16 parameters)")  # fmt: skip
+        if front.state_dtype is not None:
+            raise ValueError(f"ZeroOptimizer does not support state_dtype={front.state_dtype!r} yet (bfloat16 and "
+                             "float16 parameters with master_weights keep float32 states)")  # fmt: skip
         all_params: List[torch.Tensor] = [p for g in front.param_groups for p in g["params"]]
         for i, p in enumerate(all_params):
-            if p.dtype not in (torch.float32, torch.float64):
-                raise TypeError(f"params[{i}] has dtype {p.dtype}; ZeroOptimizer takes float32/float64 parameters")
+            if p.dtype in _LOWP_TORCH and front.master_weights is None:
+                raise TypeError(f"params[{i}] has dtype {p.dtype}: ZeroOptimizer takes bfloat16/float16 parameters with "
+                                "master_weights='fp32' (or 'split', bfloat16) only")  # fmt: skip
+            if p.dtype not in (torch.float32, torch.float64, *_LOWP_TORCH):
+                raise TypeError(f"params[{i}] has dtype {p.dtype}; ZeroOptimizer takes float32/float64 parameters "
+                                "(bfloat16/float16 with master_weights)")  # fmt: skip
             if p.device.type != "cpu" or p.layout != torch.strided:
                 raise ValueError(f"params[{i}] must be a dense CPU tensor, got {p.device} {p.layout}")
             if not p.is_contiguous():
@@ -230,17 +281,20 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         items = []
         index = 0
         for g in front.param_groups:
-            items.append([(index + k, tuple(p.shape), p.detach().numpy().dtype) for k, p in enumerate(g["params"])])
+            items.append([(index + k, tuple(p.shape), _numpy_dtype(p.dtype)) for k, p in enumerate(g["params"])])
             index += len(g["params"])
         self._buckets: List[Bucket] = make_buckets(items, self.world_size)
         r = self.rank
         self._flat: List[torch.Tensor] = []
         self._flat_grad: List[torch.Tensor] = []
         self._grad_shard: List[torch.Tensor] = []
+        #: per bucket: the gradient shard the step reads: the reduced shard itself, or for
+        #: bfloat16/float16 parameters (reduced in float32) its rounding to their dtype
+        self._grad_step: List[torch.Tensor] = []
         self._views: List[List[torch.Tensor]] = []
         with torch.no_grad():
             for bk in self._buckets:
-                dt = _TORCH_DTYPE[bk.dtype]
+                dt = _torch_dtype(bk.dtype)
                 flat = torch.zeros(bk.padded, dtype=dt)
                 views = []
                 for k, i in enumerate(bk.params):
@@ -252,11 +306,14 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                 self._flat.append(flat)
                 self._views.append(views)
                 if self._reduce_grads:  # reduced in place: this rank's chunk is its shard
-                    self._flat_grad.append(torch.zeros(bk.padded, dtype=dt))
+                    rdt = torch.float32 if dt in _LOWP_TORCH else dt  # (low precision: summed in float32)
+                    self._flat_grad.append(torch.zeros(bk.padded, dtype=rdt))
                     self._grad_shard.append(self._flat_grad[-1][r * bk.shard : (r + 1) * bk.shard])
+                    self._grad_step.append(torch.zeros(bk.shard, dtype=dt) if dt in _LOWP_TORCH else self._grad_shard[-1])
                 else:  # DDP mode: the kernel reads this rank's parts of the .grad tensors themselves
                     self._flat_grad.append(flat[:0])
                     self._grad_shard.append(flat[:0])
+                    self._grad_step.append(flat[:0])
         #: reduce_grads: per bucket, (parameter index, 0, size, destination) of the gradient copies
         #: into the flat gradient buffer. DDP mode: per bucket, (parameter index, start, stop, shard
         #: start, shard stop) of each parameter's part in this rank's shard: the step reads those
@@ -278,11 +335,13 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                     pieces.append((i, a - off, e - off, a - lo, e - lo))
             self._pack.append(plan)
             self._pieces.append(pieces)
-            self._piece_params.append([self._flat[b][lo + s : lo + e].numpy() for _, _, _, s, e in pieces])
+            self._piece_params.append([_np(self._flat[b][lo + s : lo + e]) for _, _, _, s, e in pieces])
             self._piece_ranges.append([(s, e) for _, _, _, s, e in pieces])
-        self._param_shards = [f[r * bk.shard : (r + 1) * bk.shard].numpy() for f, bk in zip(self._flat, self._buckets)]
-        self._grad_shards = [g.numpy() for g in self._grad_shard]
-        self._engine = ShardEngine(algo, self._buckets, r, self.threads)
+        self._param_shards = [_np(f[r * bk.shard : (r + 1) * bk.shard]) for f, bk in zip(self._flat, self._buckets)]
+        self._grad_shards = [_np(g) for g in self._grad_shard]
+        self._step_grads = [_np(g) for g in self._grad_step]
+        kinds = [front._master_kind(all_params[bk.params[0]]) if is_lowp(bk.dtype) else None for bk in self._buckets]
+        self._engine = ShardEngine(algo, self._buckets, r, self.threads, kinds)
         self._engine.scalar_dtypes = [_scalar_dtype_name()] * len(self._buckets)
         if any(role.init_hyper is not None for role in algo.states):  # made with the parameters, as torch
             for b, bk in enumerate(self._buckets):
@@ -331,7 +390,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         t0 = time.perf_counter()
         if self._reduce_grads:
             n = sum(int(bk.shard) for bk in self._buckets)
-            gs, skip = self._engine.decide(self._comm, shard_grad_of(self._grad_shards), n, opts)
+            gs, skip = self._engine.decide(self._comm, shard_grad_of(self._step_grads), n, opts)
         else:
             pieces = self._grad_pieces(grads)
             t1 = time.perf_counter()
@@ -345,14 +404,14 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             self.skipped_steps += 1
             return loss
         if self._reduce_grads:
-            self._engine.apply(hypers, [[p] for p in self._param_shards], [[g] for g in self._grad_shards], gs)
+            self._engine.apply(hypers, [[p] for p in self._param_shards], [[g] for g in self._step_grads], gs)
         else:
             self._engine.apply(hypers, self._piece_params, pieces, gs, self._piece_ranges)
         t2 = time.perf_counter()
         tm["step"] = t2 - t1
         if self.world_size > 1:
             for flat in self._flat:
-                self._comm.all_gather(flat.numpy())
+                self._comm.all_gather(_raw(flat))
         tm["all_gather"] = time.perf_counter() - t2
         # written through NumPy views of the flat buffers: advance the autograd version counters as
         # an in-place torch update does (a tensor saved for backward before this step then raises)
@@ -393,7 +452,11 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                     dsts.append(dst)
                     srcs.append(g.reshape(-1)[a:e])
             if dsts:
-                torch._foreach_copy_(dsts, srcs)
+                if self._flat_grad[b].dtype == self._flat[b].dtype:
+                    torch._foreach_copy_(dsts, srcs)
+                else:  # (bfloat16/float16 gradients into the float32 buffer: exact)
+                    for dst, src in zip(dsts, srcs):
+                        dst.copy_(src)
             if self._reduce_grads and w > 1:
                 t1 = time.perf_counter()
                 tm["pack"] += t1 - t0
@@ -402,20 +465,23 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                 tm["reduce_scatter"] += t0 - t1
                 shard = self._grad_shards[b]
                 np.divide(shard, shard.dtype.type(w), out=shard)
+            if self._reduce_grads and self._grad_step[b].dtype != self._grad_shard[b].dtype:
+                self._grad_step[b].copy_(self._grad_shard[b])  # (float32 to bfloat16/float16: nearest even)
         tm["pack"] += time.perf_counter() - t0
 
-    def _grad_pieces(self, grads: List[Optional[torch.Tensor]]) -> List[List[torch.Tensor]]:
+    def _grad_pieces(self, grads: List[Optional[torch.Tensor]]) -> List[List[Any]]:
         """DDP mode: per bucket, this rank's part of each gradient (views; zeros for None)."""
         out = []
         for b in range(len(self._buckets)):
             row = []
             for i, a, e, _, _ in self._pieces[b]:
                 g = grads[i]
-                row.append(torch.zeros(e - a, dtype=self._flat[b].dtype) if g is None else g.reshape(-1)[a:e])
+                x = torch.zeros(e - a, dtype=self._flat[b].dtype) if g is None else g.reshape(-1)[a:e]
+                row.append(_np(x.contiguous()) if x.dtype in _LOWP_TORCH else x)
             out.append(row)
         return out
 
-    def _piece_grad_of(self, pieces: List[List[torch.Tensor]]) -> Callable[[int, int, int], Any]:
+    def _piece_grad_of(self, pieces: List[List[Any]]) -> Callable[[int, int, int], Any]:
         """The norm's view of the gradient pieces: shard elements [s, e) of bucket b."""
         starts = [[s for s, _ in rs] for rs in self._piece_ranges]
 
@@ -435,6 +501,11 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             d = bk.as_dict()
             roles = {r.arg: r.key for r in self._algo.states}
             d["state"] = {roles[arg]: torch.from_numpy(a.copy()) for arg, a in self._engine.states[b].items()}
+            m = self._engine.masters[b]
+            if m is not None:  # (fusedopt.torch's keys: a float32 master, or the trail as int16)
+                kind = self._engine.master_kinds[b]
+                d["state"][_lowp.MASTER_KEY if kind == "fp32" else _lowp.TRAIL_KEY] = torch.from_numpy(
+                    m.copy() if kind == "fp32" else m.view(np.int16).copy())
             d["step"] = self._engine.counts[b]
             d["scalars"] = dict(self._engine.scalars[b])  # (NAdam's mu_product: one value per bucket)
             d["scalar_dtype"] = self._engine.scalar_dtypes[b]
@@ -459,7 +530,9 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                 s["buckets"] = [dict(b, state=dict(b["state"])) for b in mine["buckets"]]
         for b, bd in enumerate(mine["buckets"]):
             for key in sorted(bd["state"]):
-                got = self._comm.gather(bd["state"][key].numpy(), to)
+                a = bd["state"][key].numpy()
+                got = self._comm.gather(a.view(np.uint8) if a.dtype == np.int16 else a, to)  # (a trail as bytes)
+                got = None if got is None else [x.view(a.dtype) for x in got]
                 if shards is not None and got is not None:
                     for r in range(self.world_size):
                         shards[r]["buckets"][b]["state"][key] = torch.from_numpy(got[r])
@@ -509,7 +582,8 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             counts: List[int] = []
             scalars: List[Dict[str, float]] = []
             scalar_dtypes: List[str] = []
-            for bk in self._buckets:
+            masters: List[Optional[np.ndarray]] = []
+            for b, bk in enumerate(self._buckets):
                 h = front._group_plan(front.param_groups[bk.group])[0]
                 states: Dict[str, np.ndarray] = {}
                 count = 0
@@ -529,7 +603,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                     for role in self._algo.states:
                         if not role.present(h) or role.key not in loaded:
                             continue
-                        a = np.zeros(bk.shard, dtype=bk.dtype)
+                        a = np.zeros(bk.shard, dtype=self._engine.state_dtype(b))
                         lo, hi = r * bk.shard, (r + 1) * bk.shard
                         for k, i in enumerate(bk.params):
                             s, e = max(lo, bk.offsets[k]), min(hi, bk.offsets[k] + bk.sizes[k])
@@ -539,6 +613,26 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                         states[role.arg] = a
                     if not has_step and states:
                         count = 1
+                kind = self._engine.master_kinds[b]
+                master: Optional[np.ndarray] = None
+                if kind is not None and loaded:  # (a master not in the dict: made from the parameter, as
+                    # fusedopt.torch makes it after loading; this rank's parameter shard is the same)
+                    key = _lowp.MASTER_KEY if kind == "fp32" else _lowp.TRAIL_KEY
+                    master = np.zeros(bk.shard, dtype=self._engine.master_dtype(b))
+                    lo, hi = r * bk.shard, (r + 1) * bk.shard
+                    for k, i in enumerate(bk.params):
+                        s, e = max(lo, bk.offsets[k]), min(hi, bk.offsets[k] + bk.sizes[k])
+                        if s >= e:
+                            continue
+                        got = front.state[self._params[i]].get(key)
+                        if got is not None:
+                            src = got.detach().reshape(-1).numpy().view(master.dtype)
+                        elif kind == "fp32":
+                            src = _np(self._params[i].detach().reshape(-1)).astype(np.float32)
+                        else:
+                            src = np.zeros(bk.sizes[k], dtype=master.dtype)
+                        master[s - lo : e - lo] = src[s - bk.offsets[k] : e - bk.offsets[k]]
+                masters.append(master)
                 new_states.append(states)
                 counts.append(count)
                 scalars.append(sc_values)
@@ -549,6 +643,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         self._engine.counts = counts
         self._engine.scalars = scalars
         self._engine.scalar_dtypes = scalar_dtypes
+        self._engine.masters = masters
         for b, bk in enumerate(self._buckets):
             if not new_states[b] and any(role.init_hyper is not None for role in self._algo.states):
                 self._engine.ensure_states(b, front._group_plan(front.param_groups[bk.group])[0])
@@ -556,7 +651,8 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state held by this rank (its shards)."""
-        return sum(int(a.nbytes) for st in self._engine.states for a in st.values())
+        return sum(int(a.nbytes) for st in self._engine.states for a in st.values()) + sum(
+            int(m.nbytes) for m in self._engine.masters if m is not None)
 
 
 def consolidate_state_dicts(shards: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
