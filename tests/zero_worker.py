@@ -192,7 +192,8 @@ def sc_resume(rank: int, world: int, out: Dict[str, Any]) -> None:
         out[f"{name}_final"] = _numpy(ps)
 
 
-#: bfloat16/float16 parameters with master weights: (id, class, kwargs, dtype, ZeroOptimizer-only kwargs)
+#: low precision: bfloat16/float16 parameters with or without master weights, bfloat16 states:
+#: (id, class, kwargs, dtype, ZeroOptimizer-only kwargs)
 LOWP_CASES: List[Tuple[str, str, Dict[str, Any], str, Dict[str, Any]]] = [
     ("AdamW-bf16-fp32", "AdamW", {"lr": LR, "weight_decay": 0.01, "master_weights": "fp32"}, "bfloat16", {}),
     ("RMSprop-bf16-fp32", "RMSprop", {"lr": LR, "momentum": 0.5, "master_weights": "fp32"}, "bfloat16", {}),
@@ -200,6 +201,10 @@ LOWP_CASES: List[Tuple[str, str, Dict[str, Any], str, Dict[str, Any]]] = [
     ("AdamW-bf16-split", "AdamW", {"lr": LR, "master_weights": "split"}, "bfloat16", {}),
     ("AdamW-bf16-ddp", "AdamW", {"lr": LR, "master_weights": "fp32"}, "bfloat16", {"reduce_grads": False}),
     ("AdamW-bf16-clip", "AdamW", {"lr": LR, "master_weights": "fp32"}, "bfloat16", {"max_grad_norm": 5.0}),
+    ("AdamW-f32-bf16states", "AdamW", {"lr": LR, "weight_decay": 0.01, "state_dtype": "bfloat16"}, "float32", {}),
+    ("Adam-bf16-fp32-bf16states", "Adam", {"lr": LR, "master_weights": "fp32", "state_dtype": "bfloat16"},
+     "bfloat16", {}),
+    ("Lion-bf16-nomaster", "Lion", {"lr": LR}, "bfloat16", {}),  # (bfloat16 states, as torch.optim)
 ]
 
 

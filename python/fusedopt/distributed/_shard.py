@@ -355,18 +355,21 @@ class ShardEngine:
     the caller passes the shard views of its buckets at every step)."""
 
     def __init__(self, algo: Algorithm, buckets: Sequence[Bucket], rank: int, threads: int,
-                 master_kinds: Optional[Sequence[Optional[str]]] = None) -> None:  # fmt: skip
+                 master_kinds: Optional[Sequence[Optional[str]]] = None,
+                 state_dtypes: Optional[Sequence[np.dtype]] = None) -> None:  # fmt: skip
         self.algo = algo
         self.buckets = list(buckets)
         #: per bucket: the master of its (bfloat16/float16) parameters: "fp32" (a float32 copy of
         #: the shard), "split" (the uint16 low halves of the float32 masters of bfloat16
-        #: parameters) or None; a low-precision bucket has float32 states (as fusedopt.torch's
-        #: master_weights) and needs a master
+        #: parameters) or None
         self.master_kinds: List[Optional[str]] = list(master_kinds) if master_kinds is not None else [None] * len(buckets)
         for bk, kind in zip(self.buckets, self.master_kinds):
-            if is_lowp(bk.dtype) != (kind is not None):
-                raise ValueError(f"a {bk.dtype.name} bucket needs master kind {'fp32/split' if is_lowp(bk.dtype) else None}, "
-                                 f"got {kind!r}")  # fmt: skip
+            if kind is not None and not is_lowp(bk.dtype):
+                raise ValueError(f"a {bk.dtype.name} bucket has no master, got master kind {kind!r}")
+        #: per bucket: the dtype of its state shards (fusedopt._lowp.state_kind; default: float32
+        #: for bfloat16/float16 parameters, else the parameters' own)
+        self.state_dtypes: List[np.dtype] = (list(state_dtypes) if state_dtypes is not None else
+                                             [DTYPES[0] if is_lowp(bk.dtype) else bk.dtype for bk in self.buckets])
         #: per bucket: this rank's master shard (made from the parameter shard at its first step,
         #: the exact float32 upcast, or a zero trail, as fusedopt.torch makes a master), or None
         self.masters: List[Optional[np.ndarray]] = [None] * len(self.buckets)
@@ -405,10 +408,8 @@ class ShardEngine:
         return lists
 
     def state_dtype(self, b: int) -> np.dtype:
-        """The dtype of bucket ``b``'s state shards: float32 for bfloat16/float16 parameters (they
-        have masters), else the parameters' own."""
-        dt = self.buckets[b].dtype
-        return DTYPES[0] if is_lowp(dt) else dt
+        """The dtype of bucket ``b``'s state shards (:attr:`state_dtypes`)."""
+        return self.state_dtypes[b]
 
     def master_dtype(self, b: int) -> np.dtype:
         """The dtype of bucket ``b``'s master shard: float32 ("fp32") or uint16 ("split")."""
@@ -486,7 +487,7 @@ class ShardEngine:
                 ls = [None if x is None else [x[a:e] for a, e in pieces[b]] for x in lists]
             roles = [("params", p, True), ("grads", g, False)]
             roles += [(r.arg, x, True) for r, x in zip(algo.states, ls) if x is not None]
-            lowp: Tuple[Any, ...] = ()
+            lowp: Tuple[Any, ...] = (None, False, 0, 0) if is_lowp(self.buckets[b].dtype) else ()
             if self.master_kinds[b] is not None and p:
                 m = self.ensure_master(b, p, None if pieces is None else pieces[b])
                 ms = [m] if pieces is None else [m[a:e] for a, e in pieces[b]]

@@ -56,6 +56,13 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return plain
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor sharing a NumPy array's memory (ml_dtypes' bfloat16 as torch.bfloat16)."""
+    if _lowp.is_bf16(a.dtype):
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
 def _raw(t: torch.Tensor) -> np.ndarray:
     """A NumPy view of a tensor's memory for the collectives that only move it: bfloat16 as bytes
     (gloo takes neither int16 nor every bfloat16 collective)."""
@@ -213,7 +220,10 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             step is bitwise fusedopt.torch's class with the same option given that gradient
             (masters in the consolidated state dict under its keys). A master is not made again
             from a parameter changed outside ``step`` (fusedopt.torch's ``sync_masters``): load a
-            state dict instead. ``stochastic_rounding`` and ``state_dtype`` are refused (ValueError).
+            state dict instead. The states have fusedopt.torch's dtypes (``state_dtype=None``,
+            ``"float32"`` or ``"bfloat16"``; bfloat16/float16 parameters without a master keep
+            states of their own dtype, as torch.optim). ``stochastic_rounding=True`` and
+            ``state_dtype="8bit"`` are refused (ValueError).
     """
 
     def __init__(self, params: Any, optimizer_class: Any = ftorch.AdamW, process_group: Any = None, *,
@@ -238,17 +248,14 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         if front.stochastic_rounding:
             raise ValueError("ZeroOptimizer does not support stochastic_rounding=True yet (give master_weights='fp32' "
                              "or 'split' for bfloat16 parameters)")  # fmt: skip
-        if front.state_dtype is not None:
-            raise ValueError(f"ZeroOptimizer does not support state_dtype={front.state_dtype!r} yet (bfloat16 and "
-                             "float16 parameters with master_weights keep float32 states)")  # fmt: skip
+        if front.state_dtype == "8bit":
+            raise ValueError("ZeroOptimizer does not support state_dtype='8bit' yet (None, 'float32' and 'bfloat16' "
+                             "are supported)")  # fmt: skip
         all_params: List[torch.Tensor] = [p for g in front.param_groups for p in g["params"]]
         for i, p in enumerate(all_params):
-            if p.dtype in _LOWP_TORCH and front.master_weights is None:
-                raise TypeError(f"params[{i}] has dtype {p.dtype}: ZeroOptimizer takes bfloat16/float16 parameters with "
-                                "master_weights='fp32' (or 'split', bfloat16) only")  # fmt: skip
             if p.dtype not in (torch.float32, torch.float64, *_LOWP_TORCH):
-                raise TypeError(f"params[{i}] has dtype {p.dtype}; ZeroOptimizer takes float32/float64 parameters "
-                                "(bfloat16/float16 with master_weights)")  # fmt: skip
+                raise TypeError(f"params[{i}] has dtype {p.dtype}; ZeroOptimizer takes float32, float64, bfloat16 "
+                                "and float16 parameters")  # fmt: skip
             if p.device.type != "cpu" or p.layout != torch.strided:
                 raise ValueError(f"params[{i}] must be a dense CPU tensor, got {p.device} {p.layout}")
             if not p.is_contiguous():
@@ -341,7 +348,8 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         self._grad_shards = [_np(g) for g in self._grad_shard]
         self._step_grads = [_np(g) for g in self._grad_step]
         kinds = [front._master_kind(all_params[bk.params[0]]) if is_lowp(bk.dtype) else None for bk in self._buckets]
-        self._engine = ShardEngine(algo, self._buckets, r, self.threads, kinds)
+        sdts = [_numpy_dtype(front._state_dtype(all_params[bk.params[0]])) for bk in self._buckets]
+        self._engine = ShardEngine(algo, self._buckets, r, self.threads, kinds, sdts)
         self._engine.scalar_dtypes = [_scalar_dtype_name()] * len(self._buckets)
         if any(role.init_hyper is not None for role in algo.states):  # made with the parameters, as torch
             for b, bk in enumerate(self._buckets):
@@ -500,7 +508,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         for b, bk in enumerate(self._buckets):
             d = bk.as_dict()
             roles = {r.arg: r.key for r in self._algo.states}
-            d["state"] = {roles[arg]: torch.from_numpy(a.copy()) for arg, a in self._engine.states[b].items()}
+            d["state"] = {roles[arg]: _tensor(a.copy()) for arg, a in self._engine.states[b].items()}
             m = self._engine.masters[b]
             if m is not None:  # (fusedopt.torch's keys: a float32 master, or the trail as int16)
                 kind = self._engine.master_kinds[b]
@@ -530,12 +538,11 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                 s["buckets"] = [dict(b, state=dict(b["state"])) for b in mine["buckets"]]
         for b, bd in enumerate(mine["buckets"]):
             for key in sorted(bd["state"]):
-                a = bd["state"][key].numpy()
-                got = self._comm.gather(a.view(np.uint8) if a.dtype == np.int16 else a, to)  # (a trail as bytes)
-                got = None if got is None else [x.view(a.dtype) for x in got]
+                t = bd["state"][key]
+                got = self._comm.gather(t.view(torch.uint8).numpy(), to)  # (as bytes: gloo takes no int16)
                 if shards is not None and got is not None:
                     for r in range(self.world_size):
-                        shards[r]["buckets"][b]["state"][key] = torch.from_numpy(got[r])
+                        shards[r]["buckets"][b]["state"][key] = torch.from_numpy(got[r]).view(t.dtype)
         self._consolidated = consolidate_state_dicts(shards) if shards is not None else None
 
     def state_dict(self) -> Dict[str, Any]:  # type: ignore[override,unused-ignore]
@@ -608,7 +615,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                         for k, i in enumerate(bk.params):
                             s, e = max(lo, bk.offsets[k]), min(hi, bk.offsets[k] + bk.sizes[k])
                             if s < e:
-                                src = front.state[self._params[i]][role.key].detach().reshape(-1).numpy()
+                                src = _np(front.state[self._params[i]][role.key].detach().reshape(-1))
                                 a[s - lo : e - lo] = src[s - bk.offsets[k] : e - bk.offsets[k]]
                         states[role.arg] = a
                     if not has_step and states:
