@@ -262,7 +262,9 @@ def test_lowp_parameters_and_states_are_bitwise_the_single_process(worlds: Dict[
         n = sum(math.prod(s) for s in W.SHAPES)
         master = {"fp32": 4, "split": 2}.get(kw.get("master_weights"), 0)
         state = 2 if kw.get("state_dtype") == "bfloat16" or (dt != "float32" and not master) else 4
-        per = master + state * (1 if name == "Lion" else 2)  # (AdamW, Adam, RMSprop with momentum: two states)
+        if kw.get("state_dtype") == "8bit":
+            state = 1 + 4 / 256  # (a code and a block's absmax)
+        per = master + state * (1 if name in ("Lion", "Adagrad") else 2)  # (AdamW, Adam, RMSprop with momentum: two)
         for r, d in enumerate(ranks):
             assert d[f"{cid}_bytes"] <= per * n / world + per * 2048 * len(W.SHAPES), (cid, r, d[f"{cid}_bytes"])
 
@@ -312,7 +314,7 @@ def _same(a: Any, b: Any) -> bool:
         (dict(clip_value=-1.0), ValueError, "clip_value"),
         (dict(timeout=5), TypeError, "timeout"),
         (dict(reduce_grads="yes"), TypeError, "reduce_grads"),
-        (dict(state_dtype="8bit"), ValueError, "state_dtype"),
+        (dict(state_dtype="8bit"), ValueError, "min_8bit_size"),  # (a 7-element parameter: float32 states)
         (dict(stochastic_rounding=True), ValueError, "stochastic_rounding"),
     ],
 )

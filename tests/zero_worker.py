@@ -205,6 +205,11 @@ LOWP_CASES: List[Tuple[str, str, Dict[str, Any], str, Dict[str, Any]]] = [
     ("Adam-bf16-fp32-bf16states", "Adam", {"lr": LR, "master_weights": "fp32", "state_dtype": "bfloat16"},
      "bfloat16", {}),
     ("Lion-bf16-nomaster", "Lion", {"lr": LR}, "bfloat16", {}),  # (bfloat16 states, as torch.optim)
+    ("AdamW-f32-8bit", "AdamW", {"lr": LR, "state_dtype": "8bit", "min_8bit_size": 0}, "float32", {}),
+    ("AdamW-bf16-fp32-8bit-ddp", "AdamW", {"lr": LR, "master_weights": "fp32", "state_dtype": "8bit",
+                                          "min_8bit_size": 0}, "bfloat16", {"reduce_grads": False}),  # fmt: skip
+    ("Adagrad-f32-8bit", "Adagrad", {"lr": LR, "initial_accumulator_value": 0.1, "state_dtype": "8bit",
+                                     "min_8bit_size": 0}, "float32", {}),  # fmt: skip
 ]
 
 

@@ -5,7 +5,7 @@ NumPy arrays); :class:`TorchCommunicator` runs them on a ``torch.distributed`` p
 :class:`MPICommunicator` on an ``mpi4py`` communicator.
 
 Layout (:func:`layout`). Parameters are packed per (param group, dtype) into one flat **bucket**,
-each starting at a multiple of 16 elements; rank ``r`` owns the element range ``[r*S, (r+1)*S)``
+each starting at a multiple of 16 elements (256 with 8-bit states: a block edge); rank ``r`` owns the element range ``[r*S, (r+1)*S)``
 with ``S`` a multiple of :data:`ALIGN` (2048: the block of the deterministic norm, a multiple of
 the 256-element block of the 8-bit states), and a parameter that crosses a rank boundary is
 shifted so that the boundary falls on one of its 2048-element block edges: no norm block (nor
@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tupl
 
 import numpy as np
 
-from .. import _core, _engine, _lowp, _scalars, _threads
+from .. import _core, _engine, _lowp, _scalars, _threads, reference
 from .. import functional as F
 from ..algorithms import FIRST_STEP, Algorithm
 from ..reference import NORM_BLOCK
@@ -203,18 +203,18 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def layout(sizes: Sequence[int], world_size: int) -> Tuple[List[int], int]:
+def layout(sizes: Sequence[int], world_size: int, start_align: int = START_ALIGN) -> Tuple[List[int], int]:
     """(offsets, shard size S) of parameters of these sizes packed in order: each starts at a
     multiple of :data:`START_ALIGN` elements; S is a multiple of :data:`ALIGN`; a parameter that
     crosses a rank boundary is moved forward (by less than ALIGN) so that the boundary falls on one
     of its ALIGN-element block edges. Then no norm block (nor 8-bit block) straddles two ranks,
     and the padding is at most ``ALIGN`` per rank boundary plus ``START_ALIGN`` per parameter."""
-    need = sum(_round_up(n, START_ALIGN) for n in sizes)
+    need = sum(_round_up(n, start_align) for n in sizes)
     shard = max(_round_up(-(-need // world_size), ALIGN), ALIGN)
     while True:
         offsets, pos = [], 0
         for n in sizes:
-            start = _round_up(pos, START_ALIGN)
+            start = _round_up(pos, start_align)
             first = (start // shard + 1) * shard  # the first rank boundary after start
             if first < start + n and (first - start) % ALIGN:
                 start += (first - start) % ALIGN  # (S is a multiple of ALIGN: every boundary is on an edge)
@@ -225,9 +225,12 @@ def layout(sizes: Sequence[int], world_size: int) -> Tuple[List[int], int]:
         shard += ALIGN
 
 
-def make_buckets(groups: Sequence[Sequence[Tuple[int, Tuple[int, ...], Any]]], world_size: int) -> List[Bucket]:
+def make_buckets(groups: Sequence[Sequence[Tuple[int, Tuple[int, ...], Any]]], world_size: int,
+                 start_align: int = START_ALIGN) -> List[Bucket]:  # fmt: skip
     """Buckets for param groups given as lists of (index, shape, dtype): one per (group, dtype),
-    groups in order, dtypes in :func:`bucket_dtypes` order, parameters in order within each."""
+    groups in order, dtypes in :func:`bucket_dtypes` order, parameters in order within each, each
+    starting at a multiple of ``start_align`` elements (8-bit states: 256, their block, so that the
+    blocks of a shard are those of the parameters)."""
     out = []
     for g, items in enumerate(groups):
         for dt in bucket_dtypes():
@@ -235,7 +238,7 @@ def make_buckets(groups: Sequence[Sequence[Tuple[int, Tuple[int, ...], Any]]], w
             if not mine:
                 continue
             sizes = tuple(math.prod(s) for _, s in mine)
-            offsets, shard = layout(sizes, world_size)
+            offsets, shard = layout(sizes, world_size, start_align)
             out.append(Bucket(g, dt, tuple(i for i, _ in mine), tuple(s for _, s in mine), tuple(offsets),
                               shard * world_size, world_size, sizes))  # fmt: skip
     return out
@@ -356,7 +359,7 @@ class ShardEngine:
 
     def __init__(self, algo: Algorithm, buckets: Sequence[Bucket], rank: int, threads: int,
                  master_kinds: Optional[Sequence[Optional[str]]] = None,
-                 state_dtypes: Optional[Sequence[np.dtype]] = None) -> None:  # fmt: skip
+                 state_dtypes: Optional[Sequence[np.dtype]] = None, q8: Optional[Sequence[bool]] = None) -> None:  # fmt: skip
         self.algo = algo
         self.buckets = list(buckets)
         #: per bucket: the master of its (bfloat16/float16) parameters: "fp32" (a float32 copy of
@@ -370,6 +373,11 @@ class ShardEngine:
         #: for bfloat16/float16 parameters, else the parameters' own)
         self.state_dtypes: List[np.dtype] = (list(state_dtypes) if state_dtypes is not None else
                                              [DTYPES[0] if is_lowp(bk.dtype) else bk.dtype for bk in self.buckets])
+        #: per bucket: whether its states are 8-bit (uint8 codes in ``states``, the float32 absmax of
+        #: each 256-element block of the shard in ``absmax``; the buckets then start every
+        #: parameter on a block edge)
+        self.q8: List[bool] = list(q8) if q8 is not None else [False] * len(self.buckets)
+        self.absmax: List[Dict[str, np.ndarray]] = [{} for _ in self.buckets]
         #: per bucket: this rank's master shard (made from the parameter shard at its first step,
         #: the exact float32 upcast, or a zero trail, as fusedopt.torch makes a master), or None
         self.masters: List[Optional[np.ndarray]] = [None] * len(self.buckets)
@@ -400,7 +408,14 @@ class ShardEngine:
                 lists.append(None)
                 continue
             a = st.get(r.arg)
-            if a is None:
+            if a is None and self.q8[b]:  # the code of 0 and absmax 0, or the encoded initial value
+                if r.init_hyper is not None:
+                    a, am = reference.q8_encode(np.full(bk.shard, h[r.init_hyper], dtype=np.float32), not r.nonneg)
+                else:
+                    a = np.full(bk.shard, reference.q8_map(not r.nonneg).zero, dtype=np.uint8)
+                    am = np.zeros(reference.q8_blocks(bk.shard), dtype=np.float32)
+                st[r.arg], self.absmax[b][r.arg] = a, am
+            elif a is None:
                 a = st[r.arg] = np.zeros(bk.shard, dtype=self.state_dtype(b))
                 if r.init_hyper is not None:
                     a.fill(h[r.init_hyper])
@@ -487,14 +502,26 @@ class ShardEngine:
                 ls = [None if x is None else [x[a:e] for a, e in pieces[b]] for x in lists]
             roles = [("params", p, True), ("grads", g, False)]
             roles += [(r.arg, x, True) for r, x in zip(algo.states, ls) if x is not None]
-            lowp: Tuple[Any, ...] = (None, False, 0, 0) if is_lowp(self.buckets[b].dtype) else ()
+            lowp: Tuple[Any, ...] = (None, False, 0, 0) if is_lowp(self.buckets[b].dtype) or self.q8[b] else ()
             if self.master_kinds[b] is not None and p:
                 m = self.ensure_master(b, p, None if pieces is None else pieces[b])
                 ms = [m] if pieces is None else [m[a:e] for a, e in pieces[b]]
                 roles.append(("masters", ms, True))
                 lowp = (ms, False, 0, 0)
+            am_lists: Optional[List[Optional[List[np.ndarray]]]] = None
+            if self.q8[b]:  # (blocks of 256: every piece starts on a block edge)
+                blk = reference.Q8_BLOCK
+                am_lists = []
+                for r, x in zip(algo.states, ls):
+                    am = self.absmax[b].get(r.arg)
+                    if x is None or am is None:
+                        am_lists.append(None)
+                    else:
+                        am_lists.append([am] if pieces is None else [am[a // blk : -(-e // blk)] for a, e in pieces[b]])
+                lowp = (*lowp, am_lists)
             if p:
-                _core.check(roles, lowp=True)
+                _core.check(roles, lowp=True,  # (the absmax lists of the state roles given)
+                            absmax=None if am_lists is None else [a for a, x in zip(am_lists, ls) if x is not None])
             calls.append((b, h, t, p, g, ls, lowp))
         for b, h, t, p, g, ls, lowp in calls:
             if p:  # (a rank whose part of a bucket is all padding has nothing to update)

@@ -19,11 +19,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import _lowp, _threads
+from .. import _lowp, _threads, reference
 from .. import _validation as check
 from .. import torch as ftorch
 from ..algorithms import Algorithm
-from ._shard import Bucket, GradOptions, ShardEngine, TorchCommunicator, is_lowp, make_buckets, shard_grad_of
+from ._shard import (
+    START_ALIGN,
+    Bucket,
+    GradOptions,
+    ShardEngine,
+    TorchCommunicator,
+    is_lowp,
+    make_buckets,
+    shard_grad_of,
+)
 
 #: the ``format`` entry of a shard state dict (:meth:`ZeroOptimizer.shard_state_dict`)
 SHARD_FORMAT = "fusedopt.zero/1"
@@ -222,8 +231,14 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             from a parameter changed outside ``step`` (fusedopt.torch's ``sync_masters``): load a
             state dict instead. The states have fusedopt.torch's dtypes (``state_dtype=None``,
             ``"float32"`` or ``"bfloat16"``; bfloat16/float16 parameters without a master keep
-            states of their own dtype, as torch.optim). ``stochastic_rounding=True`` and
-            ``state_dtype="8bit"`` are refused (ValueError).
+            states of their own dtype, as torch.optim). ``state_dtype="8bit"``: every parameter
+            starts on a 256-element block edge of its bucket (instead of 16), so the shard's blocks
+            (uint8 codes, one float32 absmax per block) are the single process's per-tensor blocks;
+            ``min_8bit_size`` must not exceed the smallest float32/bfloat16/float16 parameter
+            (ValueError: a smaller one would keep float32 states beside 8-bit ones in its bucket;
+            give ``min_8bit_size=0``). ``stochastic_rounding=True`` is refused (ValueError): the
+            kernel keys an element's random bits by its index in the array it is given, and a
+            shard's piece of a tensor starts elsewhere than at the tensor's element 0.
     """
 
     def __init__(self, params: Any, optimizer_class: Any = ftorch.AdamW, process_group: Any = None, *,
@@ -248,14 +263,16 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         if front.stochastic_rounding:
             raise ValueError("ZeroOptimizer does not support stochastic_rounding=True yet (give master_weights='fp32' "
                              "or 'split' for bfloat16 parameters)")  # fmt: skip
-        if front.state_dtype == "8bit":
-            raise ValueError("ZeroOptimizer does not support state_dtype='8bit' yet (None, 'float32' and 'bfloat16' "
-                             "are supported)")  # fmt: skip
         all_params: List[torch.Tensor] = [p for g in front.param_groups for p in g["params"]]
         for i, p in enumerate(all_params):
             if p.dtype not in (torch.float32, torch.float64, *_LOWP_TORCH):
                 raise TypeError(f"params[{i}] has dtype {p.dtype}; ZeroOptimizer takes float32, float64, bfloat16 "
                                 "and float16 parameters")  # fmt: skip
+            if front.state_dtype == "8bit" and p.dtype != torch.float64 and p.numel() < front.min_8bit_size:
+                raise ValueError(f"min_8bit_size={front.min_8bit_size} would keep float32 states for params[{i}] "
+                                 f"({p.numel()} elements) beside 8-bit ones: ZeroOptimizer keeps one state format "
+                                 "per param group and dtype; give min_8bit_size at most the smallest parameter's "
+                                 "size (e.g. 0)")  # fmt: skip
             if p.device.type != "cpu" or p.layout != torch.strided:
                 raise ValueError(f"params[{i}] must be a dense CPU tensor, got {p.device} {p.layout}")
             if not p.is_contiguous():
@@ -290,7 +307,8 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         for g in front.param_groups:
             items.append([(index + k, tuple(p.shape), _numpy_dtype(p.dtype)) for k, p in enumerate(g["params"])])
             index += len(g["params"])
-        self._buckets: List[Bucket] = make_buckets(items, self.world_size)
+        q8 = front.state_dtype == "8bit"
+        self._buckets: List[Bucket] = make_buckets(items, self.world_size, reference.Q8_BLOCK if q8 else START_ALIGN)
         r = self.rank
         self._flat: List[torch.Tensor] = []
         self._flat_grad: List[torch.Tensor] = []
@@ -349,7 +367,8 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         self._step_grads = [_np(g) for g in self._grad_step]
         kinds = [front._master_kind(all_params[bk.params[0]]) if is_lowp(bk.dtype) else None for bk in self._buckets]
         sdts = [_numpy_dtype(front._state_dtype(all_params[bk.params[0]])) for bk in self._buckets]
-        self._engine = ShardEngine(algo, self._buckets, r, self.threads, kinds, sdts)
+        q8s = [q8 and bk.dtype != np.dtype(np.float64) for bk in self._buckets]
+        self._engine = ShardEngine(algo, self._buckets, r, self.threads, kinds, sdts, q8s)
         self._engine.scalar_dtypes = [_scalar_dtype_name()] * len(self._buckets)
         if any(role.init_hyper is not None for role in algo.states):  # made with the parameters, as torch
             for b, bk in enumerate(self._buckets):
@@ -509,6 +528,10 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             d = bk.as_dict()
             roles = {r.arg: r.key for r in self._algo.states}
             d["state"] = {roles[arg]: _tensor(a.copy()) for arg, a in self._engine.states[b].items()}
+            for arg, am in self._engine.absmax[b].items():  # (8-bit: one per 256-element block of the shard)
+                d["state"][roles[arg] + _lowp.ABSMAX_SUFFIX] = torch.from_numpy(am.copy())
+            d["qmaps"] = {roles[arg] + _lowp.QMAP_SUFFIX: torch.from_numpy(reference.q8_map(not r.nonneg).value.copy())
+                          for r in self._algo.states for arg in [r.arg] if arg in self._engine.absmax[b]}  # fmt: skip
             m = self._engine.masters[b]
             if m is not None:  # (fusedopt.torch's keys: a float32 master, or the trail as int16)
                 kind = self._engine.master_kinds[b]
@@ -590,9 +613,11 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             scalars: List[Dict[str, float]] = []
             scalar_dtypes: List[str] = []
             masters: List[Optional[np.ndarray]] = []
+            absmaxes: List[Dict[str, np.ndarray]] = []
             for b, bk in enumerate(self._buckets):
                 h = front._group_plan(front.param_groups[bk.group])[0]
                 states: Dict[str, np.ndarray] = {}
+                q8_absmax: Dict[str, np.ndarray] = {}
                 count = 0
                 p0 = self._params[bk.params[0]]
                 loaded = front.state.get(p0)
@@ -609,6 +634,10 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                         sc_dtype = "float64" if getattr(raw, "dtype", None) == torch.float64 else "float32"
                     for role in self._algo.states:
                         if not role.present(h) or role.key not in loaded:
+                            continue
+                        if self._engine.q8[b]:
+                            codes, am = self._load_q8(b, role.key, front.state)
+                            states[role.arg], q8_absmax[role.arg] = codes, am
                             continue
                         a = np.zeros(bk.shard, dtype=self._engine.state_dtype(b))
                         lo, hi = r * bk.shard, (r + 1) * bk.shard
@@ -641,6 +670,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                         master[s - lo : e - lo] = src[s - bk.offsets[k] : e - bk.offsets[k]]
                 masters.append(master)
                 new_states.append(states)
+                absmaxes.append(q8_absmax)
                 counts.append(count)
                 scalars.append(sc_values)
                 scalar_dtypes.append(sc_dtype)
@@ -651,15 +681,36 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         self._engine.scalars = scalars
         self._engine.scalar_dtypes = scalar_dtypes
         self._engine.masters = masters
+        self._engine.absmax = absmaxes
         for b, bk in enumerate(self._buckets):
             if not new_states[b] and any(role.init_hyper is not None for role in self._algo.states):
                 self._engine.ensure_states(b, front._group_plan(front.param_groups[bk.group])[0])
         self._consolidated = None
 
+    def _load_q8(self, b: int, key: str, state: Any) -> Tuple[np.ndarray, np.ndarray]:
+        """This rank's shard of the loaded 8-bit state ``key`` of bucket ``b``: (codes, absmax);
+        padding holds the code of 0 and absmax 0, as a new state."""
+        bk, r, blk = self._buckets[b], self.rank, reference.Q8_BLOCK
+        role = next(x for x in self._algo.states if x.key == key)
+        codes = np.full(bk.shard, reference.q8_map(not role.nonneg).zero, dtype=np.uint8)
+        am = np.zeros(reference.q8_blocks(bk.shard), dtype=np.float32)
+        lo, hi = r * bk.shard, (r + 1) * bk.shard
+        for k, i in enumerate(bk.params):
+            s, e = max(lo, bk.offsets[k]), min(hi, bk.offsets[k] + bk.sizes[k])
+            if s >= e:
+                continue
+            st = state[self._params[i]]
+            src = st[key].detach().reshape(-1).numpy()
+            codes[s - lo : e - lo] = src[s - bk.offsets[k] : e - bk.offsets[k]]
+            a0, a1 = (s - bk.offsets[k]) // blk, -(-(e - bk.offsets[k]) // blk)  # (s: a block edge of both)
+            am[(s - lo) // blk : (s - lo) // blk + a1 - a0] = st[key + _lowp.ABSMAX_SUFFIX].detach().reshape(-1).numpy()[a0:a1]
+        return codes, am
+
     def state_bytes(self) -> int:
         """Bytes of optimizer state held by this rank (its shards)."""
-        return sum(int(a.nbytes) for st in self._engine.states for a in st.values()) + sum(
-            int(m.nbytes) for m in self._engine.masters if m is not None)
+        return (sum(int(a.nbytes) for st in self._engine.states for a in st.values())
+                + sum(int(a.nbytes) for st in self._engine.absmax for a in st.values())
+                + sum(int(m.nbytes) for m in self._engine.masters if m is not None))
 
 
 def consolidate_state_dicts(shards: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
@@ -677,7 +728,7 @@ def consolidate_state_dicts(shards: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     if len(shards) != w or sorted(by_rank) != list(range(w)):
         raise ValueError(f"shards must hold ranks 0 to {w - 1} once each (world size {w}), got ranks "
                          f"{sorted(s['rank'] for s in shards)}")  # fmt: skip
-    skip = ("state", "step", "scalars", "scalar_dtype")
+    skip = ("state", "step", "scalars", "scalar_dtype", "qmaps")
     layout = [{k: v for k, v in b.items() if k not in skip} for b in shards[0]["buckets"]]
     for s in shards:
         other = [{k: v for k, v in b.items() if k not in skip} for b in s["buckets"]]
@@ -699,7 +750,13 @@ def consolidate_state_dicts(shards: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
             if first["has_step"]:
                 entry["step"] = torch.tensor(float(count), dtype=step_dtype)
             for key in keys:
-                entry[key] = full[key][off : off + n].reshape(lay["shapes"][k]).clone()
+                if key.endswith(_lowp.ABSMAX_SUFFIX):  # (8-bit: the parameter starts on a block edge)
+                    blk = reference.Q8_BLOCK
+                    entry[key] = full[key][off // blk : off // blk + reference.q8_blocks(n)].clone()
+                else:
+                    entry[key] = full[key][off : off + n].reshape(lay["shapes"][k]).clone()
+            for key, q in bd.get("qmaps", {}).items():
+                entry[key] = q.clone()
             if count:
                 for key, v in bd.get("scalars", {}).items():
                     entry[key] = torch.tensor(v, dtype=getattr(torch, bd["scalar_dtype"]))
