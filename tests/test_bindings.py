@@ -17,7 +17,7 @@ from fusedopt import _core, _scalars
 _GRAD = list(_scalars.GradScalars._fields)  # every optimizer step takes them right after its own scalars
 
 # the low-precision options (issue 13) end every optimizer step
-_LOWP = ["masters", "stochastic_rounding", "seed", "sr_step", "absmax"]
+_LOWP = ["masters", "stochastic_rounding", "seed", "sr_step", "absmax", "sr_offsets", "trust"]
 
 CASES = [
     ("sgd", 3, _scalars.SgdScalars, _GRAD + ["nesterov", "maximize", "first_step", "threads", "plan", "counters"] + _LOWP),

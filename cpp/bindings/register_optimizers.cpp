@@ -4,6 +4,7 @@
 // derived per-step scalars arrive ready-made from python/fusedopt/_scalars.py.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <type_traits>
@@ -61,6 +62,67 @@ void add_absmax_roles(py::handle absmax, const char* const* names, std::size_t n
   }
 }
 
+// Whether a traits' step is a trust-ratio step (kernels/trust.inl; the `trust=` argument).
+template <class Tr>
+constexpr bool kTrust = std::is_same_v<typename Tr::Scalars, LambScalars> ||
+                        std::is_same_v<typename Tr::Scalars, LarsScalars>;
+
+// `sr_offsets`: None, or one int >= 0 per array (the counter of its element 0; LowpArgs).
+std::vector<std::uint64_t> sr_offsets_arg(py::handle offsets, std::int64_t count, bool sr) {
+  std::vector<std::uint64_t> out;
+  if (offsets.is_none()) return out;
+  if (!sr) throw py::value_error("sr_offsets is given but stochastic_rounding is False");
+  if (!PySequence_Check(offsets.ptr()) || py::isinstance<py::str>(offsets)) {
+    throw py::type_error("sr_offsets must be a sequence of ints (one per array) or None");
+  }
+  const py::tuple t = py::reinterpret_steal<py::tuple>(PySequence_Tuple(offsets.ptr()));
+  if (!t) throw py::error_already_set();
+  if (static_cast<std::int64_t>(t.size()) != count) {
+    throw py::value_error("sr_offsets has " + std::to_string(t.size()) + " items; the step has " +
+                          std::to_string(count) + " arrays");
+  }
+  for (std::size_t i = 0; i < t.size(); ++i) {
+    const py::handle v = t[i];
+    if (!py::isinstance<py::int_>(v) || py::isinstance<py::bool_>(v) || v.cast<py::int_>() < py::int_(0)) {
+      throw py::value_error("sr_offsets[" + std::to_string(i) + "] must be an int >= 0");
+    }
+    out.push_back(v.cast<std::uint64_t>());
+  }
+  return out;
+}
+
+// `trust`: None, or (phase, sums) with phase 1 or 2 and sums a 1-D C-contiguous float64 NumPy array:
+// phase 1 writes 2 doubles per block of the call's arrays into it, phase 2 reads 2 per array
+// (TrustSplit, step_args.hpp). Returns the phase (0 for None), *sums the array (kept alive by the
+// caller's `trust` tuple, held by the call).
+int trust_arg(py::handle trust, std::int64_t nblocks, std::int64_t count, double** sums, py::object* keep) {
+  if (trust.is_none()) return 0;
+  if (!py::isinstance<py::tuple>(trust) || py::len(trust) != 2) {
+    throw py::type_error("trust must be None or a (phase, sums) tuple");
+  }
+  *keep = py::reinterpret_borrow<py::tuple>(trust);
+  const py::handle ph = PyTuple_GET_ITEM(keep->ptr(), 0);
+  const py::handle arr = PyTuple_GET_ITEM(keep->ptr(), 1);
+  if (!py::isinstance<py::int_>(ph) || py::isinstance<py::bool_>(ph) || (ph.cast<int>() != 1 && ph.cast<int>() != 2)) {
+    throw py::value_error("trust[0] (the phase) must be 1 or 2");
+  }
+  const int phase = ph.cast<int>();
+  if (!py::isinstance<py::array>(arr)) throw py::type_error("trust[1] must be a float64 NumPy array");
+  const py::array a = py::reinterpret_borrow<py::array>(arr);
+  if (!a.dtype().is(py::dtype::of<double>()) || a.ndim() != 1 || !(a.flags() & py::array::c_style) ||
+      !a.writeable()) {
+    throw py::type_error("trust[1] must be a writable 1-D C-contiguous float64 NumPy array");
+  }
+  const std::int64_t want = phase == 1 ? 2 * nblocks : 2 * count;
+  if (a.shape(0) != want) {
+    throw py::value_error("trust[1] must hold " + std::to_string(want) + " values (" +
+                          (phase == 1 ? "2 per block of " + std::to_string(kNormBlock) + " elements"
+                                      : std::string("2 per array")) + "), got " + std::to_string(a.shape(0)));
+  }
+  *sums = static_cast<double*>(a.request().ptr);
+  return phase;
+}
+
 template <class Tr, class Roles, class Doubles, class Flags>
 struct Step;
 
@@ -69,7 +131,7 @@ struct Step<Tr, std::index_sequence<R...>, std::index_sequence<D...>, std::index
   static void call(As<py::handle, R>... lists, As<double, D>... scalars, double grad_scale, double clip_coef,
                    double clip_value, As<bool, F>... flags, py::handle threads, py::handle plan, py::handle counters,
                    py::handle masters, bool stochastic_rounding, std::uint64_t seed, std::uint64_t sr_step,
-                   py::handle absmax) {
+                   py::handle absmax, py::handle sr_offsets, py::handle trust) {
     constexpr std::size_t nroles = sizeof...(R);
     const bool has_masters = !masters.is_none();
     const bool q8 = !absmax.is_none();
@@ -85,7 +147,12 @@ struct Step<Tr, std::index_sequence<R...>, std::index_sequence<D...>, std::index
     const bool f[] = {flags..., false};  // (one extra: no zero-length array)
     const int t = check_threads(threads);
     LowpArgs lowp{};
+    const std::vector<std::uint64_t> offsets = sr_offsets_arg(sr_offsets, b.list().count, stochastic_rounding);
+    if (!trust.is_none() && !kTrust<Tr>) {
+      throw py::type_error(std::string("trust applies to the trust-ratio steps (lamb, lars), not ") + Tr::kName);
+    }
     if (check_lowp(b, Tr::kRoles, nroles, has_masters, stochastic_rounding, seed, sr_step, &lowp, q8)) {
+      lowp.sr_offsets = offsets.empty() ? nullptr : offsets.data();
       if constexpr (std::is_same_v<typename Tr::Scalars, AdamScalars>) {
         if (f[1]) throw py::value_error("torch_exact=True steps float32 params only (no low-precision storage)");
       }
@@ -97,14 +164,30 @@ struct Step<Tr, std::index_sequence<R...>, std::index_sequence<D...>, std::index
         return;
       }
     }
-    run(b, Tr::kF32, Tr::kF64, Tr::make(d, f, b), grad_scalars(grad_scale, clip_coef, clip_value), t, counters);
+    typename Tr::Scalars s = Tr::make(d, f, b);
+    if constexpr (kTrust<Tr>) {
+      if (!trust.is_none()) {
+        const TensorList l = b.list();
+        std::int64_t nblocks = 0;
+        for (std::int64_t k = 0; k < l.count; ++k) nblocks += (l.sizes[k] + kNormBlock - 1) / kNormBlock;
+        double* sums = nullptr;
+        py::object keep;
+        s.split.phase = trust_arg(trust, nblocks, l.count, &sums, &keep);
+        if (s.split.phase == 2) s.split.totals = sums;
+        run(b, Tr::kF32, Tr::kF64, s, grad_scalars(grad_scale, clip_coef, clip_value), t, counters);
+        if (s.split.phase == 1) std::copy(s.scratch, s.scratch + 2 * nblocks, sums);  // (GIL held again)
+        return;
+      }
+    }
+    run(b, Tr::kF32, Tr::kF64, s, grad_scalars(grad_scale, clip_coef, clip_value), t, counters);
   }
   static void define(py::module_& m) {
     m.def(Tr::kName, &call, py::arg(Tr::kRoles[R]).none(Tr::kOptional[R])..., py::arg(Tr::kScalars[D])...,
           py::arg(kGradNames[0]), py::arg(kGradNames[1]), py::arg(kGradNames[2]), py::arg(flag_name<F>())...,
           py::arg("threads"), py::arg("plan") = py::none(), py::arg("counters") = py::none(),
           py::arg("masters") = py::none(), py::arg("stochastic_rounding") = false, py::arg("seed") = 0,
-          py::arg("sr_step") = 0, py::arg("absmax") = py::none(), Tr::kDoc);
+          py::arg("sr_step") = 0, py::arg("absmax") = py::none(), py::arg("sr_offsets") = py::none(),
+          py::arg("trust") = py::none(), Tr::kDoc);
   }
   template <std::size_t I>
   static const char* flag_name() {

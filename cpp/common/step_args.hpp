@@ -46,6 +46,10 @@ struct LowpArgs {
   std::uint64_t step;  // stochastic rounding: counter words 2-3
   const Q8Map* q8_unsigned;  // kStoreQ8: the code books' tables (q8_map(false), q8_map(true))
   const Q8Map* q8_signed;
+  // stochastic rounding: per array, the counter of its element 0 (the element's position in its
+  // parameter; nullptr: 0 for every array). A piece of a parameter (fusedopt.distributed's
+  // shards) then draws the bits the whole parameter would.
+  const std::uint64_t* sr_offsets;
 };
 
 // Gradient pre-processing shared by every algorithm, applied to each gradient element as it is
@@ -178,6 +182,19 @@ struct MuonScalars {
   bool apply;
 };
 
+// A trust-ratio step (LAMB, LARS) split in two calls, for a caller that holds only some blocks of
+// a tensor (fusedopt.distributed: the per-tensor sums are exchanged between the calls). phase 0:
+// both phases in one call (the default). 1: phase 1 only: the states phase 1 writes (LAMB's
+// moments) are stored and the block sums of p^2 and u^2 left in scratch[2b], scratch[2b + 1] for
+// every block b of the call (blocks of kNormBlock elements from each tensor's first element,
+// numbered in tensor order); the parameters are not written. 2: phase 2 only, with totals[2k],
+// totals[2k + 1] the sums of p^2 and u^2 over the whole of tensor k's tensor (the block sums added
+// by trust.inl's pairwise tree: python/fusedopt/distributed/_shard.py, trust_total).
+struct TrustSplit {
+  int phase = 0;
+  const double* totals = nullptr;
+};
+
 // LAMB (You et al. 2019, paper v5 Alg. 2 / optax; torch_optimizer's Lamb as a preset), per-tensor
 // trust ratio. Buffers: param, grad, exp_avg, exp_avg_sq. Two phases in one call (kernels/trust.inl):
 //   u = (m_scale*m)/(sqrt(v) + eps) [+ wd*p];  ratio = min(||p||, clamp)/||u|| (1 if either is 0 or adam)
@@ -198,6 +215,7 @@ struct LambScalars {
   bool maximize;
   bool adam;               // ratio 1 for every tensor (torch_optimizer's adam=True)
   double* scratch;
+  TrustSplit split;        // (set by the bindings: the `trust=` argument)
 };
 
 // LARS for SGD with momentum (barlowtwins/DINO form), per-tensor trust ratio. Buffers: param,
@@ -214,6 +232,7 @@ struct LarsScalars {
   bool maximize;
   bool adapt;           // the trust ratio (false: q = 1, SGD with momentum and weight decay)
   double* scratch;
+  TrustSplit split;     // (set by the bindings: the `trust=` argument)
 };
 
 // RAdam (torch.optim.RAdam). Buffers: param, grad, exp_avg, exp_avg_sq. Derived per step in

@@ -287,8 +287,9 @@ void lowp_span(const void* ctx, const TensorList& list, int64_t k, int64_t b, in
       } else if (r == 0 && a.write == kWriteSplit) {
         split_encode_n(tmp[0], dst, static_cast<u16*>(bufs[c.roles]) + at, n);
       } else if (r == 0 && a.write == kWriteSr) {
-        fill_sr_bits(c.key, static_cast<u64>(at), n, rnd);
-        bf16_sr_n(tmp[0], rnd + (at & 7), dst, n);
+        const u64 pos = static_cast<u64>(at) + (a.sr_offsets != nullptr ? a.sr_offsets[k] : 0);
+        fill_sr_bits(c.key, pos, n, rnd);
+        bf16_sr_n(tmp[0], rnd + (pos & 7), dst, n);
       } else if (kind != kStoreF32) {
         encode_n(kind, tmp[r], dst, n);
       }

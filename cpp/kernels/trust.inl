@@ -107,7 +107,7 @@ struct Trust {
 };
 
 // One trust-ratio step of A over float32 or float64 arrays; s.scratch holds 2*K + count doubles
-// (K: the blocks of all tensors).
+// (K: the blocks of all tensors). s.split.phase 1 or 2: only that phase (step_args.hpp, TrustSplit).
 template <class A, class T, bool Pre>
 void trust_run(const TensorList& list, const typename A::Scalars& s, const Args<A, T>& args, int threads) {
   using Roles = typename Uniform<Plain<T>, A::kRoles>::type;
@@ -115,8 +115,12 @@ void trust_run(const TensorList& list, const typename A::Scalars& s, const Args<
   int64_t nblocks = 0;
   for (int64_t k = 0; k < list.count; ++k) nblocks += blocks_of(list.sizes[k]);
   if (nblocks == 0) return;
+  const int phase = s.split.phase;
   double* part = s.scratch;
   double* x = s.scratch + 2 * nblocks;
+  if (phase == 2) {
+    for (int64_t k = 0; k < list.count; ++k) x[k] = A::tensor_scalar(s, s.split.totals[2 * k], s.split.totals[2 * k + 1]);
+  }
 #if defined(FUSEDOPT_HAVE_OPENMP)
   if (threads > 1 && nblocks > 1) threads = runtime::region_threads(threads);  // 1 after fork()
   if (threads > 1 && nblocks > 1) {
@@ -127,20 +131,22 @@ void trust_run(const TensorList& list, const typename A::Scalars& s, const Args<
       const int64_t parts = omp_get_num_threads();
       const int64_t me = omp_get_thread_num();
       const int64_t lo = nblocks * me / parts, hi = nblocks * (me + 1) / parts;
-      R::blocks(args, list, lo, hi, part, nullptr);
+      if (phase != 2) R::blocks(args, list, lo, hi, part, nullptr);
+      if (phase == 0) {  // (phase is the same in every thread: all or none meet the barriers)
 #pragma omp barrier
-      R::scalars(s, list, part, x, me, parts);
+        R::scalars(s, list, part, x, me, parts);
 #pragma omp barrier
-      R::blocks(args, list, lo, hi, part, x);
+      }
+      if (phase != 1) R::blocks(args, list, lo, hi, part, x);
     }
     return;
   }
 #else
   (void)threads;
 #endif
-  R::blocks(args, list, 0, nblocks, part, nullptr);
-  R::scalars(s, list, part, x, 0, 1);
-  R::blocks(args, list, 0, nblocks, part, x);
+  if (phase != 2) R::blocks(args, list, 0, nblocks, part, nullptr);
+  if (phase == 0) R::scalars(s, list, part, x, 0, 1);
+  if (phase != 1) R::blocks(args, list, 0, nblocks, part, x);
 }
 
 template <class A, class T>

@@ -99,7 +99,8 @@ def sgd(
     nesterov: bool, maximize: bool, first_step: bool, threads: int, plan: Optional[Plan] = None,
     counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
-    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None, sr_offsets: Optional[Sequence[int]] = None,
+    trust: Optional[Tuple[int, Any]] = None,
 ) -> None: ...
 def momentum(
     params: _Arrays, grads: _Arrays, velocities: _Arrays, step_size: float, beta: float,
@@ -107,7 +108,8 @@ def momentum(
     threads: int, plan: Optional[Plan] = None,
     counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
-    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None, sr_offsets: Optional[Sequence[int]] = None,
+    trust: Optional[Tuple[int, Any]] = None,
 ) -> None: ...
 def rmsprop(
     params: _Arrays, grads: _Arrays, square_avgs: _Arrays, grad_avgs: Optional[_Arrays],
@@ -116,7 +118,8 @@ def rmsprop(
     clip_coef: float, clip_value: float, maximize: bool, threads: int, plan: Optional[Plan] = None,
     counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
-    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None, sr_offsets: Optional[Sequence[int]] = None,
+    trust: Optional[Tuple[int, Any]] = None,
 ) -> None: ...
 def adam(
     params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_avg_sqs: _Arrays, max_exp_avg_sqs: Optional[_Arrays],
@@ -126,14 +129,16 @@ def adam(
     maximize: bool, torch_exact: bool, threads: int, plan: Optional[Plan] = None,
     counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
-    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None, sr_offsets: Optional[Sequence[int]] = None,
+    trust: Optional[Tuple[int, Any]] = None,
 ) -> None: ...
 def adagrad(
     params: _Arrays, grads: _Arrays, state_sums: _Arrays, neg_clr: float, eps: float, weight_decay: float,
     grad_scale: float, clip_coef: float, clip_value: float, maximize: bool, threads: int,
     plan: Optional[Plan] = None, counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
-    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None, sr_offsets: Optional[Sequence[int]] = None,
+    trust: Optional[Tuple[int, Any]] = None,
 ) -> None: ...
 def lion(
     params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, lr: float, beta1: float, one_minus_beta1: float,
@@ -141,7 +146,8 @@ def lion(
     clip_value: float, maximize: bool, threads: int, plan: Optional[Plan] = None, counters: _Counters = None,
     masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
-    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None, sr_offsets: Optional[Sequence[int]] = None,
+    trust: Optional[Tuple[int, Any]] = None,
 ) -> None: ...
 def adamax(
     params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_infs: _Arrays, neg_clr: float, eps: float,
@@ -149,7 +155,8 @@ def adamax(
     clip_coef: float, clip_value: float, maximize: bool, threads: int, plan: Optional[Plan] = None,
     counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
-    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None, sr_offsets: Optional[Sequence[int]] = None,
+    trust: Optional[Tuple[int, Any]] = None,
 ) -> None: ...
 def muon(
     params: _Arrays, grads: _Arrays, momentum_buffers: _Arrays, updates: _Arrays, one_minus_momentum: float,
@@ -157,7 +164,8 @@ def muon(
     nesterov: bool, apply: bool, threads: int, plan: Optional[Plan] = None, counters: _Counters = None,
     masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
-    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None, sr_offsets: Optional[Sequence[int]] = None,
+    trust: Optional[Tuple[int, Any]] = None,
 ) -> None: ...
 def adafactor(
     params: _Arrays, grads: _Arrays, row_vars: Sequence[Optional[Any]], col_vars: Sequence[Optional[Any]],
@@ -170,14 +178,16 @@ def lamb(
     clamp_value: float, grad_scale: float, clip_coef: float, clip_value: float, maximize: bool, adam: bool,
     threads: int, plan: Optional[Plan] = None, counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
-    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None, sr_offsets: Optional[Sequence[int]] = None,
+    trust: Optional[Tuple[int, Any]] = None,
 ) -> None: ...
 def lars(
     params: _Arrays, grads: _Arrays, mus: _Arrays, neg_lr: float, momentum: float, weight_decay: float, eta: float,
     eps: float, grad_scale: float, clip_coef: float, clip_value: float, maximize: bool, lars_adaptation: bool,
     threads: int, plan: Optional[Plan] = None, counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
-    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None, sr_offsets: Optional[Sequence[int]] = None,
+    trust: Optional[Tuple[int, Any]] = None,
 ) -> None: ...
 def radam(
     params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_avg_sqs: _Arrays, bias_correction1: float, lr: float,
@@ -186,7 +196,8 @@ def radam(
     clip_coef: float, clip_value: float, maximize: bool, threads: int, plan: Optional[Plan] = None,
     counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
-    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None, sr_offsets: Optional[Sequence[int]] = None,
+    trust: Optional[Tuple[int, Any]] = None,
 ) -> None: ...
 def nadam(
     params: _Arrays, grads: _Arrays, exp_avgs: _Arrays, exp_avg_sqs: _Arrays, grad_coef: float, momentum_coef: float,
@@ -194,7 +205,8 @@ def nadam(
     weight_decay: float, decay_factor: float, grad_scale: float, clip_coef: float, clip_value: float, maximize: bool,
     threads: int, plan: Optional[Plan] = None, counters: _Counters = None, masters: Optional[_Arrays] = None,
     stochastic_rounding: bool = False, seed: int = 0, sr_step: int = 0,
-    absmax: Optional[Sequence[Optional[_Arrays]]] = None,
+    absmax: Optional[Sequence[Optional[_Arrays]]] = None, sr_offsets: Optional[Sequence[int]] = None,
+    trust: Optional[Tuple[int, Any]] = None,
 ) -> None: ...
 def ema(averages: _Arrays, params: _Arrays, decay: float, one_minus_decay: float, threads: int) -> None: ...
 def sum_of_squares(arrays: _Arrays, threads: int) -> float: ...

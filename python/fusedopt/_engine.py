@@ -195,9 +195,11 @@ def functional_doc(algo: Algorithm) -> str:
 
 def native_call(algo: Algorithm, h: Hypers, t: int, params: Sequence[Any], grads: Sequence[Any],
                 lists: Sequence[Optional[Sequence[Any]]], threads: int, plan: Any = None, counters: Any = None,
-                grad: Sequence[float] = _NO_GRAD, lowp: Sequence[Any] = ()) -> None:  # fmt: skip
+                grad: Sequence[float] = _NO_GRAD, lowp: Sequence[Any] = (), **split: Any) -> None:  # fmt: skip
     """One native step of ``algo`` with validated functional hyperparameters ``h``, step number
     ``t`` and the state lists in role order (None for an absent role); ``lowp`` is empty or
-    ``(masters, stochastic_rounding, seed, sr_step[, absmax])`` (the binding's trailing arguments)."""
+    ``(masters, stochastic_rounding, seed, sr_step[, absmax])`` (the binding's trailing arguments);
+    ``split``: the binding's ``sr_offsets=`` and ``trust=`` (pieces of parameters:
+    fusedopt.distributed)."""
     getattr(_core, algo.kernel)(params, grads, *lists, *algo.scalars(h, t), *grad, *algo.flags(h), threads, plan,
-                                counters, *lowp)  # fmt: skip
+                                counters, *lowp, **split)  # fmt: skip

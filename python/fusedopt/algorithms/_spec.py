@@ -234,6 +234,10 @@ class Algorithm:
     #: per-parameter scalar states (:class:`ScalarState`): functional hyperparameters of the same
     #: names that the classes fill per parameter from their state, not from the param group
     scalar_states: Tuple[ScalarState, ...] = ()
+    #: a trust-ratio algorithm (cpp/kernels/trust.inl): its update of a tensor reads the tensor's
+    #: norms of p and of its update direction; the native call can run each of its two phases
+    #: alone (``trust=(phase, sums)``: fusedopt.distributed splits a tensor over ranks)
+    trust_ratio: bool = False
     _by_name: Dict[str, Hyper] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -46,6 +46,7 @@ def _relations(h: Hypers) -> None:
 LAMB = Algorithm(
     name="lamb",
     kernel="lamb",
+    trust_ratio=True,
     doc=__doc__ or "",
     hypers=(
         real("lr", 1e-3, torch_msg="Invalid learning rate: {}", doc=":math:`\\eta`", torch_ok=lambda x: x > 0.0),

@@ -31,6 +31,7 @@ from ._spec import REQUIRED, Algorithm, StateRole, flag, real
 LARS = Algorithm(
     name="lars",
     kernel="lars",
+    trust_ratio=True,
     doc=__doc__ or "",
     hypers=(
         real("lr", REQUIRED, doc="the learning rate"),
