@@ -98,11 +98,12 @@ def _reference_elementwise(seed: int, name: str, kw: Dict[str, Any], dt: str) ->
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
-def test_every_elementwise_algorithm_is_bitwise_the_single_process(worlds: Dict[str, Any], world: int) -> None:
+def test_every_algorithm_is_bitwise_the_single_process(worlds: Dict[str, Any], world: int) -> None:
     ranks = _ranks_ok(worlds, f"elementwise{world}")
     cases = ranks[0]["cases"]
     names = {c[1] for c in cases}
-    assert {"SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Adamax", "RAdam", "NAdam", "Lion"} <= names
+    assert {"SGD", "Momentum", "RMSprop", "Adam", "AdamW", "Adagrad", "Adamax", "RAdam", "NAdam", "Lion", "Lamb",
+            "LARS"} <= names
     assert {c[3] for c in cases} == {"float32", "float64"}
     for seed, (cid, name, kw, dt) in enumerate(cases):
         want = _reference_elementwise(seed, name, kw, dt)
@@ -110,9 +111,19 @@ def test_every_elementwise_algorithm_is_bitwise_the_single_process(worlds: Dict[
             assert _equal(d["params"][cid], want), f"{cid}: rank {r} of {world} differs from the single process"
 
 
-def test_per_tensor_algorithms_are_refused(worlds: Dict[str, Any]) -> None:
-    refused = _ranks_ok(worlds, "elementwise2")[0]["refused"]
-    assert {"Lamb", "LARS"} <= set(refused)  # (LAMB is the same class as Lamb)
+def test_every_registry_class_is_sharded(worlds: Dict[str, Any]) -> None:
+    assert _ranks_ok(worlds, "elementwise2")[0]["refused"] == {}
+
+
+def test_the_10000_element_parameter_is_split_over_ranks() -> None:
+    """(The layout the trust-ratio and stochastic-rounding cases rely on.)"""
+    from fusedopt.distributed._shard import make_buckets
+
+    for world, owners in ((2, {0, 1}), (3, {0, 1, 2})):
+        bk = make_buckets([[(i, s, np.float32) for i, s in enumerate(W.SHAPES)]], world)[0]
+        k = W.SHAPES.index((100, 100))
+        first, last = bk.offsets[k], bk.offsets[k] + bk.sizes[k] - 1
+        assert set(range(first // bk.shard, last // bk.shard + 1)) == owners
 
 
 def _clip_reference() -> "tuple[List[np.ndarray], List[float]]":
@@ -178,6 +189,23 @@ def test_ddp_mode_and_numpy_route(worlds: Dict[str, Any], world: int) -> None:
         assert _equal(d["numpy_params"], numpy_route), f"ShardedOptimizer: rank {r} of {world}"
 
 
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_trust_ratios_in_ddp_mode_and_on_the_numpy_route(worlds: Dict[str, Any], world: int) -> None:
+    ps = W.init_params(W.SHAPES, "float32")
+    m, v = [np.zeros_like(p) for p in ps], [np.zeros_like(p) for p in ps]
+    for t in range(1, W.STEPS + 1):  # (fusedopt.torch.Lamb: torch_optimizer's form)
+        F.lamb(ps, W.grads_for(410, t, W.SHAPES, "float32", 1, 0)[0], m, v, step=t, lr=W.LR, weight_decay=0.01,
+               bias_correction=False, clamp_value=10.0, max_grad_norm=5.0)  # fmt: skip
+    qs = W.init_params(W.SHAPES, "float64")
+    mu = [np.zeros_like(q) for q in qs]
+    for t in range(1, W.STEPS + 1):
+        F.lars(qs, W.grads_for(510, t, W.SHAPES, "float64", 1, 0)[0], mu, lr=0.1, momentum=0.9, weight_decay=1e-4,
+               max_grad_norm=5.0)  # fmt: skip
+    for r, d in enumerate(_ranks_ok(worlds, f"options{world}")):
+        assert _equal(d["lamb_ddp_params"], ps), f"Lamb, reduce_grads=False: rank {r} of {world}"
+        assert _equal(d["numpy_lars_params"], qs), f"ShardedOptimizer lars: rank {r} of {world}"
+
+
 def test_checkpoint_saved_on_2_resumes_on_3_and_on_1(worlds: Dict[str, Any]) -> None:
     save = _ranks_ok(worlds, "save2")
     assert "not been consolidated" in save[1]["AdamW_not_consolidated"]
@@ -205,6 +233,8 @@ def test_checkpoint_saved_on_2_resumes_on_3_and_on_1(worlds: Dict[str, Any]) -> 
             opt.step()
         assert _equal([p.detach().numpy() for p in ps], final), name
         # and torch.optim's optimizer of the same algorithm loads it
+        if not hasattr(torch.optim, cls):  # (LAMB: torch.optim has none)
+            continue
         tps = [torch.from_numpy(a.copy()).requires_grad_() for a in save[0][f"{name}_at10"]]
         topt = getattr(torch.optim, cls)(tps, **kw)
         topt.load_state_dict(pickle.loads(pickle.dumps(sd)))
@@ -303,8 +333,8 @@ def _same(a: Any, b: Any) -> bool:
 @pytest.mark.parametrize(
     "kwargs, exc, match",
     [
-        (dict(optimizer_class=ft.Lamb), ValueError, "Lamb"),
-        (dict(optimizer_class=ft.LARS, lr=0.1), ValueError, "LARS"),
+        (dict(optimizer_class=ft.LARS, lr=0.1, weight_decay_filter=True), ValueError, "weight_decay_filter"),
+        (dict(optimizer_class=ft.LARS, lr=0.1, lars_adaptation_filter=True), ValueError, "lars_adaptation_filter"),
         (dict(optimizer_class=ft.Muon), TypeError, "optimizer_class"),
         (dict(optimizer_class=torch.optim.AdamW), TypeError, "optimizer_class"),
         (dict(lr=-1.0), ValueError, "Invalid learning rate"),
@@ -315,7 +345,6 @@ def _same(a: Any, b: Any) -> bool:
         (dict(timeout=5), TypeError, "timeout"),
         (dict(reduce_grads="yes"), TypeError, "reduce_grads"),
         (dict(state_dtype="8bit"), ValueError, "min_8bit_size"),  # (a 7-element parameter: float32 states)
-        (dict(stochastic_rounding=True), ValueError, "stochastic_rounding"),
     ],
 )
 def test_bad_constructor_arguments_raise_naming_them(group: Any, kwargs: Dict[str, Any], exc: Any, match: str) -> None:
@@ -337,6 +366,8 @@ def test_bad_parameters_raise_naming_them(group: Any) -> None:
         ZeroOptimizer(ps, master_weights="split")
     with pytest.raises(ValueError, match="state_dtype"):
         ZeroOptimizer(ps, state_dtype="bfloat16")
+    with pytest.raises(TypeError, match=r"params\[0\].*float32 and float64"):  # (trust ratios: no low precision)
+        ZeroOptimizer(_model(torch.bfloat16), optimizer_class=ft.Lamb)
     ps[1] = ps[1].detach().to(torch.int32)
     with pytest.raises(TypeError, match=r"params\[1\]"):
         ZeroOptimizer(ps, optimizer_class=ft.SGD, lr=0.1)

@@ -12,8 +12,10 @@ from typing import List, Tuple
 import numpy as np
 
 STEPS = 20
-#: 3000 and 2800 elements: 2 norm blocks each; 7: one; 2049: two (one element in the second)
-SHAPES: List[Tuple[int, ...]] = [(3000,), (40, 70), (7,), (2049,)]
+#: 3000 elements: 2 norm blocks; 10000: 5, split over ranks 0 and 1 of 2 (blocks 0-1 | 2-4) and over
+#: the three ranks of 3 (0 | 1-3 | 4) (trust ratios' per-tensor sums and stochastic rounding's
+#: counters across ranks); 7: one; 2049: two (one element in the second)
+SHAPES: List[Tuple[int, ...]] = [(3000,), (100, 100), (7,), (2049,)]
 LR = 1e-2
 
 

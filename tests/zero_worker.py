@@ -46,6 +46,8 @@ OPTIONS: Dict[str, List[Dict[str, Any]]] = {
     "Adamax": [dict(weight_decay=0.01)],
     "RAdam": [dict(decoupled_weight_decay=True, weight_decay=0.01)],
     "Lion": [dict(weight_decay=0.1)],
+    "Lamb": [dict(weight_decay=0.01, clamp_value=2.0, debias=True)],
+    "LARS": [dict(weight_decay=1e-3, momentum=0.8, eta=0.01)],
 }
 
 
@@ -65,7 +67,7 @@ def elementwise_cases() -> Tuple[List[Tuple[str, str, Dict[str, Any], str]], Dic
     for name in optimizer_classes():
         cls = getattr(ft, name)
         why = _probe_elementwise(cls, {"lr": LR}, {"lr": LR, **cls([torch.zeros(1)], lr=LR).defaults})
-        if why is not None:
+        if why is not None and not cls._algo.trust_ratio:  # (trust ratios: their block sums are exchanged)
             refused[name] = why
             continue
         for v, kw in enumerate([{}] + OPTIONS.get(name, [])):
@@ -85,7 +87,7 @@ def _numpy(params: List[torch.Tensor]) -> List[np.ndarray]:
 
 # -- scenarios: one function per world, run on every rank -------------------------------------
 def sc_elementwise(rank: int, world: int, out: Dict[str, Any]) -> None:
-    """Every element-wise class with its options, float32 and float64, 20 steps."""
+    """Every element-wise and trust-ratio class with its options, float32 and float64, 20 steps."""
     cases, refused = elementwise_cases()
     out["refused"] = refused
     res = {}
@@ -140,6 +142,18 @@ def sc_options(rank: int, world: int, out: Dict[str, Any]) -> None:
     for t in range(1, STEPS + 1):
         assert nopt.step(grads_for(500, t, SHAPES, "float64", world, rank)[1])
     out["numpy_params"] = [a.copy() for a in nopt.params]
+    # trust ratios: Lamb in DDP mode with clipping; LARS on the NumPy route with clipping
+    ps = [torch.from_numpy(a).requires_grad_() for a in init_params(SHAPES, "float32")]
+    opt = ZeroOptimizer(ps, ft.Lamb, lr=LR, weight_decay=0.01, reduce_grads=False, max_grad_norm=5.0)
+    for t in range(1, STEPS + 1):
+        _set_grads(ps, grads_for(410, t, SHAPES, "float32", world, rank)[0])
+        opt.step()
+    out["lamb_ddp_params"] = _numpy(ps)
+    nopt = ShardedOptimizer(init_params(SHAPES, "float64"), "lars", TorchCommunicator(), lr=0.1, momentum=0.9,
+                            weight_decay=1e-4, max_grad_norm=5.0)  # fmt: skip
+    for t in range(1, STEPS + 1):
+        assert nopt.step(grads_for(510, t, SHAPES, "float64", world, rank)[1])
+    out["numpy_lars_params"] = [a.copy() for a in nopt.params]
 
 
 def _ckpt_model(name: str) -> Tuple[str, Dict[str, Any], str]:
@@ -147,11 +161,12 @@ def _ckpt_model(name: str) -> Tuple[str, Dict[str, Any], str]:
             "SGD": ("SGD", {"lr": LR, "momentum": 0.9}, "float32"),
             "Adagrad": ("Adagrad", {"lr": LR, "initial_accumulator_value": 0.1}, "float64"),
             "NAdam": ("NAdam", {"lr": LR, "momentum_decay": 0.01, "weight_decay": 0.01, "decoupled_weight_decay": True},
-                      "float32")}[name]  # fmt: skip
+                      "float32"),
+            "Lamb": ("Lamb", {"lr": LR, "weight_decay": 0.01}, "float64")}[name]  # fmt: skip
 
 
-#: (NAdam: its per-parameter scalar state mu_product goes through the checkpoint too)
-CKPT = ("AdamW", "SGD", "Adagrad", "NAdam")
+#: (NAdam: its per-parameter scalar state mu_product goes through the checkpoint too; Lamb: a trust ratio)
+CKPT = ("AdamW", "SGD", "Adagrad", "NAdam", "Lamb")
 
 
 def sc_save(rank: int, world: int, out: Dict[str, Any]) -> None:
@@ -210,6 +225,12 @@ LOWP_CASES: List[Tuple[str, str, Dict[str, Any], str, Dict[str, Any]]] = [
                                           "min_8bit_size": 0}, "bfloat16", {"reduce_grads": False}),  # fmt: skip
     ("Adagrad-f32-8bit", "Adagrad", {"lr": LR, "initial_accumulator_value": 0.1, "state_dtype": "8bit",
                                      "min_8bit_size": 0}, "float32", {}),  # fmt: skip
+    # stochastic rounding: an element's random bits are keyed by its position in its parameter
+    ("AdamW-bf16-sr", "AdamW", {"lr": LR, "weight_decay": 0.01, "stochastic_rounding": True, "seed": 11}, "bfloat16",
+     {}),
+    ("Lion-bf16-sr-ddp", "Lion", {"lr": LR, "stochastic_rounding": True, "seed": 5}, "bfloat16",
+     {"reduce_grads": False}),
+    ("SGD-bf16-sr", "SGD", {"lr": LR, "momentum": 0.9, "stochastic_rounding": True, "seed": 7}, "bfloat16", {}),
 ]
 
 

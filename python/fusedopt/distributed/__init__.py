@@ -4,7 +4,8 @@
 optimizer and gives each of N ranks 1/N of its state: parameters are packed by element range,
 not whole tensors, each rank steps its range with one fused native call and the updated ranges
 are all-gathered. Its results are bitwise a single process's given the same averaged gradients
-(element-wise algorithms; global-norm clipping and non-finite skips included).
+(element-wise and trust-ratio algorithms, low precision, stochastic rounding; global-norm clipping
+and non-finite skips included).
 
 :func:`consolidate_state_dicts` turns every rank's :meth:`ZeroOptimizer.shard_state_dict` into one
 ordinary state dict (loadable by a single process, by ``torch.optim``, or by a ZeroOptimizer of

@@ -19,8 +19,9 @@ class ShardedOptimizer:
         arrays: the initial parameter values (float32/float64; the same on every rank). They are
             copied into flat buckets: use :attr:`params` (views into them) as the parameters.
         algorithm: a :mod:`fusedopt.functional` name with an element-wise update (``"adamw"``,
-            ``"sgd"``, ...); its keyword hyperparameters in ``**hypers`` (functional names:
-            ``beta1``, ``beta2``, ...).
+            ``"sgd"``, ...) or a trust ratio (``"lamb"``, ``"lars"``: their per-tensor sums are
+            exchanged, as :class:`ZeroOptimizer`'s); its keyword hyperparameters in ``**hypers``
+            (functional names: ``beta1``, ``beta2``, ...).
         comm: the collectives; rank ``r`` owns ``[r*S, (r+1)*S)`` of every bucket.
         max_grad_norm, skip_if_nonfinite, clip_value, threads: as :class:`ZeroOptimizer`.
 
@@ -34,9 +35,6 @@ class ShardedOptimizer:
                  clip_value: Optional[float] = None, threads: Optional[int] = None, **hypers: Any) -> None:  # fmt: skip
         if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
-        if algorithm in ("lamb", "lars"):
-            raise ValueError(f"algorithm {algorithm!r} updates per tensor (trust ratios): it cannot be sharded by "
-                             "element ranges")  # fmt: skip
         algo = ALGORITHMS[algorithm]
         if not isinstance(arrays, (list, tuple)) or not arrays:
             raise TypeError("arrays must be a non-empty list/tuple of numpy arrays")
@@ -92,7 +90,7 @@ class ShardedOptimizer:
         if skip:
             return False
         self.engine.apply([self.hypers] * len(self.buckets), [[p] for p in self._param_shards],
-                          [[g] for g in self.grad_shards], gs)  # fmt: skip
+                          [[g] for g in self.grad_shards], gs, comm=self.comm)  # fmt: skip
         if w > 1:
             for flat in self.flat:
                 self.comm.all_gather(flat)

@@ -23,6 +23,15 @@ are zero: a sum with zeros is exact) together with the ``found_inf`` flags, and 
 them along the same tree. The result is bitwise :func:`fusedopt.functional.global_norm` of the
 averaged gradients, so the clip coefficient and the skip decision are the single process's, on
 every rank.
+
+Trust ratios (LAMB, LARS), bitwise the single process's. The single native call sums p^2 and u^2
+per 2048-element block of each tensor (the same blocks: no block straddles two ranks), adds each
+tensor's block sums by a pairwise tree, and applies the ratio in a second pass. Here each rank
+runs the first pass alone over its pieces (``trust=(1, sums)``: moments stored, parameters not
+written), one float64 all-reduce gathers every tensor's block sums (each block from its one
+owner, zeros elsewhere: exact), every rank adds a tensor's blocks by the same tree
+(:func:`fusedopt.reference._tree_sum`) and runs the second pass with the totals
+(``trust=(2, totals)``).
 """
 
 from __future__ import annotations
@@ -398,6 +407,27 @@ class ShardEngine:
         self._exchange = np.zeros(len(self.norm.leaves) + 1, dtype=np.float64)
         #: the global norm of the unscaled gradients of the last step (when computed)
         self.last_norm: Optional[float] = None
+        #: per bucket: whether its bfloat16 parameters are written with stochastic rounding (no
+        #: master); the random bits of an element are keyed by its position in its parameter
+        self.sr: List[bool] = [False] * len(self.buckets)
+        #: per bucket: this rank's pieces of its parameters, (position k, start, stop) in shard
+        #: coordinates, in order: the native calls of trust-ratio algorithms and of stochastic
+        #: rounding take one array per piece
+        self.own: List[List[Tuple[int, int, int]]] = []
+        for bk in self.buckets:
+            lo, hi = rank * bk.shard, (rank + 1) * bk.shard
+            self.own.append([(k, max(lo, off) - lo, min(hi, off + n) - lo) for k, (off, n) in
+                             enumerate(zip(bk.offsets, bk.sizes)) if max(lo, off) < min(hi, off + n)])  # fmt: skip
+        #: trust-ratio algorithms: per bucket and parameter, the index of its first norm block in
+        #: the step's exchange of block sums (every parameter of every bucket, in order)
+        self._block_base: List[List[int]] = []
+        nblocks = 0
+        for bk in self.buckets:
+            self._block_base.append([])
+            for n in bk.sizes:
+                self._block_base[-1].append(nblocks)
+                nblocks += -(-n // NORM_BLOCK)
+        self._block_sums = np.zeros(2 * nblocks if algo.trust_ratio else 0, dtype=np.float64)
 
     def ensure_states(self, b: int, h: Dict[str, Any]) -> List[Optional[np.ndarray]]:
         """The state shards of bucket ``b`` in role order (None for absent roles), made as needed."""
@@ -475,11 +505,19 @@ class ShardEngine:
         return _scalars.GradScalars(opts.scale, coef, opts.value), False
 
     def apply(self, hypers: Sequence[Dict[str, Any]], params: Sequence[Sequence[Any]], grads: Sequence[Sequence[Any]],
-              gs: _scalars.GradScalars, pieces: Optional[Sequence[Sequence[Tuple[int, int]]]] = None) -> None:  # fmt: skip
+              gs: _scalars.GradScalars, pieces: Optional[Sequence[Sequence[Tuple[int, int]]]] = None,
+              comm: Optional[Communicator] = None, sr_seeds: Optional[Sequence[int]] = None) -> None:  # fmt: skip
         """The fused step of every bucket's shard: ``hypers[b]`` are bucket ``b``'s validated
         functional hyperparameters; ``params[b]``/``grads[b]`` the pieces of its shard, elements
         ``pieces[b]`` (default: the whole shard, one piece), each piece in one native call per
-        bucket. Every call is checked before the first writes (``_core.check``)."""
+        bucket. Every call is checked before the first writes (``_core.check``).
+
+        A trust-ratio algorithm (LAMB, LARS) runs each phase alone (``trust=``): phase 1 over every
+        bucket, one float64 all-reduce over ``comm`` of every tensor's block sums (each block on
+        one rank: the others add zeros), then per tensor the pairwise tree of the single-process
+        call over its blocks, and phase 2: bitwise the single process's step, on every rank.
+        Stochastic rounding (``sr_seeds[b]``: bucket ``b``'s seed, for its buckets in
+        :attr:`sr`) keys each element's bits by its position in its parameter (``sr_offsets=``)."""
         algo = self.algo
         calls = []
         news: List[Dict[str, float]] = []
@@ -496,16 +534,32 @@ class ShardEngine:
                 h = {**h, "first_step": fresh}
                 t = 1
             p, g = list(params[b]), list(grads[b])
-            if pieces is None:
+            ranges = None if pieces is None else list(pieces[b])
+            split: Dict[str, Any] = {}
+            if algo.trust_ratio or self.sr[b]:  # one array per piece of a parameter
+                mine = [(a, e) for _, a, e in self.own[b]]
+                if ranges is None:  # (the whole shard, one array: cut at the parameters)
+                    p = [p[0][a:e] for a, e in mine] if p else []
+                    g = [g[0][a:e] for a, e in mine] if g else []
+                elif ranges != mine:
+                    raise ValueError(f"bucket {b}: the pieces must be this rank's pieces of the parameters, in order")
+                ranges = mine
+                if self.sr[b]:
+                    bk, base = self.buckets[b], self.rank * self.buckets[b].shard
+                    split["sr_offsets"] = [base + a - bk.offsets[k] for k, a, _ in self.own[b]]
+            if ranges is None:
                 ls = [None if x is None else [x] for x in lists]
             else:
-                ls = [None if x is None else [x[a:e] for a, e in pieces[b]] for x in lists]
+                ls = [None if x is None else [x[a:e] for a, e in ranges] for x in lists]
             roles = [("params", p, True), ("grads", g, False)]
             roles += [(r.arg, x, True) for r, x in zip(algo.states, ls) if x is not None]
             lowp: Tuple[Any, ...] = (None, False, 0, 0) if is_lowp(self.buckets[b].dtype) or self.q8[b] else ()
+            if self.sr[b]:
+                seed = 0 if sr_seeds is None else int(sr_seeds[b])
+                lowp = (None, True, seed, self.counts[b] + 1)  # (the counter: the step count, kept by every class)
             if self.master_kinds[b] is not None and p:
-                m = self.ensure_master(b, p, None if pieces is None else pieces[b])
-                ms = [m] if pieces is None else [m[a:e] for a, e in pieces[b]]
+                m = self.ensure_master(b, p, ranges)
+                ms = [m] if ranges is None else [m[a:e] for a, e in ranges]
                 roles.append(("masters", ms, True))
                 lowp = (ms, False, 0, 0)
             am_lists: Optional[List[Optional[List[np.ndarray]]]] = None
@@ -517,15 +571,49 @@ class ShardEngine:
                     if x is None or am is None:
                         am_lists.append(None)
                     else:
-                        am_lists.append([am] if pieces is None else [am[a // blk : -(-e // blk)] for a, e in pieces[b]])
+                        am_lists.append([am] if ranges is None else [am[a // blk : -(-e // blk)] for a, e in ranges])
                 lowp = (*lowp, am_lists)
             if p:
-                _core.check(roles, lowp=True,  # (the absmax lists of the state roles given)
+                _core.check(roles, lowp=True, stochastic_rounding=self.sr[b],  # (the absmax lists of the state roles given)
                             absmax=None if am_lists is None else [a for a, x in zip(am_lists, ls) if x is not None])
-            calls.append((b, h, t, p, g, ls, lowp))
-        for b, h, t, p, g, ls, lowp in calls:
-            if p:  # (a rank whose part of a bucket is all padding has nothing to update)
-                _engine.native_call(algo, h, t, p, g, ls, self.threads_for(sum(int(x.shape[0]) for x in p)), grad=gs,
-                                    lowp=lowp)  # fmt: skip
+            calls.append((b, h, t, p, g, ls, lowp, split))
+        if algo.trust_ratio:
+            self._trust_phases(calls, gs, comm)
+        else:
+            for _, h, t, p, g, ls, lowp, split in calls:
+                if p:  # (a rank whose part of a bucket is all padding has nothing to update)
+                    _engine.native_call(algo, h, t, p, g, ls, self.threads_for(sum(int(x.shape[0]) for x in p)),
+                                        grad=gs, lowp=lowp, **split)  # fmt: skip
+        for b in range(len(calls)):
             self.counts[b] += 1
             self.scalars[b] = news[b]
+
+    def _trust_phases(self, calls: List[Tuple[Any, ...]], gs: _scalars.GradScalars,
+                      comm: Optional[Communicator]) -> None:  # fmt: skip
+        """The two phases of a trust-ratio step over every bucket (see :meth:`apply`)."""
+        algo, sums = self.algo, self._block_sums
+        sums[:] = 0.0
+        for b, h, t, p, g, ls, lowp, _ in calls:
+            if not p:
+                continue
+            blocks = [-(-(e - a) // NORM_BLOCK) for _, a, e in self.own[b]]
+            part = np.zeros(2 * sum(blocks), dtype=np.float64)
+            threads = self.threads_for(sum(int(x.shape[0]) for x in p))
+            _engine.native_call(algo, h, t, p, g, ls, threads, grad=gs, lowp=lowp, trust=(1, part))
+            bk, base, j = self.buckets[b], self.rank * self.buckets[b].shard, 0
+            for (k, a, _), m in zip(self.own[b], blocks):  # (a piece starts on a block edge of its parameter)
+                first = self._block_base[b][k] + (base + a - bk.offsets[k]) // NORM_BLOCK
+                sums[2 * first : 2 * (first + m)] = part[2 * j : 2 * (j + m)]
+                j += m
+        if comm is not None and comm.world_size > 1:
+            comm.all_reduce_sum(sums)
+        for b, h, t, p, g, ls, lowp, _ in calls:
+            if not p:
+                continue
+            totals = np.empty(2 * len(p), dtype=np.float64)
+            for i, (k, _, _) in enumerate(self.own[b]):
+                first, m = self._block_base[b][k], -(-self.buckets[b].sizes[k] // NORM_BLOCK)
+                for r in range(2):  # (the tree of trust.inl's single call over the tensor's blocks)
+                    totals[2 * i + r] = reference._tree_sum(sums[2 * first + r : 2 * (first + m) : 2].tolist(), 0, m)
+            threads = self.threads_for(sum(int(x.shape[0]) for x in p))
+            _engine.native_call(algo, h, t, p, g, ls, threads, grad=gs, lowp=lowp, trust=(2, totals))

@@ -198,9 +198,12 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             with ``master_weights``, below).
         optimizer_class: a fusedopt.torch optimizer class whose update is element-wise
             (``SGD``, ``Momentum``, ``RMSprop``, ``Adam``, ``AdamW``, ``Adagrad``, ``Adamax``,
-            ``RAdam``, ``NAdam``, ``Lion``, and any later one that passes the check); per-tensor
-            updates (``Lamb``, ``LARS`` with trust ratios, ``Muon``, ``Adafactor``) are refused
-            with ValueError/TypeError. NAdam's per-parameter ``mu_product`` is kept once per
+            ``RAdam``, ``NAdam``, ``Lion``, and any later one that passes the check) or a trust
+            ratio (``Lamb``, ``LARS``: float32/float64; each phase of the native step runs alone,
+            with one float64 all-reduce of every tensor's 2048-element block sums of p^2 and u^2 in
+            between, added per tensor by the single call's tree: bitwise the single process;
+            LARS's ``weight_decay_filter``/``lars_adaptation_filter`` are refused: give the 1-D
+            parameters a param group with ``weight_decay=0``/``lars_adaptation=False``). NAdam's per-parameter ``mu_product`` is kept once per
             (group, dtype) bucket (its parameters step together), in torch's scalar dtype;
             a loaded one keeps the dtype it was saved in (torch's own loader casts it to the
             parameter's dtype, so a float64 torch.optim.NAdam resumed from a checkpoint continues
@@ -236,9 +239,10 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             (uint8 codes, one float32 absmax per block) are the single process's per-tensor blocks;
             ``min_8bit_size`` must not exceed the smallest float32/bfloat16/float16 parameter
             (ValueError: a smaller one would keep float32 states beside 8-bit ones in its bucket;
-            give ``min_8bit_size=0``). ``stochastic_rounding=True`` is refused (ValueError): the
-            kernel keys an element's random bits by its index in the array it is given, and a
-            shard's piece of a tensor starts elsewhere than at the tensor's element 0.
+            give ``min_8bit_size=0``). ``stochastic_rounding=True`` (bfloat16 parameters without a
+            master): an element's random bits are keyed by the group's seed, the step count and
+            the element's position in its parameter; each rank gives the native call its pieces'
+            positions (``sr_offsets``), so the bits are the single process's.
     """
 
     def __init__(self, params: Any, optimizer_class: Any = ftorch.AdamW, process_group: Any = None, *,
@@ -260,14 +264,14 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                                "backend='gloo', timeout=...) first")  # fmt: skip
         params = list(params) if not isinstance(params, torch.Tensor) else [params]
         front = optimizer_class(params, **defaults)
-        if front.stochastic_rounding:
-            raise ValueError("ZeroOptimizer does not support stochastic_rounding=True yet (give master_weights='fp32' "
-                             "or 'split' for bfloat16 parameters)")  # fmt: skip
         all_params: List[torch.Tensor] = [p for g in front.param_groups for p in g["params"]]
         for i, p in enumerate(all_params):
             if p.dtype not in (torch.float32, torch.float64, *_LOWP_TORCH):
                 raise TypeError(f"params[{i}] has dtype {p.dtype}; ZeroOptimizer takes float32, float64, bfloat16 "
                                 "and float16 parameters")  # fmt: skip
+            if algo.trust_ratio and p.dtype in _LOWP_TORCH:
+                raise TypeError(f"params[{i}] has dtype {p.dtype}; {optimizer_class.__name__} steps float32 and "
+                                "float64 parameters only")  # fmt: skip
             if front.state_dtype == "8bit" and p.dtype != torch.float64 and p.numel() < front.min_8bit_size:
                 raise ValueError(f"min_8bit_size={front.min_8bit_size} would keep float32 states for params[{i}] "
                                  f"({p.numel()} elements) beside 8-bit ones: ZeroOptimizer keeps one state format "
@@ -277,7 +281,15 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                 raise ValueError(f"params[{i}] must be a dense CPU tensor, got {p.device} {p.layout}")
             if not p.is_contiguous():
                 raise ValueError(f"params[{i}] must be contiguous")
-        for g in front.param_groups:
+        for gi, g in enumerate(front.param_groups):
+            if algo.trust_ratio:  # (per-tensor norms: the engine exchanges their block sums)
+                for key in ("weight_decay_filter", "lars_adaptation_filter"):
+                    if g.get(key):
+                        raise ValueError(f"param_groups[{gi}]: {key}=True is not supported by ZeroOptimizer; put the "
+                                         "1-D parameters in a param group of their own with weight_decay=0 "
+                                         "(weight_decay_filter) or lars_adaptation=False (lars_adaptation_filter): "
+                                         "the same update")  # fmt: skip
+                continue
             why = _probe_elementwise(optimizer_class, defaults, g)
             if why is not None:
                 raise ValueError(f"{optimizer_class.__name__} ({algo.name}) cannot be sharded by element ranges: "
@@ -369,6 +381,8 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         sdts = [_numpy_dtype(front._state_dtype(all_params[bk.params[0]])) for bk in self._buckets]
         q8s = [q8 and bk.dtype != np.dtype(np.float64) for bk in self._buckets]
         self._engine = ShardEngine(algo, self._buckets, r, self.threads, kinds, sdts, q8s)
+        self._engine.sr = [bool(front.stochastic_rounding) and _lowp.is_bf16(bk.dtype) and kind is None
+                           for bk, kind in zip(self._buckets, kinds)]  # fmt: skip
         self._engine.scalar_dtypes = [_scalar_dtype_name()] * len(self._buckets)
         if any(role.init_hyper is not None for role in algo.states):  # made with the parameters, as torch
             for b, bk in enumerate(self._buckets):
@@ -430,10 +444,14 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         if skip:
             self.skipped_steps += 1
             return loss
+        seeds = [_lowp.check_seed("param group 'seed'", front.param_groups[bk.group].get("seed", front.seed or 0))
+                 if sr else 0 for bk, sr in zip(self._buckets, self._engine.sr)]  # fmt: skip
         if self._reduce_grads:
-            self._engine.apply(hypers, [[p] for p in self._param_shards], [[g] for g in self._step_grads], gs)
+            self._engine.apply(hypers, [[p] for p in self._param_shards], [[g] for g in self._step_grads], gs,
+                               comm=self._comm, sr_seeds=seeds)  # fmt: skip
         else:
-            self._engine.apply(hypers, self._piece_params, pieces, gs, self._piece_ranges)
+            self._engine.apply(hypers, self._piece_params, pieces, gs, self._piece_ranges, comm=self._comm,
+                               sr_seeds=seeds)  # fmt: skip
         t2 = time.perf_counter()
         tm["step"] = t2 - t1
         if self.world_size > 1:
