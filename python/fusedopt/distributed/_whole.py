@@ -178,7 +178,7 @@ class WholeParamZero(ZeroOptimizer):
         #: the rank owning each parameter (index in the order over all groups)
         self.owners = assign_owners(sizes, self.world_size)
         r = self.rank
-        self._buckets: List[_Bucket] = []
+        self._wbuckets: List[_Bucket] = []
         index = 0
         for gi, g in enumerate(front.param_groups):
             by_dtype: Dict[torch.dtype, List[int]] = {}
@@ -186,14 +186,14 @@ class WholeParamZero(ZeroOptimizer):
                 by_dtype.setdefault(p.dtype, []).append(index + k)
             index += len(g["params"])
             for dt, idx in by_dtype.items():
-                self._buckets.append(_Bucket(gi, dt, idx, sizes, self.owners, self.world_size))
+                self._wbuckets.append(_Bucket(gi, dt, idx, sizes, self.owners, self.world_size))
         self._flat: List[torch.Tensor] = []
         self._flat_grad: List[torch.Tensor] = []
-        self._views: List[Optional[torch.Tensor]] = [None] * len(all_params)
+        self._pviews: List[Optional[torch.Tensor]] = [None] * len(all_params)
         self._grad_views: List[Optional[torch.Tensor]] = [None] * len(all_params)
         proxies: Dict[int, torch.Tensor] = {}
         with torch.no_grad():
-            for bk in self._buckets:
+            for bk in self._wbuckets:
                 flat = torch.zeros(bk.size, dtype=bk.dtype)
                 gflat = torch.zeros(bk.size, dtype=bk.dtype)
                 for i, off in zip(bk.params, bk.offsets):
@@ -201,7 +201,7 @@ class WholeParamZero(ZeroOptimizer):
                     v = flat[off : off + sizes[i]].view(p.shape)
                     v.copy_(p)
                     p.data = v
-                    self._views[i] = v
+                    self._pviews[i] = v
                     self._grad_views[i] = gflat[off : off + sizes[i]].view(p.shape)
                     if self.owners[i] == r:  # the inner optimizer's tensor: the same memory, its own grad
                         q = flat[off : off + sizes[i]].view(p.shape)
@@ -266,7 +266,7 @@ class WholeParamZero(ZeroOptimizer):
         w = self.world_size
         with torch.no_grad():
             for i, p in enumerate(self._params):  # a parameter whose .data was replaced is packed again
-                v = self._views[i]
+                v = self._pviews[i]
                 assert v is not None
                 if p.data_ptr() != v.data_ptr() or p.shape != v.shape:
                     v.copy_(p.reshape(v.shape))
@@ -318,7 +318,7 @@ class WholeParamZero(ZeroOptimizer):
                 _threads._user_threads = old
         if w > 1:
             with torch.no_grad():
-                for bk, flat in zip(self._buckets, self._flat):
+                for bk, flat in zip(self._wbuckets, self._flat):
                     for j, (lo, hi) in enumerate(bk.ranges):
                         if hi > lo:
                             dist.broadcast(flat[lo:hi], src=self._global_ranks[j], group=self.process_group)
@@ -370,8 +370,9 @@ class WholeParamZero(ZeroOptimizer):
         is_muon = issubclass(self._cls, ftorch.Muon)
         for gi, g in enumerate(scratch.param_groups):
             lr = g["lr"]
+            h = {**g, "lr": float(lr.item()) if isinstance(lr, torch.Tensor) else lr}
             try:
-                (_muon if is_muon else _adafactor).check_hypers({**g, "lr": float(lr.item()) if isinstance(lr, torch.Tensor) else lr})
+                (_muon if is_muon else _adafactor).check_hypers(h)
             except (TypeError, ValueError) as e:
                 raise type(e)(f"state_dict['param_groups'][{gi}]: {e}") from None
         for i, p in enumerate(self._params):
@@ -382,7 +383,8 @@ class WholeParamZero(ZeroOptimizer):
             for key, shape in want.items():
                 v = entry.get(key)
                 if not isinstance(v, torch.Tensor) or tuple(v.shape) != shape:
-                    got = "missing" if v is None else f"shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+                    got = f"shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else "missing" if v is None \
+                        else type(v).__name__  # fmt: skip
                     raise ValueError(f"state_dict['state'][{i}][{key!r}] must be a tensor of shape {shape}, got {got}")
             if not is_muon and "step" not in entry:
                 raise ValueError(f"state_dict['state'][{i}] has no 'step'")
@@ -430,6 +432,8 @@ def consolidate_whole(shards: Sequence[Any]) -> Dict[str, Any]:
     for r in range(w):
         for i, entry in by_rank[r]["state"].items():
             if first["owners"][i] != r:
-                raise ValueError(f"the shard of rank {r} has state for parameter {i}, owned by rank {first['owners'][i]}")
-            state[int(i)] = {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in entry.items()}
+                raise ValueError(f"the shard of rank {r} has state for parameter {i}, owned by rank "
+                                 f"{first['owners'][i]}")  # fmt: skip
+            state[int(i)] = {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                             for k, v in entry.items()}  # fmt: skip
     return {"state": dict(sorted(state.items())), "param_groups": copy.deepcopy(first["param_groups"])}
