@@ -188,6 +188,23 @@ def test_found_inf_and_nonfinite_skip_every_rank(worlds: Dict[str, Any], world: 
         assert _equal(d["params"], want)
 
 
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_adafactor_eps1_from_the_whole_group(worlds: Dict[str, Any], world: int) -> None:
+    """eps=(None, ...): the group's first parameter (float32) fixes eps1, also on a rank that owns
+    only the float64 parameter."""
+    ps = W.mixed_params()
+    opt = ft.Adafactor(ps, lr=0.01)
+    for t in range(1, W.STEPS + 1):
+        for p, g in zip(ps, W.mixed_grads(t, 1, 0)[0]):
+            p.grad = torch.from_numpy(g)
+        opt.step()
+    ranks = _ranks_ok(worlds, f"mixed{world}")
+    if world == 2:
+        assert ranks[0]["owners"] == [1, 0, 1]  # (rank 0 owns only the float64 parameter)
+    for d in ranks:
+        assert _equal(d["params"], W._numpy(ps))
+
+
 def test_consolidated_state_dict(worlds: Dict[str, Any]) -> None:
     """2 ranks: consolidate_state_dict(to=1) equals consolidate_state_dicts of the shards; it is
     the single process's state dict at that step (bitwise), and torch.optim loads it."""
@@ -337,6 +354,7 @@ def test_lr_scheduler_and_version_counter(group: Any) -> None:
         v0 = ps[0]._version
         opt.step()
         assert ps[0]._version > v0
+        assert set(opt.last_timings) == {"pack", "all_reduce", "norm_exchange", "step", "broadcast"}
         ref.step()
         sched.step()
         ref_sched.step()

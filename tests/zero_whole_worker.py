@@ -131,6 +131,33 @@ def sc_skip(rank: int, world: int, out: Dict[str, Any]) -> None:
     out["params"], out["skipped"] = _numpy(ps), opt.skipped_steps
 
 
+#: Adafactor with eps=(None, 1e-3) over one group of a small float32 and a large float64 parameter:
+#: torch takes eps1 from the group's first parameter (float32's machine epsilon), also on the rank
+#: that owns only the float64 one
+MIXED = [((7,), "float32"), ((12, 10), "float64"), ((3, 4, 5), "float32")]
+
+
+def mixed_params() -> List[torch.Tensor]:
+    return [torch.from_numpy(init_params([s], d, seed=k)[0]).requires_grad_() for k, (s, d) in enumerate(MIXED)]
+
+
+def mixed_grads(t: int, world: int, rank: int) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """The float64 parameter's gradients are scaled by 2**-30 (exact): their squares are below
+    float32's eps1**2, so the clamp by eps1 decides its update."""
+    got = [grads_for(300 + k, t, [s], d, world, rank) for k, (s, d) in enumerate(MIXED)]
+    f = [1.0 if d == "float32" else 2.0**-30 for _, d in MIXED]
+    return [a[0] * x for (a, _), x in zip(got, f)], [m[0] * x for (_, m), x in zip(got, f)]
+
+
+def sc_mixed(rank: int, world: int, out: Dict[str, Any]) -> None:
+    ps = mixed_params()
+    opt = ZeroOptimizer(ps, ft.Adafactor, lr=0.01, threads=1)
+    for t in range(1, STEPS + 1):
+        _set(ps, mixed_grads(t, world, rank)[1])
+        opt.step()
+    out["params"], out["owners"] = _numpy(ps), list(opt.owners)
+
+
 #: the cases saved on 2 ranks after step 3 and resumed on 3 ranks and 1 process
 SAVE_CASES = [CASES[1], CASES[3]]
 SAVE_AT = 3
@@ -163,12 +190,12 @@ def sc_resume(rank: int, world: int, out: Dict[str, Any]) -> None:
         out[case[0]] = _numpy(ps)
 
 
-SCENARIOS = {"parity": sc_parity, "skip": sc_skip, "save": sc_save, "resume": sc_resume}
+SCENARIOS = {"parity": sc_parity, "skip": sc_skip, "save": sc_save, "resume": sc_resume, "mixed": sc_mixed}
 #: world name -> (world size, scenarios in order, deadline in seconds, group timeout in seconds)
 WORLDS = {
-    "w2": (2, ["parity", "skip", "save"], 120, 30),
-    "w3": (3, ["parity", "skip", "resume"], 120, 30),
-    "w1": (1, ["parity", "skip", "resume"], 120, 30),
+    "w2": (2, ["parity", "skip", "save", "mixed"], 120, 30),
+    "w3": (3, ["parity", "skip", "resume", "mixed"], 120, 30),
+    "w1": (1, ["parity", "skip", "resume", "mixed"], 120, 30),
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import datetime
 import math
+import time
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -223,6 +224,9 @@ class WholeParamZero(ZeroOptimizer):
         self.inner: Optional[Any] = optimizer_class(inner_groups, **defaults) if self._owned else None
         self._consolidated: Optional[Dict[str, Any]] = None
         self._last_norm: Optional[float] = None
+        #: seconds of the last step's phases: pack (gradients into the flat buffers, division,
+        #: unscaling), all_reduce, norm_exchange (the norm and the flags' all-reduce), step (clip
+        #: and the inner optimizer), broadcast (the updated ranges)
         self.last_timings: Dict[str, float] = {}
         #: steps skipped (found_inf, or a non-finite norm with skip_if_nonfinite), the same on every rank
         self.skipped_steps = 0
@@ -264,6 +268,8 @@ class WholeParamZero(ZeroOptimizer):
                 (_muon if issubclass(self._cls, ftorch.Muon) else _adafactor).check_hypers(h)
         grads = self._checked_grads()
         w = self.world_size
+        tm = self.last_timings = {"pack": 0.0, "all_reduce": 0.0, "norm_exchange": 0.0, "step": 0.0, "broadcast": 0.0}
+        t0 = time.perf_counter()
         with torch.no_grad():
             for i, p in enumerate(self._params):  # a parameter whose .data was replaced is packed again
                 v = self._pviews[i]
@@ -281,10 +287,14 @@ class WholeParamZero(ZeroOptimizer):
             for gflat in self._flat_grad:
                 a = gflat.numpy()
                 if self._reduce_grads and w > 1:
+                    t1 = time.perf_counter()
                     dist.all_reduce(gflat, group=self.process_group)
+                    tm["all_reduce"] += time.perf_counter() - t1
                     np.divide(a, a.dtype.type(w), out=a)
                 if opts.grad_scale_given:
                     np.divide(a, a.dtype.type(opts.scale), out=a)
+        t1 = time.perf_counter()
+        tm["pack"] = t1 - t0 - tm["all_reduce"]
         self._last_norm = None
         norm = math.nan
         if opts.max_norm is not None or opts.skip_nonfinite:
@@ -298,7 +308,10 @@ class WholeParamZero(ZeroOptimizer):
                 dist.all_reduce(flags, group=self.process_group)
             if flags[0].item() != 0.0 or flags[1].item() != 0.0:
                 self.skipped_steps += 1
+                tm["norm_exchange"] = time.perf_counter() - t1
                 return loss
+        t2 = time.perf_counter()
+        tm["norm_exchange"] = t2 - t1
         coef = 1.0 if opts.max_norm is None else _scalars.clip_coef(norm, opts.max_norm)
         if self.inner is not None:
             with torch.no_grad():
@@ -316,12 +329,15 @@ class WholeParamZero(ZeroOptimizer):
                 self.inner.step()
             finally:
                 _threads._user_threads = old
+        t3 = time.perf_counter()
+        tm["step"] = t3 - t2
         if w > 1:
             with torch.no_grad():
                 for bk, flat in zip(self._wbuckets, self._flat):
                     for j, (lo, hi) in enumerate(bk.ranges):
                         if hi > lo:
                             dist.broadcast(flat[lo:hi], src=self._global_ranks[j], group=self.process_group)
+        tm["broadcast"] = time.perf_counter() - t3
         # written through other views of the flat buffers: advance the parameters' version counters
         # as an in-place torch update does (a tensor saved for backward before this step then raises)
         torch._C._increment_version(self._params)
