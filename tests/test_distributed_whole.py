@@ -205,6 +205,23 @@ def test_adafactor_eps1_from_the_whole_group(worlds: Dict[str, Any], world: int)
         assert _equal(d["params"], W._numpy(ps))
 
 
+def test_rank_owning_nothing(worlds: Dict[str, Any]) -> None:
+    ps = [torch.from_numpy(a).requires_grad_() for a in W.init_params([(6, 4), (3, 5)], "float64")]
+    opt = ft.Muon([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.05}], lr=0.02)
+    for t in range(1, W.STEPS + 1):
+        for p, g in zip(ps, W.grads_for(400, t, [(6, 4), (3, 5)], "float64", 1, 0)[0]):
+            p.grad = torch.from_numpy(g)
+        opt.step()
+    ranks = _ranks_ok(worlds, "few3")
+    assert ranks[0]["owners"] == [0, 1] and ranks[2]["bytes"] == 0
+    for d in ranks:
+        assert _equal(d["params"], W._numpy(ps))
+    sd = ranks[2]["sd"]
+    ref = opt.state_dict()
+    assert sd["param_groups"] == ref["param_groups"]
+    assert all(torch.equal(sd["state"][i]["momentum_buffer"], ref["state"][i]["momentum_buffer"]) for i in (0, 1))
+
+
 def test_consolidated_state_dict(worlds: Dict[str, Any]) -> None:
     """2 ranks: consolidate_state_dict(to=1) equals consolidate_state_dicts of the shards; it is
     the single process's state dict at that step (bitwise), and torch.optim loads it."""

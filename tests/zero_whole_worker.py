@@ -158,6 +158,20 @@ def sc_mixed(rank: int, world: int, out: Dict[str, Any]) -> None:
     out["params"], out["owners"] = _numpy(ps), list(opt.owners)
 
 
+def sc_few(rank: int, world: int, out: Dict[str, Any]) -> None:
+    """Fewer parameters than ranks (the last rank owns none), two groups, one of them empty on
+    some rank: steps, consolidation."""
+    ps = [torch.from_numpy(a).requires_grad_() for a in init_params([(6, 4), (3, 5)], "float64")]
+    opt = ZeroOptimizer([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.05}], ft.Muon, lr=0.02, threads=1)
+    for t in range(1, STEPS + 1):
+        _set(ps, grads_for(400, t, [(6, 4), (3, 5)], "float64", world, rank)[1])
+        opt.step()
+    opt.consolidate_state_dict(to=world - 1)
+    out["params"], out["owners"], out["bytes"] = _numpy(ps), list(opt.owners), opt.state_bytes()
+    if rank == world - 1:
+        out["sd"] = opt.state_dict()
+
+
 #: the cases saved on 2 ranks after step 3 and resumed on 3 ranks and 1 process
 SAVE_CASES = [CASES[1], CASES[3]]
 SAVE_AT = 3
@@ -190,11 +204,11 @@ def sc_resume(rank: int, world: int, out: Dict[str, Any]) -> None:
         out[case[0]] = _numpy(ps)
 
 
-SCENARIOS = {"parity": sc_parity, "skip": sc_skip, "save": sc_save, "resume": sc_resume, "mixed": sc_mixed}
+SCENARIOS = {"parity": sc_parity, "skip": sc_skip, "save": sc_save, "resume": sc_resume, "mixed": sc_mixed, "few": sc_few}
 #: world name -> (world size, scenarios in order, deadline in seconds, group timeout in seconds)
 WORLDS = {
     "w2": (2, ["parity", "skip", "save", "mixed"], 120, 30),
-    "w3": (3, ["parity", "skip", "resume", "mixed"], 120, 30),
+    "w3": (3, ["parity", "skip", "resume", "mixed", "few"], 120, 30),
     "w1": (1, ["parity", "skip", "resume", "mixed"], 120, 30),
 }
 

@@ -110,7 +110,8 @@ class WholeParamZero(ZeroOptimizer):
     4. ``max_grad_norm``: ``g *= dtype(coef)`` with ``coef = fusedopt._scalars.clip_coef(norm,
        max_grad_norm)`` (skipped when ``coef == 1``); ``clip_value``: ``g = clamp(g, -v, v)`` in
        the gradient's dtype;
-    5. ``optimizer_class.step()`` on this rank's parameters (``threads`` fusedopt threads; torch's
+    5. ``optimizer_class.step()`` on this rank's parameters (``threads`` fusedopt threads, set with
+       ``fusedopt.set_num_threads`` for the duration of the call and restored; torch's
        own intra-op thread count is left alone: Muon's Newton-Schulz runs ``torch.mm``/``addmm``,
        whose results may depend on it, so compare runs with the same ``torch.set_num_threads``);
     6. each rank broadcasts its updated range of every flat parameter buffer.
