@@ -335,7 +335,7 @@ def _same(a: Any, b: Any) -> bool:
     [
         (dict(optimizer_class=ft.LARS, lr=0.1, weight_decay_filter=True), ValueError, "weight_decay_filter"),
         (dict(optimizer_class=ft.LARS, lr=0.1, lars_adaptation_filter=True), ValueError, "lars_adaptation_filter"),
-        (dict(optimizer_class=ft.Muon), TypeError, "optimizer_class"),
+        (dict(optimizer_class=ft.Muon), ValueError, "2D"),  # (a whole-parameter mode: 1-D parameters refused by Muon)
         (dict(optimizer_class=torch.optim.AdamW), TypeError, "optimizer_class"),
         (dict(lr=-1.0), ValueError, "Invalid learning rate"),
         (dict(betas=(0.9, 1.5)), ValueError, "beta"),
@@ -353,6 +353,21 @@ def test_bad_constructor_arguments_raise_naming_them(group: Any, kwargs: Dict[st
     with pytest.raises(exc, match=match):
         ZeroOptimizer(ps, **kwargs)
     assert all(torch.equal(p, b) for p, b in zip(ps, before))
+
+
+def test_param_groups_after_load_state_dict_are_the_ones_the_step_reads(group: Any) -> None:
+    ps = [torch.zeros(10, requires_grad=True)]
+    opt = ZeroOptimizer(ps, ft.AdamW, lr=0.1)
+    groups = opt.param_groups
+    ps[0].grad = torch.ones(10)
+    opt.step()
+    opt.consolidate_state_dict()
+    opt.load_state_dict(opt.state_dict())
+    assert opt.param_groups is groups and opt.optim.param_groups is groups
+    opt.param_groups[0]["lr"] = 0.0  # (an lr scheduler after a resume)
+    before = ps[0].detach().clone()
+    opt.step()
+    assert torch.equal(before, ps[0])
 
 
 def test_bad_parameters_raise_naming_them(group: Any) -> None:

@@ -6,6 +6,10 @@ not whole tensors, each rank steps its range with one fused native call and the 
 are all-gathered. Its results are bitwise a single process's given the same averaged gradients
 (element-wise and trust-ratio algorithms, low precision, stochastic rounding; global-norm clipping
 and non-finite skips included).
+With ``fusedopt.torch.Muon`` or ``Adafactor`` (updates that read a whole tensor) it is a
+``WholeParamZero`` (:mod:`fusedopt.distributed._whole`): each rank owns whole parameters (assigned
+from their sizes), steps them with one ``optimizer_class`` instance and broadcasts its contiguous
+range of the flat buffers; bitwise a single process's given the same averaged gradients too.
 
 :func:`consolidate_state_dicts` turns every rank's :meth:`ZeroOptimizer.shard_state_dict` into one
 ordinary state dict (loadable by a single process, by ``torch.optim``, or by a ZeroOptimizer of

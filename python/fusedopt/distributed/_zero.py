@@ -245,6 +245,15 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             positions (``sr_offsets``), so the bits are the single process's.
     """
 
+    def __new__(cls, params: Any = None, optimizer_class: Any = ftorch.AdamW, *args: Any, **kwargs: Any) -> Any:
+        """``fusedopt.torch.Muon`` and ``Adafactor`` (updates reading whole tensors) get a
+        :class:`fusedopt.distributed._whole.WholeParamZero` (whole-parameter ownership)."""
+        from ._whole import WholeParamZero, whole_param_class
+
+        if cls is ZeroOptimizer and whole_param_class(optimizer_class):
+            return object.__new__(WholeParamZero)
+        return super().__new__(cls)
+
     def __init__(self, params: Any, optimizer_class: Any = ftorch.AdamW, process_group: Any = None, *,
                  reduce_grads: bool = True, max_grad_norm: Optional[float] = None, skip_if_nonfinite: bool = False,
                  clip_value: Optional[float] = None, threads: Optional[int] = None,
@@ -623,7 +632,12 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                                          f"{sc.key!r} values {sorted(vals)}: ZeroOptimizer keeps one per param group "
                                          "and dtype")  # fmt: skip
         front = self.optim
+        groups = front.param_groups
         front.load_state_dict(state_dict)
+        for old, loaded in zip(groups, front.param_groups):  # (torch's loader makes new group dicts: keep
+            old.clear()  # the ones self.param_groups and the user's lr schedulers hold, updated)
+            old.update(loaded)
+        front.param_groups = groups
         try:
             r = self.rank
             new_states: List[Dict[str, np.ndarray]] = []
@@ -736,6 +750,10 @@ def consolidate_state_dicts(shards: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     :meth:`ZeroOptimizer.shard_state_dict` (any order): loadable by a single-process
     fusedopt.torch optimizer, by ``torch.optim``'s optimizer of the same algorithm, and by a
     :class:`ZeroOptimizer` of any world size. (The offline tool, as DeepSpeed's ``zero_to_fp32``.)"""
+    from ._whole import WHOLE_FORMAT, consolidate_whole  # (whole-parameter shards: Muon, Adafactor)
+
+    if isinstance(shards, (list, tuple)) and any(isinstance(s, dict) and s.get("format") == WHOLE_FORMAT for s in shards):
+        return consolidate_whole(shards)
     if not isinstance(shards, (list, tuple)) or not shards:
         raise TypeError("shards must be a non-empty list of shard state dicts (one per rank)")
     for j, s in enumerate(shards):
