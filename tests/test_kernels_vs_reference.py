@@ -632,3 +632,22 @@ def test_nonfinite_gradients(isa, dtype, threads, c):
             assert not all(np.isfinite(s).all() for s in states if s is not None), "no non-finite state"
         else:
             assert not np.isfinite(p).all(), "the test should produce non-finite parameters"
+
+
+@pytest.mark.parametrize("name", ["momentum", "adam", "adagrad", "adamax", "lamb", "radam", "nadam"])
+def test_numpy_integer_step_gives_the_python_int_scalars(name: str) -> None:
+    """``beta**step`` with a NumPy integer step would be ``np.power`` (on AVX-512 with NumPy 2 its
+    SIMD power differs from C ``pow`` in the last bits: ``0.999**np.int64(7)``), and the reference
+    would disagree with the kernels' scalars (found by tests/test_fuzz.py)."""
+    fn = getattr(_scalars, f"{name}_scalars")
+    kw = {"momentum": dict(lr=0.1, beta=0.999, weight_decay=0.0, bias_correction=True),
+          "adam": dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=True),
+          "adagrad": dict(lr=0.1, lr_decay=0.013, eps=1e-10, weight_decay=0.0),
+          "adamax": dict(lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0),
+          "lamb": dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, clamp_value=10.0,
+                       bias_correction=True, debias=False),
+          "radam": dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False),
+          "nadam": dict(lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+                        mu_product=0.9, decoupled_weight_decay=False)}[name]  # fmt: skip
+    for t in range(1, 60):
+        assert fn(step=np.int64(t), **kw) == fn(step=t, **kw), (name, t)

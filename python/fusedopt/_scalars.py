@@ -17,6 +17,13 @@ import numpy as np
 _STEP_LIMIT = 1 << 1023
 
 
+def _int_step(step: int) -> int:
+    """A NumPy integer step count as a Python int: ``beta**step`` is then CPython's float power (C
+    ``pow``, as the C++ Stepper's), not ``np.power`` (whose SIMD implementation differs in the last
+    bits on some CPUs: ``0.999**np.int64(7)`` on AVX-512 with NumPy 2)."""
+    return int(step) if isinstance(step, np.integer) else step
+
+
 def _float_step(step: int) -> float:
     """The step count as a float; a count too large for one is refused naming ``step``."""
     if step >= _STEP_LIMIT:
@@ -46,6 +53,7 @@ def momentum_scalars(
     *, step: int, lr: float, beta: float, weight_decay: float, bias_correction: bool
 ) -> MomentumScalars:
     """``step_size = lr / (1 - beta**t)`` with bias correction, else ``lr``."""
+    step = _int_step(step)
     if step >= _STEP_LIMIT:
         _float_step(step)  # raises naming step
     step_size = float(lr) / (1.0 - float(beta) ** step) if bias_correction else float(lr)
@@ -125,6 +133,7 @@ def adam_scalars(
     * ``eps_root`` (optax, ``sqrt(v/bc2 + eps_root) + eps``): ``R = eps_root*bc2``, ``E = eps*sqrt(bc2)``.
     """
     lr, beta1, beta2, wd = float(lr), float(beta1), float(beta2), float(weight_decay)
+    step = _int_step(step)
     if step >= _STEP_LIMIT:
         _float_step(step)  # raises naming step
     bias_correction1 = 1.0 - beta1**step
@@ -152,6 +161,7 @@ class AdagradScalars(NamedTuple):
 def adagrad_scalars(
     *, step: int, lr: float, lr_decay: float, eps: float, weight_decay: float
 ) -> AdagradScalars:
+    step = _int_step(step)
     if step >= _STEP_LIMIT:
         _float_step(step)  # raises naming step
     clr = float(lr) / (1.0 + (step - 1) * float(lr_decay))
@@ -186,6 +196,7 @@ def adamax_scalars(
 ) -> AdamaxScalars:
     """torch.optim.Adamax's ``clr = lr / (1 - beta1**t)`` (float64), negated."""
     beta1 = float(beta1)
+    step = _int_step(step)
     if step >= _STEP_LIMIT:
         _float_step(step)  # raises naming step
     clr = float(lr) / (1.0 - beta1**step)
@@ -236,6 +247,7 @@ def lamb_scalars(
     """LAMB's per-step scalars (cpp/kernels/lamb.inl). ``bias_correction`` (paper, optax):
     ``u = m_hat/(sqrt(v_hat) + eps)`` computed as ``(sqrt(bc2)/bc1*m)/(sqrt(v) + eps*sqrt(bc2))``;
     ``debias`` (torch_optimizer): ``u = m/(sqrt(v) + eps)`` and the step scaled by ``sqrt(bc2)/bc1``."""
+    step = _int_step(step)
     if step >= _STEP_LIMIT:
         _float_step(step)  # raises naming step
     lr, beta1, beta2, eps = float(lr), float(beta1), float(beta2), float(eps)
@@ -310,6 +322,7 @@ def radam_scalars(
         rect = ((rho_t-4)*(rho_t-2)*rho_inf / ((rho_inf-4)*(rho_inf-2)*rho_t)) ** 0.5   (only if rho_t > 5)
     """
     lr, beta1, beta2, wd = float(lr), float(beta1), float(beta2), float(weight_decay)
+    step = _int_step(step)
     if step >= _STEP_LIMIT:
         _float_step(step)  # raises naming step
     t = float(step)  # torch's step is a float
@@ -379,6 +392,7 @@ def nadam_scalars(
     ``P = mu_product``: the parameter's product **after** this step's factor (torch's
     ``mu_product *= mu`` comes first; :func:`nadam_mu_product`), promoted to float64."""
     lr, beta1, beta2, wd, psi = float(lr), float(beta1), float(beta2), float(weight_decay), float(momentum_decay)
+    step = _int_step(step)
     if step >= _STEP_LIMIT:
         _float_step(step)  # raises naming step
     t = float(step)  # torch's step is a float
