@@ -9,7 +9,7 @@ friends are never recomputed in float32 (torch computes them in double too; SEMA
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ import numpy as np
 _STEP_LIMIT = 1 << 1023
 
 
-def _int_step(step: int) -> int:
+def _int_step(step: Any) -> Any:
     """A NumPy integer step count as a Python int: ``beta**step`` is then CPython's float power (C
     ``pow``, as the C++ Stepper's), not ``np.power`` (whose SIMD implementation differs in the last
     bits on some CPUs: ``0.999**np.int64(7)`` on AVX-512 with NumPy 2)."""
