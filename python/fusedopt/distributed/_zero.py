@@ -203,7 +203,10 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             with one float64 all-reduce of every tensor's 2048-element block sums of p^2 and u^2 in
             between, added per tensor by the single call's tree: bitwise the single process;
             LARS's ``weight_decay_filter``/``lars_adaptation_filter`` are refused: give the 1-D
-            parameters a param group with ``weight_decay=0``/``lars_adaptation=False``). NAdam's per-parameter ``mu_product`` is kept once per
+            parameters a param group with ``weight_decay=0``/``lars_adaptation=False``).
+            ``Muon`` and ``Adafactor`` (updates reading whole tensors) are sharded by whole
+            parameters instead: the constructor returns a
+            :class:`fusedopt.distributed._whole.WholeParamZero`. NAdam's per-parameter ``mu_product`` is kept once per
             (group, dtype) bucket (its parameters step together), in torch's scalar dtype;
             a loaded one keeps the dtype it was saved in (torch's own loader casts it to the
             parameter's dtype, so a float64 torch.optim.NAdam resumed from a checkpoint continues
