@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import math
-import os
 import pickle
 import subprocess
 import sys
@@ -35,6 +34,10 @@ _spec = importlib.util.spec_from_file_location("zero_worker", WORKER)
 assert _spec is not None and _spec.loader is not None
 W = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(W)
+_lspec = importlib.util.spec_from_file_location("zero_launch", Path(__file__).with_name("zero_launch.py"))
+assert _lspec is not None and _lspec.loader is not None
+L = importlib.util.module_from_spec(_lspec)
+_lspec.loader.exec_module(L)
 
 WORLDS = ["w2", "w3", "w1", "dead", "hang"]
 #: the whole helper run (every world has its own, shorter deadline inside)
@@ -43,28 +46,7 @@ TOTAL_TIMEOUT = 600
 
 @pytest.fixture(scope="module")
 def worlds(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
-    out = tmp_path_factory.mktemp("zero")
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(WORKER), str(out), *WORLDS], capture_output=True, text=True,
-                          timeout=TOTAL_TIMEOUT, env=env)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    print(proc.stdout)
-    res: Dict[str, Any] = {"_log": proc.stdout}
-    for wname in WORLDS:
-        world, scenarios = W.WORLDS[wname][:2]
-        with open(out / f"{wname}_exit.pkl", "rb") as f:
-            exit_info = pickle.load(f)
-        for sc in scenarios:
-            ranks = []
-            for r in range(world):
-                path = out / f"{sc}{world}_r{r}.pkl"
-                if path.exists():
-                    with open(path, "rb") as f:
-                        ranks.append(pickle.load(f))
-                else:
-                    ranks.append(None)
-            res[f"{sc}{world}"] = ranks
-            res[f"{sc}{world}_exit"] = exit_info
+    res: Dict[str, Any] = L.collect(WORKER, tmp_path_factory.mktemp("zero"), W.WORLDS, WORLDS, TOTAL_TIMEOUT)
     return res
 
 

@@ -15,11 +15,9 @@ thread count is 1 on every rank and in the reference (Muon's Newton-Schulz runs 
 from __future__ import annotations
 
 import datetime
-import multiprocessing as mp
 import os
 import pickle
 import sys
-import time
 import traceback
 from typing import Any, Dict, List, Tuple
 
@@ -32,6 +30,7 @@ from fusedopt.distributed import ZeroOptimizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from zero_data import grads_for, init_params
+from zero_launch import launch
 
 STEPS = 6
 #: Muon: 2-D only (one taller than wide: the transposed iteration); Adafactor: 1-D, 2-D and 3-D
@@ -241,25 +240,5 @@ def _rank_main(wname: str, rank: int, world: int, outdir: str) -> None:
     os._exit(0)
 
 
-def main(outdir: str, worlds: List[str]) -> None:
-    os.environ["ZERO_OUT"] = outdir
-    ctx = mp.get_context("fork")
-    for wname in worlds:
-        world, _, deadline, _ = WORLDS[wname]
-        t0 = time.monotonic()
-        procs = [ctx.Process(target=_rank_main, args=(wname, r, world, outdir)) for r in range(world)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(max(0.1, deadline - (time.monotonic() - t0)))
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        with open(os.path.join(outdir, f"{wname}_exit.pkl"), "wb") as f:
-            pickle.dump({"codes": [p.exitcode for p in procs], "seconds": time.monotonic() - t0}, f)
-        print(f"{wname}: {time.monotonic() - t0:.1f} s, exit codes {[p.exitcode for p in procs]}", flush=True)
-
-
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    launch(WORLDS, sys.argv[2:], _rank_main, sys.argv[1])

@@ -14,7 +14,6 @@ for every world size, so the single-process reference steps on ``A``.
 from __future__ import annotations
 
 import datetime
-import multiprocessing as mp
 import os
 import pickle
 import sys
@@ -32,6 +31,7 @@ from fusedopt.distributed._zero import _probe_elementwise
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from zero_data import LR, SHAPES, STEPS, grads_for, init_params
+from zero_launch import launch
 
 __all__ = ["LR", "SHAPES", "STEPS", "grads_for", "init_params"]
 
@@ -359,27 +359,5 @@ def _rank_main(wname: str, rank: int, world: int, outdir: str) -> None:
     os._exit(0)
 
 
-def main(outdir: str, worlds: List[str]) -> None:
-    os.environ["ZERO_OUT"] = outdir
-    ctx = mp.get_context("fork")
-    for wname in worlds:
-        world, _, deadline, _ = WORLDS[wname]
-        t0 = time.monotonic()
-        procs = [ctx.Process(target=_rank_main, args=(wname, r, world, outdir)) for r in range(world)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(max(0.1, deadline - (time.monotonic() - t0)))
-            if wname == "hang":  # rank 1 sleeps on purpose: done when rank 0 is
-                break
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        with open(os.path.join(outdir, f"{wname}_exit.pkl"), "wb") as f:
-            pickle.dump({"codes": [p.exitcode for p in procs], "seconds": time.monotonic() - t0}, f)
-        print(f"{wname}: {time.monotonic() - t0:.1f} s, exit codes {[p.exitcode for p in procs]}", flush=True)
-
-
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    launch(WORLDS, sys.argv[2:], _rank_main, sys.argv[1], rank0_decides=("hang",))

@@ -21,7 +21,6 @@ import torch
 import torch.distributed as dist
 
 from .. import _adafactor, _muon, _scalars, _threads
-from .. import _validation as check
 from .. import functional as F
 from .. import torch as ftorch
 from ._shard import START_ALIGN, GradOptions
@@ -135,18 +134,7 @@ class WholeParamZero(ZeroOptimizer):
             name = getattr(optimizer_class, "__name__", type(optimizer_class).__name__)
             raise TypeError(f"optimizer_class must be fusedopt.torch.Muon or fusedopt.torch.Adafactor for "
                             f"whole-parameter ownership, got {name}")  # fmt: skip
-        self._reduce_grads = check.flag("reduce_grads", reduce_grads)
-        GradOptions(None, None, clip_value, max_grad_norm, skip_if_nonfinite)  # validation only
-        self.max_grad_norm = max_grad_norm
-        self.skip_if_nonfinite = bool(skip_if_nonfinite)
-        self.clip_value = clip_value
-        if threads is not None:
-            _threads._check_count("threads", threads)
-        if timeout is not None and not isinstance(timeout, datetime.timedelta):
-            raise TypeError(f"timeout must be a datetime.timedelta or None, got {type(timeout).__name__}")
-        if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("ZeroOptimizer needs torch.distributed: call torch.distributed.init_process_group("
-                               "backend='gloo', timeout=...) first")  # fmt: skip
+        self._keep_options(reduce_grads, max_grad_norm, skip_if_nonfinite, clip_value, threads, timeout)
         params = list(params) if not isinstance(params, torch.Tensor) else [params]
         front = optimizer_class(params, **defaults)  # (checks the hyperparameters, Muon's 2-D rule)
         all_params: List[torch.Tensor] = [p for g in front.param_groups for p in g["params"]]

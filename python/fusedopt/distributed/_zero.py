@@ -262,18 +262,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
                  clip_value: Optional[float] = None, threads: Optional[int] = None,
                  timeout: Optional[datetime.timedelta] = None, **defaults: Any) -> None:  # fmt: skip
         algo = _check_optimizer_class(optimizer_class)
-        self._reduce_grads = check.flag("reduce_grads", reduce_grads)
-        GradOptions(None, None, clip_value, max_grad_norm, skip_if_nonfinite)  # validation only
-        self.max_grad_norm = max_grad_norm
-        self.skip_if_nonfinite = bool(skip_if_nonfinite)
-        self.clip_value = clip_value
-        if threads is not None:
-            _threads._check_count("threads", threads)
-        if timeout is not None and not isinstance(timeout, datetime.timedelta):
-            raise TypeError(f"timeout must be a datetime.timedelta or None, got {type(timeout).__name__}")
-        if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("ZeroOptimizer needs torch.distributed: call torch.distributed.init_process_group("
-                               "backend='gloo', timeout=...) first")  # fmt: skip
+        self._keep_options(reduce_grads, max_grad_norm, skip_if_nonfinite, clip_value, threads, timeout)
         params = list(params) if not isinstance(params, torch.Tensor) else [params]
         front = optimizer_class(params, **defaults)
         all_params: List[torch.Tensor] = [p for g in front.param_groups for p in g["params"]]
@@ -406,6 +395,23 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         self.last_timings: Dict[str, float] = {}
         #: steps skipped (found_inf, or a non-finite norm with skip_if_nonfinite), the same on every rank
         self.skipped_steps = 0
+
+    def _keep_options(self, reduce_grads: Any, max_grad_norm: Any, skip_if_nonfinite: Any, clip_value: Any,
+                      threads: Any, timeout: Any) -> None:  # fmt: skip
+        """Check the constructor's keywords shared by both modes and keep the gradient options
+        (the element-range mode here, :class:`fusedopt.distributed._whole.WholeParamZero`)."""
+        self._reduce_grads = check.flag("reduce_grads", reduce_grads)
+        GradOptions(None, None, clip_value, max_grad_norm, skip_if_nonfinite)  # validation only
+        self.max_grad_norm = max_grad_norm
+        self.skip_if_nonfinite = bool(skip_if_nonfinite)
+        self.clip_value = clip_value
+        if threads is not None:
+            _threads._check_count("threads", threads)
+        if timeout is not None and not isinstance(timeout, datetime.timedelta):
+            raise TypeError(f"timeout must be a datetime.timedelta or None, got {type(timeout).__name__}")
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("ZeroOptimizer needs torch.distributed: call torch.distributed.init_process_group("
+                               "backend='gloo', timeout=...) first")  # fmt: skip
 
     # -- torch.optim.Optimizer surface -----------------------------------------------------------
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
