@@ -532,3 +532,10 @@ def test_numpy_route_over_mpi(tmp_path: Path, world: int) -> None:
                 got = pickle.load(f)
             assert got["torch_imported"] is False  # the NumPy route needs no torch
             assert _equal(got[dt], ps), f"{dt}: MPI rank {r} of {world}"
+    qs = W.init_params(W.SHAPES, "float64")
+    m, v = [np.zeros_like(q) for q in qs], [np.zeros_like(q) for q in qs]
+    for t in range(1, W.STEPS + 1):
+        F.lamb(qs, W.grads_for(610, t, W.SHAPES, "float64", 1, 0)[0], m, v, step=t, lr=W.LR, weight_decay=0.01)
+    for r in range(world):
+        with open(tmp_path / f"mpi_r{r}.pkl", "rb") as f:
+            assert _equal(pickle.load(f)["lamb"], qs), f"lamb: MPI rank {r} of {world}"
