@@ -41,7 +41,7 @@ assert _lspec is not None and _lspec.loader is not None
 L = importlib.util.module_from_spec(_lspec)
 _lspec.loader.exec_module(L)
 
-WORLDS = ["w2", "w3", "w1"]
+WORLDS = ["w2", "w3", "w1", "dead", "hang"]
 TOTAL_TIMEOUT = 300
 
 
@@ -119,8 +119,17 @@ def _ref_of(k: int) -> Any:
 
 
 # -- multi-process worlds ----------------------------------------------------------------------
+def test_a_dead_rank_or_a_timeout_raises_in_bounded_time(worlds: Dict[str, Any]) -> None:
+    dead = worlds["dead2"][0]
+    assert dead is not None and "error" not in dead, worlds["_log"]
+    assert dead["raised"] is not None and dead["seconds"] < 30, dead
+    hang = worlds["hang2"][0]
+    assert hang is not None and "error" not in hang, worlds["_log"]
+    assert hang["raised"] is not None and 2.0 < hang["seconds"] < 30, hang  # the optimizer's 3 s timeout
+
+
 def test_worlds_ran(worlds: Dict[str, Any]) -> None:
-    for wname in WORLDS:
+    for wname in WORLDS[:3]:  # (in "dead" and "hang" rank 1 is lost on purpose)
         world = W.WORLDS[wname][0]
         for sc in W.WORLDS[wname][1]:
             _ranks_ok(worlds, f"{sc}{world}")

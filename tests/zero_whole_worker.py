@@ -18,6 +18,7 @@ import datetime
 import os
 import pickle
 import sys
+import time
 import traceback
 from typing import Any, Dict, List, Tuple
 
@@ -203,12 +204,44 @@ def sc_resume(rank: int, world: int, out: Dict[str, Any]) -> None:
         out[case[0]] = _numpy(ps)
 
 
-SCENARIOS = {"parity": sc_parity, "skip": sc_skip, "save": sc_save, "resume": sc_resume, "mixed": sc_mixed, "few": sc_few}
+def _lost_peer(rank: int, out: Dict[str, Any], how: str) -> None:
+    """Rank 1 dies after construction ("dead") or never steps ("hang", the optimizer's 3 s group
+    timeout): rank 0's step must raise in bounded time, not hang."""
+    case = CASES[0]
+    ps = make_params(case)
+    opt = ZeroOptimizer(ps, ft.Muon, lr=0.02, threads=1, timeout=datetime.timedelta(seconds=3))
+    if rank == 1:
+        if how == "dead":
+            os._exit(3)
+        time.sleep(120)  # (killed by the launcher)
+    time.sleep(0.5)
+    _set(ps, case_grads(0, case, 1, 2, rank)[1])
+    t0 = time.monotonic()
+    try:
+        opt.step()
+        out["raised"] = None
+    except Exception as e:
+        out["raised"] = repr(e)
+    out["seconds"] = time.monotonic() - t0
+
+
+def sc_dead(rank: int, world: int, out: Dict[str, Any]) -> None:
+    _lost_peer(rank, out, "dead")
+
+
+def sc_hang(rank: int, world: int, out: Dict[str, Any]) -> None:
+    _lost_peer(rank, out, "hang")
+
+
+SCENARIOS = {"parity": sc_parity, "skip": sc_skip, "save": sc_save, "resume": sc_resume, "mixed": sc_mixed, "few": sc_few,
+             "dead": sc_dead, "hang": sc_hang}  # fmt: skip
 #: world name -> (world size, scenarios in order, deadline in seconds, group timeout in seconds)
 WORLDS = {
     "w2": (2, ["parity", "skip", "save", "mixed"], 120, 30),
     "w3": (3, ["parity", "skip", "resume", "mixed", "few"], 120, 30),
     "w1": (1, ["parity", "skip", "resume", "mixed"], 120, 30),
+    "dead": (2, ["dead"], 60, 10),
+    "hang": (2, ["hang"], 60, 30),
 }
 
 
@@ -235,10 +268,10 @@ def _rank_main(wname: str, rank: int, world: int, outdir: str) -> None:
         if not ok:  # (the other ranks may be inside a collective: they time out)
             break
     else:
-        if dist.is_initialized():
+        if dist.is_initialized() and wname not in ("dead", "hang"):
             dist.destroy_process_group()
     os._exit(0)
 
 
 if __name__ == "__main__":
-    launch(WORLDS, sys.argv[2:], _rank_main, sys.argv[1])
+    launch(WORLDS, sys.argv[2:], _rank_main, sys.argv[1], rank0_decides=("hang",))
