@@ -23,8 +23,8 @@ import torch.distributed as dist
 from .. import _adafactor, _muon, _scalars, _threads
 from .. import functional as F
 from .. import torch as ftorch
-from ._shard import START_ALIGN, GradOptions
-from ._zero import ZeroOptimizer, _default_threads, _tensor_scalar
+from ._shard import START_ALIGN
+from ._zero import ZeroOptimizer, _default_threads, _optimizer_group, check_shards
 
 #: the ``format`` entry of a :meth:`WholeParamZero.shard_state_dict`
 WHOLE_FORMAT = "fusedopt.zero-whole/1"
@@ -156,10 +156,7 @@ class WholeParamZero(ZeroOptimizer):
         self.param_groups = front.param_groups
         self.defaults = front.defaults
 
-        group = process_group if process_group is not None else dist.group.WORLD
-        if timeout is not None:
-            group = dist.new_group(ranks=dist.get_process_group_ranks(group), timeout=timeout, backend="gloo")
-        self.process_group = group
+        group = self.process_group = _optimizer_group(process_group, timeout)
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         self._global_ranks = dist.get_process_group_ranks(group)
         self.threads = threads if threads is not None else _default_threads(group)
@@ -226,6 +223,12 @@ class WholeParamZero(ZeroOptimizer):
         return self._last_norm
 
     # -- step ------------------------------------------------------------------------------------
+    def _check_group(self, g: Dict[str, Any]) -> None:
+        """The hyperparameters of a param group, checked as ``optimizer_class`` checks them."""
+        lr = g["lr"]
+        h = {**g, "lr": float(lr.item()) if isinstance(lr, torch.Tensor) else lr}
+        (_muon if issubclass(self._cls, ftorch.Muon) else _adafactor).check_hypers(h)
+
     def _sync_hypers(self) -> None:
         """The user's group hyperparameters into the inner optimizer's groups (Adafactor's
         ``eps1=None`` resolved from the first parameter of the whole group, as a single process)."""
@@ -234,7 +237,7 @@ class WholeParamZero(ZeroOptimizer):
             for k, v in g.items():
                 if k != "params":
                     ig[k] = v
-            if self._cls is not None and issubclass(self._cls, ftorch.Adafactor) and g["params"]:
+            if issubclass(self._cls, ftorch.Adafactor) and g["params"]:
                 eps = g["eps"]
                 if isinstance(eps, (tuple, list)) and len(eps) == 2 and eps[0] is None:
                     ig["eps"] = (float(torch.finfo(g["params"][0].dtype).eps), eps[1])
@@ -244,17 +247,10 @@ class WholeParamZero(ZeroOptimizer):
         """One step on every rank (a collective; see the class docstring for its phases).
         ``grad_scale`` (AMP unscaling) and ``found_inf`` (this rank's AMP flag: any rank's nonzero
         flag skips the step on every rank) are optional."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        opts = GradOptions(_tensor_scalar("grad_scale", grad_scale), _tensor_scalar("found_inf", found_inf),
-                           self.clip_value, self.max_grad_norm, self.skip_if_nonfinite)  # fmt: skip
+        loss, opts = self._begin_step(closure, grad_scale, found_inf)
         if self.inner is not None:
             for g in self.param_groups:  # (checked before anything moves: every rank raises alike)
-                lr = g["lr"]
-                h = {**g, "lr": float(lr.item()) if isinstance(lr, torch.Tensor) else lr}
-                (_muon if issubclass(self._cls, ftorch.Muon) else _adafactor).check_hypers(h)
+                self._check_group(g)
         grads = self._checked_grads()
         w = self.world_size
         tm = self.last_timings = {"pack": 0.0, "all_reduce": 0.0, "norm_exchange": 0.0, "step": 0.0, "broadcast": 0.0}
@@ -374,10 +370,8 @@ class WholeParamZero(ZeroOptimizer):
         scratch.load_state_dict(state_dict)
         is_muon = issubclass(self._cls, ftorch.Muon)
         for gi, g in enumerate(scratch.param_groups):
-            lr = g["lr"]
-            h = {**g, "lr": float(lr.item()) if isinstance(lr, torch.Tensor) else lr}
             try:
-                (_muon if is_muon else _adafactor).check_hypers(h)
+                self._check_group(g)
             except (TypeError, ValueError) as e:
                 raise type(e)(f"state_dict['param_groups'][{gi}]: {e}") from None
         for i, p in enumerate(self._params):
@@ -417,18 +411,8 @@ class WholeParamZero(ZeroOptimizer):
 
 def consolidate_whole(shards: Sequence[Any]) -> Dict[str, Any]:
     """The ordinary state dict from every rank's :meth:`WholeParamZero.shard_state_dict` (any order)."""
-    if not isinstance(shards, (list, tuple)) or not shards:
-        raise TypeError("shards must be a non-empty list of shard state dicts (one per rank)")
-    for j, s in enumerate(shards):
-        if not isinstance(s, dict) or s.get("format") != WHOLE_FORMAT:
-            raise ValueError(f"shards[{j}] is not a whole-parameter ZeroOptimizer shard state dict (format "
-                             f"{WHOLE_FORMAT!r})")  # fmt: skip
+    w, by_rank = check_shards(shards, WHOLE_FORMAT, "whole-parameter ZeroOptimizer")
     first = shards[0]
-    w = first["world_size"]
-    by_rank = {s["rank"]: s for s in shards}
-    if len(shards) != w or sorted(by_rank) != list(range(w)):
-        raise ValueError(f"shards must hold ranks 0 to {w - 1} once each (world size {w}), got ranks "
-                         f"{sorted(s['rank'] for s in shards)}")  # fmt: skip
     layout = ("world_size", "owners", "shapes", "dtypes", "optimizer")
     for j, s in enumerate(shards):
         if any(s[k] != first[k] for k in layout):

@@ -146,6 +146,31 @@ def _tensor_scalar(name: str, x: Any) -> Any:
     return x
 
 
+def _optimizer_group(process_group: Any, timeout: Optional[datetime.timedelta]) -> Any:
+    """The group a ZeroOptimizer runs its collectives on: ``process_group`` (default: the default
+    group), or with ``timeout`` a new gloo group over the same ranks with that timeout (collective)."""
+    group = process_group if process_group is not None else dist.group.WORLD
+    if timeout is not None:
+        group = dist.new_group(ranks=dist.get_process_group_ranks(group), timeout=timeout, backend="gloo")
+    return group
+
+
+def check_shards(shards: Any, fmt: str, what: str) -> Tuple[int, Dict[int, Dict[str, Any]]]:
+    """(world size, shard by rank) of a list holding every rank's shard state dict of format
+    ``fmt`` once (TypeError/ValueError otherwise)."""
+    if not isinstance(shards, (list, tuple)) or not shards:
+        raise TypeError("shards must be a non-empty list of shard state dicts (one per rank)")
+    for j, s in enumerate(shards):
+        if not isinstance(s, dict) or s.get("format") != fmt:
+            raise ValueError(f"shards[{j}] is not a {what} shard state dict (format {fmt!r})")
+    w = shards[0]["world_size"]
+    by_rank = {s["rank"]: s for s in shards}
+    if len(shards) != w or sorted(by_rank) != list(range(w)):
+        raise ValueError(f"shards must hold ranks 0 to {w - 1} once each (world size {w}), got ranks "
+                         f"{sorted(s['rank'] for s in shards)}")  # fmt: skip
+    return w, by_rank
+
+
 def _default_threads(group: Any) -> int:
     """CPUs this process may run on, divided by the number of ranks of the group on this host."""
     local = os.environ.get("LOCAL_WORLD_SIZE", "")
@@ -307,10 +332,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         self.param_groups = front.param_groups
         self.defaults = front.defaults
 
-        group = process_group if process_group is not None else dist.group.WORLD
-        if timeout is not None:
-            group = dist.new_group(ranks=dist.get_process_group_ranks(group), timeout=timeout, backend="gloo")
-        self.process_group = group
+        group = self.process_group = _optimizer_group(process_group, timeout)
         self._comm = TorchCommunicator(group)
         self.rank, self.world_size = self._comm.rank, self._comm.world_size
         self.threads = threads if threads is not None else _default_threads(group)
@@ -413,6 +435,16 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
             raise RuntimeError("ZeroOptimizer needs torch.distributed: call torch.distributed.init_process_group("
                                "backend='gloo', timeout=...) first")  # fmt: skip
 
+    def _begin_step(self, closure: Optional[Callable[[], Any]], grad_scale: Any, found_inf: Any) -> Tuple[Any, GradOptions]:
+        """(the closure's loss, the step's validated gradient options): the start of a step in both modes."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        opts = GradOptions(_tensor_scalar("grad_scale", grad_scale), _tensor_scalar("found_inf", found_inf),
+                           self.clip_value, self.max_grad_norm, self.skip_if_nonfinite)  # fmt: skip
+        return loss, opts
+
     # -- torch.optim.Optimizer surface -----------------------------------------------------------
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
         if getattr(self, "_initializing", False):
@@ -433,12 +465,7 @@ class ZeroOptimizer(torch.optim.Optimizer):  # type: ignore[misc,unused-ignore]
         ``grad_scale`` (AMP unscaling, as the NumPy classes') and ``found_inf`` (this rank's AMP
         flag: any rank's nonzero flag skips the step on every rank) are optional.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        opts = GradOptions(_tensor_scalar("grad_scale", grad_scale), _tensor_scalar("found_inf", found_inf),
-                           self.clip_value, self.max_grad_norm, self.skip_if_nonfinite)  # fmt: skip
+        loss, opts = self._begin_step(closure, grad_scale, found_inf)
         front = self.optim
         hypers = [front._group_plan(front.param_groups[bk.group])[0] for bk in self._buckets]
         grads = self._checked_grads()
@@ -763,16 +790,7 @@ def consolidate_state_dicts(shards: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 
     if isinstance(shards, (list, tuple)) and any(isinstance(s, dict) and s.get("format") == WHOLE_FORMAT for s in shards):
         return consolidate_whole(shards)
-    if not isinstance(shards, (list, tuple)) or not shards:
-        raise TypeError("shards must be a non-empty list of shard state dicts (one per rank)")
-    for j, s in enumerate(shards):
-        if not isinstance(s, dict) or s.get("format") != SHARD_FORMAT:
-            raise ValueError(f"shards[{j}] is not a ZeroOptimizer shard state dict (format {SHARD_FORMAT!r})")
-    w = shards[0]["world_size"]
-    by_rank = {s["rank"]: s for s in shards}
-    if len(shards) != w or sorted(by_rank) != list(range(w)):
-        raise ValueError(f"shards must hold ranks 0 to {w - 1} once each (world size {w}), got ranks "
-                         f"{sorted(s['rank'] for s in shards)}")  # fmt: skip
+    w, by_rank = check_shards(shards, SHARD_FORMAT, "ZeroOptimizer")
     skip = ("state", "step", "scalars", "scalar_dtype", "qmaps")
     layout = [{k: v for k, v in b.items() if k not in skip} for b in shards[0]["buckets"]]
     for s in shards:
